@@ -1,0 +1,226 @@
+"""The `packager` command: run the ingress or a worker, and the development stack.
+
+packager ingress                      serve the HTTP API
+packager worker [--lanes fast,slow]   run a Faust worker (planner, mailer and the given lanes)
+packager dev kafka start|stop|status  a local KRaft broker from Maven Central (no Docker)
+packager dev mailsink                 a local SMTP sink that writes .eml files
+packager dev up                       broker + mail sink + ingress + worker, until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from packager.errors import ConfigurationError
+from packager.settings import Settings, load_settings
+
+
+def _settings_or_exit(**overrides: object) -> Settings:
+    try:
+        settings = load_settings(**overrides)
+        settings.require_secret()
+    except ConfigurationError as exc:
+        print(f"packager: configuration error: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def cmd_ingress(_: argparse.Namespace) -> int:
+    """Serve the HTTP ingress."""
+    from packager.ingress import run
+
+    settings = _settings_or_exit()
+    _configure_logging(settings.log_level)
+    print(f"ingress listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+    run(settings)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a Faust worker serving the planner, the mailer and the chosen lanes."""
+    import faust
+
+    from packager.kafka_log import Topics, ensure_topics
+    from streams.app import create_app, roles_for
+
+    overrides: dict[str, object] = {}
+    if args.lanes:
+        overrides["worker_lanes"] = tuple(x.strip() for x in args.lanes.split(",") if x.strip())
+    settings = _settings_or_exit(**overrides)
+    asyncio.run(
+        ensure_topics(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix), settings.partitions)
+    )
+    app = create_app(settings, roles_for(settings.worker_lanes))
+    worker = faust.Worker(app, loglevel=settings.log_level.lower())
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_dev_kafka(args: argparse.Namespace) -> int:
+    """Manage the local development broker."""
+    from packager.dev import kafka
+
+    return kafka.main(args.rest)
+
+
+def cmd_dev_mailsink(args: argparse.Namespace) -> int:
+    """Run the local mail sink."""
+    from packager.dev.mailsink import serve
+
+    serve(Path(args.dir), port=args.port)
+    return 0
+
+
+def _wait_for_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    """Start broker, mail sink, ingress and worker; stop them all on Ctrl-C or SIGTERM."""
+    from packager.dev import kafka
+
+    var = Path(args.var).resolve()
+    var.mkdir(parents=True, exist_ok=True)
+    secret = os.environ.get("PACKAGER_SECRET")
+    if not secret:
+        secret_file = var / "secret"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(24))
+            secret_file.chmod(0o600)
+        secret = secret_file.read_text().strip()
+
+    started_broker = False
+    bootstrap = os.environ.get("PACKAGER_KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        try:
+            broker = kafka.start(var / "kafka", log=lambda m: print(m, flush=True))
+        except kafka.BrokerError as exc:
+            print(f"packager: cannot start Kafka: {exc}", file=sys.stderr)
+            return 2
+        bootstrap, started_broker = broker.bootstrap_servers, True
+
+    env = dict(os.environ)
+    env.update(
+        {
+            "PACKAGER_SECRET": secret,
+            "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "PACKAGER_SMTP_HOST": "127.0.0.1",
+            "PACKAGER_SMTP_PORT": str(args.mail_port),
+            "PACKAGER_STORE_DIRECTORY": env.get("PACKAGER_STORE_DIRECTORY", str(var / "store")),
+            # The local stack may package files served from this machine (the README's example does).
+            "PACKAGER_ALLOW_PRIVATE_URLS": env.get("PACKAGER_ALLOW_PRIVATE_URLS", "true"),
+        }
+    )
+    settings = load_settings(env)
+    python = sys.executable
+    children: list[subprocess.Popen[bytes]] = []
+    logs = var / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def spawn(name: str, *argv: str) -> None:
+        out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        children.append(
+            subprocess.Popen([python, "-m", "packager", *argv], env=env, stdout=out, stderr=subprocess.STDOUT)
+        )
+
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        spawn("mailsink", "dev", "mailsink", "--dir", str(var / "mail"), "--port", str(args.mail_port))
+        spawn("ingress", "ingress")
+        spawn("worker", "worker")
+        ready = _wait_for_port(settings.port, 30) and _wait_for_port(args.mail_port, 10)
+        if not ready:
+            print(f"packager: the stack did not come up; see {logs}/", file=sys.stderr)
+            return 1
+        print(
+            "\nckanpackager is up\n"
+            f"  ingress    http://{settings.host}:{settings.port}\n"
+            f"  secret     {var / 'secret'} (or $PACKAGER_SECRET)\n"
+            f"  kafka      {bootstrap}\n"
+            f"  mail sink  {var / 'mail'}/ (SMTP 127.0.0.1:{args.mail_port})\n"
+            f"  zips       {env['PACKAGER_STORE_DIRECTORY']}/\n"
+            f"  logs       {logs}/\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    print(f"packager: a process exited ({child.args}); see {logs}/", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if started_broker:
+            kafka.stop(var / "kafka")
+        print("ckanpackager stopped", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = argparse.ArgumentParser(
+        prog="packager", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ingress", help="serve the HTTP API").set_defaults(func=cmd_ingress)
+    worker = sub.add_parser("worker", help="run a Faust worker")
+    worker.add_argument("--lanes", help="comma-separated lanes to serve (default: PACKAGER_WORKER_LANES)")
+    worker.set_defaults(func=cmd_worker)
+
+    dev = sub.add_parser("dev", help="development helpers").add_subparsers(dest="dev", required=True)
+    kafka_cmd = dev.add_parser("kafka", help="local KRaft broker: start|stop|status", add_help=False)
+    kafka_cmd.add_argument("rest", nargs=argparse.REMAINDER)
+    kafka_cmd.set_defaults(func=cmd_dev_kafka)
+    sink = dev.add_parser("mailsink", help="local SMTP sink writing .eml files")
+    sink.add_argument("--dir", default="var/mail")
+    sink.add_argument("--port", type=int, default=8025)
+    sink.set_defaults(func=cmd_dev_mailsink)
+    up = dev.add_parser("up", help="start the whole stack locally until Ctrl-C")
+    up.add_argument("--var", default="var", help="folder for state, mail, zips and logs")
+    up.add_argument("--mail-port", type=int, default=8025)
+    up.set_defaults(func=cmd_dev_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `packager` command."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,54 @@
+"""The packager's exceptions. One base class; the ingress maps each to an HTTP status and a JSON body."""
+
+from __future__ import annotations
+
+
+class PackagerError(Exception):
+    """Base of every error the packager raises on purpose."""
+
+    http_status = 500
+    error_name = "InternalError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(PackagerError):
+    """The settings are unusable; the service refuses to start."""
+
+
+class BadRequestError(PackagerError):
+    """The request is malformed or names something the service will not touch."""
+
+    http_status = 400
+    error_name = "BadRequestError"
+
+
+class NotAuthorizedError(PackagerError):
+    """The shared secret is wrong or missing."""
+
+    http_status = 401
+    error_name = "NotAuthorizedError"
+
+
+class PayloadTooLargeError(PackagerError):
+    """The request body is over the configured size."""
+
+    http_status = 413
+    error_name = "PayloadTooLargeError"
+
+
+class UnavailableError(PackagerError):
+    """A dependency (the Kafka broker) cannot be reached; the request was not accepted."""
+
+    http_status = 503
+    error_name = "ServiceUnavailableError"
+
+
+class EventDecodeError(PackagerError):
+    """A record on a topic is not a valid event envelope."""
+
+
+class PackagingError(PackagerError):
+    """An expected failure while building a package; it becomes a `PackageFailed` event."""

@@ -1,0 +1,239 @@
+"""Events: the public contract of the service, and their wire encoding.
+
+Every record on a packager topic is an *envelope* (`event_id`, `type`, `schema_version`, `job_id`,
+`occurred_at`, `payload`) encoded as JSON with orjson. The payload is one of the frozen dataclasses below,
+named in the past tense. Events are never renamed or repurposed: a change of shape gets a new
+`schema_version` and an upcaster in `UPCASTERS` that turns the stored older payload into the current one.
+
+Secrets never travel in clear: the shared secret is not part of any event, and a CKAN API key only appears
+sealed (see `packager.secrets`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import orjson
+
+from packager.errors import EventDecodeError
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC timestamp with milliseconds, e.g. 2026-11-26T14:21:00.123Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every payload type. `TYPE` is the wire name, `VERSION` the current schema version."""
+
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageRequested(Event):
+    """The ingress accepted a request; `request` holds its normalised parameters (no secret, sealed key)."""
+
+    TYPE: ClassVar[str] = "PackageRequested"
+    kind: str  # "url", later "datastore" and "dwc"
+    cache_key: str
+    resource_id: str
+    email: str
+    ckan_host: str
+    request: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageQueued(Event):
+    """The planner put the job on a lane."""
+
+    TYPE: ClassVar[str] = "PackageQueued"
+    cache_key: str
+    lane: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageStarted(Event):
+    """A packer began building the job."""
+
+    TYPE: ClassVar[str] = "PackageStarted"
+    cache_key: str
+    lane: str
+    worker: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageProgress(Event):
+    """Work done so far; `rows_total`/`bytes_total` are None when not known in advance."""
+
+    TYPE: ClassVar[str] = "PackageProgress"
+    cache_key: str
+    rows_done: int
+    rows_total: int | None
+    bytes_done: int
+    bytes_total: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageCompleted(Event):
+    """Terminal: the ZIP is in the store under `zip_file_name`."""
+
+    TYPE: ClassVar[str] = "PackageCompleted"
+    cache_key: str
+    resource_id: str
+    email: str
+    ckan_host: str
+    doi: str
+    lane: str
+    zip_file_name: str
+    size: int
+    sha256: str
+    rows: int | None
+    started_at: str
+    finished_at: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageFailed(Event):
+    """Terminal: the job could not be built; `error` is written for the requester."""
+
+    TYPE: ClassVar[str] = "PackageFailed"
+    cache_key: str
+    resource_id: str
+    email: str
+    ckan_host: str
+    error: str
+    error_type: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EmailSent(Event):
+    """The notification for a terminal event was accepted by the SMTP server."""
+
+    TYPE: ClassVar[str] = "EmailSent"
+    cache_key: str
+    about: str  # the terminal event type the email reports
+    message_id: str
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EmailFailed(Event):
+    """The notification could not be delivered after every attempt."""
+
+    TYPE: ClassVar[str] = "EmailFailed"
+    cache_key: str
+    about: str
+    error: str
+    attempts: int
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        PackageRequested,
+        PackageQueued,
+        PackageStarted,
+        PackageProgress,
+        PackageCompleted,
+        PackageFailed,
+        EmailSent,
+        EmailFailed,
+    )
+}
+
+TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
+
+# (type, stored schema_version) -> function turning that payload into the next version's payload.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Envelope:
+    """One record on a topic: metadata plus a typed payload."""
+
+    event_id: str
+    type: str
+    schema_version: int
+    job_id: str
+    occurred_at: str
+    payload: Event
+
+    @property
+    def cache_key(self) -> str:
+        """The partitioning key of every packager event."""
+        return str(self.payload.cache_key)  # type: ignore[attr-defined]
+
+
+def envelope(job_id: str, payload: Event, *, occurred_at: str | None = None) -> Envelope:
+    """Wrap a payload in a new envelope with a fresh event id."""
+    return Envelope(
+        event_id=uuid.uuid4().hex,
+        type=payload.TYPE,
+        schema_version=payload.VERSION,
+        job_id=job_id,
+        occurred_at=occurred_at or utc_now(),
+        payload=payload,
+    )
+
+
+def encode(env: Envelope) -> bytes:
+    """Serialise an envelope to its wire form."""
+    return orjson.dumps(
+        {
+            "event_id": env.event_id,
+            "type": env.type,
+            "schema_version": env.schema_version,
+            "job_id": env.job_id,
+            "occurred_at": env.occurred_at,
+            "payload": dataclasses.asdict(env.payload),
+        }
+    )
+
+
+def decode(raw: bytes | str) -> Envelope:
+    """Parse and validate a wire record, upcasting old payloads; raise EventDecodeError if malformed."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EventDecodeError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EventDecodeError("an event must be a JSON object")
+    missing = {"event_id", "type", "schema_version", "job_id", "occurred_at", "payload"} - doc.keys()
+    if missing:
+        raise EventDecodeError(f"missing envelope field(s): {', '.join(sorted(missing))}")
+    cls = EVENT_TYPES.get(doc["type"])
+    if cls is None:
+        raise EventDecodeError(f"unknown event type {doc['type']!r}")
+    version, payload = doc["schema_version"], doc["payload"]
+    if not isinstance(version, int) or not isinstance(payload, dict):
+        raise EventDecodeError("schema_version must be an integer and payload an object")
+    if version > cls.VERSION:
+        raise EventDecodeError(f"{cls.TYPE} v{version} is newer than this code (v{cls.VERSION})")
+    while version < cls.VERSION:
+        upcast = UPCASTERS.get((cls.TYPE, version))
+        if upcast is None:
+            raise EventDecodeError(f"no upcaster for {cls.TYPE} v{version}")
+        payload, version = upcast(payload), version + 1
+    for key in ("event_id", "job_id", "occurred_at"):
+        if not isinstance(doc[key], str) or not doc[key]:
+            raise EventDecodeError(f"envelope field {key} must be a non-empty string")
+    names = {f.name for f in dataclasses.fields(cls)}
+    if set(payload) != names:
+        raise EventDecodeError(
+            f"{cls.TYPE} payload fields differ: missing {sorted(names - set(payload))}, "
+            f"unexpected {sorted(set(payload) - names)}"
+        )
+    return Envelope(
+        event_id=doc["event_id"],
+        type=cls.TYPE,
+        schema_version=cls.VERSION,
+        job_id=doc["job_id"],
+        occurred_at=doc["occurred_at"],
+        payload=cls(**payload),
+    )

@@ -1,0 +1,203 @@
+"""The HTTP ingress: authenticates and validates requests, appends them to the log, and answers.
+
+It never packages anything. A request is accepted only once Kafka acknowledged `PackageRequested`
+(acks=all); every rejected request leaves nothing in the log. Answers carry both the keys the original
+service documented (`success`, `msg`) and the ones its CKAN extension reads (`status`, `message`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+
+from packager.errors import (
+    BadRequestError,
+    NotAuthorizedError,
+    PackagerError,
+    PayloadTooLargeError,
+)
+from packager.events import PackageRequested, envelope
+from packager.kafka_log import EventLog, KafkaEventLog, Topics
+from packager.secrets import constant_time_equal, seal
+from packager.settings import Settings
+from packager.validation import Resolver, cache_key_for, parse_url_request
+
+log = logging.getLogger(__name__)
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+EVENT_LOG: web.AppKey[EventLog] = web.AppKey("event_log", EventLog)  # type: ignore[type-abstract]
+RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")  # type: ignore[arg-type]
+
+_ZIP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.zip$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def failure_body(error: str, message: str) -> dict[str, Any]:
+    """The error shape of the original service, with the documented `success`/`msg` keys added."""
+    return {"success": False, "msg": message, "status": "failed", "error": error, "message": message}
+
+
+def _json(body: Mapping[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to a JSON answer: domain errors to their status, the rest to 500."""
+    try:
+        return await handler(request)
+    except PackagerError as exc:
+        return _json(failure_body(exc.error_name, exc.message), exc.http_status)
+    except web.HTTPRequestEntityTooLarge:
+        return _json(failure_body("PayloadTooLargeError", "The request body is too large"), 413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json(failure_body(type(exc).__name__, exc.reason), exc.status)
+    except Exception:
+        log.exception("Unexpected error handling %s %s", request.method, request.path)
+        return _json(failure_body("InternalError", "An unexpected error occurred"), 500)
+
+
+async def read_params(request: web.Request) -> dict[str, str]:
+    """Parameters from a form-encoded (what the CKAN extension sends) or a JSON body."""
+    settings = request.app[SETTINGS]
+    if request.content_length is not None and request.content_length > settings.max_body_size:
+        raise PayloadTooLargeError(f"The request body is over {settings.max_body_size} bytes")
+    if request.content_type.startswith("multipart/"):
+        form = await request.post()
+        return {k: str(v) for k, v in form.items() if isinstance(v, str)}
+    body = await request.read()
+    if request.content_type == "application/json":
+        try:
+            doc = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise BadRequestError("The request body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise BadRequestError("The JSON body must be an object")
+        return {
+            str(k): v if isinstance(v, str) else orjson.dumps(v).decode()
+            for k, v in doc.items()
+            if v is not None
+        }
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequestError("The request body is not valid UTF-8") from None
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="strict"):
+        params.setdefault(name, value)  # the first of repeated parameters wins, as in Flask's form
+    return params
+
+
+def authenticate(params: Mapping[str, str], settings: Settings) -> None:
+    """Check the shared secret in constant time."""
+    if not constant_time_equal(str(params.get("secret", "")), settings.secret):
+        raise NotAuthorizedError("Wrong/missing secret")
+
+
+def accepted_body(job_id: str, message: str) -> dict[str, Any]:
+    """The success answer: original and extension keys plus the job id."""
+    return {"success": True, "msg": message, "status": "success", "message": message, "job_id": job_id}
+
+
+async def package_url(request: web.Request) -> web.Response:
+    """POST /package_url: package the file at `resource_url` and email a link to `email`."""
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    req = await parse_url_request(
+        params, resolve=request.app[RESOLVER], allow_private=settings.allow_private_urls
+    )
+    cache_key = cache_key_for("url", req.identity(), settings.secret)
+    job_id = str(uuid.uuid4())
+    event = envelope(
+        job_id,
+        PackageRequested(
+            kind="url",
+            cache_key=cache_key,
+            resource_id=req.resource_id,
+            email=req.email,
+            ckan_host=req.ckan_host,
+            request={
+                "resource_id": req.resource_id,
+                "resource_url": req.resource_url,
+                "key_sealed": seal(settings.secret, req.key) if req.key else "",
+            },
+        ),
+    )
+    await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
+    log.info("accepted url job", extra={"job_id": job_id})
+    return _json(
+        accepted_body(
+            job_id,
+            f"Your download is being prepared; a link will be emailed to {req.email} when it is ready.",
+        )
+    )
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """GET /downloads/{name}: serve a finished ZIP from the store (Range requests supported)."""
+    name = request.match_info["name"]
+    if not _ZIP_NAME.match(name):
+        raise web.HTTPNotFound(reason="No such download")
+    path = Path(request.app[SETTINGS].store_directory) / name
+    if not path.is_file():
+        raise web.HTTPNotFound(reason="No such download")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": f'attachment; filename="{name}"',
+        },
+    )
+
+
+async def system_resolver(host: str) -> list[str]:
+    """Resolve a host name to its IP addresses with the event loop's resolver."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    event_log: EventLog | None = None,
+    resolver: Resolver = system_resolver,
+) -> web.Application:
+    """Build the ingress application. Connections open in the app's cleanup context, not at import."""
+    settings.require_secret()
+    app = web.Application(middlewares=[errors_as_json], client_max_size=settings.max_body_size)
+    app[SETTINGS] = settings
+    app[RESOLVER] = resolver
+
+    async def event_log_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[EVENT_LOG] = event_log or KafkaEventLog(
+            settings.kafka_bootstrap_servers,
+            Topics(settings.topic_prefix),
+            partitions=settings.partitions,
+            send_timeout=settings.kafka_send_timeout,
+        )
+        yield
+        await app[EVENT_LOG].close()
+
+    app.cleanup_ctx.append(event_log_ctx)
+    app.router.add_post("/package_url", package_url)
+    app.router.add_get("/downloads/{name}", download)
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Serve the ingress until interrupted."""
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)

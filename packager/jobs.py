@@ -1,0 +1,161 @@
+"""The packaging service layer: turn one accepted request into a ZIP in the store and a terminal event.
+
+Agents call `run_job` and emit what it returns; everything the job needs arrives in a `JobContext`, so the
+same code runs under Faust, in tests and in benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from packager.errors import PackagingError
+from packager.events import (
+    Envelope,
+    Event,
+    PackageCompleted,
+    PackageFailed,
+    PackageProgress,
+    PackageRequested,
+    PackageStarted,
+    utc_now,
+)
+from packager.fetch import download_file
+from packager.secrets import unseal
+from packager.settings import Settings
+from packager.store import FileStore, safe_file_name, zip_one_file
+from packager.validation import Resolver
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Event], Awaitable[None]]
+
+
+@dataclass
+class JobContext:
+    """The clients and settings a job runs with."""
+
+    settings: Settings
+    session: aiohttp.ClientSession
+    store: FileStore
+    resolve: Resolver
+    emit: Emit
+    worker: str
+
+
+class ProgressThrottle:
+    """Emits `PackageProgress` at most once per `interval` seconds (and always for the final state)."""
+
+    def __init__(self, emit: Emit, cache_key: str, interval: float = 1.0) -> None:
+        self._emit = emit
+        self._cache_key = cache_key
+        self._interval = interval
+        self._last = 0.0
+
+    async def report(
+        self,
+        *,
+        rows_done: int = 0,
+        rows_total: int | None = None,
+        bytes_done: int = 0,
+        bytes_total: int | None = None,
+        force: bool = False,
+    ) -> None:
+        """Emit a progress event if the interval has passed since the last one (or if forced)."""
+        now = time.monotonic()
+        if not force and now - self._last < self._interval:
+            return
+        self._last = now
+        await self._emit(
+            PackageProgress(
+                cache_key=self._cache_key,
+                rows_done=rows_done,
+                rows_total=rows_total,
+                bytes_done=bytes_done,
+                bytes_total=bytes_total,
+            )
+        )
+
+
+def zip_name_for(job_id: str) -> str:
+    """The store name of a job's ZIP: the unguessable job id, so links cannot be enumerated."""
+    return f"{safe_file_name(job_id, 'job')}.zip"
+
+
+async def run_job(request: Envelope, lane: str, ctx: JobContext) -> Event:
+    """Build the package for an accepted request and return its terminal event."""
+    req = request.payload
+    assert isinstance(req, PackageRequested)
+    started_at = utc_now()
+    await ctx.emit(PackageStarted(cache_key=req.cache_key, lane=lane, worker=ctx.worker))
+    try:
+        if req.kind == "url":
+            return await _package_url(request, req, lane, started_at, ctx)
+        raise PackagingError(f"This service cannot package requests of kind {req.kind!r}")
+    except PackagingError as exc:
+        return _failed(req, exc.message, "PackagingError")
+    except asyncio.CancelledError:
+        raise  # the worker is stopping: the request is redelivered and the job runs again.
+    except Exception as exc:
+        log.exception("job failed unexpectedly", extra={"job_id": request.job_id})
+        return _failed(req, f"An internal error stopped the job ({type(exc).__name__}).", "InternalError")
+
+
+def _failed(req: PackageRequested, message: str, error_type: str) -> PackageFailed:
+    return PackageFailed(
+        cache_key=req.cache_key,
+        resource_id=req.resource_id,
+        email=req.email,
+        ckan_host=req.ckan_host,
+        error=message,
+        error_type=error_type,
+    )
+
+
+async def _package_url(
+    request: Envelope, req: PackageRequested, lane: str, started_at: str, ctx: JobContext
+) -> PackageCompleted:
+    key = unseal(ctx.settings.secret, req.request["key_sealed"]) if req.request.get("key_sealed") else ""
+    throttle = ProgressThrottle(ctx.emit, req.cache_key)
+    download_path = ctx.store.partial_path(request.job_id, ".download")
+    zip_path = ctx.store.partial_path(request.job_id, ".zip.partial")
+
+    async def on_bytes(done: int, total: int | None) -> None:
+        await throttle.report(bytes_done=done, bytes_total=total)
+
+    try:
+        got = await download_file(
+            ctx.session,
+            req.request["resource_url"],
+            download_path,
+            key=key,
+            resolve=ctx.resolve,
+            allow_private=ctx.settings.allow_private_urls,
+            max_redirects=ctx.settings.fetch_max_redirects,
+            progress=on_bytes,
+        )
+        await throttle.report(bytes_done=got.size, bytes_total=got.size, force=True)
+        arcname = safe_file_name(got.file_name, req.resource_id)
+        await asyncio.to_thread(zip_one_file, download_path, arcname, zip_path)
+        published = await asyncio.to_thread(ctx.store.publish, zip_path, zip_name_for(request.job_id))
+    finally:
+        ctx.store.discard(download_path, zip_path)
+    return PackageCompleted(
+        cache_key=req.cache_key,
+        resource_id=req.resource_id,
+        email=req.email,
+        ckan_host=req.ckan_host,
+        doi=str(req.request.get("doi", "")),
+        lane=lane,
+        zip_file_name=published.name,
+        size=published.size,
+        sha256=published.sha256,
+        rows=None,
+        started_at=started_at,
+        finished_at=utc_now(),
+    )

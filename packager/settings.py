@@ -1,0 +1,195 @@
+"""The service's configuration: one typed, frozen object read from `PACKAGER_*` variables and a TOML file.
+
+Names follow the original ckanpackager's options (`SECRET`, `STORE_DIRECTORY`, `CACHE_TIME`, `SLOW_REQUEST`,
+`EMAIL_*`, `SMTP_*`, ...) so an operator can carry a configuration across. Precedence, lowest first: the
+defaults below, the TOML file named by `PACKAGER_CONFIG` (keys in either case, e.g. `SECRET` or `secret`),
+then `PACKAGER_<NAME>` environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from packager.errors import ConfigurationError
+
+ENV_PREFIX = "PACKAGER_"
+
+DEFAULT_EMAIL_BODY = """Hello,
+
+The data you requested from {ckan_host} (resource {resource_id}) is ready. Download it here:
+{download_url}
+
+{doi_body}
+Best wishes,
+The Data Portal Bot
+"""
+
+DEFAULT_EMAIL_BODY_HTML = """<html lang="en">
+<body>
+<p>Hello,</p>
+<p>The data you requested from {ckan_host} (resource {resource_id}) is ready.
+<a href="{download_url}">Download it here</a>.</p>
+{doi_body_html}
+<p>Best wishes,<br>The Data Portal Bot</p>
+</body>
+</html>
+"""
+
+DEFAULT_DOI_BODY = """A DOI has been created for this data: https://doi.org/{doi} (it may take a few hours to
+become active). Please cite this DOI when you use the data.
+"""
+
+DEFAULT_DOI_BODY_HTML = """<p>A DOI has been created for this data:
+<a href="https://doi.org/{doi}">https://doi.org/{doi}</a> (it may take a few hours to become active).
+Please cite this DOI when you use the data.</p>
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the ingress and the workers are configured by. Build it with `load_settings()`."""
+
+    # The shared secret every request must carry. No default: the service refuses to start without one.
+    secret: str = ""
+
+    # HTTP ingress.
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_body_size: int = 1024 * 1024
+    # Private, loopback and link-local targets are refused unless this is on (tests and local stacks).
+    allow_private_urls: bool = False
+    # Base of the download links put in emails; empty means http://{host}:{port}/downloads.
+    download_url_base: str = ""
+
+    # Kafka.
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "packager"
+    partitions: int = 8
+    kafka_send_timeout: float = 10.0
+
+    # Worker.
+    store_directory: str = "/tmp/ckanpackager"
+    # Where partial files are built; empty means `<store_directory>/.partial` (same filesystem, so the final
+    # rename is atomic).
+    temp_directory: str = ""
+    worker_lanes: tuple[str, ...] = ("fast", "slow")
+    cache_time: int = 60 * 60 * 24
+    page_size: int = 5000
+    slow_request: int = 50_000
+    fetch_connect_timeout: float = 10.0
+    fetch_read_timeout: float = 60.0
+    fetch_max_redirects: int = 5
+
+    # Email.
+    email_from: str = "ckanpackager@localhost"
+    email_subject: str = "Resource from {ckan_host}"
+    email_body: str = DEFAULT_EMAIL_BODY
+    email_body_html: str = DEFAULT_EMAIL_BODY_HTML
+    doi_body: str = DEFAULT_DOI_BODY
+    doi_body_html: str = DEFAULT_DOI_BODY_HTML
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_login: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_tls: bool = False
+    smtp_timeout: float = 30.0
+    smtp_attempts: int = 5
+
+    log_level: str = "INFO"
+
+    @property
+    def download_base(self) -> str:
+        """Base URL for download links, without a trailing slash."""
+        base = self.download_url_base or f"http://{self.host}:{self.port}/downloads"
+        return base.rstrip("/")
+
+    @property
+    def partial_directory(self) -> Path:
+        """Directory where files are built before they are renamed into the store."""
+        return Path(self.temp_directory or Path(self.store_directory) / ".partial")
+
+    def require_secret(self) -> None:
+        """Refuse to run a service without a shared secret."""
+        if not self.secret:
+            raise ConfigurationError(
+                "No shared secret is configured. Set PACKAGER_SECRET (or SECRET in the file named by "
+                "PACKAGER_CONFIG) to a long random string; the CKAN extension must send the same value."
+            )
+        if len(self.secret) < 16:
+            raise ConfigurationError("The shared secret is shorter than 16 characters; use a longer one.")
+
+
+def _convert(name: str, raw: Any, annotation: Any) -> Any:
+    """Convert a TOML or environment value to the field's declared type."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+        origin = get_origin(annotation)
+    try:
+        if annotation is bool:
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if annotation is int:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if annotation is float:
+            return float(raw)
+        if origin is tuple:
+            items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if annotation is str:
+            return str(raw)
+    except ValueError:
+        raise ConfigurationError(f"Setting {name.upper()} has an invalid value: {raw!r}") from None
+    raise ConfigurationError(f"Setting {name.upper()} has an unsupported type")  # pragma: no cover
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: str | Path | None = None, **overrides: Any
+) -> Settings:
+    """Read settings from defaults, an optional TOML file and `PACKAGER_*` variables, then `overrides`."""
+    env = os.environ if environ is None else environ
+    hints = get_type_hints(Settings)
+    names = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+
+    path = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                document = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigurationError(f"Configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"Configuration file {path} is not valid TOML: {exc}") from None
+        for key, raw in document.items():
+            name = key.lower()
+            if name not in names:
+                raise ConfigurationError(f"Unknown setting {key} in {path}")
+            values[name] = _convert(name, raw, hints[name])
+
+    for name in names:
+        raw = env.get(f"{ENV_PREFIX}{name.upper()}")
+        if raw is not None:
+            values[name] = _convert(name, raw, hints[name])
+
+    values.update(overrides)
+    settings = Settings(**values)
+    unknown_lanes = set(settings.worker_lanes) - {"fast", "slow"}
+    if unknown_lanes:
+        raise ConfigurationError(f"Unknown worker lane(s): {', '.join(sorted(unknown_lanes))}")
+    return settings

@@ -1,0 +1,79 @@
+"""Adapter: the file store where finished ZIPs live, and the atomic way they get there.
+
+Files are built under `<partial_directory>` and renamed into the store only when complete, so a partial ZIP is
+never visible under its final name. The partial directory defaults to a folder inside the store so the rename
+stays on one filesystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+COPY_CHUNK = 1024 * 1024
+
+
+def safe_file_name(name: str, fallback: str) -> str:
+    """A file name with no path separators, NULs or leading dots, never empty."""
+    cleaned = _SAFE.sub("_", name.replace("\x00", "")).strip("._")[:150]
+    return cleaned or _SAFE.sub("_", fallback).strip("._")[:150] or "resource"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedFile:
+    """A file that is now in the store."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+class FileStore:
+    """The store directory and its partial-file area."""
+
+    def __init__(self, directory: Path, partial_directory: Path) -> None:
+        self.directory = directory
+        self.partial_directory = partial_directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.partial_directory.mkdir(parents=True, exist_ok=True)
+
+    def partial_path(self, job_id: str, suffix: str) -> Path:
+        """Where a job builds one of its intermediate files."""
+        return self.partial_directory / f"{safe_file_name(job_id, 'job')}{suffix}"
+
+    def path_of(self, name: str) -> Path:
+        """The path of a published file."""
+        return self.directory / safe_file_name(name, "file")
+
+    def publish(self, partial: Path, name: str) -> PublishedFile:
+        """Fsync and atomically rename a finished file into the store; return its size and sha256."""
+        digest = hashlib.sha256()
+        with open(partial, "rb") as fh:
+            while chunk := fh.read(COPY_CHUNK):
+                digest.update(chunk)
+            os.fsync(fh.fileno())
+        final = self.path_of(name)
+        os.replace(partial, final)
+        return PublishedFile(name=final.name, size=final.stat().st_size, sha256=digest.hexdigest())
+
+    def discard(self, *paths: Path) -> None:
+        """Remove intermediate files of a job, ignoring those already gone."""
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+def zip_one_file(source: Path, arcname: str, destination: Path) -> None:
+    """Write `source` into a new deflated, ZIP64-capable archive at `destination`, streaming in chunks."""
+    with (
+        zipfile.ZipFile(destination, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf,
+        open(source, "rb") as src,
+        zf.open(arcname, "w", force_zip64=True) as dst,
+    ):
+        while chunk := src.read(COPY_CHUNK):
+            dst.write(chunk)

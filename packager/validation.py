@@ -1,0 +1,128 @@
+"""Validation and normalisation of incoming package requests, and the cache key they are partitioned by.
+
+Everything here is pure except `check_url`, which takes the resolver it uses as an argument. A request that
+fails any check raises `BadRequestError` and never reaches the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from yarl import URL
+
+from packager.errors import BadRequestError
+from packager.secrets import keyed_hash
+
+Resolver = Callable[[str], Awaitable[list[str]]]
+
+_EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def require(params: Mapping[str, str], name: str) -> str:
+    """Return a required, non-blank parameter, or fail naming it as the original service did."""
+    value = params.get(name)
+    if value is None or not str(value).strip():
+        raise BadRequestError(f"Parameter {name} is required")
+    return str(value).strip()
+
+
+def reject_control_characters(params: Mapping[str, str]) -> None:
+    """Refuse CR, LF, NUL and other control characters in any parameter: they could reach a header."""
+    for name, value in params.items():
+        if _CONTROL.search(name) or _CONTROL.search(str(value)):
+            raise BadRequestError(f"Parameter {name} contains a control character")
+
+
+def check_email(address: str) -> str:
+    """Return the address if it is a plain `local@domain.tld` mailbox, else fail."""
+    if len(address) > 254 or not _EMAIL.match(address):
+        raise BadRequestError(f"Parameter email is not a valid email address: {address!r}")
+    return address
+
+
+def is_public_address(address: str) -> bool:
+    """True when the IP address is globally routable (not private, loopback, link-local, reserved...)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+async def check_url(name: str, value: str, *, resolve: Resolver, allow_private: bool) -> URL:
+    """Validate an http(s) URL parameter and, unless allowed, refuse hosts that resolve to private space."""
+    try:
+        url = URL(value)
+    except (ValueError, TypeError):
+        raise BadRequestError(f"Parameter {name} is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise BadRequestError(f"Parameter {name} must be an http or https URL")
+    if url.user is not None or url.password is not None:
+        raise BadRequestError(f"Parameter {name} must not carry credentials")
+    if not allow_private:
+        try:
+            addresses = await resolve(url.host)
+        except OSError:
+            raise BadRequestError(f"Parameter {name}: host {url.host} cannot be resolved") from None
+        if not addresses or not all(is_public_address(a) for a in addresses):
+            raise BadRequestError(
+                f"Parameter {name}: host {url.host} resolves to a private, loopback or link-local address"
+            )
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class UrlPackageRequest:
+    """A validated `/package_url` request."""
+
+    resource_id: str
+    resource_url: str
+    email: str
+    key: str  # the CKAN API key in clear; it only lives in memory
+
+    @property
+    def ckan_host(self) -> str:
+        """Host (and port) of the resource URL, the original's `{ckan_host}` placeholder."""
+        url = URL(self.resource_url)
+        return url.raw_authority or (url.host or "")
+
+    def identity(self) -> dict[str, Any]:
+        """Every parameter that defines the package's content (not email, not secret, key in clear)."""
+        return {"resource_id": self.resource_id, "resource_url": self.resource_url, "key": self.key}
+
+
+async def parse_url_request(
+    params: Mapping[str, str], *, resolve: Resolver, allow_private: bool
+) -> UrlPackageRequest:
+    """Validate the parameters of `/package_url`."""
+    reject_control_characters(params)
+    resource_id = require(params, "resource_id")
+    resource_url = require(params, "resource_url")
+    email = check_email(require(params, "email"))
+    if len(resource_id) > 500:
+        raise BadRequestError("Parameter resource_id is longer than 500 characters")
+    url = await check_url("resource_url", resource_url, resolve=resolve, allow_private=allow_private)
+    return UrlPackageRequest(
+        resource_id=resource_id,
+        resource_url=str(url),
+        email=email,
+        key=str(params.get("key") or "").strip(),
+    )
+
+
+def cache_key_for(kind: str, identity: Mapping[str, Any], secret: str) -> str:
+    """Hash of the normalised request: equal for identical requests, with the CKAN key only as an HMAC."""
+    normalised = dict(identity)
+    key = normalised.pop("key", "")
+    normalised["key_hmac"] = keyed_hash(secret, "ckan-key", key) if key else ""
+    normalised["kind"] = kind
+    return hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,93 @@
+"""Fold of one job's lifecycle events into its current state.
+
+Agents keep this state in Faust tables (partition-local, changelog-backed) to make their effects
+idempotent: a redelivered request is not packaged twice, a redelivered terminal event is not emailed twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from packager.events import (
+    EmailFailed,
+    EmailSent,
+    Envelope,
+    PackageCompleted,
+    PackageFailed,
+    PackageProgress,
+    PackageQueued,
+    PackageRequested,
+    PackageStarted,
+)
+
+QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """What is known about one job."""
+
+    job_id: str
+    state: str = QUEUED
+    lane: str = ""
+    rows_done: int = 0
+    rows_total: int | None = None
+    bytes_done: int = 0
+    zip_file_name: str = ""
+    size: int | None = None
+    error: str = ""
+    emailed: bool = False
+    email_error: str = ""
+    requested_at: str = ""
+    updated_at: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job completed or failed."""
+        return self.state in (COMPLETED, FAILED)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, as stored in tables."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobState:
+        """Inverse of `to_dict`."""
+        return cls(**data)
+
+
+def apply(state: JobState | None, event: Envelope) -> JobState:
+    """Fold one event into the job's state. Terminal states are never left; replays are harmless."""
+    current = state or JobState(job_id=event.job_id)
+    p = event.payload
+    current = replace(current, updated_at=event.occurred_at)
+    match p:
+        case PackageRequested():
+            return replace(current, requested_at=event.occurred_at)
+        case PackageQueued(lane=lane):
+            return current if current.terminal else replace(current, lane=lane)
+        case PackageStarted(lane=lane):
+            return current if current.terminal else replace(current, state=RUNNING, lane=lane)
+        case PackageProgress():
+            if current.terminal:
+                return current
+            return replace(current, rows_done=p.rows_done, rows_total=p.rows_total, bytes_done=p.bytes_done)
+        case PackageCompleted():
+            if current.terminal:
+                return current
+            return replace(
+                current,
+                state=COMPLETED,
+                lane=p.lane,
+                zip_file_name=p.zip_file_name,
+                size=p.size,
+                rows_done=p.rows if p.rows is not None else current.rows_done,
+            )
+        case PackageFailed():
+            return current if current.terminal else replace(current, state=FAILED, error=p.error)
+        case EmailSent():
+            return replace(current, emailed=True, email_error="")
+        case EmailFailed():
+            return replace(current, email_error=p.error)
+    return current

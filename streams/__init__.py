@@ -1,0 +1,1 @@
+"""The Faust stream-processing side: topics, agents, tables and the worker wiring."""
