@@ -57,16 +57,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from packager.kafka_log import Topics, ensure_topics
-    from streams.app import create_app, roles_for
+    from streams.app import changelog_topics, create_app, roles_for
 
     overrides: dict[str, object] = {}
     if args.lanes:
         overrides["worker_lanes"] = tuple(x.strip() for x in args.lanes.split(",") if x.strip())
     settings = _settings_or_exit(**overrides)
-    asyncio.run(
-        ensure_topics(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix), settings.partitions)
-    )
     app = create_app(settings, roles_for(settings.worker_lanes))
+    # Every topic, table changelogs included, exists before the worker subscribes: a changelog created
+    # after the first assignment makes Faust's co-partitioning check fail once at start-up.
+    asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            Topics(settings.topic_prefix),
+            settings.partitions,
+            compacted=changelog_topics(app),
+        )
+    )
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
     worker.execute_from_commandline()
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,8 +55,10 @@ class Topics:
         return [self.requests, self.events, self.dead_letters, *(self.lane(x) for x in LANES)]
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Topics, partitions: int) -> None:
-    """Create the service's topics with `partitions` partitions if they do not exist yet."""
+async def ensure_topics(
+    bootstrap_servers: str, topics: Topics, partitions: int, *, compacted: Sequence[str] = ()
+) -> None:
+    """Create the service's topics (and `compacted` ones, e.g. table changelogs) if they do not exist."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()
     try:
@@ -63,6 +66,16 @@ async def ensure_topics(bootstrap_servers: str, topics: Topics, partitions: int)
         wanted = [
             NewTopic(name=name, num_partitions=partitions, replication_factor=1)
             for name in topics.all()
+            if name not in existing
+        ]
+        wanted += [
+            NewTopic(
+                name=name,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact"},
+            )
+            for name in compacted
             if name not in existing
         ]
         if wanted:

@@ -58,6 +58,14 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 async def check_url(name: str, value: str, *, resolve: Resolver, allow_private: bool) -> URL:
     """Validate an http(s) URL parameter and, unless allowed, refuse hosts that resolve to private space."""
     try:
@@ -70,7 +78,7 @@ async def check_url(name: str, value: str, *, resolve: Resolver, allow_private: 
         raise BadRequestError(f"Parameter {name} must not carry credentials")
     if not allow_private:
         try:
-            addresses = await resolve(url.host)
+            addresses = [url.host] if _is_ip_literal(url.host) else await resolve(url.host)
         except OSError:
             raise BadRequestError(f"Parameter {name}: host {url.host} cannot be resolved") from None
         if not addresses or not all(is_public_address(a) for a in addresses):

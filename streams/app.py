@@ -62,6 +62,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         topic_allow_declare=False,
+        topic_disable_leader=True,
         web_enabled=False,
         datadir=str(Path(settings.store_directory) / ".faust"),
         consumer_auto_offset_reset="earliest",
@@ -138,6 +139,11 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 emailed[env.job_id] = outcome.TYPE
 
     return app
+
+
+def changelog_topics(app: faust.App) -> list[str]:
+    """Names of the changelog topics of the app's tables, to be created before the worker subscribes."""
+    return [table.changelog_topic.get_topic_name() for table in app.tables.values()]
 
 
 def _add_packer(

@@ -30,6 +30,9 @@ from pathlib import Path
 DEFAULT_VERSION = "4.1.1"
 POM = Path(__file__).with_name("kafka-pom.xml")
 
+# Brokers started by this process, so `stop` can reap them (and Popen does not warn they outlive it).
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
 
 class BrokerError(RuntimeError):
     """The broker could not be obtained, started or stopped."""
@@ -210,6 +213,7 @@ def start(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _STARTED[proc.pid] = proc
     broker = Broker(
         bootstrap_servers=f"127.0.0.1:{port}",
         pid=proc.pid,
@@ -262,6 +266,17 @@ def stop(state_dir: Path, *, timeout: float = 30.0) -> bool:
 
 
 def _terminate(pid: int, timeout: float) -> bool:
+    proc = _STARTED.pop(pid, None)
+    if proc is not None:
+        if proc.poll() is not None:
+            return False
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return True
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -1,0 +1,92 @@
+"""Shared fixtures: the Kafka broker every integration test talks to, free ports, unique topic prefixes.
+
+The broker, in this order: `KAFKA_BOOTSTRAP_SERVERS` when set; testcontainers' Kafka module when a Docker
+engine answers; otherwise a KRaft broker started by `packager.dev.kafka` (Java + Maven, or `KAFKA_HOME`).
+A test that needs Kafka never skips: with no broker to be had it fails and names the three ways.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from packager.dev import kafka as dev_kafka
+
+NO_BROKER = (
+    "No Kafka broker for the tests. Provide one of: (1) KAFKA_BOOTSTRAP_SERVERS=host:port of a running "
+    "broker; (2) a Docker engine, so testcontainers can start apache/kafka; (3) Java 17+ with Maven on "
+    "PATH (or KAFKA_HOME pointing at a Kafka install), so `packager dev kafka start` can run one."
+)
+
+
+def _docker_answers() -> bool:
+    """True when a Docker engine answers `GET /_ping` on its socket (DOCKER_HOST or the default one)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: Any = host.removeprefix("unix://")
+        elif host.startswith("tcp://"):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            name, _, port = host.removeprefix("tcp://").partition(":")
+            address = (name, int(port or 2375))
+        else:
+            return False
+        with sock:
+            sock.settimeout(3)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            head = sock.recv(64)
+            return head.startswith(b"HTTP/1.") and b" 200 " in head
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real Kafka broker for this test session."""
+    if servers := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield servers
+        return
+    if _docker_answers():
+        from testcontainers.community.kafka import KafkaContainer
+
+        # The module's start script is written for its default (Confluent) image, so it keeps that image.
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    state_dir = tmp_path_factory.mktemp("kafka")
+    try:
+        broker = dev_kafka.start(state_dir, log=lambda m: print(m))
+    except dev_kafka.BrokerError as exc:
+        pytest.fail(f"{NO_BROKER}\nStarting one here failed: {exc}", pytrace=False)
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        dev_kafka.stop(state_dir)
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix unique to the test, so tests never share topics or consumer groups."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    return dev_kafka.free_port()
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    """An empty store directory."""
+    path = tmp_path / "store"
+    path.mkdir()
+    return path

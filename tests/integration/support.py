@@ -1,0 +1,171 @@
+"""Helpers for integration tests: reading topics, running the service as processes, SMTP and file servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from threading import Lock
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiosmtpd.controller import Controller
+
+from packager.events import Envelope, decode
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The next offset of every partition of `topic` (empty if the topic does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            return {}
+        [description] = await admin.describe_topics([topic])
+        partitions = [p["partition"] for p in description["partitions"]]
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        offsets = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: off for tp, off in offsets.items()}
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """Every record currently on `topic`, from the beginning, as (key, value)."""
+    ends = await end_offsets(bootstrap, topic)
+    if not any(ends.values()):
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[tuple[bytes | None, bytes]] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in ends]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + 30
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp.partition]]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end")
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batch.items():
+                records.extend((m.key, m.value) for m in messages if m.offset < ends[tp.partition])
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def read_events(bootstrap: str, topic: str) -> list[Envelope]:
+    """Every event on `topic`, decoded."""
+    return [decode(value) for _, value in await read_topic(bootstrap, topic)]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    """Block until something listens on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+@dataclass
+class ServiceProcess:
+    """A `python -m packager ...` child process with its log file."""
+
+    argv: list[str]
+    log_file: Path
+    proc: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        """The process's output so far (for failure messages)."""
+        return self.log_file.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig_kill: bool = False) -> None:
+        """Stop the process (SIGKILL if asked) and reap it."""
+        if self.proc.poll() is None:
+            if sig_kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def service(argv: list[str], env: dict[str, str], log_dir: Path) -> Iterator[ServiceProcess]:
+    """Run `python -m packager <argv>`; always stopped when the block ends, even on failure."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{'-'.join(argv)}-{time.monotonic_ns()}.log"
+    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    with open(log_file, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "packager", *argv],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+        )
+    handle = ServiceProcess(argv=argv, log_file=log_file, proc=proc)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@dataclass
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on a free port that keeps every message it accepts."""
+
+    port: int
+    messages: list[EmailMessage] = field(default_factory=list)
+    _lock: Lock = field(default_factory=Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        """aiosmtpd hook: keep the message."""
+        with self._lock:
+            self.messages.append(
+                message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)  # type: ignore[arg-type]
+            )
+        return "250 OK"
+
+    async def wait_for(self, count: int, timeout: float = 60.0) -> list[EmailMessage]:  # noqa: ASYNC109
+        """Wait until at least `count` messages arrived."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{len(self.messages)} of {count} emails arrived within {timeout}s")
+
+
+@contextlib.contextmanager
+def smtp_sink(port: int) -> Iterator[SmtpSink]:
+    """Run an aiosmtpd server on 127.0.0.1:port for the duration of the block."""
+    sink = SmtpSink(port=port)
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()

@@ -1,0 +1,176 @@
+"""The ingress over HTTP with an in-memory log: answers, error shapes, and nothing logged when rejected."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from packager.events import PackageRequested, encode
+from packager.ingress import create_app
+from packager.kafka_log import InMemoryEventLog
+from packager.settings import Settings, load_settings
+
+SECRET = "unit-test-secret-0123456789"
+GOOD = {
+    "secret": SECRET,
+    "resource_id": "r1",
+    "resource_url": "https://data.example.org/files/f.csv",
+    "email": "a@example.org",
+    "key": "ckan-key-abcdef",
+}
+
+
+async def public_resolver(host: str) -> list[str]:
+    return {"data.example.org": ["93.184.216.34"], "inside.example.org": ["10.0.0.7"]}[host]
+
+
+@pytest.fixture
+def settings(store_dir: Path) -> Settings:
+    return load_settings({}, secret=SECRET, store_directory=str(store_dir), max_body_size=4096)
+
+
+@pytest.fixture
+def log() -> InMemoryEventLog:
+    return InMemoryEventLog()
+
+
+@pytest.fixture
+async def client(settings: Settings, log: InMemoryEventLog) -> AsyncIterator[TestClient]:
+    app = create_app(settings, event_log=log, resolver=public_resolver)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+def appended(log: InMemoryEventLog) -> int:
+    return sum(len(v) for v in log.records.values())
+
+
+async def test_form_request_is_accepted_with_original_and_extension_keys(
+    client: TestClient, log: InMemoryEventLog
+) -> None:
+    resp = await client.post("/package_url", data=GOOD)
+    body = await resp.json()
+    assert resp.status == 200
+    assert body["success"] is True and body["status"] == "success"
+    assert body["msg"] == body["message"] and "a@example.org" in body["message"]
+    [(key, event)] = log.records["packager.requests"]
+    assert event.job_id == body["job_id"]
+    assert isinstance(event.payload, PackageRequested)
+    assert key == event.payload.cache_key
+    assert event.payload.request["resource_url"] == GOOD["resource_url"]
+
+
+async def test_json_request_is_accepted(client: TestClient, log: InMemoryEventLog) -> None:
+    resp = await client.post("/package_url", json=GOOD)
+    assert resp.status == 200
+    assert appended(log) == 1
+
+
+async def test_secrets_do_not_reach_the_log(client: TestClient, log: InMemoryEventLog) -> None:
+    await client.post("/package_url", data=GOOD)
+    [(_, event)] = log.records["packager.requests"]
+    wire = encode(event)
+    assert SECRET.encode() not in wire
+    assert GOOD["key"].encode() not in wire
+
+
+REJECTIONS = [
+    ({**GOOD, "secret": "wrong-secret-0123456789"}, 401, "NotAuthorizedError", "Wrong/missing secret"),
+    ({k: v for k, v in GOOD.items() if k != "secret"}, 401, "NotAuthorizedError", "secret"),
+    ({k: v for k, v in GOOD.items() if k != "email"}, 400, "BadRequestError", "Parameter email is required"),
+    (
+        {k: v for k, v in GOOD.items() if k != "resource_id"},
+        400,
+        "BadRequestError",
+        "resource_id is required",
+    ),
+    ({**GOOD, "email": "not-an-address"}, 400, "BadRequestError", "valid email"),
+    ({**GOOD, "resource_url": "file:///etc/passwd"}, 400, "BadRequestError", "http or https"),
+    ({**GOOD, "resource_url": "https://inside.example.org/x"}, 400, "BadRequestError", "private"),
+    ({**GOOD, "resource_url": "http://169.254.169.254/latest"}, 400, "BadRequestError", "private"),
+    ({**GOOD, "email": "a@example.org\nBcc: b@example.org"}, 400, "BadRequestError", "control character"),
+]
+
+
+@pytest.mark.parametrize(("params", "status", "error", "message"), REJECTIONS)
+async def test_rejected_requests_get_the_original_error_shape_and_log_nothing(
+    client: TestClient, log: InMemoryEventLog, params: dict[str, str], status: int, error: str, message: str
+) -> None:
+    resp = await client.post("/package_url", data=params)
+    body = await resp.json()
+    assert resp.status == status
+    assert body["status"] == "failed" and body["success"] is False
+    assert body["error"] == error
+    assert message in body["message"] and body["msg"] == body["message"]
+    assert appended(log) == 0
+
+
+async def test_oversized_bodies_get_413_and_log_nothing(client: TestClient, log: InMemoryEventLog) -> None:
+    resp = await client.post("/package_url", data={**GOOD, "padding": "x" * 10_000})
+    assert resp.status == 413
+    assert (await resp.json())["status"] == "failed"
+    assert appended(log) == 0
+
+
+async def test_invalid_utf8_and_bad_json_are_400(client: TestClient, log: InMemoryEventLog) -> None:
+    resp = await client.post(
+        "/package_url", data=b"secret=\xff\xfe", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert resp.status == 400
+    resp = await client.post("/package_url", data=b"{nope", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    resp = await client.post("/package_url", data=b"[1]", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert appended(log) == 0
+
+
+async def test_unreachable_log_is_a_503_json_error(client: TestClient, log: InMemoryEventLog) -> None:
+    log.available = False
+    resp = await client.post("/package_url", data=GOOD)
+    assert resp.status == 503
+    assert resp.content_type == "application/json"
+    assert (await resp.json())["status"] == "failed"
+
+
+async def test_unknown_routes_and_methods_answer_json(client: TestClient) -> None:
+    resp = await client.get("/package_url")
+    assert resp.status == 405
+    assert (await resp.json())["status"] == "failed"
+    resp = await client.post("/nope")
+    assert resp.status == 404
+
+
+async def test_downloads_serve_only_zip_names_inside_the_store(client: TestClient, store_dir: Path) -> None:
+    (store_dir / "job.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    resp = await client.get("/downloads/job.zip")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/zip"
+    assert await resp.read() == (store_dir / "job.zip").read_bytes()
+    for name in ("..%2F..%2Fetc%2Fpasswd", ".partial", "job.txt", "missing.zip"):
+        resp = await client.get(f"/downloads/{name}")
+        assert resp.status == 404, name
+
+
+async def test_ranged_download_returns_the_requested_bytes(client: TestClient, store_dir: Path) -> None:
+    payload = bytes(range(256)) * 40
+    (store_dir / "r.zip").write_bytes(payload)
+    resp = await client.get("/downloads/r.zip", headers={"Range": "bytes=100-199"})
+    assert resp.status == 206
+    assert await resp.read() == payload[100:200]
+
+
+def test_the_ingress_refuses_to_start_without_a_secret(store_dir: Path) -> None:
+    from packager.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        create_app(load_settings({}, store_directory=str(store_dir)), event_log=InMemoryEventLog())
+
+
+def test_success_body_is_json_serialisable() -> None:
+    from packager.ingress import accepted_body
+
+    assert orjson.loads(orjson.dumps(accepted_body("j", "m")))["job_id"] == "j"

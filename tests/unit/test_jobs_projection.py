@@ -1,0 +1,69 @@
+"""The job-state fold and lane planning."""
+
+from __future__ import annotations
+
+from packager.events import (
+    EmailSent,
+    PackageCompleted,
+    PackageFailed,
+    PackageProgress,
+    PackageQueued,
+    PackageRequested,
+    PackageStarted,
+    envelope,
+)
+from packager.settings import load_settings
+from projections.jobs import COMPLETED, RUNNING, JobState, apply
+from streams.handlers import lane_for
+
+REQ = PackageRequested(
+    kind="url", cache_key="ck", resource_id="r", email="a@example.org", ckan_host="h", request={}
+)
+DONE = PackageCompleted(
+    cache_key="ck",
+    resource_id="r",
+    email="a@example.org",
+    ckan_host="h",
+    doi="",
+    lane="fast",
+    zip_file_name="j.zip",
+    size=5,
+    sha256="0" * 64,
+    rows=None,
+    started_at="a",
+    finished_at="b",
+)
+
+
+def fold(*payloads: object) -> JobState:
+    state = None
+    for p in payloads:
+        state = apply(state, envelope("j", p))  # type: ignore[arg-type]
+    assert state is not None
+    return state
+
+
+def test_a_job_moves_from_queued_to_completed_and_emailed() -> None:
+    state = fold(REQ, PackageQueued(cache_key="ck", lane="fast"))
+    assert (state.state, state.lane) == ("queued", "fast")
+    state = fold(
+        REQ,
+        PackageStarted(cache_key="ck", lane="fast", worker="w"),
+        PackageProgress(cache_key="ck", rows_done=0, rows_total=None, bytes_done=10, bytes_total=20),
+    )
+    assert (state.state, state.bytes_done) == (RUNNING, 10)
+    state = fold(REQ, DONE, EmailSent(cache_key="ck", about="PackageCompleted", message_id="m", attempts=1))
+    assert (state.state, state.zip_file_name, state.emailed) == (COMPLETED, "j.zip", True)
+
+
+def test_terminal_states_are_never_left_on_redelivery() -> None:
+    failed = PackageFailed(
+        cache_key="ck", resource_id="r", email="a@example.org", ckan_host="h", error="x", error_type="E"
+    )
+    state = fold(REQ, DONE, PackageStarted(cache_key="ck", lane="fast", worker="w"), failed)
+    assert state.state == COMPLETED
+    assert JobState.from_dict(state.to_dict()) == state
+
+
+def test_url_jobs_take_the_fast_lane() -> None:
+    assert lane_for(envelope("j", REQ), load_settings({})) == "fast"
