@@ -94,6 +94,13 @@ def cmd_dev_mailsink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_mail(args: argparse.Namespace) -> int:
+    """Show the newest message the local mail sink received."""
+    from packager.dev.mailsink import show_latest
+
+    return show_latest(Path(args.dir))
+
+
 def _wait_for_port(port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -220,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--dir", default="var/mail")
     sink.add_argument("--port", type=int, default=8025)
     sink.set_defaults(func=cmd_dev_mailsink)
+    mail = dev.add_parser("mail", help="show the newest message in the local mail sink")
+    mail.add_argument("--dir", default="var/mail")
+    mail.set_defaults(func=cmd_dev_mail)
     up = dev.add_parser("up", help="start the whole stack locally until Ctrl-C")
     up.add_argument("--var", default="var", help="folder for state, mail, zips and logs")
     up.add_argument("--mail-port", type=int, default=8025)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import formatdate, make_msgid
 
 from packager.events import PackageCompleted, PackageFailed
 from packager.settings import Settings
@@ -79,5 +79,6 @@ def render_failed(settings: Settings, job_id: str, event: PackageFailed) -> Emai
 def _addressed(msg: EmailMessage, settings: Settings, to: str) -> EmailMessage:
     msg["From"] = settings.email_from
     msg["To"] = to
+    msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = make_msgid(domain="ckanpackager")
     return msg

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.message
 import email.policy
 import itertools
 import time
@@ -33,6 +34,22 @@ class FolderHandler:
         parsed = email.message_from_bytes(content, policy=email.policy.default)
         print(f"[mail sink] to {', '.join(envelope.rcpt_tos)}: {parsed['Subject']!s} -> {path}", flush=True)
         return "250 Message accepted for delivery"
+
+
+def show_latest(folder: Path) -> int:
+    """Print the newest message in the sink folder as a person reads it (headers and plain-text part)."""
+    messages = sorted(folder.glob("*.eml"))
+    if not messages:
+        print(f"no messages in {folder}")
+        return 1
+    parsed = email.message_from_bytes(messages[-1].read_bytes(), policy=email.policy.default)
+    for header in ("From", "To", "Subject", "Date"):
+        if parsed[header]:
+            print(f"{header}: {parsed[header]}")
+    body = parsed.get_body(("plain",)) if isinstance(parsed, email.message.EmailMessage) else None
+    print()
+    print(body.get_content() if body is not None else parsed.get_payload())
+    return 0
 
 
 def serve(folder: Path, host: str = "127.0.0.1", port: int = 8025) -> None:

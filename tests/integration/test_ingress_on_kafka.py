@@ -1,0 +1,116 @@
+"""The ingress against a real broker: accepted requests are on the log, rejected ones leave nothing.
+
+Also: with the broker unreachable the ingress answers 503 JSON quickly instead of hanging.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from packager.dev.kafka import free_port
+from packager.ingress import create_app
+from packager.kafka_log import Topics
+from packager.settings import load_settings
+from tests.integration.support import end_offsets, read_topic
+
+pytestmark = pytest.mark.kafka
+
+SECRET = "integration-test-secret-0123456789"
+GOOD = {
+    "secret": SECRET,
+    "resource_id": "r1",
+    "resource_url": "https://data.example.org/files/f.csv",
+    "email": "a@example.org",
+    "key": "ckan-key-abcdef-0001",
+}
+
+
+async def resolver(host: str) -> list[str]:
+    return {"data.example.org": ["93.184.216.34"], "rebind.example.org": ["127.0.0.1"]}[host]
+
+
+@pytest.fixture
+async def client(kafka_bootstrap: str, topic_prefix: str, store_dir: Path) -> AsyncIterator[TestClient]:
+    settings = load_settings(
+        {},
+        secret=SECRET,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        partitions=4,
+        store_directory=str(store_dir),
+        max_body_size=8192,
+    )
+    async with TestClient(TestServer(create_app(settings, resolver=resolver))) as c:
+        yield c
+
+
+BAD = {
+    "wrong secret": ({**GOOD, "secret": "x" * 30}, 401),
+    "missing secret": ({k: v for k, v in GOOD.items() if k != "secret"}, 401),
+    "missing email": ({k: v for k, v in GOOD.items() if k != "email"}, 400),
+    "missing resource_url": ({k: v for k, v in GOOD.items() if k != "resource_url"}, 400),
+    "malformed email": ({**GOOD, "email": "someone@"}, 400),
+    "not http": ({**GOOD, "resource_url": "gopher://data.example.org/f"}, 400),
+    "loopback literal": ({**GOOD, "resource_url": "http://127.0.0.1:22/"}, 400),
+    "ipv6 loopback": ({**GOOD, "resource_url": "http://[::1]/"}, 400),
+    "name resolving to loopback": ({**GOOD, "resource_url": "http://rebind.example.org/f"}, 400),
+    "link-local metadata": ({**GOOD, "resource_url": "http://169.254.169.254/latest/meta-data"}, 400),
+    "private range": ({**GOOD, "resource_url": "http://192.168.0.10/f"}, 400),
+    "header injection": ({**GOOD, "email": "a@example.org\r\nBcc: x@example.org"}, 400),
+    "too large": ({**GOOD, "pad": "p" * 20_000}, 413),
+}
+
+
+async def test_an_accepted_request_is_on_the_requests_topic_keyed_by_cache_key(
+    client: TestClient, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    resp = await client.post("/package_url", data=GOOD)
+    body = await resp.json()
+    assert resp.status == 200, body
+    records = await read_topic(kafka_bootstrap, Topics(topic_prefix).requests)
+    assert len(records) == 1
+    key, value = records[0]
+    assert body["job_id"].encode() in value
+    assert key is not None and key.decode() in value.decode()  # keyed by the cache key it carries
+    assert SECRET.encode() not in value and GOOD["key"].encode() not in value
+
+
+async def test_rejected_requests_append_nothing_to_the_log(
+    client: TestClient, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    # One accepted request first, so the topics exist and offsets are comparable.
+    assert (await client.post("/package_url", data=GOOD)).status == 200
+    topics = Topics(topic_prefix)
+    before = {t: await end_offsets(kafka_bootstrap, t) for t in topics.all()}
+    statuses = {}
+    for name, (params, _) in BAD.items():
+        resp = await client.post("/package_url", data=params)
+        statuses[name] = resp.status
+        assert (await resp.json())["status"] == "failed", name
+    assert statuses == {name: status for name, (_, status) in BAD.items()}
+    after = {t: await end_offsets(kafka_bootstrap, t) for t in topics.all()}
+    assert after == before
+
+
+async def test_an_unreachable_broker_is_a_quick_503_and_nothing_hangs(store_dir: Path) -> None:
+    settings = load_settings(
+        {},
+        secret=SECRET,
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        topic_prefix="unreachable",
+        store_directory=str(store_dir),
+        kafka_send_timeout=3.0,
+    )
+    async with TestClient(TestServer(create_app(settings, resolver=resolver))) as client:
+        started = time.monotonic()
+        resp = await client.post("/package_url", data=GOOD)
+        elapsed = time.monotonic() - started
+        body = await resp.json()
+    assert resp.status == 503
+    assert body["status"] == "failed" and body["error"] == "ServiceUnavailableError"
+    assert elapsed < 15, f"the ingress took {elapsed:.1f}s to give up"
