@@ -94,6 +94,13 @@ def cmd_dev_mailsink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_ckan(args: argparse.Namespace) -> int:
+    """Run the CKAN-compatible datastore server used by tests and benchmarks."""
+    from packager.dev import ckan_server
+
+    return int(ckan_server.main(args.rest) or 0)
+
+
 def cmd_dev_mail(args: argparse.Namespace) -> int:
     """Show the newest message the local mail sink received."""
     from packager.dev.mailsink import show_latest
@@ -227,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--dir", default="var/mail")
     sink.add_argument("--port", type=int, default=8025)
     sink.set_defaults(func=cmd_dev_mailsink)
+    ckan = dev.add_parser(
+        "ckan", help="CKAN-compatible datastore_search server (tests, benchmarks)", add_help=False
+    )
+    ckan.add_argument("rest", nargs=argparse.REMAINDER)
+    ckan.set_defaults(func=cmd_dev_ckan)
     mail = dev.add_parser("mail", help="show the newest message in the local mail sink")
     mail.add_argument("--dir", default="var/mail")
     mail.set_defaults(func=cmd_dev_mail)
@@ -239,5 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `packager` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    # These two hand their options to their own parsers (argparse's REMAINDER drops leading `--x` options).
+    if argv[:2] == ["dev", "ckan"]:
+        from packager.dev import ckan_server
+
+        return int(ckan_server.main(argv[2:]) or 0)
+    if argv[:2] == ["dev", "kafka"]:
+        from packager.dev import kafka
+
+        return kafka.main(argv[2:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -30,7 +30,7 @@ from packager.events import PackageRequested, envelope
 from packager.kafka_log import EventLog, KafkaEventLog, Topics
 from packager.secrets import constant_time_equal, seal
 from packager.settings import Settings
-from packager.validation import Resolver, cache_key_for, parse_url_request
+from packager.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,34 @@ def accepted_body(job_id: str, message: str) -> dict[str, Any]:
     return {"success": True, "msg": message, "status": "success", "message": message, "job_id": job_id}
 
 
+async def _accept(
+    request: web.Request, kind: str, identity: Mapping[str, Any], fields: dict[str, Any], key: str
+) -> web.Response:
+    """Append `PackageRequested` for a validated request and answer once Kafka acknowledged it."""
+    settings = request.app[SETTINGS]
+    cache_key = cache_key_for(kind, identity, settings.secret)
+    job_id = str(uuid.uuid4())
+    event = envelope(
+        job_id,
+        PackageRequested(
+            kind=kind,
+            cache_key=cache_key,
+            resource_id=fields["resource_id"],
+            email=fields["email"],
+            ckan_host=fields["ckan_host"],
+            request={**fields["request"], "key_sealed": seal(settings.secret, key) if key else ""},
+        ),
+    )
+    await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
+    log.info("accepted %s job %s", kind, job_id)
+    return _json(
+        accepted_body(
+            job_id,
+            f"Your download is being prepared; a link will be emailed to {fields['email']} when it is ready.",
+        )
+    )
+
+
 async def package_url(request: web.Request) -> web.Response:
     """POST /package_url: package the file at `resource_url` and email a link to `email`."""
     settings = request.app[SETTINGS]
@@ -120,30 +148,42 @@ async def package_url(request: web.Request) -> web.Response:
     req = await parse_url_request(
         params, resolve=request.app[RESOLVER], allow_private=settings.allow_private_urls
     )
-    cache_key = cache_key_for("url", req.identity(), settings.secret)
-    job_id = str(uuid.uuid4())
-    event = envelope(
-        job_id,
-        PackageRequested(
-            kind="url",
-            cache_key=cache_key,
-            resource_id=req.resource_id,
-            email=req.email,
-            ckan_host=req.ckan_host,
-            request={
-                "resource_id": req.resource_id,
-                "resource_url": req.resource_url,
-                "key_sealed": seal(settings.secret, req.key) if req.key else "",
-            },
-        ),
+    return await _accept(
+        request,
+        "url",
+        req.identity(),
+        {
+            "resource_id": req.resource_id,
+            "email": req.email,
+            "ckan_host": req.ckan_host,
+            "request": {"resource_id": req.resource_id, "resource_url": req.resource_url},
+        },
+        req.key,
     )
-    await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
-    log.info("accepted url job", extra={"job_id": job_id})
-    return _json(
-        accepted_body(
-            job_id,
-            f"Your download is being prepared; a link will be emailed to {req.email} when it is ready.",
-        )
+
+
+async def package_datastore(request: web.Request) -> web.Response:
+    """POST /package_datastore: package the rows of a datastore query and email a link to `email`."""
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    req = await parse_datastore_request(
+        params,
+        resolve=request.app[RESOLVER],
+        allow_private=settings.allow_private_urls,
+        allowed_hosts=settings.allowed_api_hosts,
+    )
+    return await _accept(
+        request,
+        "datastore",
+        req.identity(),
+        {
+            "resource_id": req.resource_id,
+            "email": req.email,
+            "ckan_host": req.ckan_host,
+            "request": req.query(),
+        },
+        req.key,
     )
 
 
@@ -194,6 +234,7 @@ def create_app(
 
     app.cleanup_ctx.append(event_log_ctx)
     app.router.add_post("/package_url", package_url)
+    app.router.add_post("/package_datastore", package_datastore)
     app.router.add_get("/downloads/{name}", download)
     return app
 

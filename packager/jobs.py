@@ -7,14 +7,18 @@ same code runs under Faust, in tests and in benchmarks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
-from packager.errors import PackagingError
+from packager.archive import ZipPacker
+from packager.ckan import DatastoreClient, DatastoreQuery
+from packager.errors import BadRequestError, PackagingError
 from packager.events import (
     Envelope,
     Event,
@@ -29,7 +33,7 @@ from packager.fetch import download_file
 from packager.secrets import unseal
 from packager.settings import Settings
 from packager.store import FileStore, safe_file_name, zip_one_file
-from packager.validation import Resolver
+from packager.validation import Resolver, check_url
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,8 @@ async def run_job(request: Envelope, lane: str, ctx: JobContext) -> Event:
     try:
         if req.kind == "url":
             return await _package_url(request, req, lane, started_at, ctx)
+        if req.kind == "datastore":
+            return await _package_datastore(request, req, lane, started_at, ctx)
         raise PackagingError(f"This service cannot package requests of kind {req.kind!r}")
     except PackagingError as exc:
         return _failed(req, exc.message, "PackagingError")
@@ -156,6 +162,124 @@ async def _package_url(
         size=published.size,
         sha256=published.sha256,
         rows=None,
+        started_at=started_at,
+        finished_at=utc_now(),
+    )
+
+
+XLSX_MAX_DATA_ROWS = 1_048_575  # Excel's 1,048,576 rows, less the header
+
+
+def datastore_query(request: dict[str, Any]) -> DatastoreQuery:
+    """The CKAN query of an accepted datastore request."""
+    return DatastoreQuery(
+        api_url=request["api_url"],
+        resource_id=request["resource_id"],
+        filters=request.get("filters") or {},
+        q=request.get("q") or None,
+        plain=request.get("plain"),
+        language=request.get("language") or None,
+        fields=request.get("fields") or None,
+        sort=request.get("sort") or None,
+        offset=int(request.get("offset") or 0),
+        limit=request.get("limit"),
+    )
+
+
+def ckan_client(req: PackageRequested, ctx: JobContext) -> DatastoreClient:
+    """A datastore client with the request's (unsealed) CKAN key."""
+    sealed = req.request.get("key_sealed")
+    key = unseal(ctx.settings.secret, sealed) if sealed else ""
+    return DatastoreClient(ctx.session, key=key, page_size=ctx.settings.page_size)
+
+
+async def _package_datastore(
+    request: Envelope, req: PackageRequested, lane: str, started_at: str, ctx: JobContext
+) -> PackageCompleted:
+    query = datastore_query(req.request)
+    fmt = str(req.request.get("format") or "csv")
+    try:
+        await check_url(
+            "api_url", query.api_url, resolve=ctx.resolve, allow_private=ctx.settings.allow_private_urls
+        )
+    except BadRequestError as exc:
+        raise PackagingError(f"CKAN cannot be queried: {exc.message}") from None
+    client = ckan_client(req, ctx)
+    info = await client.describe(query)
+    total = info.rows_expected(query)
+    if fmt == "xlsx" and total > XLSX_MAX_DATA_ROWS:
+        raise PackagingError(
+            f"The query matches {total:,} rows, more than an Excel sheet holds ({XLSX_MAX_DATA_ROWS:,}); "
+            "please ask for CSV, TSV or JSON lines instead."
+        )
+    throttle = ProgressThrottle(ctx.emit, req.cache_key)
+    await throttle.report(rows_total=total, force=True)
+    zip_path = ctx.store.partial_path(request.job_id, ".zip.partial")
+    packer = await asyncio.to_thread(
+        ZipPacker,
+        zip_path,
+        fmt,
+        info.columns,
+        spool_dir=ctx.store.partial_directory,
+        compresslevel=ctx.settings.zip_compresslevel,
+    )
+    # Fetching runs ahead of writing by at most two pages: the next page downloads while the current
+    # one is formatted and compressed in a thread, and memory stays bounded by the page size.
+    pages: asyncio.Queue[list[list[Any]] | BaseException | None] = asyncio.Queue(maxsize=2)
+
+    async def fetch_all() -> None:
+        try:
+            async for page in client.pages(query, info):
+                await pages.put(page)
+        except Exception as exc:  # handed to the writing loop, which raises it
+            await pages.put(exc)
+            return
+        await pages.put(None)
+
+    fetcher = asyncio.create_task(fetch_all())
+    finished = False
+    try:
+        rows = 0
+        while (page := await pages.get()) is not None:
+            if isinstance(page, BaseException):
+                raise page
+            await asyncio.to_thread(packer.write_rows, page)
+            rows += len(page)
+            await throttle.report(rows_done=rows, rows_total=total, bytes_done=packer.bytes_written)
+        await fetcher
+        manifest = {
+            "job_id": request.job_id,
+            "source": {"api_url": query.api_url, "resource_id": query.resource_id},
+            "query": {k: v for k, v in req.request.items() if k not in ("key_sealed", "api_url")},
+            "format": fmt,
+            "fields": info.fields,
+            "started_at": started_at,
+            "finished_at": utc_now(),
+            "doi": str(req.request.get("doi") or ""),
+        }
+        data = await asyncio.to_thread(packer.finish, manifest)
+        finished = True
+        await throttle.report(rows_done=data.rows, rows_total=total, bytes_done=data.bytes, force=True)
+        published = await asyncio.to_thread(ctx.store.publish, zip_path, zip_name_for(request.job_id))
+    finally:
+        if not fetcher.done():
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await fetcher
+        if not finished:
+            await asyncio.to_thread(packer.abort)
+        ctx.store.discard(zip_path)
+    return PackageCompleted(
+        cache_key=req.cache_key,
+        resource_id=req.resource_id,
+        email=req.email,
+        ckan_host=req.ckan_host,
+        doi=str(req.request.get("doi") or ""),
+        lane=lane,
+        zip_file_name=published.name,
+        size=published.size,
+        sha256=published.sha256,
+        rows=data.rows,
         started_at=started_at,
         finished_at=utc_now(),
     )

@@ -66,6 +66,8 @@ class Settings:
     allow_private_urls: bool = False
     # Base of the download links put in emails; empty means http://{host}:{port}/downloads.
     download_url_base: str = ""
+    # Hosts `api_url` may name (lower case); empty means any host that passes the address checks.
+    allowed_api_hosts: tuple[str, ...] = ()
 
     # Kafka.
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -85,6 +87,8 @@ class Settings:
     fetch_connect_timeout: float = 10.0
     fetch_read_timeout: float = 60.0
     fetch_max_redirects: int = 5
+    # Deflate level of the ZIPs (1 fastest, 9 smallest).
+    zip_compresslevel: int = 6
 
     # Email.
     email_from: str = "ckanpackager@localhost"

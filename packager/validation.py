@@ -134,3 +134,160 @@ def cache_key_for(kind: str, identity: Mapping[str, Any], secret: str) -> str:
     normalised["key_hmac"] = keyed_hash(secret, "ckan-key", key) if key else ""
     normalised["kind"] = kind
     return hashlib.sha256(orjson.dumps(normalised, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+FORMATS = ("csv", "tsv", "jsonl", "xlsx")
+
+
+@dataclass(frozen=True, slots=True)
+class DatastorePackageRequest:
+    """A validated `/package_datastore` request."""
+
+    api_url: str
+    resource_id: str
+    email: str
+    filters: dict[str, Any]
+    q: str
+    plain: bool | None
+    language: str
+    fields: list[str]
+    sort: str
+    offset: int
+    limit: int | None
+    format: str
+    doi: str
+    key: str
+
+    @property
+    def ckan_host(self) -> str:
+        """Host (and port) of the CKAN API, the original's `{ckan_host}` placeholder."""
+        url = URL(self.api_url)
+        return url.raw_authority or (url.host or "")
+
+    def query(self) -> dict[str, Any]:
+        """The query's parameters (no email, no key), as stored in events and manifests."""
+        return {
+            "api_url": self.api_url,
+            "resource_id": self.resource_id,
+            "filters": self.filters,
+            "q": self.q,
+            "plain": self.plain,
+            "language": self.language,
+            "fields": self.fields,
+            "sort": self.sort,
+            "offset": self.offset,
+            "limit": self.limit,
+            "format": self.format,
+            "doi": self.doi,
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """Every parameter that defines the package's content (not email, not secret, key in clear)."""
+        return {**self.query(), "key": self.key}
+
+
+def _non_negative_int(params: Mapping[str, str], name: str) -> int | None:
+    raw = str(params.get(name) or "").strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"\+?\d{1,15}", raw):
+        raise BadRequestError(f"Parameter {name} must be a non-negative integer")
+    return int(raw)
+
+
+def _json_object(params: Mapping[str, str], name: str) -> dict[str, Any]:
+    raw = str(params.get(name) or "").strip()
+    if not raw:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequestError(f"Parameter {name} must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise BadRequestError(f"Parameter {name} must be a JSON object")
+    if _depth(value) > MAX_FILTER_DEPTH:
+        raise BadRequestError(f"Parameter {name} is nested more than {MAX_FILTER_DEPTH} levels deep")
+    return value
+
+
+# CKAN filters are {"column": value}, {"column": [values]} or {"column": {"op": value}}: a few levels at most.
+MAX_FILTER_DEPTH = 8
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (so a hostile document cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _field_list(raw: str) -> list[str]:
+    raw = raw.strip()
+    if not raw:
+        return []
+    if raw.startswith("["):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadRequestError("Parameter fields must be a comma-separated list or a JSON list") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadRequestError("Parameter fields must be a list of column names")
+        return [v.strip() for v in value if v.strip()]
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _optional_bool(params: Mapping[str, str], name: str) -> bool | None:
+    raw = str(params.get(name) or "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("true", "1", "yes", "t"):
+        return True
+    if raw in ("false", "0", "no", "f"):
+        return False
+    raise BadRequestError(f"Parameter {name} must be true or false")
+
+
+async def parse_datastore_request(
+    params: Mapping[str, str],
+    *,
+    resolve: Resolver,
+    allow_private: bool,
+    allowed_hosts: tuple[str, ...] = (),
+) -> DatastorePackageRequest:
+    """Validate the parameters of `/package_datastore`."""
+    reject_control_characters(params)
+    api_url = require(params, "api_url")
+    resource_id = require(params, "resource_id")
+    email = check_email(require(params, "email"))
+    if len(resource_id) > 500:
+        raise BadRequestError("Parameter resource_id is longer than 500 characters")
+    fmt = str(params.get("format") or "csv").strip().lower()
+    if fmt not in FORMATS:
+        raise BadRequestError(f"Parameter format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    filters = _json_object(params, "filters")
+    offset = _non_negative_int(params, "offset") or 0
+    limit = _non_negative_int(params, "limit")
+    url = await check_url("api_url", api_url, resolve=resolve, allow_private=allow_private)
+    if allowed_hosts and (url.host or "").lower() not in allowed_hosts:
+        raise BadRequestError(f"Parameter api_url: host {url.host} is not one this service may query")
+    return DatastorePackageRequest(
+        api_url=str(url),
+        resource_id=resource_id,
+        email=email,
+        filters=filters,
+        q=str(params.get("q") or "").strip(),
+        plain=_optional_bool(params, "plain"),
+        language=str(params.get("language") or "").strip(),
+        fields=_field_list(str(params.get("fields") or "")),
+        sort=str(params.get("sort") or "").strip(),
+        offset=offset,
+        limit=limit,
+        format=fmt,
+        doi=str(params.get("doi") or "").strip(),
+        key=str(params.get("key") or "").strip(),
+    )

@@ -37,7 +37,7 @@ from packager.kafka_log import LANES, Topics
 from packager.settings import Settings
 from packager.store import FileStore
 from projections.jobs import JobState
-from streams.handlers import lane_for, notify
+from streams.handlers import notify, plan_lane
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +111,16 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
 
         @app.agent(requests_topic, name="planner")
         async def planner(stream: faust.StreamT) -> None:
-            async for env in decoded(stream):
-                if planned.get(env.job_id) is not None:
-                    continue  # redelivered: already on its lane
-                lane = lane_for(env, settings)
-                fut = await lane_topics[lane].send(key=env.cache_key.encode(), value=encode(env))
-                await fut
-                await publish(
-                    events_topic, env.job_id, env.cache_key, PackageQueued(cache_key=env.cache_key, lane=lane)
-                )
-                planned[env.job_id] = lane
+            async with aiohttp.ClientSession(timeout=http_timeout(settings)) as session:
+                async for env in decoded(stream):
+                    if planned.get(env.job_id) is not None:
+                        continue  # redelivered: already on its lane
+                    lane = await plan_lane(env, settings, session)
+                    fut = await lane_topics[lane].send(key=env.cache_key.encode(), value=encode(env))
+                    await fut
+                    queued = PackageQueued(cache_key=env.cache_key, lane=lane)
+                    await publish(events_topic, env.job_id, env.cache_key, queued)
+                    planned[env.job_id] = lane
 
     for lane in LANES:
         if f"lane:{lane}" in roles:
@@ -141,6 +141,13 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
     return app
 
 
+def http_timeout(settings: Settings) -> aiohttp.ClientTimeout:
+    """Connect and read timeouts for every outgoing HTTP request (no total: big files take long)."""
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=settings.fetch_connect_timeout, sock_read=settings.fetch_read_timeout
+    )
+
+
 def changelog_topics(app: faust.App) -> list[str]:
     """Names of the changelog topics of the app's tables, to be created before the worker subscribes."""
     return [table.changelog_topic.get_topic_name() for table in app.tables.values()]
@@ -159,9 +166,7 @@ def _add_packer(
     """Register the packer agent and job table of one lane."""
     jobs = app.Table(f"jobs-{lane}", default=None, partitions=settings.partitions)
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=settings.fetch_connect_timeout, sock_read=settings.fetch_read_timeout
-    )
+    timeout = http_timeout(settings)
 
     async def packer(stream: faust.StreamT) -> None:
         async with aiohttp.ClientSession(timeout=timeout) as session:

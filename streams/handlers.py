@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
+
+from packager.ckan import DatastoreClient
+from packager.errors import BadRequestError, PackagingError
 from packager.events import (
     EmailFailed,
     EmailSent,
@@ -12,23 +16,42 @@ from packager.events import (
     PackageFailed,
     PackageRequested,
 )
+from packager.ingress import system_resolver
+from packager.jobs import datastore_query
 from packager.notify import render_completed, render_failed
+from packager.secrets import unseal
 from packager.settings import Settings
 from packager.smtp import deliver
+from packager.validation import check_url
 
 log = logging.getLogger(__name__)
 
 
-def lane_for(env: Envelope, settings: Settings) -> str:
-    """Choose the lane of a request. A file at a URL is one download: always the fast lane."""
+def lane_for_rows(rows: int, settings: Settings) -> str:
+    """The original's two queues: jobs of more than `SLOW_REQUEST` rows take the slow lane."""
+    return "slow" if rows > settings.slow_request else "fast"
+
+
+async def plan_lane(env: Envelope, settings: Settings, session: aiohttp.ClientSession) -> str:
+    """Choose the lane of a request: a file is one download (fast); a query goes by its row count."""
     req = env.payload
     assert isinstance(req, PackageRequested)
     if req.kind == "url":
         return "fast"
-    limit = req.request.get("limit")
-    if limit is not None and int(limit) <= settings.slow_request:
+    query = datastore_query(req.request)
+    try:
+        await check_url(
+            "api_url", query.api_url, resolve=system_resolver, allow_private=settings.allow_private_urls
+        )
+        sealed = req.request.get("key_sealed")
+        key = unseal(settings.secret, sealed) if sealed else ""
+        client = DatastoreClient(session, key=key, page_size=settings.page_size, attempts=2)
+        info = await client.describe(query)
+    except (PackagingError, BadRequestError) as exc:
+        # The packer meets the same error at once and reports it; no need to hold a slow slot for that.
+        log.info("planning %s: CKAN could not be asked (%s); fast lane", env.job_id, exc)
         return "fast"
-    return "slow"
+    return lane_for_rows(info.rows_expected(query), settings)
 
 
 async def notify(settings: Settings, env: Envelope) -> EmailSent | EmailFailed:

@@ -174,3 +174,88 @@ def test_success_body_is_json_serialisable() -> None:
     from packager.ingress import accepted_body
 
     assert orjson.loads(orjson.dumps(accepted_body("j", "m")))["job_id"] == "j"
+
+
+DATASTORE = {
+    "secret": SECRET,
+    "api_url": "https://data.example.org/api/3/action/datastore_search",
+    "resource_id": "res-ds",
+    "email": "a@example.org",
+    "filters": '{"country": ["Kenya"]}',
+    "q": "beetle",
+    "limit": "1000",
+    "offset": "10",
+    "format": "tsv",
+    "key": "ckan-key-abcdef",
+}
+
+
+async def test_datastore_request_is_accepted_with_its_query(
+    client: TestClient, log: InMemoryEventLog
+) -> None:
+    resp = await client.post("/package_datastore", data=DATASTORE)
+    body = await resp.json()
+    assert resp.status == 200, body
+    [(_, event)] = log.records["packager.requests"]
+    payload = event.payload
+    assert isinstance(payload, PackageRequested) and payload.kind == "datastore"
+    assert payload.request["filters"] == {"country": ["Kenya"]}
+    assert (payload.request["offset"], payload.request["limit"], payload.request["format"]) == (
+        10,
+        1000,
+        "tsv",
+    )
+    assert payload.ckan_host == "data.example.org"
+    assert DATASTORE["key"].encode() not in encode(event)
+
+
+async def test_datastore_defaults_to_csv_and_all_rows(client: TestClient, log: InMemoryEventLog) -> None:
+    params = {k: v for k, v in DATASTORE.items() if k not in ("format", "limit", "offset", "filters")}
+    assert (await client.post("/package_datastore", data=params)).status == 200
+    [(_, event)] = log.records["packager.requests"]
+    request = event.payload.request  # type: ignore[attr-defined]
+    assert (request["format"], request["limit"], request["offset"], request["filters"]) == (
+        "csv",
+        None,
+        0,
+        {},
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"filters": "[1, 2]"}, "filters must be a JSON object"),
+        ({"filters": "{not json"}, "filters must be a JSON object"),
+        ({"filters": "[" * 1000 + "]" * 1000}, "filters must be a JSON object"),
+        ({"filters": '{"a":' * 300 + "1" + "}" * 300}, "nested more than 8 levels"),
+        ({"offset": "-1"}, "offset must be a non-negative integer"),
+        ({"limit": "ten"}, "limit must be a non-negative integer"),
+        ({"limit": "1.5"}, "limit must be a non-negative integer"),
+        ({"format": "parquet"}, "format must be one of csv, tsv, jsonl, xlsx"),
+        ({"api_url": "ftp://data.example.org/api"}, "http or https"),
+        ({"api_url": "http://inside.example.org/api/3/action/datastore_search"}, "private"),
+        ({"api_url": ""}, "Parameter api_url is required"),
+        ({"plain": "maybe"}, "plain must be true or false"),
+    ],
+)
+async def test_bad_datastore_parameters_are_400_and_log_nothing(
+    client: TestClient, log: InMemoryEventLog, change: dict[str, str], message: str
+) -> None:
+    resp = await client.post("/package_datastore", json={**DATASTORE, **change})
+    body = await resp.json()
+    assert resp.status == 400, body
+    assert message in body["message"]
+    assert appended(log) == 0
+
+
+async def test_api_url_must_be_on_an_allowed_host_when_a_list_is_set(store_dir: Path) -> None:
+    settings = load_settings(
+        {}, secret=SECRET, store_directory=str(store_dir), allowed_api_hosts=("portal.example.org",)
+    )
+    log = InMemoryEventLog()
+    async with TestClient(TestServer(create_app(settings, event_log=log, resolver=public_resolver))) as c:
+        resp = await c.post("/package_datastore", data=DATASTORE)
+        assert resp.status == 400
+        assert "not one this service may query" in (await resp.json())["message"]
+    assert appended(log) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import aiohttp
+
 from packager.events import (
     EmailSent,
     PackageCompleted,
@@ -14,7 +16,7 @@ from packager.events import (
 )
 from packager.settings import load_settings
 from projections.jobs import COMPLETED, RUNNING, JobState, apply
-from streams.handlers import lane_for
+from streams.handlers import lane_for_rows, plan_lane
 
 REQ = PackageRequested(
     kind="url", cache_key="ck", resource_id="r", email="a@example.org", ckan_host="h", request={}
@@ -65,5 +67,12 @@ def test_terminal_states_are_never_left_on_redelivery() -> None:
     assert JobState.from_dict(state.to_dict()) == state
 
 
-def test_url_jobs_take_the_fast_lane() -> None:
-    assert lane_for(envelope("j", REQ), load_settings({})) == "fast"
+async def test_url_jobs_take_the_fast_lane() -> None:
+    async with aiohttp.ClientSession() as session:
+        assert await plan_lane(envelope("j", REQ), load_settings({}), session) == "fast"
+
+
+def test_queries_over_slow_request_rows_take_the_slow_lane() -> None:
+    settings = load_settings({"PACKAGER_SLOW_REQUEST": "1000"})
+    assert lane_for_rows(1000, settings) == "fast"
+    assert lane_for_rows(1001, settings) == "slow"

@@ -1,0 +1,321 @@
+"""Adapter: reading every row of a CKAN `datastore_search` query, page by page, none lost or repeated.
+
+The client follows the behaviour CKAN documents for `datastore_search`:
+
+- a first call with `limit=0` reads the query's `fields`, `total` and `_backend`;
+- pages are requested with `PAGE_SIZE` rows and advanced by the `limit` the server *returned* (CKAN caps it
+  at `rows_max`);
+- paging mode: keyset (`include_next_page` / `next_page`, CKAN 2.12) when the server offers it and the sort
+  is by `_id`; `cursor`/`next_cursor` when `_backend` is `solr`; `after` when it is `versioned-datastore`;
+  otherwise offset paging with a stable sort (`_id` unless the user gave one, with `_id` as tie-break);
+- the API key goes raw in the `Authorization` header;
+- timeouts, connection errors, cut bodies and 5xx are retried with backoff, resuming at the page that
+  failed: a page is only handed on once parsed whole, so no row is written twice or skipped;
+- `success: false`, 403, 404 and 409 raise `CkanError` carrying CKAN's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from packager.errors import PackagingError
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class CkanError(PackagingError):
+    """CKAN refused the query; `message` is CKAN's own explanation."""
+
+
+class _Retryable(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DatastoreQuery:
+    """The user's query, as the original service forwarded it to CKAN."""
+
+    api_url: str
+    resource_id: str
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    q: str | Mapping[str, Any] | None = None
+    plain: bool | None = None
+    language: str | None = None
+    fields: Sequence[str] | None = None
+    sort: str | None = None
+    offset: int = 0
+    limit: int | None = None  # rows wanted in all; None means every row
+
+    def base_params(self) -> dict[str, Any]:
+        """Parameters common to every call, None values left out."""
+        params: dict[str, Any] = {"resource_id": self.resource_id}
+        if self.filters:
+            params["filters"] = dict(self.filters)
+        if self.q:
+            params["q"] = self.q
+        if self.plain is not None:
+            params["plain"] = self.plain
+        if self.language:
+            params["language"] = self.language
+        if self.fields:
+            params["fields"] = list(self.fields)
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class QueryInfo:
+    """What the first call told us."""
+
+    fields: list[dict[str, Any]]
+    total: int
+    backend: str | None
+
+    @property
+    def columns(self) -> list[str]:
+        """Column ids in order."""
+        return [str(f["id"]) for f in self.fields]
+
+    def rows_expected(self, query: DatastoreQuery) -> int:
+        """How many rows the job will produce."""
+        remaining = max(self.total - query.offset, 0)
+        return remaining if query.limit is None else min(remaining, query.limit)
+
+
+def _message(error: Any) -> str:
+    if isinstance(error, Mapping):
+        text = error.get("message")
+        details = {k: v for k, v in error.items() if k not in ("__type", "message")}
+        if isinstance(text, str) and text:
+            parts = [text]
+        elif text:
+            parts = [orjson.dumps(text).decode()]
+        else:
+            parts = []
+        if details:
+            parts.append("; ".join(f"{k}: {v}" for k, v in details.items()))
+        kind = error.get("__type")
+        body = " ".join(parts) or "no message"
+        return f"{kind}: {body}" if kind else body
+    return str(error)
+
+
+class DatastoreClient:
+    """Pages through one CKAN datastore query."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        key: str = "",
+        page_size: int = 5000,
+        attempts: int = 5,
+        backoff: float = 0.5,
+    ) -> None:
+        self._session = session
+        self._headers = {"Authorization": key} if key else {}
+        self._page_size = page_size
+        self._attempts = attempts
+        self._backoff = backoff
+        self.retries = 0
+
+    async def call(self, api_url: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One `datastore_search` call with retries; returns `result`."""
+        body = orjson.dumps(params)
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return await self._call_once(api_url, body)
+            except _Retryable as exc:
+                if attempt == self._attempts:
+                    raise PackagingError(
+                        f"CKAN at {api_url} kept failing after {attempt} attempts: {exc}"
+                    ) from None
+                self.retries += 1
+                delay = self._backoff * 2 ** (attempt - 1)
+                log.warning("datastore_search failed (%s); retry %d in %.1fs", exc, attempt, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call_once(self, api_url: str, body: bytes) -> dict[str, Any]:
+        headers = {**self._headers, "Content-Type": "application/json"}
+        try:
+            async with self._session.post(api_url, data=body, headers=headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise _Retryable(type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
+        if status in RETRYABLE_STATUS:
+            raise _Retryable(f"HTTP {status}")
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            if status >= 400:
+                raise CkanError(f"CKAN answered HTTP {status}") from None
+            raise _Retryable(f"HTTP {status} with a body that is not JSON") from None
+        if not isinstance(doc, dict):
+            raise CkanError("CKAN's answer is not a JSON object")
+        if status >= 400 or doc.get("success") is not True:
+            raise CkanError(f"CKAN refused the query: {_message(doc.get('error', f'HTTP {status}'))}")
+        result = doc.get("result")
+        if not isinstance(result, dict):
+            raise CkanError("CKAN's answer has no result")
+        return result
+
+    async def describe(self, query: DatastoreQuery) -> QueryInfo:
+        """Fields, total and backend of the query (a `limit=0` call)."""
+        result = await self.call(query.api_url, {**query.base_params(), "limit": 0})
+        fields = result.get("fields") or []
+        return QueryInfo(
+            fields=list(fields), total=int(result.get("total") or 0), backend=result.get("_backend")
+        )
+
+    async def pages(self, query: DatastoreQuery, info: QueryInfo) -> AsyncIterator[list[list[Any]]]:
+        """Yield the query's rows, page by page, as lists in `info.columns` order."""
+        wanted = info.rows_expected(query)
+        if wanted == 0:
+            return
+        if info.backend == "solr":
+            pager = self._cursor_pages(query, info, wanted)
+        elif info.backend == "versioned-datastore":
+            pager = self._after_pages(query, info, wanted)
+        else:
+            pager = self._datastore_pages(query, info, wanted)
+        async for page in pager:
+            yield page
+
+    def _page_limit(self, remaining: int) -> int:
+        return min(self._page_size, remaining)
+
+    @staticmethod
+    def _as_lists(
+        records: list[Any], columns: list[str], result_fields: list[dict[str, Any]] | None
+    ) -> list[list[Any]]:
+        if not records:
+            return []
+        if isinstance(records[0], dict):
+            return [[r.get(c) for c in columns] for r in records]
+        got = [str(f["id"]) for f in result_fields or []]
+        if got == columns or not got:
+            return records
+        index = [got.index(c) for c in columns]
+        return [[r[i] for i in index] for r in records]
+
+    async def _datastore_pages(
+        self, query: DatastoreQuery, info: QueryInfo, wanted: int
+    ) -> AsyncIterator[list[list[Any]]]:
+        columns = info.columns
+        base = {**query.base_params(), "records_format": "lists"}
+        user_sort = (query.sort or "").strip()
+        done, offset = 0, query.offset
+
+        if user_sort.replace(" ", "") in ("", "_id", "_idasc", "_iddesc"):
+            # Keyset paging when the server offers it; the first page tells.
+            sort = user_sort or "_id"
+            filters = dict(query.filters or {})
+            first = True
+            while done < wanted:
+                params = {
+                    **base,
+                    "filters": filters,
+                    "sort": sort,
+                    "include_next_page": True,
+                    "limit": self._page_limit(wanted - done),
+                }
+                if first and offset:
+                    params["offset"] = offset
+                result = await self.call(query.api_url, params)
+                records = self._as_lists(result.get("records") or [], columns, result.get("fields"))[
+                    : wanted - done
+                ]
+                if records:
+                    done += len(records)
+                    yield records
+                returned_limit = int(result.get("limit") or params["limit"])
+                if len(records) < returned_limit:
+                    return  # a short or empty page is the last one
+                next_page = result.get("next_page")
+                if next_page is None:
+                    if not first:
+                        return
+                    offset += returned_limit  # no keyset support: go on with offset paging
+                    break
+                filters = {**dict(query.filters or {}), **next_page}
+                first = False
+            else:
+                return
+        else:
+            # A user sort: offset paging, made stable with `_id` as the last sort key.
+            keys = [part.split()[0] for part in user_sort.split(",") if part.strip()]
+            sort = user_sort if "_id" in keys else f"{user_sort}, _id"
+
+        while done < wanted:
+            params = {**base, "sort": sort, "offset": offset, "limit": self._page_limit(wanted - done)}
+            result = await self.call(query.api_url, params)
+            records = self._as_lists(result.get("records") or [], columns, result.get("fields"))[
+                : wanted - done
+            ]
+            if not records:
+                return
+            done += len(records)
+            yield records
+            returned_limit = int(result.get("limit") or params["limit"])
+            if len(records) < returned_limit:
+                return
+            offset += returned_limit
+
+    async def _cursor_pages(
+        self, query: DatastoreQuery, info: QueryInfo, wanted: int
+    ) -> AsyncIterator[list[list[Any]]]:
+        columns = info.columns
+        cursor: str | None = "*"
+        done = 0
+        base = query.base_params()
+        if query.sort:
+            base["sort"] = query.sort
+        if query.offset:
+            base["offset"] = query.offset
+        while done < wanted and cursor is not None:
+            params = {**base, "cursor": cursor, "limit": self._page_limit(wanted - done)}
+            result = await self.call(query.api_url, params)
+            records = self._as_lists(result.get("records") or [], columns, result.get("fields"))
+            if not records:
+                return
+            records = records[: wanted - done]
+            done += len(records)
+            yield records
+            next_cursor = result.get("next_cursor")
+            cursor = None if next_cursor in (None, cursor) else str(next_cursor)
+
+    async def _after_pages(
+        self, query: DatastoreQuery, info: QueryInfo, wanted: int
+    ) -> AsyncIterator[list[list[Any]]]:
+        columns = info.columns
+        after: Any = None
+        done = 0
+        base = query.base_params()
+        if query.sort:
+            base["sort"] = query.sort
+        if query.offset:
+            base["offset"] = query.offset
+        while done < wanted:
+            params = {**base, "limit": self._page_limit(wanted - done)}
+            if after is not None:
+                params["after"] = after
+            result = await self.call(query.api_url, params)
+            records = self._as_lists(result.get("records") or [], columns, result.get("fields"))
+            if not records:
+                return
+            records = records[: wanted - done]
+            done += len(records)
+            yield records
+            after = result.get("after")
+            if after is None:
+                return
