@@ -64,8 +64,8 @@ async def _packager(api_url: str, page_size: int, workdir: Path) -> int:
     from packager.settings import load_settings
     from packager.store import FileStore
 
-    settings = load_settings(
-        {},
+    settings = load_settings(  # PACKAGER_* variables apply (e.g. PACKAGER_ZIP_COMPRESSLEVEL)
+        None,
         secret="benchmark-secret-0123456789",
         store_directory=str(workdir / "store"),
         page_size=page_size,

@@ -1,0 +1,129 @@
+"""The CKAN client against the project's CKAN-compatible server: every paging mode yields each row once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from packager.ckan import CkanError, DatastoreClient, DatastoreQuery
+from packager.dev.ckan_server import (
+    ACTION_PATH,
+    STATS,
+    Faults,
+    SyntheticTable,
+    create_ckan_app,
+    serve_app,
+    serve_ckan,
+)
+from packager.errors import PackagingError
+
+TABLE = SyntheticTable("t1", 2_345, seed=5)
+
+
+def expected(filters: dict[str, Any] | None = None) -> list[list[Any]]:
+    rows = [list(TABLE.values(i)) for i in range(TABLE.rows)]
+    if filters and "country" in filters:
+        wanted = filters["country"] if isinstance(filters["country"], list) else [filters["country"]]
+        rows = [r for r in rows if r[TABLE.position["country"]] in wanted]
+    return rows
+
+
+async def fetch_all(
+    api_url: str, query: DatastoreQuery, **client_kwargs: Any
+) -> tuple[list[str], list[list[Any]]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=2)) as session:
+        client = DatastoreClient(session, **{"page_size": 300, "backoff": 0.01, **client_kwargs})
+        info = await client.describe(query)
+        rows = [row async for page in client.pages(query, info) for row in page]
+        return info.columns, rows
+
+
+@pytest.mark.parametrize("backend", [None, "solr", "versioned-datastore"])
+async def test_every_paging_mode_yields_each_row_once_in_order(backend: str | None) -> None:
+    async with serve_ckan({TABLE.resource_id: TABLE}, backend=backend) as url:
+        columns, rows = await fetch_all(url, DatastoreQuery(api_url=url, resource_id=TABLE.resource_id))
+    assert columns == list(TABLE.names)
+    assert rows == expected()
+
+
+async def test_filters_offset_and_limit_are_applied() -> None:
+    filters = {"country": ["Kenya", "Japan"]}
+    async with serve_ckan({TABLE.resource_id: TABLE}) as url:
+        query = DatastoreQuery(
+            api_url=url, resource_id=TABLE.resource_id, filters=filters, offset=7, limit=401
+        )
+        _, rows = await fetch_all(url, query)
+    assert rows == expected(filters)[7 : 7 + 401]
+
+
+async def test_pages_follow_the_limit_the_server_returns_when_it_caps_rows() -> None:
+    async with serve_ckan({TABLE.resource_id: TABLE}, rows_max=250) as url:
+        _, rows = await fetch_all(
+            url, DatastoreQuery(api_url=url, resource_id=TABLE.resource_id), page_size=1000
+        )
+    assert rows == expected()
+
+
+async def test_a_user_sort_pages_by_offset_with_id_as_tie_break() -> None:
+    async with serve_ckan({TABLE.resource_id: TABLE}) as url:
+        query = DatastoreQuery(api_url=url, resource_id=TABLE.resource_id, sort="year desc")
+        _, rows = await fetch_all(url, query)
+    year, rid = TABLE.position["year"], TABLE.position["_id"]
+    assert rows == sorted(expected(), key=lambda r: (-r[year], r[rid]))
+
+
+async def test_selected_fields_come_in_the_requested_order() -> None:
+    async with serve_ckan({TABLE.resource_id: TABLE}) as url:
+        query = DatastoreQuery(api_url=url, resource_id=TABLE.resource_id, fields=["year", "_id", "country"])
+        columns, rows = await fetch_all(url, query)
+    assert columns == ["year", "_id", "country"]
+    assert rows[:3] == [[TABLE.year_of(i), i + 1, TABLE.country_of(i)] for i in range(3)]
+
+
+async def test_the_key_goes_raw_in_the_authorization_header() -> None:
+    async with serve_ckan({TABLE.resource_id: TABLE}, api_token="tok-123") as url:
+        _, rows = await fetch_all(
+            url, DatastoreQuery(api_url=url, resource_id=TABLE.resource_id), key="tok-123"
+        )
+        assert len(rows) == TABLE.rows
+        with pytest.raises(CkanError, match="Authorization"):
+            await fetch_all(url, DatastoreQuery(api_url=url, resource_id=TABLE.resource_id), key="wrong")
+
+
+@pytest.mark.parametrize(
+    ("query_changes", "message"),
+    [
+        ({"resource_id": "nope"}, "Not Found"),
+        ({"sort": "no_such_column"}, "Validation Error"),
+        ({"filters": {"no_such_column": 1}}, "Validation Error"),
+    ],
+)
+async def test_ckan_refusals_carry_ckans_message(query_changes: dict[str, Any], message: str) -> None:
+    async with serve_ckan({TABLE.resource_id: TABLE}) as url:
+        query = DatastoreQuery(**{"api_url": url, "resource_id": TABLE.resource_id, **query_changes})
+        with pytest.raises(CkanError, match=message):
+            await fetch_all(url, query)
+
+
+async def test_5xx_timeouts_and_cut_bodies_are_retried_without_losing_or_repeating_rows() -> None:
+    faults = Faults(error_rate=0.25, timeout_rate=0.1, timeout_seconds=3, reset_rate=0.1, seed=4)
+    app = create_ckan_app({TABLE.resource_id: TABLE}, faults=faults)
+    async with serve_app(app) as url:
+        _, rows = await fetch_all(url, DatastoreQuery(api_url=url, resource_id=TABLE.resource_id), attempts=8)
+    stats = app[STATS]
+    assert stats["errors_injected"] > 0 and stats["resets_injected"] + stats["timeouts_injected"] > 0
+    assert rows == expected()
+
+
+async def test_a_server_that_keeps_failing_fails_the_job_with_a_clear_message() -> None:
+    async def always_503(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="maintenance")
+
+    app = web.Application()
+    app.router.add_post(ACTION_PATH, always_503)
+    async with serve_app(app) as url:
+        with pytest.raises(PackagingError, match="kept failing after 3 attempts"):
+            await fetch_all(url, DatastoreQuery(api_url=url, resource_id=TABLE.resource_id), attempts=3)
