@@ -223,9 +223,9 @@ async def _package_datastore(
         spool_dir=ctx.store.partial_directory,
         compresslevel=ctx.settings.zip_compresslevel,
     )
-    # Fetching runs ahead of writing by at most two pages: the next page downloads while the current
-    # one is formatted and compressed in a thread, and memory stays bounded by the page size.
-    pages: asyncio.Queue[list[list[Any]] | BaseException | None] = asyncio.Queue(maxsize=2)
+    # Fetching runs one page ahead of writing: the next page downloads while the current one is formatted
+    # and compressed in a thread. One page of look-ahead was measured as fast as two, with less memory.
+    pages: asyncio.Queue[list[list[Any]] | BaseException | None] = asyncio.Queue(maxsize=1)
 
     async def fetch_all() -> None:
         try:
