@@ -26,9 +26,12 @@ from packager.settings import Settings, load_settings
 
 
 def _settings_or_exit(**overrides: object) -> Settings:
+    from packager.notify import load_templates
+
     try:
         settings = load_settings(**overrides)
         settings.require_secret()
+        load_templates(settings)  # a template with an unknown placeholder stops the service here
     except ConfigurationError as exc:
         print(f"packager: configuration error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None

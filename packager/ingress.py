@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -164,6 +165,15 @@ async def package_url(request: web.Request) -> web.Response:
 
 async def package_datastore(request: web.Request) -> web.Response:
     """POST /package_datastore: package the rows of a datastore query and email a link to `email`."""
+    return await _accept_query(request, dwc=False)
+
+
+async def package_dwc_archive(request: web.Request) -> web.Response:
+    """POST /package_dwc_archive: package a datastore query as a Darwin Core Archive."""
+    return await _accept_query(request, dwc=True)
+
+
+async def _accept_query(request: web.Request, *, dwc: bool) -> web.Response:
     settings = request.app[SETTINGS]
     params = await read_params(request)
     authenticate(params, settings)
@@ -172,10 +182,11 @@ async def package_datastore(request: web.Request) -> web.Response:
         resolve=request.app[RESOLVER],
         allow_private=settings.allow_private_urls,
         allowed_hosts=settings.allowed_api_hosts,
+        dwc=dwc,
     )
     return await _accept(
         request,
-        "datastore",
+        "dwc" if dwc else "datastore",
         req.identity(),
         {
             "resource_id": req.resource_id,
@@ -188,13 +199,16 @@ async def package_datastore(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    """GET /downloads/{name}: serve a finished ZIP from the store (Range requests supported)."""
+    """GET /downloads/{name}: serve a finished ZIP (Range requests supported); 410 once past CACHE_TIME."""
     name = request.match_info["name"]
     if not _ZIP_NAME.match(name):
         raise web.HTTPNotFound(reason="No such download")
-    path = Path(request.app[SETTINGS].store_directory) / name
+    settings = request.app[SETTINGS]
+    path = Path(settings.store_directory) / name
     if not path.is_file():
         raise web.HTTPNotFound(reason="No such download")
+    if time.time() - path.stat().st_mtime > settings.cache_time:
+        raise web.HTTPGone(reason="This download has expired; please request the data again")
     return web.FileResponse(
         path,
         headers={
@@ -235,6 +249,7 @@ def create_app(
     app.cleanup_ctx.append(event_log_ctx)
     app.router.add_post("/package_url", package_url)
     app.router.add_post("/package_datastore", package_datastore)
+    app.router.add_post("/package_dwc_archive", package_dwc_archive)
     app.router.add_get("/downloads/{name}", download)
     return app
 

@@ -51,6 +51,22 @@ Please cite this DOI when you use the data.</p>
 """
 
 
+DEFAULT_FAILURE_SUBJECT = "Your download from {ckan_host} could not be prepared"
+
+DEFAULT_FAILURE_BODY = """Hello,
+
+We could not prepare the data you requested from {ckan_host} (resource {resource_id}).
+
+What went wrong: {error}
+
+You can request the download again from the portal. If it keeps failing, please contact the portal's
+administrators and quote this job id: {job_id}
+
+Best wishes,
+The Data Portal Bot
+"""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the ingress and the workers are configured by. Build it with `load_settings()`."""
@@ -98,6 +114,18 @@ class Settings:
     email_body_html: str = DEFAULT_EMAIL_BODY_HTML
     doi_body: str = DEFAULT_DOI_BODY
     doi_body_html: str = DEFAULT_DOI_BODY_HTML
+    failure_subject: str = DEFAULT_FAILURE_SUBJECT
+    failure_body: str = DEFAULT_FAILURE_BODY
+    # Files whose contents replace the templates above (empty: use the setting's text).
+    email_subject_file: str = ""
+    email_body_file: str = ""
+    email_body_html_file: str = ""
+    doi_body_file: str = ""
+    doi_body_html_file: str = ""
+    failure_subject_file: str = ""
+    failure_body_file: str = ""
+    # Base of the job status links (`{status_url}`); empty means http://{host}:{port}/jobs.
+    status_url_base: str = ""
     smtp_host: str = "localhost"
     smtp_port: int = 25
     smtp_login: str = ""
@@ -105,7 +133,12 @@ class Settings:
     smtp_starttls: bool = False
     smtp_tls: bool = False
     smtp_timeout: float = 30.0
-    smtp_attempts: int = 5
+    # While the SMTP server is down or answers 4xx, retry with exponential backoff (capped at
+    # smtp_retry_max_delay) for this many seconds, then record EmailFailed.
+    smtp_retry_for: float = 3600.0
+    smtp_retry_max_delay: float = 60.0
+    # Email the requester when a job fails.
+    email_failures: bool = True
 
     log_level: str = "INFO"
 
@@ -114,6 +147,11 @@ class Settings:
         """Base URL for download links, without a trailing slash."""
         base = self.download_url_base or f"http://{self.host}:{self.port}/downloads"
         return base.rstrip("/")
+
+    @property
+    def status_base(self) -> str:
+        """Base URL of job status links, without a trailing slash."""
+        return (self.status_url_base or f"http://{self.host}:{self.port}/jobs").rstrip("/")
 
     @property
     def partial_directory(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -23,10 +24,12 @@ class Delivery:
     error: str = ""
 
 
-async def deliver(settings: Settings, message: EmailMessage, *, backoff: float = 1.0) -> Delivery:
-    """Send `message`, retrying connection errors and 4xx answers with exponential backoff."""
-    error = ""
-    for attempt in range(1, settings.smtp_attempts + 1):
+async def deliver(settings: Settings, message: EmailMessage, *, first_delay: float = 1.0) -> Delivery:
+    """Send `message`; retry connection errors and 4xx answers with backoff for `SMTP_RETRY_FOR` seconds."""
+    deadline = time.monotonic() + settings.smtp_retry_for
+    delay, attempt, error = first_delay, 0, ""
+    while True:
+        attempt += 1
         try:
             await aiosmtplib.send(
                 message,
@@ -39,14 +42,19 @@ async def deliver(settings: Settings, message: EmailMessage, *, backoff: float =
                 timeout=settings.smtp_timeout,
             )
             return Delivery(ok=True, attempts=attempt)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            error = "; ".join(f"SMTP {r.code} {r.message} ({r.recipient})" for r in exc.recipients)
+            if codes and min(codes) >= 500:  # permanent: every recipient refused
+                return Delivery(ok=False, attempts=attempt, error=error)
         except aiosmtplib.SMTPResponseException as exc:
             error = f"SMTP {exc.code} {exc.message}"
-            if exc.code >= 500:
+            if exc.code >= 500:  # permanent: the address or the message is refused
                 return Delivery(ok=False, attempts=attempt, error=error)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
-        if attempt < settings.smtp_attempts:
-            delay = backoff * 2 ** (attempt - 1)
-            log.warning("email delivery failed (%s); retry in %.1fs", error, delay)
-            await asyncio.sleep(delay)
-    return Delivery(ok=False, attempts=settings.smtp_attempts, error=error)
+        if time.monotonic() + delay > deadline:
+            return Delivery(ok=False, attempts=attempt, error=error)
+        log.warning("email delivery failed (%s); attempt %d, retry in %.1fs", error, attempt, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, settings.smtp_retry_max_delay)

@@ -26,6 +26,9 @@ _EMAIL = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Parameters that never reach a header (or a file name) and may hold line breaks and tabs.
+MULTILINE_PARAMETERS = frozenset({"eml", "filters", "q", "fields", "sort"})
 
 
 def require(params: Mapping[str, str], name: str) -> str:
@@ -37,9 +40,13 @@ def require(params: Mapping[str, str], name: str) -> str:
 
 
 def reject_control_characters(params: Mapping[str, str]) -> None:
-    """Refuse CR, LF, NUL and other control characters in any parameter: they could reach a header."""
+    """Refuse CR, LF, NUL and other control characters where a value could reach a header or a file name.
+
+    Query text (`MULTILINE_PARAMETERS`) may hold tabs and line breaks, but never NUL or other controls.
+    """
     for name, value in params.items():
-        if _CONTROL.search(name) or _CONTROL.search(str(value)):
+        pattern = _CONTROL_BUT_WHITESPACE if name in MULTILINE_PARAMETERS else _CONTROL
+        if _CONTROL.search(name) or pattern.search(str(value)):
             raise BadRequestError(f"Parameter {name} contains a control character")
 
 
@@ -157,6 +164,8 @@ class DatastorePackageRequest:
     format: str
     doi: str
     key: str
+    eml: str = ""  # Darwin Core Archives only
+    for_gbif: bool = False  # Darwin Core Archives only
 
     @property
     def ckan_host(self) -> str:
@@ -179,6 +188,8 @@ class DatastorePackageRequest:
             "limit": self.limit,
             "format": self.format,
             "doi": self.doi,
+            "eml": self.eml,
+            "for_gbif": self.for_gbif,
         }
 
     def identity(self) -> dict[str, Any]:
@@ -252,22 +263,26 @@ def _optional_bool(params: Mapping[str, str], name: str) -> bool | None:
     raise BadRequestError(f"Parameter {name} must be true or false")
 
 
+MAX_EML_CHARS = 256 * 1024
+
+
 async def parse_datastore_request(
     params: Mapping[str, str],
     *,
     resolve: Resolver,
     allow_private: bool,
     allowed_hosts: tuple[str, ...] = (),
+    dwc: bool = False,
 ) -> DatastorePackageRequest:
-    """Validate the parameters of `/package_datastore`."""
+    """Validate the parameters of `/package_datastore` (or, with `dwc`, of `/package_dwc_archive`)."""
     reject_control_characters(params)
     api_url = require(params, "api_url")
     resource_id = require(params, "resource_id")
     email = check_email(require(params, "email"))
     if len(resource_id) > 500:
         raise BadRequestError("Parameter resource_id is longer than 500 characters")
-    fmt = str(params.get("format") or "csv").strip().lower()
-    if fmt not in FORMATS:
+    fmt = "dwc" if dwc else str(params.get("format") or "csv").strip().lower()
+    if not dwc and fmt not in FORMATS:
         raise BadRequestError(f"Parameter format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     filters = _json_object(params, "filters")
     offset = _non_negative_int(params, "offset") or 0
@@ -290,4 +305,13 @@ async def parse_datastore_request(
         format=fmt,
         doi=str(params.get("doi") or "").strip(),
         key=str(params.get("key") or "").strip(),
+        eml=_eml(params) if dwc else "",
+        for_gbif=bool(_optional_bool(params, "for_gbif")) if dwc else False,
     )
+
+
+def _eml(params: Mapping[str, str]) -> str:
+    eml = str(params.get("eml") or "").strip()
+    if len(eml) > MAX_EML_CHARS:
+        raise BadRequestError(f"Parameter eml is longer than {MAX_EML_CHARS} characters")
+    return eml

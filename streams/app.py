@@ -121,6 +121,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                     queued = PackageQueued(cache_key=env.cache_key, lane=lane)
                     await publish(events_topic, env.job_id, env.cache_key, queued)
                     planned[env.job_id] = lane
+                    await app.producer.flush()
 
     for lane in LANES:
         if f"lane:{lane}" in roles:
@@ -135,8 +136,14 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 if env.type not in TERMINAL_TYPES or emailed.get(env.job_id) is not None:
                     continue
                 outcome = await notify(settings, env)
+                if outcome is None:
+                    continue  # failure notices are turned off
                 await publish(events_topic, env.job_id, env.cache_key, outcome)
                 emailed[env.job_id] = outcome.TYPE
+                # Flush the table's changelog now: after a crash, a redelivered terminal event finds the
+                # record and is not emailed again. The window left is between the SMTP server accepting
+                # the message and this flush completing (milliseconds).
+                await app.producer.flush()
 
     return app
 
@@ -190,5 +197,6 @@ def _add_packer(
                 await emit(terminal)
                 state = "completed" if terminal.TYPE == "PackageCompleted" else "failed"
                 jobs[env.job_id] = JobState(job_id=env.job_id, state=state, lane=lane).to_dict()
+                await app.producer.flush()  # see the mailer: shrinks the re-run window to milliseconds
 
     app.agent(topic, name=f"packer-{lane}")(packer)

@@ -54,12 +54,14 @@ async def plan_lane(env: Envelope, settings: Settings, session: aiohttp.ClientSe
     return lane_for_rows(info.rows_expected(query), settings)
 
 
-async def notify(settings: Settings, env: Envelope) -> EmailSent | EmailFailed:
-    """Email the requester about a terminal event and describe the outcome as an event."""
+async def notify(settings: Settings, env: Envelope) -> EmailSent | EmailFailed | None:
+    """Email the requester about a terminal event and describe the outcome (None: nothing to send)."""
     payload = env.payload
     if isinstance(payload, PackageCompleted):
         message = render_completed(settings, env.job_id, payload)
     elif isinstance(payload, PackageFailed):
+        if not settings.email_failures:
+            return None
         message = render_failed(settings, env.job_id, payload)
     else:  # pragma: no cover - the agent filters terminal events
         raise TypeError(f"not a terminal event: {env.type}")

@@ -259,3 +259,16 @@ async def test_api_url_must_be_on_an_allowed_host_when_a_list_is_set(store_dir: 
         assert resp.status == 400
         assert "not one this service may query" in (await resp.json())["message"]
     assert appended(log) == 0
+
+
+async def test_expired_downloads_answer_410(client: TestClient, store_dir: Path, settings: Settings) -> None:
+    import os
+    import time
+
+    old = store_dir / "old.zip"
+    old.write_bytes(b"PK")
+    stale = time.time() - settings.cache_time - 60
+    os.utime(old, (stale, stale))
+    resp = await client.get("/downloads/old.zip")
+    assert resp.status == 410
+    assert "expired" in (await resp.json())["message"]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from email.message import EmailMessage
+from pathlib import Path
 
+import pytest
+
+from packager.errors import ConfigurationError
 from packager.events import PackageCompleted, PackageFailed
-from packager.notify import render_completed, render_failed
+from packager.notify import load_templates, render_completed, render_failed
 from packager.settings import load_settings
 
 SETTINGS = load_settings(
@@ -74,3 +78,53 @@ def test_failure_email_says_what_failed() -> None:
     body = msg.get_content()
     assert "HTTP 404" in body and "job-9" in body
     assert "could not be prepared" in msg["Subject"]
+
+
+def test_new_placeholders_render() -> None:
+    settings = load_settings(
+        {},
+        secret="unit-test-secret-0123456789",
+        email_body="{row_count} rows, {file_size}, until {expires_at}: {status_url}",
+        status_url_base="https://pkg.example.org/jobs",
+        cache_time=86400,
+    )
+    msg = render_completed(settings, "job-1", completed(rows=1234567, finished_at="2026-11-26T10:00:00.000Z"))
+    text, _ = parts(msg)
+    assert (
+        text.strip()
+        == "1,234,567 rows, 2.0 KB, until 2026-11-27 10:00 UTC: https://pkg.example.org/jobs/job-1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "template", "message"),
+    [
+        ("email_body", "Hi {name}", "unknown placeholder"),
+        ("email_subject", "{resource_id.__class__}", "only plain placeholders"),
+        ("failure_body", "{download_url}", "unknown placeholder"),
+        ("doi_body", "{doi_body}", "unknown placeholder"),
+        ("email_body_html", "{unclosed", "malformed"),
+    ],
+)
+def test_templates_with_unknown_placeholders_are_refused(setting: str, template: str, message: str) -> None:
+    settings = load_settings({}, secret="unit-test-secret-0123456789", **{setting: template})
+    with pytest.raises(ConfigurationError, match=message) as info:
+        load_templates(settings)
+    assert setting.upper() in str(info.value)
+
+
+def test_templates_can_come_from_files(tmp_path: Path) -> None:
+    body = tmp_path / "body.txt"
+    body.write_text("Your file: {download_url}\n", encoding="utf-8")
+    settings = load_settings({"PACKAGER_EMAIL_BODY_FILE": str(body)}, secret="unit-test-secret-0123456789")
+    text, _ = parts(render_completed(settings, "job-1", completed()))
+    assert text.strip() == "Your file: http://127.0.0.1:8765/downloads/job-1.zip"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("{nope}", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="nope"):
+        load_templates(load_settings({}, secret="unit-test-secret-0123456789", failure_body_file=str(bad)))
+
+
+def test_a_value_cannot_break_the_subject_line() -> None:
+    msg = render_completed(SETTINGS, "job-1", completed(ckan_host="evil.example.org\r\nBcc: x@example.org"))
+    assert "\n" not in str(msg["Subject"]) and "\r" not in str(msg["Subject"])
