@@ -26,12 +26,15 @@ from packager.settings import Settings, load_settings
 
 
 def _settings_or_exit(**overrides: object) -> Settings:
+    from packager.dwc import config_from_settings
     from packager.notify import load_templates
 
     try:
         settings = load_settings(**overrides)
         settings.require_secret()
-        load_templates(settings)  # a template with an unknown placeholder stops the service here
+        # Checked at start-up, so a bad template or DwC definition stops the service, not a job.
+        load_templates(settings)
+        config_from_settings(settings).schema()
     except ConfigurationError as exc:
         print(f"packager: configuration error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -16,8 +16,9 @@ from typing import Any
 
 import aiohttp
 
-from packager.archive import ZipPacker
+from packager.archive import DwcPacker, ZipPacker
 from packager.ckan import DatastoreClient, DatastoreQuery
+from packager.dwc import config_from_settings
 from packager.errors import BadRequestError, PackagingError
 from packager.events import (
     Envelope,
@@ -100,7 +101,7 @@ async def run_job(request: Envelope, lane: str, ctx: JobContext) -> Event:
     try:
         if req.kind == "url":
             return await _package_url(request, req, lane, started_at, ctx)
-        if req.kind == "datastore":
+        if req.kind in ("datastore", "dwc"):
             return await _package_datastore(request, req, lane, started_at, ctx)
         raise PackagingError(f"This service cannot package requests of kind {req.kind!r}")
     except PackagingError as exc:
@@ -215,14 +216,26 @@ async def _package_datastore(
     throttle = ProgressThrottle(ctx.emit, req.cache_key)
     await throttle.report(rows_total=total, force=True)
     zip_path = ctx.store.partial_path(request.job_id, ".zip.partial")
-    packer = await asyncio.to_thread(
-        ZipPacker,
-        zip_path,
-        fmt,
-        info.columns,
-        spool_dir=ctx.store.partial_directory,
-        compresslevel=ctx.settings.zip_compresslevel,
-    )
+    packer: ZipPacker | DwcPacker
+    if req.kind == "dwc":
+        packer = await asyncio.to_thread(
+            DwcPacker,
+            zip_path,
+            info.columns,
+            config_from_settings(ctx.settings),
+            spool_dir=ctx.store.partial_directory,
+            eml=str(req.request.get("eml") or ""),
+            compresslevel=ctx.settings.zip_compresslevel,
+        )
+    else:
+        packer = await asyncio.to_thread(
+            ZipPacker,
+            zip_path,
+            fmt,
+            info.columns,
+            spool_dir=ctx.store.partial_directory,
+            compresslevel=ctx.settings.zip_compresslevel,
+        )
     # Fetching runs one page ahead of writing: the next page downloads while the current one is formatted
     # and compressed in a thread. One page of look-ahead was measured as fast as two, with less memory.
     pages: asyncio.Queue[list[list[Any]] | BaseException | None] = asyncio.Queue(maxsize=1)
@@ -250,7 +263,7 @@ async def _package_datastore(
         manifest = {
             "job_id": request.job_id,
             "source": {"api_url": query.api_url, "resource_id": query.resource_id},
-            "query": {k: v for k, v in req.request.items() if k not in ("key_sealed", "api_url")},
+            "query": {k: v for k, v in req.request.items() if k not in ("key_sealed", "api_url", "eml")},
             "format": fmt,
             "fields": info.fields,
             "started_at": started_at,

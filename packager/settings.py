@@ -140,6 +140,14 @@ class Settings:
     # Email the requester when a job fails.
     email_failures: bool = True
 
+    # Darwin Core Archives (the original's DWC_* options). Empty paths mean the definitions shipped in
+    # packager/dwc_data; DWC_EXTENSION_FIELDS is a JSON object (empty: associatedMedia -> Simple Multimedia).
+    dwc_id_field: str = "_id"
+    dwc_core_extension: str = ""
+    dwc_additional_extensions: tuple[str, ...] = ()
+    dwc_dynamic_term: str = "dynamicProperties"
+    dwc_extension_fields: str = ""
+
     log_level: str = "INFO"
 
     @property
