@@ -263,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         from packager.dev import ckan_server
 
         return int(ckan_server.main(argv[2:]) or 0)
+    if argv[:1] == ["replay"]:
+        from packager import replay
+
+        return replay.main(argv[1:])
     if argv[:2] == ["dev", "kafka"]:
         from packager.dev import kafka
 

@@ -32,12 +32,10 @@ from packager.kafka_log import EventLog, KafkaEventLog, Topics
 from packager.secrets import constant_time_equal, seal
 from packager.settings import Settings
 from packager.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
+from packager.web_keys import EVENT_LOG, READ_SIDE, RESOLVER, SETTINGS
 
 log = logging.getLogger(__name__)
 
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-EVENT_LOG: web.AppKey[EventLog] = web.AppKey("event_log", EventLog)  # type: ignore[type-abstract]
-RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")  # type: ignore[arg-type]
 
 _ZIP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.zip$")
 
@@ -49,7 +47,8 @@ def failure_body(error: str, message: str) -> dict[str, Any]:
     return {"success": False, "msg": message, "status": "failed", "error": error, "message": message}
 
 
-def _json(body: Mapping[str, Any], status: int = 200) -> web.Response:
+def json_response(body: Mapping[str, Any], status: int = 200) -> web.Response:
+    """A JSON answer encoded with orjson."""
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
@@ -59,16 +58,16 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except PackagerError as exc:
-        return _json(failure_body(exc.error_name, exc.message), exc.http_status)
+        return json_response(failure_body(exc.error_name, exc.message), exc.http_status)
     except web.HTTPRequestEntityTooLarge:
-        return _json(failure_body("PayloadTooLargeError", "The request body is too large"), 413)
+        return json_response(failure_body("PayloadTooLargeError", "The request body is too large"), 413)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json(failure_body(type(exc).__name__, exc.reason), exc.status)
+        return json_response(failure_body(type(exc).__name__, exc.reason), exc.status)
     except Exception:
         log.exception("Unexpected error handling %s %s", request.method, request.path)
-        return _json(failure_body("InternalError", "An unexpected error occurred"), 500)
+        return json_response(failure_body("InternalError", "An unexpected error occurred"), 500)
 
 
 async def read_params(request: web.Request) -> dict[str, str]:
@@ -108,9 +107,16 @@ def authenticate(params: Mapping[str, str], settings: Settings) -> None:
         raise NotAuthorizedError("Wrong/missing secret")
 
 
-def accepted_body(job_id: str, message: str) -> dict[str, Any]:
-    """The success answer: original and extension keys plus the job id."""
-    return {"success": True, "msg": message, "status": "success", "message": message, "job_id": job_id}
+def accepted_body(job_id: str, message: str, status_url: str = "") -> dict[str, Any]:
+    """The success answer: original and extension keys plus the job id and its status link."""
+    return {
+        "success": True,
+        "msg": message,
+        "status": "success",
+        "message": message,
+        "job_id": job_id,
+        "status_url": status_url,
+    }
 
 
 async def _accept(
@@ -133,10 +139,11 @@ async def _accept(
     )
     await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
     log.info("accepted %s job %s", kind, job_id)
-    return _json(
+    return json_response(
         accepted_body(
             job_id,
             f"Your download is being prepared; a link will be emailed to {fields['email']} when it is ready.",
+            f"{settings.status_base}/{job_id}",
         )
     )
 
@@ -229,8 +236,16 @@ def create_app(
     *,
     event_log: EventLog | None = None,
     resolver: Resolver = system_resolver,
+    follow_log: bool | None = None,
 ) -> web.Application:
-    """Build the ingress application. Connections open in the app's cleanup context, not at import."""
+    """Build the ingress application. Connections open in the app's cleanup context, not at import.
+
+    `follow_log` (default: when no `event_log` is given) runs the read side that answers `/status`,
+    `/statistics*` and `/jobs/*` from the log.
+    """
+    from packager import read_api
+    from packager.readside import ReadSide
+
     settings.require_secret()
     app = web.Application(middlewares=[errors_as_json], client_max_size=settings.max_body_size)
     app[SETTINGS] = settings
@@ -247,6 +262,17 @@ def create_app(
         await app[EVENT_LOG].close()
 
     app.cleanup_ctx.append(event_log_ctx)
+
+    if event_log is None if follow_log is None else follow_log:
+
+        async def read_side_ctx(app: web.Application) -> AsyncIterator[None]:
+            app[READ_SIDE] = ReadSide(settings)
+            app[READ_SIDE].start()
+            yield
+            await app[READ_SIDE].stop()
+
+        app.cleanup_ctx.append(read_side_ctx)
+    read_api.add_routes(app)
     app.router.add_post("/package_url", package_url)
     app.router.add_post("/package_datastore", package_datastore)
     app.router.add_post("/package_dwc_archive", package_dwc_archive)

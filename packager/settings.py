@@ -59,6 +59,8 @@ We could not prepare the data you requested from {ckan_host} (resource {resource
 
 What went wrong: {error}
 
+Details: {status_url}
+
 You can request the download again from the portal. If it keeps failing, please contact the portal's
 administrators and quote this job id: {job_id}
 
@@ -90,6 +92,11 @@ class Settings:
     topic_prefix: str = "packager"
     partitions: int = 8
     kafka_send_timeout: float = 10.0
+
+    # Statistics keep a keyed hash of each address (and its domain) instead of the address.
+    anonymize_emails: bool = False
+    # Where the ingress keeps its read-model snapshot; empty means `<store_directory>/.readmodel`.
+    read_model_directory: str = ""
 
     # Worker.
     store_directory: str = "/tmp/ckanpackager"

@@ -30,17 +30,33 @@ class JobState:
 
     job_id: str
     state: str = QUEUED
+    kind: str = ""
+    resource_id: str = ""
     lane: str = ""
     rows_done: int = 0
     rows_total: int | None = None
     bytes_done: int = 0
+    bytes_total: int | None = None
     zip_file_name: str = ""
     size: int | None = None
     error: str = ""
     emailed: bool = False
     email_error: str = ""
     requested_at: str = ""
+    started_at: str = ""
+    finished_at: str = ""
     updated_at: str = ""
+
+    @property
+    def percent(self) -> float | None:
+        """Progress in percent: by rows when their total is known, else by bytes; 100 once completed."""
+        if self.state == COMPLETED:
+            return 100.0
+        if self.rows_total:
+            return round(min(100.0, 100.0 * self.rows_done / self.rows_total), 1)
+        if self.bytes_total:
+            return round(min(100.0, 100.0 * self.bytes_done / self.bytes_total), 1)
+        return None
 
     @property
     def terminal(self) -> bool:
@@ -61,18 +77,27 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
     """Fold one event into the job's state. Terminal states are never left; replays are harmless."""
     current = state or JobState(job_id=event.job_id)
     p = event.payload
-    current = replace(current, updated_at=event.occurred_at)
+    # The latest time seen, whatever order the requests and events topics were read in.
+    current = replace(current, updated_at=max(current.updated_at, event.occurred_at))
     match p:
         case PackageRequested():
-            return replace(current, requested_at=event.occurred_at)
+            return replace(current, requested_at=event.occurred_at, kind=p.kind, resource_id=p.resource_id)
         case PackageQueued(lane=lane):
             return current if current.terminal else replace(current, lane=lane)
         case PackageStarted(lane=lane):
-            return current if current.terminal else replace(current, state=RUNNING, lane=lane)
+            if current.terminal:
+                return current
+            return replace(current, state=RUNNING, lane=lane, started_at=event.occurred_at)
         case PackageProgress():
             if current.terminal:
                 return current
-            return replace(current, rows_done=p.rows_done, rows_total=p.rows_total, bytes_done=p.bytes_done)
+            return replace(
+                current,
+                rows_done=p.rows_done,
+                rows_total=p.rows_total,
+                bytes_done=p.bytes_done,
+                bytes_total=p.bytes_total,
+            )
         case PackageCompleted():
             if current.terminal:
                 return current
@@ -83,9 +108,12 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
                 zip_file_name=p.zip_file_name,
                 size=p.size,
                 rows_done=p.rows if p.rows is not None else current.rows_done,
+                finished_at=event.occurred_at,
             )
         case PackageFailed():
-            return current if current.terminal else replace(current, state=FAILED, error=p.error)
+            if current.terminal:
+                return current
+            return replace(current, state=FAILED, error=p.error, finished_at=event.occurred_at)
         case EmailSent():
             return replace(current, emailed=True, email_error="")
         case EmailFailed():
