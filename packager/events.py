@@ -149,6 +149,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
 
 TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
 
+_ENVELOPE_FIELDS = frozenset({"event_id", "type", "schema_version", "job_id", "occurred_at", "payload"})
+
+# Field names of each payload type, computed once: decoding checks every record against them.
+_PAYLOAD_FIELDS: dict[type[Event], frozenset[str]] = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()
+}
+
 # (type, stored schema_version) -> function turning that payload into the next version's payload.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
@@ -204,8 +211,8 @@ def decode(raw: bytes | str) -> Envelope:
         raise EventDecodeError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise EventDecodeError("an event must be a JSON object")
-    missing = {"event_id", "type", "schema_version", "job_id", "occurred_at", "payload"} - doc.keys()
-    if missing:
+    if not doc.keys() >= _ENVELOPE_FIELDS:
+        missing = _ENVELOPE_FIELDS - doc.keys()
         raise EventDecodeError(f"missing envelope field(s): {', '.join(sorted(missing))}")
     cls = EVENT_TYPES.get(doc["type"])
     if cls is None:
@@ -220,20 +227,20 @@ def decode(raw: bytes | str) -> Envelope:
         if upcast is None:
             raise EventDecodeError(f"no upcaster for {cls.TYPE} v{version}")
         payload, version = upcast(payload), version + 1
-    for key in ("event_id", "job_id", "occurred_at"):
-        if not isinstance(doc[key], str) or not doc[key]:
-            raise EventDecodeError(f"envelope field {key} must be a non-empty string")
-    names = {f.name for f in dataclasses.fields(cls)}
-    if set(payload) != names:
+    event_id, job_id, occurred_at = doc["event_id"], doc["job_id"], doc["occurred_at"]
+    if not (
+        type(event_id) is str
+        and type(job_id) is str
+        and type(occurred_at) is str
+        and event_id
+        and job_id
+        and occurred_at
+    ):
+        raise EventDecodeError("envelope fields event_id, job_id and occurred_at must be non-empty strings")
+    names = _PAYLOAD_FIELDS[cls]
+    if payload.keys() != names:
         raise EventDecodeError(
             f"{cls.TYPE} payload fields differ: missing {sorted(names - set(payload))}, "
             f"unexpected {sorted(set(payload) - names)}"
         )
-    return Envelope(
-        event_id=doc["event_id"],
-        type=cls.TYPE,
-        schema_version=cls.VERSION,
-        job_id=doc["job_id"],
-        occurred_at=doc["occurred_at"],
-        payload=cls(**payload),
-    )
+    return Envelope(event_id, cls.TYPE, cls.VERSION, job_id, occurred_at, cls(**payload))

@@ -156,7 +156,7 @@ class ReadSide:
             ends = await consumer.end_offsets(partitions)
             saved_at = time.monotonic()
             while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                batch = await consumer.getmany(timeout_ms=500)
                 for tp, records in batch.items():
                     for record in records:
                         try:

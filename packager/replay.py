@@ -37,7 +37,11 @@ async def read_log(
     partitions = await topic_partitions(bootstrap, topics)
     if not partitions:
         return
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # "earliest": aiokafka resets a newly assigned partition's position in the background, and a reset to
+    # the default "latest" racing with seek_to_beginning was seen to skip a whole partition.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         consumer.assign(partitions)
@@ -52,18 +56,16 @@ async def read_log(
         pending = {tp for tp in partitions if limits[tp] > starts[tp]}
         for tp in partitions:
             await consumer.seek_to_beginning(tp)
-        done = [tp for tp in partitions if tp not in pending]
-        if done:
-            consumer.pause(*done)
+        # Partitions that are done keep delivering until the loop ends; their records are skipped. No
+        # `max_records` on getmany: with aiokafka 0.14 it was seen to leave a partition's tail undelivered.
         while pending:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            batch = await consumer.getmany(timeout_ms=1000)
             for tp, records in batch.items():
                 for record in records:
                     if record.offset < limits[tp]:
                         yield tp.topic, tp.partition, record.offset, record.value
                 if records and records[-1].offset + 1 >= limits[tp]:
                     pending.discard(tp)
-                    consumer.pause(tp)
     finally:
         await consumer.stop()
 

@@ -6,7 +6,7 @@ idempotent: a redelivered request is not packaged twice, a redelivered terminal 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from packager.events import (
@@ -67,10 +67,17 @@ class JobState:
         """Plain JSON-able form, as stored in tables."""
         return asdict(self)
 
+    def evolve(self, **changes: Any) -> JobState:
+        """A copy with `changes` applied (what `dataclasses.replace` does, several times faster)."""
+        return JobState(*[changes[n] if n in changes else getattr(self, n) for n in _FIELDS])
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobState:
         """Inverse of `to_dict`."""
         return cls(**data)
+
+
+_FIELDS = tuple(f.name for f in fields(JobState))
 
 
 def apply(state: JobState | None, event: Envelope) -> JobState:
@@ -78,21 +85,24 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
     current = state or JobState(job_id=event.job_id)
     p = event.payload
     # The latest time seen, whatever order the requests and events topics were read in.
-    current = replace(current, updated_at=max(current.updated_at, event.occurred_at))
+    latest = max(current.updated_at, event.occurred_at)
+
+    def changed(**changes: Any) -> JobState:
+        return current.evolve(updated_at=latest, **changes)
+
     match p:
         case PackageRequested():
-            return replace(current, requested_at=event.occurred_at, kind=p.kind, resource_id=p.resource_id)
+            return changed(requested_at=event.occurred_at, kind=p.kind, resource_id=p.resource_id)
         case PackageQueued(lane=lane):
-            return current if current.terminal else replace(current, lane=lane)
+            return changed() if current.terminal else changed(lane=lane)
         case PackageStarted(lane=lane):
             if current.terminal:
                 return current
-            return replace(current, state=RUNNING, lane=lane, started_at=event.occurred_at)
+            return changed(state=RUNNING, lane=lane, started_at=event.occurred_at)
         case PackageProgress():
             if current.terminal:
                 return current
-            return replace(
-                current,
+            return changed(
                 rows_done=p.rows_done,
                 rows_total=p.rows_total,
                 bytes_done=p.bytes_done,
@@ -101,8 +111,7 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
         case PackageCompleted():
             if current.terminal:
                 return current
-            return replace(
-                current,
+            return changed(
                 state=COMPLETED,
                 lane=p.lane,
                 zip_file_name=p.zip_file_name,
@@ -113,9 +122,9 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
         case PackageFailed():
             if current.terminal:
                 return current
-            return replace(current, state=FAILED, error=p.error, finished_at=event.occurred_at)
+            return changed(state=FAILED, error=p.error, finished_at=event.occurred_at)
         case EmailSent():
-            return replace(current, emailed=True, email_error="")
+            return changed(emailed=True, email_error="")
         case EmailFailed():
-            return replace(current, email_error=p.error)
+            return changed(email_error=p.error)
     return current

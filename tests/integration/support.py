@@ -37,7 +37,9 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         partitions = [p["partition"] for p in description["partitions"]]
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         offsets = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
@@ -51,7 +53,9 @@ async def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, byt
     ends = await end_offsets(bootstrap, topic)
     if not any(ends.values()):
         return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     records: list[tuple[bytes | None, bytes]] = []
     try:

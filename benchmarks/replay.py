@@ -1,0 +1,158 @@
+"""Replay throughput: how fast the audit tool folds the log into a fresh read model.
+
+    python -m benchmarks.replay --events 1000000 --bootstrap 127.0.0.1:9092
+
+Writes a synthetic history (jobs of six events each: requested, queued, started, progress, completed or
+failed, emailed; several requesters and resources) under a fresh topic prefix, then times
+`packager.replay.rebuild` over it, which runs the same folds as the live ingress. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+import uuid
+
+from aiokafka import AIOKafkaProducer
+
+from packager.events import (
+    EmailSent,
+    PackageCompleted,
+    PackageFailed,
+    PackageProgress,
+    PackageQueued,
+    PackageRequested,
+    PackageStarted,
+    encode,
+    envelope,
+)
+from packager.kafka_log import Topics, ensure_topics
+from packager.replay import rebuild
+from packager.settings import load_settings
+
+PER_JOB = 6
+
+
+def job_events(n: int) -> list[tuple[str, bytes, bytes]]:
+    """The six records of job number `n`: (topic suffix, key, value)."""
+    job_id = str(uuid.UUID(int=n))
+    key = f"ck{n % 5000}"
+    resource_id = f"res-{n % 200}"
+    email = f"user{n % 3000}@example.org"
+    records = [
+        (
+            "requests",
+            PackageRequested(
+                kind="datastore",
+                cache_key=key,
+                resource_id=resource_id,
+                email=email,
+                ckan_host="data.example.org",
+                request={"resource_id": resource_id},
+            ),
+        ),
+        ("events", PackageQueued(cache_key=key, lane="fast")),
+        ("events", PackageStarted(cache_key=key, lane="fast", worker="w1")),
+        (
+            "events",
+            PackageProgress(cache_key=key, rows_done=500, rows_total=1000, bytes_done=9000, bytes_total=None),
+        ),
+    ]
+    if n % 10 == 9:
+        records.append(
+            (
+                "events",
+                PackageFailed(
+                    cache_key=key,
+                    resource_id=resource_id,
+                    email=email,
+                    ckan_host="data.example.org",
+                    error="CKAN refused the query",
+                    error_type="CkanError",
+                ),
+            )
+        )
+        about = "PackageFailed"
+    else:
+        records.append(
+            (
+                "events",
+                PackageCompleted(
+                    cache_key=key,
+                    resource_id=resource_id,
+                    email=email,
+                    ckan_host="data.example.org",
+                    doi="",
+                    lane="fast",
+                    zip_file_name=f"{job_id}.zip",
+                    size=123456,
+                    sha256="0" * 64,
+                    rows=1000,
+                    started_at="2026-11-26T00:00:00.000Z",
+                    finished_at="2026-11-26T00:00:01.000Z",
+                ),
+            )
+        )
+        about = "PackageCompleted"
+    records.append(("events", EmailSent(cache_key=key, about=about, message_id="<m@x>", attempts=1)))
+    return [(topic, key.encode(), encode(envelope(job_id, payload))) for topic, payload in records]
+
+
+async def produce(bootstrap: str, topics: Topics, events: int, partitions: int) -> float:
+    """Write the history; returns seconds taken."""
+    await ensure_topics(bootstrap, topics, partitions)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1_048_576, compression_type=None
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending = []
+        for n in range(events // PER_JOB):
+            for suffix, key, value in job_events(n):
+                topic = topics.requests if suffix == "requests" else topics.events
+                pending.append(await producer.send(topic, value=value, key=key))
+            if len(pending) > 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def main() -> None:
+    """Produce, then replay and report."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--partitions", type=int, default=8)
+    args = parser.parse_args()
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        {}, kafka_bootstrap_servers=args.bootstrap, topic_prefix=prefix, partitions=args.partitions
+    )
+    produce_seconds = await produce(args.bootstrap, Topics(prefix), args.events, args.partitions)
+    started = time.perf_counter()
+    model, folded = await rebuild(settings)
+    seconds = time.perf_counter() - started
+    print(
+        json.dumps(
+            {
+                "events": folded,
+                "jobs": len(model.jobs),
+                "replay_seconds": round(seconds, 2),
+                "events_per_s": round(folded / seconds),
+                "produce_seconds": round(produce_seconds, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "totals_all": model.stats.totals.get("*"),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
