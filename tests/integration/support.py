@@ -101,6 +101,14 @@ class ServiceProcess:
         """The process's output so far (for failure messages)."""
         return self.log_file.read_text(errors="replace")[-5000:]
 
+    async def wait_for_output(self, text: str, timeout: float = 60.0) -> None:  # noqa: ASYNC109
+        """Wait until the process has printed `text` (e.g. Faust's "[^Worker]: Ready")."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_file.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"{self.argv} never printed {text!r}:\n{self.log()}")
+            await asyncio.sleep(0.2)
+
     def stop(self, sig_kill: bool = False) -> None:
         """Stop the process (SIGKILL if asked) and reap it."""
         if self.proc.poll() is None:
