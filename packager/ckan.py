@@ -274,48 +274,42 @@ class DatastoreClient:
     async def _cursor_pages(
         self, query: DatastoreQuery, info: QueryInfo, wanted: int
     ) -> AsyncIterator[list[list[Any]]]:
-        columns = info.columns
-        cursor: str | None = "*"
-        done = 0
-        base = query.base_params()
-        if query.sort:
-            base["sort"] = query.sort
-        if query.offset:
-            base["offset"] = query.offset
-        while done < wanted and cursor is not None:
-            params = {**base, "cursor": cursor, "limit": self._page_limit(wanted - done)}
-            result = await self.call(query.api_url, params)
-            records = self._as_lists(result.get("records") or [], columns, result.get("fields"))
-            if not records:
-                return
-            records = records[: wanted - done]
-            done += len(records)
-            yield records
-            next_cursor = result.get("next_cursor")
-            cursor = None if next_cursor in (None, cursor) else str(next_cursor)
+        async for page in self._token_pages(query, info, wanted, "cursor", "*", "next_cursor"):
+            yield page
 
     async def _after_pages(
         self, query: DatastoreQuery, info: QueryInfo, wanted: int
     ) -> AsyncIterator[list[list[Any]]]:
+        async for page in self._token_pages(query, info, wanted, "after", None, "after"):
+            yield page
+
+    async def _token_pages(
+        self, query: DatastoreQuery, info: QueryInfo, wanted: int, send: str, first: Any, receive: str
+    ) -> AsyncIterator[list[list[Any]]]:
+        """Paging by a continuation token (solr's `cursor`, the versioned datastore's `after`).
+
+        These backends do not combine a token with `offset`, so the user's offset is skipped here.
+        """
         columns = info.columns
-        after: Any = None
-        done = 0
         base = query.base_params()
         if query.sort:
             base["sort"] = query.sort
-        if query.offset:
-            base["offset"] = query.offset
+        token, done, skip = first, 0, query.offset
         while done < wanted:
-            params = {**base, "limit": self._page_limit(wanted - done)}
-            if after is not None:
-                params["after"] = after
+            params = {**base, "limit": self._page_limit(wanted - done + skip)}
+            if token is not None:
+                params[send] = token
             result = await self.call(query.api_url, params)
             records = self._as_lists(result.get("records") or [], columns, result.get("fields"))
             if not records:
                 return
+            if skip:
+                records, skip = records[skip:], max(skip - len(records), 0)
             records = records[: wanted - done]
-            done += len(records)
-            yield records
-            after = result.get("after")
-            if after is None:
+            if records:
+                done += len(records)
+                yield records
+            next_token = result.get(receive)
+            if next_token is None or next_token == token:
                 return
+            token = next_token

@@ -127,3 +127,11 @@ async def test_a_server_that_keeps_failing_fails_the_job_with_a_clear_message() 
     async with serve_app(app) as url:
         with pytest.raises(PackagingError, match="kept failing after 3 attempts"):
             await fetch_all(url, DatastoreQuery(api_url=url, resource_id=TABLE.resource_id), attempts=3)
+
+
+@pytest.mark.parametrize("backend", ["solr", "versioned-datastore"])
+async def test_token_paging_honours_offset_and_limit(backend: str) -> None:
+    async with serve_ckan({TABLE.resource_id: TABLE}, backend=backend) as url:
+        query = DatastoreQuery(api_url=url, resource_id=TABLE.resource_id, offset=450, limit=700)
+        _, rows = await fetch_all(url, query)
+    assert rows == expected()[450:1150]
