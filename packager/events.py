@@ -81,9 +81,13 @@ class PackageProgress(Event):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackageCompleted(Event):
-    """Terminal: the ZIP is in the store under `zip_file_name`."""
+    """Terminal: the ZIP is in the store under `zip_file_name`.
+
+    v2 added `cached_from`: the job whose ZIP was reused ("" when this job built it).
+    """
 
     TYPE: ClassVar[str] = "PackageCompleted"
+    VERSION: ClassVar[int] = 2
     cache_key: str
     resource_id: str
     email: str
@@ -96,6 +100,7 @@ class PackageCompleted(Event):
     rows: int | None
     started_at: str
     finished_at: str
+    cached_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,6 +138,24 @@ class EmailFailed(Event):
     attempts: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class CacheCleared(Event):
+    """An operator emptied the cache (`/clear_caches`); one per partition of the events topic."""
+
+    TYPE: ClassVar[str] = "CacheCleared"
+    cache_key: str  # "*": not about one request
+    partition: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageExpired(Event):
+    """A stored ZIP passed CACHE_TIME: it leaves the cache index and the store. `job_id` is its builder's."""
+
+    TYPE: ClassVar[str] = "PackageExpired"
+    cache_key: str
+    zip_file_name: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -144,6 +167,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PackageFailed,
         EmailSent,
         EmailFailed,
+        CacheCleared,
+        PackageExpired,
     )
 }
 
@@ -156,8 +181,16 @@ _PAYLOAD_FIELDS: dict[type[Event], frozenset[str]] = {
     cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()
 }
 
+
+def _completed_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """PackageCompleted v1 had no `cached_from`: every v1 completion built its own ZIP."""
+    return {**payload, "cached_from": ""}
+
+
 # (type, stored schema_version) -> function turning that payload into the next version's payload.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("PackageCompleted", 1): _completed_v1_to_v2,
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

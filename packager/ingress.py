@@ -27,7 +27,7 @@ from packager.errors import (
     PackagerError,
     PayloadTooLargeError,
 )
-from packager.events import PackageRequested, envelope
+from packager.events import CacheCleared, PackageRequested, envelope
 from packager.kafka_log import EventLog, KafkaEventLog, Topics
 from packager.secrets import constant_time_equal, seal
 from packager.settings import Settings
@@ -205,6 +205,20 @@ async def _accept_query(request: web.Request, *, dwc: bool) -> web.Response:
     )
 
 
+async def clear_caches(request: web.Request) -> web.Response:
+    """POST /clear_caches: append CacheCleared to every partition; the workers empty the index and files."""
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    topics = Topics(settings.topic_prefix)
+    operation = str(uuid.uuid4())
+    for partition in range(settings.partitions):
+        event = envelope(operation, CacheCleared(cache_key="*", partition=partition))
+        await request.app[EVENT_LOG].append(topics.events, "*", event, partition=partition)
+    log.info("cache clearing %s requested", operation)
+    return json_response({"success": True, "msg": "Done.", "status": "success", "message": "Done."})
+
+
 async def download(request: web.Request) -> web.StreamResponse:
     """GET /downloads/{name}: serve a finished ZIP (Range requests supported); 410 once past CACHE_TIME."""
     name = request.match_info["name"]
@@ -276,6 +290,7 @@ def create_app(
     app.router.add_post("/package_url", package_url)
     app.router.add_post("/package_datastore", package_datastore)
     app.router.add_post("/package_dwc_archive", package_dwc_archive)
+    app.router.add_post("/clear_caches", clear_caches)
     app.router.add_get("/downloads/{name}", download)
     return app
 

@@ -89,8 +89,8 @@ async def ensure_topics(
 class EventLog(Protocol):
     """Where accepted requests and events are appended."""
 
-    async def append(self, topic: str, key: str, event: Envelope) -> None:
-        """Append one event; return only once it is durably stored."""
+    async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
+        """Append one event (to `partition`, else by key); return only once it is durably stored."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -103,7 +103,7 @@ class InMemoryEventLog:
     records: dict[str, list[tuple[str, Envelope]]] = field(default_factory=dict)
     available: bool = True
 
-    async def append(self, topic: str, key: str, event: Envelope) -> None:
+    async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
         """Store the event, or fail as an unreachable broker would."""
         if not self.available:
             raise UnavailableError("The event log is unavailable; the request was not accepted.")
@@ -156,12 +156,14 @@ class KafkaEventLog:
             self._producer = producer
             return producer
 
-    async def append(self, topic: str, key: str, event: Envelope) -> None:
+    async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
         """Append and wait for the broker's acknowledgement from all in-sync replicas."""
         producer = await self._ready_producer()
         try:
             async with asyncio.timeout(self._send_timeout):
-                await producer.send_and_wait(topic, value=encode(event), key=key.encode())
+                await producer.send_and_wait(
+                    topic, value=encode(event), key=key.encode(), partition=partition
+                )
         except (KafkaError, TimeoutError) as exc:
             log.warning("Append to %s failed: %r", topic, exc)
             raise UnavailableError(

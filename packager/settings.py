@@ -105,6 +105,8 @@ class Settings:
     temp_directory: str = ""
     worker_lanes: tuple[str, ...] = ("fast", "slow")
     cache_time: int = 60 * 60 * 24
+    # Seconds between the janitor's sweeps for packages older than CACHE_TIME.
+    janitor_interval: float = 60.0
     page_size: int = 5000
     slow_request: int = 50_000
     fetch_connect_timeout: float = 10.0

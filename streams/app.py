@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,12 @@ import faust
 from packager.errors import EventDecodeError
 from packager.events import (
     TERMINAL_TYPES,
+    CacheCleared,
     Envelope,
     Event,
+    PackageCompleted,
+    PackageExpired,
+    PackageFailed,
     PackageQueued,
     decode,
     encode,
@@ -37,6 +42,7 @@ from packager.kafka_log import LANES, Topics
 from packager.settings import Settings
 from packager.store import FileStore
 from projections.jobs import JobState
+from streams.cache import cache_entry, is_fresh, reused, shared_failure, waiter
 from streams.handlers import notify, plan_lane
 
 log = logging.getLogger(__name__)
@@ -107,21 +113,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 await dead_letter(record, exc)
 
     if "planner" in roles:
-        planned = app.Table("planned", default=None, partitions=settings.partitions)
-
-        @app.agent(requests_topic, name="planner")
-        async def planner(stream: faust.StreamT) -> None:
-            async with aiohttp.ClientSession(timeout=http_timeout(settings)) as session:
-                async for env in decoded(stream):
-                    if planned.get(env.job_id) is not None:
-                        continue  # redelivered: already on its lane
-                    lane = await plan_lane(env, settings, session)
-                    fut = await lane_topics[lane].send(key=env.cache_key.encode(), value=encode(env))
-                    await fut
-                    queued = PackageQueued(cache_key=env.cache_key, lane=lane)
-                    await publish(events_topic, env.job_id, env.cache_key, queued)
-                    planned[env.job_id] = lane
-                    await app.producer.flush()
+        _add_planner_and_cache(app, settings, requests_topic, events_topic, lane_topics, decoded, publish)
 
     for lane in LANES:
         if f"lane:{lane}" in roles:
@@ -146,6 +138,89 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 await app.producer.flush()
 
     return app
+
+
+def _add_planner_and_cache(
+    app: faust.App,
+    settings: Settings,
+    requests_topic: Any,
+    events_topic: Any,
+    lane_topics: dict[str, Any],
+    decoded: Any,
+    publish: Any,
+) -> None:
+    """The planner (requests -> cache hit, shared build or a lane) and the cache keeper (events -> index).
+
+    Both read and write the same tables while processing partition p of topics keyed alike, so the tables
+    stay co-partitioned with the requests topic.
+    """
+    planned = app.Table("planned", default=None, partitions=settings.partitions)
+    cache = app.Table("cache", default=None, partitions=settings.partitions)
+    inflight = app.Table("inflight", default=None, partitions=settings.partitions)
+    waiting = app.Table("waiting", default=None, partitions=settings.partitions)
+    store = FileStore(Path(settings.store_directory), settings.partial_directory)
+
+    @app.agent(requests_topic, name="planner")
+    async def planner(stream: faust.StreamT) -> None:
+        async with aiohttp.ClientSession(timeout=http_timeout(settings)) as session:
+            async for env in decoded(stream):
+                if planned.get(env.job_id) is not None:
+                    continue  # redelivered: already handled
+                key = env.cache_key
+                entry = cache.get(key)
+                if is_fresh(entry, settings, store):
+                    await publish(events_topic, env.job_id, key, reused(key, waiter(env), entry))
+                    planned[env.job_id] = "cache"
+                elif inflight.get(key) not in (None, env.job_id):
+                    # An identical request is being built: this one completes with it.
+                    waiting[key] = [*(waiting.get(key) or []), waiter(env)]
+                    planned[env.job_id] = "shared"
+                else:
+                    inflight[key] = env.job_id
+                    lane = await plan_lane(env, settings, session)
+                    fut = await lane_topics[lane].send(key=key.encode(), value=encode(env))
+                    await fut
+                    await publish(events_topic, env.job_id, key, PackageQueued(cache_key=key, lane=lane))
+                    planned[env.job_id] = lane
+                await app.producer.flush()
+
+    @app.agent(events_topic, name="cache-keeper")
+    async def cache_keeper(stream: faust.StreamT) -> None:
+        async for env in decoded(stream):
+            partition = faust.current_event().message.partition  # type: ignore[union-attr]
+            key, p = env.cache_key, env.payload
+            if isinstance(p, PackageCompleted) and not p.cached_from:
+                cache[key] = cache_entry(env, partition)
+                if inflight.get(key) == env.job_id:
+                    del inflight[key]
+                for who in waiting.pop(key, None) or []:
+                    await publish(events_topic, who["job_id"], key, reused(key, who, cache[key]))
+            elif isinstance(p, PackageFailed) and inflight.get(key) == env.job_id:
+                del inflight[key]
+                for who in waiting.pop(key, None) or []:
+                    await publish(events_topic, who["job_id"], key, shared_failure(key, who, p))
+            elif isinstance(p, CacheCleared) and p.partition == partition:
+                for cached_key, cached in list(cache.items()):
+                    if cached and cached.get("partition") == partition:
+                        store.discard(store.path_of(cached["zip_file_name"]))
+                        del cache[cached_key]
+            elif isinstance(p, PackageExpired):
+                cached = cache.get(key)
+                if cached and cached["job_id"] == env.job_id:
+                    del cache[key]
+                store.discard(store.path_of(p.zip_file_name))
+            else:
+                continue
+            await app.producer.flush()
+
+    @app.timer(interval=settings.janitor_interval)
+    async def janitor() -> None:
+        """Expire packages older than CACHE_TIME: one PackageExpired each, handled by the cache keeper."""
+        now = time.time()
+        for cached_key, cached in list(cache.items()):
+            if cached and now - float(cached["completed_at"]) >= max(settings.cache_time, 1):
+                expired = PackageExpired(cache_key=cached_key, zip_file_name=cached["zip_file_name"])
+                await publish(events_topic, cached["job_id"], cached_key, expired)
 
 
 def http_timeout(settings: Settings) -> aiohttp.ClientTimeout:

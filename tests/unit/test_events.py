@@ -112,3 +112,19 @@ def test_terminal_event_carries_what_the_mailer_needs() -> None:
     assert isinstance(env.payload, PackageCompleted)
     assert env.cache_key == "ck"
     assert decode(encode(envelope("j", EmailSent(cache_key="ck", about="x", message_id="m", attempts=1))))
+
+
+STORED_COMPLETED_V1 = (
+    b'{"event_id":"e1","type":"PackageCompleted","schema_version":1,"job_id":"j1",'
+    b'"occurred_at":"2026-11-26T14:00:00.000Z","payload":{"cache_key":"ck","resource_id":"r1",'
+    b'"email":"a@example.org","ckan_host":"h","doi":"","lane":"fast","zip_file_name":"j1.zip","size":10,'
+    b'"sha256":"00","rows":null,"started_at":"t0","finished_at":"t1"}}'
+)
+
+
+def test_a_stored_v1_completion_is_upcast_to_v2() -> None:
+    env = decode(STORED_COMPLETED_V1)
+    assert env.schema_version == 2
+    assert isinstance(env.payload, PackageCompleted)
+    assert env.payload.cached_from == ""
+    assert env.payload.zip_file_name == "j1.zip"

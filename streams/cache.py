@@ -1,0 +1,82 @@
+"""The cache index: what may be reused, decided from tables projected from completion events.
+
+Pure helpers (no Faust): the agents in `streams.app` keep the tables and call these.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from packager.events import Envelope, PackageCompleted, PackageFailed, PackageRequested
+from packager.settings import Settings
+from packager.store import FileStore
+
+
+def cache_entry(env: Envelope, partition: int) -> dict[str, Any]:
+    """The index entry of a freshly built package (kept in the `cache` table under its cache key)."""
+    p = env.payload
+    assert isinstance(p, PackageCompleted)
+    return {
+        "job_id": env.job_id,
+        "zip_file_name": p.zip_file_name,
+        "size": p.size,
+        "sha256": p.sha256,
+        "rows": p.rows,
+        "finished_at": p.finished_at,
+        "completed_at": time.time(),
+        "partition": partition,
+    }
+
+
+def is_fresh(entry: dict[str, Any] | None, settings: Settings, store: FileStore) -> bool:
+    """True when the entry's ZIP is younger than CACHE_TIME and still in the store."""
+    if not entry:
+        return False
+    if time.time() - float(entry["completed_at"]) >= max(settings.cache_time, 1):
+        return False
+    return store.path_of(entry["zip_file_name"]).is_file()
+
+
+def waiter(env: Envelope) -> dict[str, Any]:
+    """What a request waiting for an identical build needs to be completed or failed later."""
+    p = env.payload
+    assert isinstance(p, PackageRequested)
+    return {
+        "job_id": env.job_id,
+        "resource_id": p.resource_id,
+        "email": p.email,
+        "ckan_host": p.ckan_host,
+        "doi": str(p.request.get("doi") or ""),
+    }
+
+
+def reused(cache_key: str, who: dict[str, Any], entry: dict[str, Any]) -> PackageCompleted:
+    """The completion of a job served from the cache; `finished_at` is when the reused ZIP was built."""
+    return PackageCompleted(
+        cache_key=cache_key,
+        resource_id=who["resource_id"],
+        email=who["email"],
+        ckan_host=who["ckan_host"],
+        doi=who["doi"],
+        lane="cache",
+        zip_file_name=entry["zip_file_name"],
+        size=entry["size"],
+        sha256=entry["sha256"],
+        rows=entry["rows"],
+        started_at=entry["finished_at"],
+        finished_at=entry["finished_at"],
+        cached_from=entry["job_id"],
+    )
+
+
+def shared_failure(cache_key: str, who: dict[str, Any], failed: PackageFailed) -> PackageFailed:
+    """The failure of a job that waited for an identical build which failed."""
+    return PackageFailed(
+        cache_key=cache_key,
+        resource_id=who["resource_id"],
+        email=who["email"],
+        ckan_host=who["ckan_host"],
+        error=failed.error,
+        error_type=failed.error_type,
+    )
