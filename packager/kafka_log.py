@@ -42,6 +42,11 @@ class Topics:
         return f"{self.prefix}.events"
 
     @property
+    def analytics(self) -> str:
+        """Every lifecycle event with pseudonymised requesters, for downstream consumers."""
+        return f"{self.prefix}.analytics"
+
+    @property
     def dead_letters(self) -> str:
         """Records that could not be decoded, kept for inspection."""
         return f"{self.prefix}.dead-letters"
@@ -52,7 +57,7 @@ class Topics:
 
     def all(self) -> list[str]:
         """Every topic the service needs, in creation order."""
-        return [self.requests, self.events, self.dead_letters, *(self.lane(x) for x in LANES)]
+        return [self.requests, self.events, self.analytics, self.dead_letters, *(self.lane(x) for x in LANES)]
 
 
 async def ensure_topics(

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import faust
 
+from packager.analytics import pseudonymise
 from packager.errors import EventDecodeError
 from packager.events import (
     TERMINAL_TYPES,
@@ -114,6 +115,22 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
 
     if "planner" in roles:
         _add_planner_and_cache(app, settings, requests_topic, events_topic, lane_topics, decoded, publish)
+        analytics_topic = raw_topic(topics.analytics)
+
+        @app.agent(
+            app.topic(topics.requests, topics.events, key_serializer="raw", value_serializer="raw"),
+            name="analytics",
+        )
+        async def analytics(stream: faust.StreamT) -> None:
+            """Re-publish every event, requesters pseudonymised, for downstream consumers."""
+            async for record in stream.events():
+                try:
+                    decode(record.value)  # only valid events; the others go to dead letters elsewhere
+                except EventDecodeError:
+                    continue
+                out = pseudonymise(record.value, settings.secret)
+                fut = await analytics_topic.send(key=record.key, value=out)
+                await fut
 
     for lane in LANES:
         if f"lane:{lane}" in roles:

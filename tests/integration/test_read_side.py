@@ -20,10 +20,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
+from packager.kafka_log import Topics
+from packager.schemas import SCHEMA_DIRECTORY
 from tests.integration.conftest import SECRET
-from tests.integration.support import ROOT, SmtpSink, service, wait_for_port
+from tests.integration.support import ROOT, SmtpSink, read_topic, service, wait_for_port
 
 pytestmark = pytest.mark.kafka
 
@@ -151,6 +154,8 @@ async def test_statistics_status_and_jobs_come_from_the_log_and_survive_a_restar
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "identical" in audit.stderr
 
+    await check_schemas_and_analytics(kafka_bootstrap, service_env, env)
+
     history = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "packager", "replay", "history", "--job", jobs[3]],
@@ -162,6 +167,50 @@ async def test_statistics_status_and_jobs_come_from_the_log_and_survive_a_restar
     )
     types = [orjson.loads(line)["type"] for line in history.stdout.splitlines()]
     assert types[0] == "PackageRequested" and "PackageFailed" in types and types[-1] == "EmailSent"
+
+
+async def check_schemas_and_analytics(
+    bootstrap: str, service_env: dict[str, str], env: dict[str, str]
+) -> None:
+    """Every event emitted validates against its committed schema; analytics mirror them, pseudonymised."""
+    topics = Topics(service_env["PACKAGER_TOPIC_PREFIX"])
+    schemas = {p.stem: orjson.loads(p.read_bytes()) for p in SCHEMA_DIRECTORY.glob("*.json")}
+    emitted = [v for t in (topics.requests, topics.events) for _, v in await read_topic(bootstrap, t)]
+    for value in emitted:
+        doc = orjson.loads(value)
+        Draft202012Validator(schemas[f"{doc['type']}.v{doc['schema_version']}"]).validate(doc)
+
+    async def mirrored() -> bool:
+        return len(await read_topic(bootstrap, topics.analytics)) >= len(emitted)
+
+    await eventually(mirrored, "the analytics topic to mirror every event")
+    analytics = [orjson.loads(v) for _, v in await read_topic(bootstrap, topics.analytics)]
+    assert {a["event_id"] for a in analytics} == {orjson.loads(v)["event_id"] for v in emitted}
+    text = orjson.dumps(analytics).decode()
+    assert "ann@example.org" not in text and "bob@example.org" not in text  # requesters pseudonymised
+    summary = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "analytics_summary.py"),
+            "--bootstrap",
+            bootstrap,
+            "--prefix",
+            topics.prefix,
+            "--max-seconds",
+            "4",
+            "--every",
+            "100",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "requests 6" in summary.stdout and "requesters 2" in summary.stdout, (
+        summary.stdout + summary.stderr
+    )
 
 
 async def snapshot_of_answers(port: int, jobs: list[str]) -> dict[str, Any]:
@@ -213,6 +262,7 @@ def check_numbers(answers: dict[str, Any], jobs: list[str]) -> None:
         3000,
     )
     assert done["download_url"].endswith(f"{jobs[4]}.zip")
+    assert answers[jobs[1]]["lane"] == "cache"  # the second identical request reused the first's ZIP
     failed = answers[jobs[5]]
     assert failed["state"] == "failed" and "Not Found" in failed["error"] and failed["emailed"] is True
 
