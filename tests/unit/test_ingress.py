@@ -272,3 +272,28 @@ async def test_expired_downloads_answer_410(client: TestClient, store_dir: Path,
     resp = await client.get("/downloads/old.zip")
     assert resp.status == 410
     assert "expired" in (await resp.json())["message"]
+
+
+async def test_a_zip_downloaded_in_ranges_reassembles_to_the_same_bytes(
+    client: TestClient, store_dir: Path
+) -> None:
+    import io
+    import os
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("resource.csv", os.urandom(300_000))
+    (store_dir / "big.zip").write_bytes(buffer.getvalue())
+    size = len(buffer.getvalue())
+    pieces = []
+    for start in range(0, size, 65_536):
+        end = min(start + 65_535, size - 1)
+        resp = await client.get("/downloads/big.zip", headers={"Range": f"bytes={start}-{end}"})
+        assert resp.status == 206
+        assert resp.headers["Content-Range"] == f"bytes {start}-{end}/{size}"
+        pieces.append(await resp.read())
+    assert b"".join(pieces) == buffer.getvalue()
+    resp = await client.get("/downloads/big.zip")
+    assert resp.headers["Content-Disposition"] == 'attachment; filename="big.zip"'
+    assert resp.headers["Accept-Ranges"] == "bytes"
