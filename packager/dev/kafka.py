@@ -184,13 +184,21 @@ def start(
     java = _java()
     cp = f"{libs}/*"
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-    formatted = subprocess.run(
-        [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if formatted.returncode != 0:
+    # Formatting was once seen to fail on a heavily loaded machine; a fresh data folder and a second try cost
+    # little next to a failed test session.
+    for attempt in (1, 2, 3):
+        shutil.rmtree(data_dir, ignore_errors=True)
+        formatted = subprocess.run(
+            [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if formatted.returncode == 0:
+            break
+        log(f"formatting KRaft storage failed (attempt {attempt}): {formatted.stderr[-500:].strip()}")
+        time.sleep(1)
+    else:
         raise BrokerError(
             f"formatting KRaft storage failed:\n{formatted.stdout[-2000:]}{formatted.stderr[-2000:]}"
         )
