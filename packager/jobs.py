@@ -127,7 +127,7 @@ def _failed(req: PackageRequested, message: str, error_type: str) -> PackageFail
 async def _package_url(
     request: Envelope, req: PackageRequested, lane: str, started_at: str, ctx: JobContext
 ) -> PackageCompleted:
-    key = unseal(ctx.settings.secret, req.request["key_sealed"]) if req.request.get("key_sealed") else ""
+    key = request_key(req, ctx.settings)
     throttle = ProgressThrottle(ctx.emit, req.cache_key)
     download_path = ctx.store.partial_path(request.job_id, ".download")
     zip_path = ctx.store.partial_path(request.job_id, ".zip.partial")
@@ -187,11 +187,19 @@ def datastore_query(request: dict[str, Any]) -> DatastoreQuery:
     )
 
 
-def ckan_client(req: PackageRequested, ctx: JobContext) -> DatastoreClient:
-    """A datastore client with the request's (unsealed) CKAN key."""
+def request_key(req: PackageRequested, settings: Settings) -> str:
+    """The request's CKAN API key, unsealed ("" when it came without one)."""
     sealed = req.request.get("key_sealed")
-    key = unseal(ctx.settings.secret, sealed) if sealed else ""
-    return DatastoreClient(ctx.session, key=key, page_size=ctx.settings.page_size)
+    return unseal(settings.secret, sealed) if sealed else ""
+
+
+def ckan_client(
+    req: PackageRequested, settings: Settings, session: aiohttp.ClientSession, *, attempts: int = 5
+) -> DatastoreClient:
+    """A datastore client with the request's CKAN key and the configured page size."""
+    return DatastoreClient(
+        session, key=request_key(req, settings), page_size=settings.page_size, attempts=attempts
+    )
 
 
 async def _package_datastore(
@@ -205,7 +213,7 @@ async def _package_datastore(
         )
     except BadRequestError as exc:
         raise PackagingError(f"CKAN cannot be queried: {exc.message}") from None
-    client = ckan_client(req, ctx)
+    client = ckan_client(req, ctx.settings, ctx.session)
     info = await client.describe(query)
     total = info.rows_expected(query)
     if fmt == "xlsx" and total > XLSX_MAX_DATA_ROWS:

@@ -6,7 +6,6 @@ import logging
 
 import aiohttp
 
-from packager.ckan import DatastoreClient
 from packager.errors import BadRequestError, PackagingError
 from packager.events import (
     EmailFailed,
@@ -17,9 +16,8 @@ from packager.events import (
     PackageRequested,
 )
 from packager.ingress import system_resolver
-from packager.jobs import datastore_query
+from packager.jobs import ckan_client, datastore_query
 from packager.notify import render_completed, render_failed
-from packager.secrets import unseal
 from packager.settings import Settings
 from packager.smtp import deliver
 from packager.validation import check_url
@@ -43,10 +41,7 @@ async def plan_lane(env: Envelope, settings: Settings, session: aiohttp.ClientSe
         await check_url(
             "api_url", query.api_url, resolve=system_resolver, allow_private=settings.allow_private_urls
         )
-        sealed = req.request.get("key_sealed")
-        key = unseal(settings.secret, sealed) if sealed else ""
-        client = DatastoreClient(session, key=key, page_size=settings.page_size, attempts=2)
-        info = await client.describe(query)
+        info = await ckan_client(req, settings, session, attempts=2).describe(query)
     except (PackagingError, BadRequestError) as exc:
         # The packer meets the same error at once and reports it; no need to hold a slow slot for that.
         log.info("planning %s: CKAN could not be asked (%s); fast lane", env.job_id, exc)
