@@ -107,6 +107,9 @@ class Settings:
     cache_time: int = 60 * 60 * 24
     # Seconds between the janitor's sweeps for packages older than CACHE_TIME.
     janitor_interval: float = 60.0
+    # Seconds without a heartbeat after which the broker gives a dead worker's partitions to the others
+    # (Kafka's group session timeout; the broker accepts 6 to 300 by default).
+    session_timeout: float = 15.0
     page_size: int = 5000
     slow_request: int = 50_000
     fetch_connect_timeout: float = 10.0
@@ -252,4 +255,6 @@ def load_settings(
     unknown_lanes = set(settings.worker_lanes) - {"fast", "slow"}
     if unknown_lanes:
         raise ConfigurationError(f"Unknown worker lane(s): {', '.join(sorted(unknown_lanes))}")
+    if not 6 <= settings.session_timeout <= 300:
+        raise ConfigurationError("Setting SESSION_TIMEOUT must be between 6 and 300 seconds")
     return settings

@@ -76,6 +76,9 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         producer_acks=-1,
         broker_commit_every=1,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout / 5),
+        broker_rebalance_timeout=max(60.0, settings.session_timeout),
         stream_wait_empty=False,
     )
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
