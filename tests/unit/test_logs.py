@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 from collections.abc import Iterator
 
 import orjson
@@ -157,3 +158,21 @@ def test_exceptions_and_extra_fields_are_redacted_too(restore_root_logging: None
     [line] = json_lines(out)
     assert line["request"] == {"secret": REDACTED, "key": REDACTED, "resource_id": "r1"}
     assert "RuntimeError" in str(line["exc"])
+
+
+def test_the_ingress_access_line_is_short_and_names_the_job(restore_root_logging: None) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from packager.ingress import AccessLog
+
+    out = capture(load_settings({}, secret=SECRET))
+    request = make_mocked_request("POST", "/package_url?secret=" + SECRET)
+    response = web.Response(body=b'{"success": true}', status=200)
+    with job_context("job-42"):
+        AccessLog(logging.getLogger("aiohttp.access"), "").log(request, response, 0.0123)
+    [line] = json_lines(out)
+    assert line["logger"] == "aiohttp.access"
+    assert re.fullmatch(r"\S+ POST /package_url 200 \d+ 12\.3ms", str(line["msg"]))
+    assert SECRET not in str(line)
+    assert (line["job_id"], line["status"], line["duration_ms"]) == ("job-42", 200, 12.3)
