@@ -13,7 +13,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_log import AccessLogger
 
 from packager.errors import (
     BadRequestError,
@@ -329,6 +330,40 @@ def create_app(
     return app
 
 
+# Query parameters whose values never reach a log line (GET /status takes the secret in its query string).
+REDACTED_PARAMETERS = frozenset({"secret", "key"})
+
+
+def redacted_path(request: web.BaseRequest) -> str:
+    """The request's path and query, with the values of `REDACTED_PARAMETERS` replaced by `***`."""
+    try:
+        query = [(k, "***" if k.lower() in REDACTED_PARAMETERS else v) for k, v in request.query.items()]
+        return str(request.rel_url.with_query(query)) if query else request.path
+    except ValueError:
+        return request.path
+
+
+class RedactingAccessLogger(AccessLogger):
+    """aiohttp's access log, with the request line's secrets redacted."""
+
+    def _format_line(
+        self, request: web.BaseRequest, response: web.StreamResponse, time: float
+    ) -> Iterable[tuple[str | tuple[str, str], str]]:
+        line = (
+            f"{request.method} {redacted_path(request)} HTTP/{request.version.major}.{request.version.minor}"
+        )
+        return [
+            (key, line if key == "first_request_line" else value)
+            for key, value in super()._format_line(request, response, time)
+        ]
+
+
 def run(settings: Settings) -> None:
     """Serve the ingress until interrupted."""
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log_class=RedactingAccessLogger,
+    )
