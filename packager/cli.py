@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import secrets
 import signal
@@ -41,19 +40,13 @@ def _settings_or_exit(**overrides: object) -> Settings:
     return settings
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-
-
 def cmd_ingress(_: argparse.Namespace) -> int:
     """Serve the HTTP ingress."""
     from packager.ingress import run
+    from packager.logs import configure_logging
 
     settings = _settings_or_exit()
-    _configure_logging(settings.log_level)
-    print(f"ingress listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+    configure_logging(settings)
     run(settings)
     return 0
 
@@ -63,7 +56,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from packager.kafka_log import Topics, ensure_topics
+    from packager.logs import faust_logging_config, log_handler
     from streams.app import changelog_topics, create_app, roles_for
+    from streams.ops import OpsServer
 
     overrides: dict[str, object] = {}
     if args.lanes:
@@ -80,7 +75,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
             compacted=changelog_topics(app),
         )
     )
-    worker = faust.Worker(app, loglevel=settings.log_level.lower())
+    # Faust's own handler is replaced by ours: the same line format, job ids and redaction as the ingress.
+    app.conf.loghandlers = [log_handler(settings)]
+    worker = faust.Worker(
+        app,
+        OpsServer(app, settings),
+        loglevel=settings.log_level.lower(),
+        logging_config=faust_logging_config(settings),
+        # Faust's start-up banner is not a log line; leave it out where lines must be JSON.
+        quiet=settings.log_format == "json",
+    )
     worker.execute_from_commandline()
     return 0
 

@@ -31,6 +31,7 @@ from packager.errors import (
 )
 from packager.events import CacheCleared, PackageRequested, envelope
 from packager.kafka_log import EventLog, KafkaEventLog, Topics
+from packager.logs import bind_job
 from packager.secrets import constant_time_equal, seal
 from packager.settings import Settings
 from packager.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
@@ -161,6 +162,7 @@ async def _accept(
     settings = request.app[SETTINGS]
     cache_key = cache_key_for(kind, identity, settings.secret)
     job_id = str(uuid.uuid4())
+    bind_job(job_id)
     event = envelope(
         job_id,
         PackageRequested(
@@ -292,11 +294,13 @@ def create_app(
     `follow_log` (default: when no `event_log` is given) runs the read side that answers `/status`,
     `/statistics*` and `/jobs/*` from the log.
     """
-    from packager import read_api
+    from packager import ops, read_api
     from packager.readside import ReadSide
 
     settings.require_secret()
-    app = web.Application(middlewares=[errors_as_json], client_max_size=settings.max_body_size)
+    app = web.Application(
+        middlewares=[ops.count_requests, errors_as_json], client_max_size=settings.max_body_size
+    )
     app[SETTINGS] = settings
     app[RESOLVER] = resolver
 
@@ -327,6 +331,7 @@ def create_app(
     app.router.add_post("/package_dwc_archive", package_dwc_archive)
     app.router.add_post("/clear_caches", clear_caches)
     app.router.add_get("/downloads/{name}", download)
+    ops.add_routes(app)
     return app
 
 
@@ -360,6 +365,7 @@ class RedactingAccessLogger(AccessLogger):
 
 def run(settings: Settings) -> None:
     """Serve the ingress until interrupted."""
+    log.info("ingress listening on http://%s:%d", settings.host, settings.port)
     web.run_app(
         create_app(settings),
         host=settings.host,

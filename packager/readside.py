@@ -77,6 +77,16 @@ async def worker_count(bootstrap: str, group: str) -> int:
     return members
 
 
+async def broker_reachable(bootstrap: str) -> None:
+    """Ask the broker for its topics; raise when it does not answer."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3_000)
+    await admin.start()
+    try:
+        await admin.list_topics()
+    finally:
+        await admin.close()
+
+
 class ReadSide:
     """The live read model of one ingress."""
 
@@ -88,6 +98,8 @@ class ReadSide:
         self._watchers: dict[str, set[asyncio.Queue[JobState]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self.caught_up = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._ends: dict[TopicPartition, int] = {}
 
     def _changed(self, job: JobState) -> None:
         for queue in self._watchers.get(job.job_id, ()):
@@ -113,6 +125,18 @@ class ReadSide:
             self._watchers[job_id].discard(queue)
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records on each followed partition not yet folded into the model (empty while not following)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lag = {}
+        for tp, end in self._ends.items():
+            highwater = consumer.highwater(tp)
+            position = self.model.positions.get(f"{tp.topic}:{tp.partition}", 0)
+            lag[(tp.topic, tp.partition)] = max(0, (end if highwater is None else highwater) - position)
+        return lag
 
     def start(self) -> None:
         """Begin following the log in the background."""
@@ -154,6 +178,7 @@ class ReadSide:
                 else:
                     consumer.seek(tp, position)
             ends = await consumer.end_offsets(partitions)
+            self._consumer, self._ends = consumer, dict(ends)
             saved_at = time.monotonic()
             while True:
                 batch = await consumer.getmany(timeout_ms=500)
@@ -182,4 +207,5 @@ class ReadSide:
                     await asyncio.to_thread(write_atomically, self.path, data)
                     saved_at = time.monotonic()
         finally:
+            self._consumer = None
             await consumer.stop()

@@ -19,6 +19,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from packager.errors import ConfigurationError
 
 ENV_PREFIX = "PACKAGER_"
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 DEFAULT_EMAIL_BODY = """Hello,
 
@@ -107,6 +109,9 @@ class Settings:
     cache_time: int = 60 * 60 * 24
     # Seconds between the janitor's sweeps for packages older than CACHE_TIME.
     janitor_interval: float = 60.0
+    # Seconds without a heartbeat after which the broker gives a dead worker's partitions to the others
+    # (Kafka's group session timeout; the broker accepts 6 to 300 by default).
+    session_timeout: float = 15.0
     page_size: int = 5000
     slow_request: int = 50_000
     fetch_connect_timeout: float = 10.0
@@ -157,7 +162,13 @@ class Settings:
     dwc_dynamic_term: str = "dynamicProperties"
     dwc_extension_fields: str = ""
 
+    # Operations. LOG_LEVEL is a standard level name; LOG_FORMAT is `json` (one object per line) or `text`.
     log_level: str = "INFO"
+    log_format: str = "json"
+    # The worker's metrics and health server (the ingress serves /metrics and /health/* on its own port).
+    # Port 0 picks a free port, logged at start.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8766
 
     @property
     def download_base(self) -> str:
@@ -249,7 +260,15 @@ def load_settings(
 
     values.update(overrides)
     settings = Settings(**values)
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigurationError(f"Setting LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise ConfigurationError(f"Setting LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    if not 0 <= settings.metrics_port <= 65535:
+        raise ConfigurationError("Setting METRICS_PORT must be a TCP port (0: any free port)")
     unknown_lanes = set(settings.worker_lanes) - {"fast", "slow"}
     if unknown_lanes:
         raise ConfigurationError(f"Unknown worker lane(s): {', '.join(sorted(unknown_lanes))}")
+    if not 6 <= settings.session_timeout <= 300:
+        raise ConfigurationError("Setting SESSION_TIMEOUT must be between 6 and 300 seconds")
     return settings

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import faust
 
+from packager import metrics
 from packager.analytics import pseudonymise
 from packager.errors import EventDecodeError
 from packager.events import (
@@ -40,6 +41,7 @@ from packager.events import (
 from packager.ingress import system_resolver
 from packager.jobs import JobContext, run_job
 from packager.kafka_log import LANES, Topics
+from packager.logs import bind_job
 from packager.settings import Settings
 from packager.store import FileStore
 from projections.jobs import JobState
@@ -76,6 +78,9 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         producer_acks=-1,
         broker_commit_every=1,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout / 5),
+        broker_rebalance_timeout=max(60.0, settings.session_timeout),
         stream_wait_empty=False,
     )
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
@@ -93,6 +98,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         env = envelope(job_id, payload)
         fut = await topic.send(key=key.encode(), value=encode(env))
         await fut
+        metrics.record_published(payload)
         return env
 
     async def dead_letter(record: faust.types.EventT, error: EventDecodeError) -> None:
@@ -109,9 +115,12 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         """Decode each record; undecodable ones go to the dead-letter topic and the agent carries on."""
         async for record in stream.events():
             try:
-                yield decode(record.value)
+                env = decode(record.value)
             except EventDecodeError as exc:
                 await dead_letter(record, exc)
+                continue
+            bind_job(env.job_id)  # the agent's log lines about this record carry its job id
+            yield env
 
     if "planner" in roles:
         _add_planner_and_cache(app, settings, requests_topic, events_topic, lane_topics, decoded, publish)
@@ -285,7 +294,7 @@ def _add_packer(
                     emit=emit,
                     worker=worker_name,
                 )
-                terminal = await run_job(env, lane, ctx)
+                terminal = await metrics.observed_job(lane, run_job(env, lane, ctx))
                 await emit(terminal)
                 state = "completed" if terminal.TYPE == "PackageCompleted" else "failed"
                 jobs[env.job_id] = JobState(job_id=env.job_id, state=state, lane=lane).to_dict()

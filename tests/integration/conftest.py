@@ -53,4 +53,6 @@ def service_env(kafka_bootstrap: str, topic_prefix: str, store_dir: Path, smtp: 
         "PACKAGER_SMTP_PORT": str(smtp.port),
         "PACKAGER_PORT": str(free_port()),
         "PACKAGER_LOG_LEVEL": "INFO",
+        # Several workers may run at once (in one test, or in parallel test runs): each takes a free port.
+        "PACKAGER_METRICS_PORT": "0",
     }

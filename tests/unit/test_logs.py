@@ -1,0 +1,159 @@
+"""Log lines: JSON or text, the job they are about, the configured level, and no secret in clear."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from packager.errors import ConfigurationError
+from packager.logs import REDACTED, Redactor, bind_job, configure_logging, job_context
+from packager.settings import Settings, load_settings
+
+SECRET = "unit-test-secret-0123456789"
+SMTP_PASSWORD = "smtp-pass-9876"
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def capture(settings: Settings) -> io.StringIO:
+    out = io.StringIO()
+    configure_logging(settings, stream=out)
+    return out
+
+
+def json_lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_json_is_the_default_format_and_each_line_is_one_object(restore_root_logging: None) -> None:
+    out = capture(load_settings({}, secret=SECRET))
+    log = logging.getLogger("packager.test")
+    log.info("first %s", "line")
+    log.warning("second\nwith a newline", extra={"rows": 12})
+    first, second = json_lines(out)
+    assert first["msg"] == "first line" and first["level"] == "INFO" and first["logger"] == "packager.test"
+    assert str(first["ts"]).endswith("Z")
+    assert second["msg"] == "second\nwith a newline" and second["rows"] == 12
+    assert "job_id" not in first
+
+
+def test_lines_about_a_job_carry_its_id_from_the_context(restore_root_logging: None) -> None:
+    out = capture(load_settings({}, secret=SECRET))
+    log = logging.getLogger("packager.test")
+    with job_context("job-1"):
+        log.info("inside")
+        log.info("explicit", extra={"job_id": "job-2"})
+    log.info("outside")
+    inside, explicit, outside = json_lines(out)
+    assert inside["job_id"] == "job-1"
+    assert explicit["job_id"] == "job-2"
+    assert "job_id" not in outside
+
+
+async def test_each_task_keeps_its_own_job_id(restore_root_logging: None) -> None:
+    out = capture(load_settings({}, secret=SECRET))
+    log = logging.getLogger("packager.test")
+
+    async def agent(job_id: str, started: asyncio.Event, other: asyncio.Event) -> None:
+        bind_job(job_id)
+        started.set()
+        await other.wait()  # the other task has bound its own job meanwhile
+        log.info("done")
+
+    a, b = asyncio.Event(), asyncio.Event()
+    await asyncio.gather(agent("job-a", a, b), agent("job-b", b, a))
+    assert sorted(str(line["job_id"]) for line in json_lines(out)) == ["job-a", "job-b"]
+
+
+def test_level_comes_from_the_settings(restore_root_logging: None) -> None:
+    out = capture(load_settings({"PACKAGER_LOG_LEVEL": "warning"}, secret=SECRET))
+    log = logging.getLogger("packager.test")
+    log.info("hidden")
+    log.warning("shown")
+    assert [line["msg"] for line in json_lines(out)] == ["shown"]
+
+
+def test_text_format_is_one_readable_line_with_the_job(restore_root_logging: None) -> None:
+    out = capture(load_settings({"PACKAGER_LOG_FORMAT": "text"}, secret=SECRET))
+    with job_context("job-7"):
+        logging.getLogger("packager.test").info("hello secret=%s", SECRET)
+    line = out.getvalue().strip()
+    assert " INFO packager.test [job job-7]: hello secret=" in line
+    assert SECRET not in line and REDACTED in line
+
+
+def test_unknown_format_or_level_stops_the_service() -> None:
+    with pytest.raises(ConfigurationError, match="LOG_FORMAT"):
+        load_settings({"PACKAGER_LOG_FORMAT": "xml"})
+    with pytest.raises(ConfigurationError, match="LOG_LEVEL"):
+        load_settings({"PACKAGER_LOG_LEVEL": "chatty"})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"body was secret={SECRET}&email=a@example.org",
+        "secret=another-secret-value&resource_id=r1",
+        "params {'secret': 'not-the-configured-one', 'resource_id': 'r1'}",
+        '{"key": "ckan-api-key-123", "resource_id": "r1"}',
+        "GET /status?secret=abc123def456 HTTP/1.1",
+        "headers {'Authorization': 'ckan-api-key-123'}",
+        "Authorization: Bearer abc.def.ghi",
+        "login failed with password=hunter22",
+        "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl leaked",
+        f"SMTP said no to {SMTP_PASSWORD}",
+    ],
+)
+def test_secrets_are_redacted(text: str) -> None:
+    redact = Redactor([SECRET, SMTP_PASSWORD])
+    redacted = redact(text)
+    for leaked in (
+        SECRET,
+        SMTP_PASSWORD,
+        "another-secret-value",
+        "not-the-configured-one",
+        "ckan-api-key-123",
+        "abc123def456",
+        "abc.def.ghi",
+        "hunter22",
+        "c2lnbmF0dXJl",
+    ):
+        assert leaked not in redacted
+    assert REDACTED in redacted
+
+
+def test_redaction_keeps_what_is_not_secret() -> None:
+    redact = Redactor([SECRET])
+    text = "accepted url job 0232e797 cache_key=ab12cd resource_id=r1 email=a@example.org"
+    assert redact(text) == text
+
+
+def test_exceptions_and_extra_fields_are_redacted_too(restore_root_logging: None) -> None:
+    settings = load_settings({}, secret=SECRET, smtp_password=SMTP_PASSWORD)
+    out = capture(settings)
+    try:
+        raise RuntimeError(f"could not log in with {SMTP_PASSWORD}")
+    except RuntimeError:
+        logging.getLogger("packager.test").exception(
+            "failed", extra={"request": {"secret": SECRET, "key": "ckan-key-1", "resource_id": "r1"}}
+        )
+    text = out.getvalue()
+    assert SECRET not in text and SMTP_PASSWORD not in text and "ckan-key-1" not in text
+    [line] = json_lines(out)
+    assert line["request"] == {"secret": REDACTED, "key": REDACTED, "resource_id": "r1"}
+    assert "RuntimeError" in str(line["exc"])
