@@ -61,29 +61,31 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: 
 
 
 async def explain_missing(bootstrap: str, prefix: str, missing: set[str]) -> str:
-    """Where the terminal events of un-emailed jobs sit, against the group's committed offsets."""
+    """Where the records of un-emailed jobs sit, against the worker group's committed offsets."""
     topics = Topics(prefix)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
     lines = []
-    try:
-        ends = await end_offsets(bootstrap, topics.events)
-        tps = [TopicPartition(topics.events, p) for p in ends]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        done = 0
-        while done < sum(ends.values()):
-            for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                for m in batch:
-                    done += 1
-                    if any(job.encode() in m.value for job in missing) and b"Package" in m.value:
-                        lines.append(f"p{tp.partition}@{m.offset}: {m.value[:160]!r}")
-    finally:
-        await consumer.stop()
-    committed = await committed_offsets(bootstrap, f"{prefix}-worker", topics.events, len(ends))
-    return f"ends {ends}\ncommitted {committed}\n" + "\n".join(lines)
+    for topic in (topics.lane("fast"), topics.lane("slow"), topics.events):
+        ends = await end_offsets(bootstrap, topic)
+        committed = await committed_offsets(bootstrap, f"{prefix}-worker", topic, len(ends))
+        lines.append(f"{topic}: ends {ends} committed {committed}")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in ends]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            done = 0
+            while done < sum(ends.values()):
+                for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
+                    for m in batch:
+                        done += 1
+                        if any(job.encode() in m.value for job in missing):
+                            lines.append(f"  p{tp.partition}@{m.offset}: {m.value[:110]!r}")
+        finally:
+            await consumer.stop()
+    return "\n".join(lines)
 
 
 def terminal_counts(events: list[Envelope], jobs: list[str]) -> Counter[str]:
@@ -125,6 +127,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_mails_each_job_once(
                 ]
                 await sink.wait_for(3, timeout=120)
                 worker.stop(sig_kill=True)  # kill -9 in the middle of the batch
+                first_log = worker.log_file
             sent_before_restart = len(sink.messages)
             with service(["worker"], env, tmp_path / "logs") as restarted:
                 try:
@@ -132,7 +135,11 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_mails_each_job_once(
                 except TimeoutError:
                     missing = set(jobs) - set(emailed_jobs(sink))
                     where = await explain_missing(kafka_bootstrap, topic_prefix, missing)
-                    pytest.fail(f"emails missing after the restart: {missing}\n{where}\n{restarted.log()}")
+                    (tmp_path / "diagnosis.txt").write_text(where)
+                    pytest.fail(
+                        f"emails missing after the restart: {missing}\n{where}\n"
+                        f"first worker: {first_log}\nrestarted: {restarted.log_file}"
+                    )
                 await asyncio.sleep(5)  # let any duplicate arrive
     finally:
         controller.stop()
