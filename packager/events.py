@@ -160,7 +160,7 @@ class PackageExpired(Event):
 class RecordRejected(Event):
     """A record on a packager topic was not a valid event: it was copied to the dead-letter topic.
 
-    Not about a job: `job_id` is the record's own job id when it has a readable one, else empty.
+    Not about a job: `job_id` is the record's own job id when it has a readable one, else "-".
     """
 
     TYPE: ClassVar[str] = "RecordRejected"

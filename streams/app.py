@@ -135,7 +135,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             offset=message.offset,
             error=error.message,
         )
-        await publish(events_topic, readable_job_id(value), rejected.cache_key, rejected)
+        await publish(events_topic, readable_job_id(value) or "-", rejected.cache_key, rejected)
 
     async def admitted(stream: faust.StreamT) -> AsyncIterator[faust.types.EventT]:
         """The stream's records, each once and in order per partition (see streams.offsets)."""
