@@ -156,6 +156,21 @@ class PackageExpired(Event):
     zip_file_name: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordRejected(Event):
+    """A record on a packager topic was not a valid event: it was copied to the dead-letter topic.
+
+    Not about a job: `job_id` is the record's own job id when it has a readable one, else "-".
+    """
+
+    TYPE: ClassVar[str] = "RecordRejected"
+    cache_key: str  # the record's key, or "" when it had none
+    source_topic: str
+    partition: int
+    offset: int
+    error: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -169,6 +184,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EmailFailed,
         CacheCleared,
         PackageExpired,
+        RecordRejected,
     )
 }
 

@@ -19,8 +19,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from packager.errors import (
     BadRequestError,
@@ -78,8 +79,7 @@ async def read_params(request: web.Request) -> dict[str, str]:
     if request.content_length is not None and request.content_length > settings.max_body_size:
         raise PayloadTooLargeError(f"The request body is over {settings.max_body_size} bytes")
     if request.content_type.startswith("multipart/"):
-        form = await request.post()
-        return {k: str(v) for k, v in form.items() if isinstance(v, str)}
+        return await _multipart_params(request, settings.max_body_size)
     body = await request.read()
     if request.content_type == "application/json":
         try:
@@ -89,17 +89,51 @@ async def read_params(request: web.Request) -> dict[str, str]:
         if not isinstance(doc, dict):
             raise BadRequestError("The JSON body must be an object")
         return {
-            str(k): v if isinstance(v, str) else orjson.dumps(v).decode()
-            for k, v in doc.items()
-            if v is not None
+            str(k): v if isinstance(v, str) else _as_json_text(k, v) for k, v in doc.items() if v is not None
         }
     try:
-        text = body.decode("utf-8")
+        # Percent-escapes are decoded as UTF-8 too: `%ff` is as invalid as a raw 0xff byte.
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise BadRequestError("The request body is not valid UTF-8") from None
     params: dict[str, str] = {}
-    for name, value in parse_qsl(text, keep_blank_values=True, errors="strict"):
+    for name, value in pairs:
         params.setdefault(name, value)  # the first of repeated parameters wins, as in Flask's form
+    return params
+
+
+def _as_json_text(name: str, value: Any) -> str:
+    """A non-string JSON parameter as JSON text (as a form would carry it)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # orjson writes at most 254 levels, though it reads up to 1,024
+        raise BadRequestError(f"Parameter {name} is nested too deeply") from None
+
+
+async def _multipart_params(request: web.Request, limit: int) -> dict[str, str]:
+    """The text fields of a multipart form; file parts are read (within the limit) and ignored.
+
+    Parsed part by part rather than with `request.post()`, which spools file parts to temporary files it
+    leaves open when the body turns out malformed, and which does not count a chunked body against the limit.
+    """
+    params: dict[str, str] = {}
+    size = 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequestError("Nested multipart bodies are not accepted")
+            raw = bytearray()
+            while chunk := await part.read_chunk():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"The request body is over {limit} bytes")
+                raw += chunk
+            if part.name is None or part.filename is not None:
+                continue
+            params.setdefault(part.name, part.decode(bytes(raw)).decode(part.get_charset("utf-8")))
+    except (ValueError, LookupError, HttpProcessingError):  # also UnicodeDecodeError, unknown charsets
+        raise BadRequestError("The request body is not a valid multipart form") from None
     return params
 
 
@@ -302,6 +336,19 @@ def create_app(
     return app
 
 
+# Query parameters whose values never reach a log line (GET /status takes the secret in its query string).
+REDACTED_PARAMETERS = frozenset({"secret", "key"})
+
+
+def redacted_path(request: web.BaseRequest) -> str:
+    """The request's path and query, with the values of `REDACTED_PARAMETERS` replaced by `***`."""
+    try:
+        query = [(k, "***" if k.lower() in REDACTED_PARAMETERS else v) for k, v in request.query.items()]
+        return str(request.rel_url.with_query(query)) if query else request.path
+    except ValueError:
+        return request.path
+
+
 class AccessLog(AbstractAccessLogger):
     """One short access line per answer: `remote method path status bytes ms`, with `status` and
     `duration_ms` as fields. aiohttp's default logger formats a dozen fields per request, which cost a
@@ -314,7 +361,7 @@ class AccessLog(AbstractAccessLogger):
             "%s %s %s %d %d %sms",
             request.remote or "-",
             request.method,
-            request.path,
+            redacted_path(request),
             response.status,
             response.body_length,
             ms,

@@ -34,7 +34,9 @@ def _non_negative(params: dict[str, str], name: str, default: int) -> int:
     raw = str(params.get(name) or "").strip()
     if not raw:
         return default
-    if not raw.isdigit():
+    # ASCII digits only: str.isdigit() also admits "²", which int() refuses, and 5,000 digits are over the
+    # length int() parses.
+    if not re.fullmatch(r"[0-9]{1,15}", raw):
         raise BadRequestError(f"Parameter {name} must be a non-negative integer")
     return int(raw)
 

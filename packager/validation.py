@@ -77,16 +77,18 @@ async def check_url(name: str, value: str, *, resolve: Resolver, allow_private: 
     """Validate an http(s) URL parameter and, unless allowed, refuse hosts that resolve to private space."""
     try:
         url = URL(value)
-    except (ValueError, TypeError):
+        # yarl decodes the host (IDNA) and checks the port only when asked: ask now, while errors are 400s.
+        host, _ = url.host, url.port
+    except (ValueError, TypeError):  # UnicodeError (a malformed IDNA label) is a ValueError
         raise BadRequestError(f"Parameter {name} is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme not in ("http", "https") or not host:
         raise BadRequestError(f"Parameter {name} must be an http or https URL")
     if url.user is not None or url.password is not None:
         raise BadRequestError(f"Parameter {name} must not carry credentials")
     if not allow_private:
         try:
-            addresses = [url.host] if _is_ip_literal(url.host) else await resolve(url.host)
-        except OSError:
+            addresses = [host] if _is_ip_literal(host) else await resolve(host)
+        except (OSError, UnicodeError):  # getaddrinfo raises UnicodeError for a label over 63 characters
             raise BadRequestError(f"Parameter {name}: host {url.host} cannot be resolved") from None
         if not addresses or not all(is_public_address(a) for a in addresses):
             raise BadRequestError(

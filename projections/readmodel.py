@@ -42,6 +42,8 @@ class ReadModel:
         if offset < self.positions.get(key, 0):
             return  # already folded (a replayed or re-read record)
         self.positions[key] = offset + 1
+        if event.type == "RecordRejected":
+            return  # about a bad record, not a job
         before = self.jobs.get(event.job_id)
         after = job_fold.apply(before, event)
         self.jobs[event.job_id] = after

@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 import faust
+import orjson
+from faust.types import TP
 
 from packager import metrics
 from packager.analytics import pseudonymise
@@ -34,6 +36,7 @@ from packager.events import (
     PackageExpired,
     PackageFailed,
     PackageQueued,
+    RecordRejected,
     decode,
     encode,
     envelope,
@@ -47,6 +50,7 @@ from packager.store import FileStore
 from projections.jobs import JobState
 from streams.cache import cache_entry, is_fresh, reused, shared_failure, waiter
 from streams.handlers import notify, plan_lane
+from streams.offsets import OffsetGuard, group_starts, partitions_of, patch_commit_offsets
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,11 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         stream_wait_empty=False,
     )
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
+    patch_commit_offsets()
+    resume_points = group_starts(settings.kafka_bootstrap_servers, app.conf.id)
+
+    async def seek(tp: TP, offset: int) -> None:
+        await app.consumer.seek(tp, offset)
 
     def raw_topic(name: str) -> Any:
         return app.topic(name, partitions=settings.partitions, key_serializer="raw", value_serializer="raw")
@@ -102,22 +111,49 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         return env
 
     async def dead_letter(record: faust.types.EventT, error: EventDecodeError) -> None:
-        log.error("undecodable record on %s: %s", record.message.topic, error.message)
+        """Copy an undecodable record to the dead-letter topic and record a `RecordRejected` event."""
+        message = record.message
+        where = f"{message.topic}[{message.partition}]@{message.offset}"
+        log.error("undecodable record on %s: %s", where, error.message)
+        key = record.key if isinstance(record.key, bytes) else None
         value = record.value if isinstance(record.value, bytes) else repr(record.value).encode()
         fut = await dead_letters.send(
-            key=record.key if isinstance(record.key, bytes) else None,
+            key=key,
             value=value,
-            headers={"error": error.message.encode(), "source_topic": record.message.topic.encode()},
+            headers={
+                "error": error.message.encode(),
+                "source_topic": message.topic.encode(),
+                "source_partition": str(message.partition).encode(),
+                "source_offset": str(message.offset).encode(),
+            },
         )
         await fut
+        rejected = RecordRejected(
+            cache_key=key.decode("utf-8", "replace") if key else "",
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            error=error.message,
+        )
+        await publish(events_topic, readable_job_id(value) or "-", rejected.cache_key, rejected)
 
-    async def decoded(stream: faust.StreamT) -> AsyncIterator[Envelope]:
-        """Decode each record; undecodable ones go to the dead-letter topic and the agent carries on."""
+    async def admitted(stream: faust.StreamT) -> AsyncIterator[faust.types.EventT]:
+        """The stream's records, each once and in order per partition (see streams.offsets)."""
+        guard = OffsetGuard(generation=lambda: app.consumer_generation_id, starts=resume_points, seek=seek)
         async for record in stream.events():
+            message = record.message
+            bind_job(None)  # until the record is decoded, log lines are about no job
+            if await guard.admit(message.tp, message.offset, partitions_of(app, message.topic)):
+                yield record
+
+    async def decoded(stream: faust.StreamT, *, owner: bool = True) -> AsyncIterator[Envelope]:
+        """Decode each record. The topic's `owner` agent dead-letters undecodable ones; all carry on."""
+        async for record in admitted(stream):
             try:
                 env = decode(record.value)
             except EventDecodeError as exc:
-                await dead_letter(record, exc)
+                if owner:
+                    await dead_letter(record, exc)
                 continue
             bind_job(env.job_id)  # the agent's log lines about this record carry its job id
             yield env
@@ -132,7 +168,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         )
         async def analytics(stream: faust.StreamT) -> None:
             """Re-publish every event, requesters pseudonymised, for downstream consumers."""
-            async for record in stream.events():
+            async for record in admitted(stream):
                 try:
                     decode(record.value)  # only valid events; the others go to dead letters elsewhere
                 except EventDecodeError:
@@ -150,7 +186,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
 
         @app.agent(events_topic, name="mailer")
         async def mailer(stream: faust.StreamT) -> None:
-            async for env in decoded(stream):
+            async for env in decoded(stream, owner=False):  # the cache keeper dead-letters
                 if env.type not in TERMINAL_TYPES or emailed.get(env.job_id) is not None:
                     continue
                 outcome = await notify(settings, env)
@@ -247,6 +283,16 @@ def _add_planner_and_cache(
             if cached and now - float(cached["completed_at"]) >= max(settings.cache_time, 1):
                 expired = PackageExpired(cache_key=cached_key, zip_file_name=cached["zip_file_name"])
                 await publish(events_topic, cached["job_id"], cached_key, expired)
+
+
+def readable_job_id(raw: bytes) -> str:
+    """The `job_id` of a record that is not a valid event, when it has a readable one; else ""."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    job_id = doc.get("job_id") if isinstance(doc, dict) else None
+    return job_id[:100] if isinstance(job_id, str) else ""
 
 
 def http_timeout(settings: Settings) -> aiohttp.ClientTimeout:

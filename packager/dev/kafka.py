@@ -202,6 +202,21 @@ def start(
         raise BrokerError(
             f"formatting KRaft storage failed:\n{formatted.stdout[-2000:]}{formatted.stderr[-2000:]}"
         )
+    return _launch(java, cp, state_dir, props, heap, port, controller_port, data_dir, timeout)
+
+
+def _launch(
+    java: str,
+    cp: str,
+    state_dir: Path,
+    props: Path,
+    heap: str,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    timeout: float,
+) -> Broker:
+    """Run the broker on formatted storage; return once it answers requests."""
     log_file = state_dir / "broker.log"
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
@@ -241,6 +256,39 @@ def start(
         time.sleep(0.3)
     stop(state_dir)
     raise BrokerError(f"the broker did not answer within {timeout:.0f}s; see {log_file}")
+
+
+def halt(state_dir: Path, *, timeout: float = 30.0) -> Broker:
+    """Stop the broker recorded in `state_dir` but keep its data, so `resume` can start it again."""
+    record = Path(state_dir) / "broker.json"
+    if not record.exists():
+        raise BrokerError(f"no broker is recorded in {state_dir}")
+    broker = Broker(**json.loads(record.read_text()))
+    _terminate(broker.pid, timeout)
+    return broker
+
+
+def resume(state_dir: Path, *, heap: str = "512m", timeout: float = 90.0) -> Broker:
+    """Start a halted broker again on its data and ports (clients reconnect to the same address)."""
+    state_dir = Path(state_dir).resolve()
+    if (running := status(state_dir)) is not None:
+        return running
+    record = state_dir / "broker.json"
+    if not record.exists():
+        raise BrokerError(f"no broker is recorded in {state_dir}")
+    broker = Broker(**json.loads(record.read_text()))
+    cp = f"{classpath_dir(log=lambda _: None)}/*"
+    return _launch(
+        _java(),
+        cp,
+        state_dir,
+        state_dir / "server.properties",
+        heap,
+        broker.port,
+        broker.controller_port,
+        Path(broker.data_dir),
+        timeout,
+    )
 
 
 def status(state_dir: Path) -> Broker | None:

@@ -9,20 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiosmtpd.controller import Controller
 
+from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
 from packager.dev.kafka import free_port
 from packager.events import TERMINAL_TYPES, Envelope
 from packager.kafka_log import Topics
 from tests.integration.conftest import SECRET
-from tests.integration.support import SmtpSink, end_offsets, read_events, service, wait_for_port
+from tests.integration.support import (
+    SmtpSink,
+    end_offsets,
+    read_events,
+    read_topic,
+    service,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -61,29 +71,31 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: 
 
 
 async def explain_missing(bootstrap: str, prefix: str, missing: set[str]) -> str:
-    """Where the terminal events of un-emailed jobs sit, against the group's committed offsets."""
+    """Where the records of un-emailed jobs sit, against the worker group's committed offsets."""
     topics = Topics(prefix)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
     lines = []
-    try:
-        ends = await end_offsets(bootstrap, topics.events)
-        tps = [TopicPartition(topics.events, p) for p in ends]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        done = 0
-        while done < sum(ends.values()):
-            for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                for m in batch:
-                    done += 1
-                    if any(job.encode() in m.value for job in missing) and b"Package" in m.value:
-                        lines.append(f"p{tp.partition}@{m.offset}: {m.value[:160]!r}")
-    finally:
-        await consumer.stop()
-    committed = await committed_offsets(bootstrap, f"{prefix}-worker", topics.events, len(ends))
-    return f"ends {ends}\ncommitted {committed}\n" + "\n".join(lines)
+    for topic in (topics.lane("fast"), topics.lane("slow"), topics.events):
+        ends = await end_offsets(bootstrap, topic)
+        committed = await committed_offsets(bootstrap, f"{prefix}-worker", topic, len(ends))
+        lines.append(f"{topic}: ends {ends} committed {committed}")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in ends]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            done = 0
+            while done < sum(ends.values()):
+                for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
+                    for m in batch:
+                        done += 1
+                        if any(job.encode() in m.value for job in missing):
+                            lines.append(f"  p{tp.partition}@{m.offset}: {m.value[:110]!r}")
+        finally:
+            await consumer.stop()
+    return "\n".join(lines)
 
 
 def terminal_counts(events: list[Envelope], jobs: list[str]) -> Counter[str]:
@@ -125,6 +137,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_mails_each_job_once(
                 ]
                 await sink.wait_for(3, timeout=120)
                 worker.stop(sig_kill=True)  # kill -9 in the middle of the batch
+                first_log = worker.log_file
             sent_before_restart = len(sink.messages)
             with service(["worker"], env, tmp_path / "logs") as restarted:
                 try:
@@ -132,7 +145,11 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_mails_each_job_once(
                 except TimeoutError:
                     missing = set(jobs) - set(emailed_jobs(sink))
                     where = await explain_missing(kafka_bootstrap, topic_prefix, missing)
-                    pytest.fail(f"emails missing after the restart: {missing}\n{where}\n{restarted.log()}")
+                    (tmp_path / "diagnosis.txt").write_text(where)
+                    pytest.fail(
+                        f"emails missing after the restart: {missing}\n{where}\n"
+                        f"first worker: {first_log}\nrestarted: {restarted.log_file}"
+                    )
                 await asyncio.sleep(5)  # let any duplicate arrive
     finally:
         controller.stop()
@@ -152,3 +169,169 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_mails_each_job_once(
     # flushed runs again: one packer runs one job at a time, so at most one per lane.
     assert sum(n - 1 for n in terminal.values()) <= 2, terminal
     assert {e.job_id for e in events if e.type == "EmailSent"} == set(jobs)
+
+
+async def submit_datastore(port: int, api_url: str, resource_id: str, email: str, **params: str) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{port}/package_datastore",
+            data={"secret": SECRET, "api_url": api_url, "resource_id": resource_id, "email": email, **params},
+        ) as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == 200, body
+    return str(body["job_id"])
+
+
+async def wait_for_event(
+    bootstrap: str, prefix: str, matches: Callable[[Envelope], bool], within: float = 120.0
+) -> Envelope:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for event in await read_events(bootstrap, Topics(prefix).events):
+            if matches(event):
+                return event
+        await asyncio.sleep(0.3)
+    raise TimeoutError("the event never came")
+
+
+async def test_two_workers_one_killed_mid_job_the_other_finishes_its_jobs(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    service_env: dict[str, str],
+    smtp: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    tables = {f"t{n}": SyntheticTable(f"t{n}", 3_000, seed=n) for n in range(8)}
+    env = {**service_env, "PACKAGER_PAGE_SIZE": "500", "PACKAGER_SESSION_TIMEOUT": "8"}
+    port = int(env["PACKAGER_PORT"])
+    async with serve_ckan(tables, faults=Faults(slow_page_delay=0.25)) as api_url:
+        with (
+            service(["worker"], env, tmp_path / "logs") as worker_a,
+            service(["worker"], env, tmp_path / "logs") as worker_b,
+            service(["ingress"], env, tmp_path / "logs"),
+        ):
+            wait_for_port(port)
+            await worker_a.wait_for_output("[^Worker]: Ready")
+            await worker_b.wait_for_output("[^Worker]: Ready")
+            await asyncio.sleep(2)
+            jobs = [await submit_datastore(port, api_url, rid, f"{rid}@example.org") for rid in tables]
+            victim = f":{worker_a.proc.pid}"
+            started = await wait_for_event(
+                kafka_bootstrap,
+                topic_prefix,
+                lambda e: e.type == "PackageStarted" and e.payload.worker.endswith(victim),  # type: ignore[attr-defined]
+            )
+            worker_a.stop(sig_kill=True)  # kill -9 while it builds `started.job_id`
+            try:
+                await smtp.wait_for(len(jobs), timeout=180)
+            except TimeoutError:
+                pytest.fail(f"jobs did not finish after the kill.\nB:\n{worker_b.log()}")
+            await asyncio.sleep(3)  # let any duplicate arrive
+
+    events = await read_events(kafka_bootstrap, Topics(topic_prefix).events)
+    taken_over = started.job_id
+    starts = [e.payload.worker for e in events if e.type == "PackageStarted" and e.job_id == taken_over]  # type: ignore[attr-defined]
+    assert starts[0].endswith(victim) and starts[-1].endswith(f":{worker_b.proc.pid}"), starts
+    assert terminal_counts(events, jobs) == Counter(dict.fromkeys(jobs, 1))
+    [completed] = [e for e in events if e.type == "PackageCompleted" and e.job_id == taken_over]
+    assert completed.payload.rows == 3_000  # type: ignore[attr-defined]
+    assert Counter(e.job_id for e in events if e.type == "EmailSent") == Counter(jobs)
+    assert sorted(m["To"] for m in smtp.messages) == sorted(f"{rid}@example.org" for rid in tables)
+
+
+class DroppingSink(SmtpSink):
+    """Accepts the envelope, then drops the connection instead of answering DATA, `drops` times."""
+
+    drops: int = 3
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.drops > 0:
+            self.drops -= 1
+            server.transport.abort()  # no reply: the client sees the connection vanish
+            return "421 gone"
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_smtp_that_drops_the_connection_mid_message_still_delivers_each_email_once(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    service_env: dict[str, str],
+    file_server: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    base_url, folder = file_server
+    smtp_port = free_port()
+    sink = DroppingSink(port=smtp_port)
+    controller = Controller(sink, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    env = {**service_env, "PACKAGER_SMTP_PORT": str(smtp_port)}
+    port = int(env["PACKAGER_PORT"])
+    for n in range(4):
+        (folder / f"d{n}.csv").write_bytes(f"d\n{n}\n".encode())
+    try:
+        with service(["worker"], env, tmp_path / "logs"), service(["ingress"], env, tmp_path / "logs"):
+            wait_for_port(port)
+            jobs = [
+                await post(
+                    port, resource_id=f"d{n}", resource_url=f"{base_url}/d{n}.csv", email=f"d{n}@example.org"
+                )
+                for n in range(4)
+            ]
+            await sink.wait_for(4, timeout=120)
+            await asyncio.sleep(3)
+    finally:
+        controller.stop()
+    assert sink.drops == 0, "the server never dropped a connection"
+    assert emailed_jobs(sink) == Counter(jobs)
+    events = await read_events(kafka_bootstrap, Topics(topic_prefix).events)
+    assert Counter(e.job_id for e in events if e.type == "EmailSent") == Counter(jobs)
+    assert not [e for e in events if e.type == "EmailFailed"]
+
+
+async def test_a_record_that_is_not_an_event_is_dead_lettered_and_work_goes_on(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    service_env: dict[str, str],
+    smtp: SmtpSink,
+    file_server: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    base_url, folder = file_server
+    (folder / "ok.csv").write_bytes(b"a\n1\n")
+    topics = Topics(topic_prefix)
+    port = int(service_env["PACKAGER_PORT"])
+    garbage = [
+        (b"k1", b"\xff\xfe not json"),
+        (b"k2", b'{"event_id": "x", "type": "PackageRequested", "job_id": "j-bad"}'),
+        (None, b'{"type": "NoSuchEvent"}'),
+    ]
+    with (
+        service(["worker"], service_env, tmp_path / "logs"),
+        service(["ingress"], service_env, tmp_path / "logs"),
+    ):
+        wait_for_port(port)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for key, value in garbage:
+                await producer.send_and_wait(topics.requests, value=value, key=key)
+        finally:
+            await producer.stop()
+        job = await post(port, resource_id="ok", resource_url=f"{base_url}/ok.csv", email="ok@example.org")
+        await smtp.wait_for(1, timeout=120)
+        rejected = []
+        deadline = time.monotonic() + 60
+        while len(rejected) < len(garbage) and time.monotonic() < deadline:
+            events = await read_events(kafka_bootstrap, topics.events)
+            rejected = [e for e in events if e.type == "RecordRejected"]
+            await asyncio.sleep(0.5)
+
+    assert {e.payload.source_topic for e in rejected} == {topics.requests}  # type: ignore[attr-defined]
+    assert len(rejected) == len(garbage), "one RecordRejected per bad record"
+    assert sorted(e.job_id for e in rejected) == ["-", "-", "j-bad"]
+    dead = await read_topic(kafka_bootstrap, topics.dead_letters)
+    assert sorted(value for _, value in dead) == sorted(value for _, value in garbage)
+    assert [e.type for e in events if e.job_id == job][-1] == "EmailSent"
+    assert emailed_jobs(smtp) == Counter([job])

@@ -1,0 +1,153 @@
+"""Every record, once, in order: a guard between Faust's consumer and each agent.
+
+faust-streaming 0.15.3 can hand an agent the records of a partition with a hole in them right after a
+partition is assigned: its recovery resumes the stream partitions before it seeks them to the committed
+offsets, and records fetched in between can be dropped (upstream issues #216 and #221). Its commit logic
+then lets the offset move past the hole, because it takes a committed offset for the last record processed
+rather than the next one to read (upstream issue #606). A worker restarted after a crash lost jobs and
+emails that way in this project's fault suite.
+
+`OffsetGuard` keeps, per agent and partition, the next offset that agent must see. The first record of a
+partition in a consumer generation is compared with the group's committed offset. A record past the
+expected offset means records were skipped: the guard seeks the partition back and drops records until the
+missing one arrives, so nothing is processed out of order or left out. A record before it was already
+processed and is dropped too (agents are idempotent by job id anyway). `patch_commit_offsets` makes Faust
+stop committing past a record no agent has acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport.consumer import Consumer
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+# How long the guard waits for a re-read partition to deliver the missing record before seeking again, and
+# how many times it seeks before it accepts the hole (records removed by retention, say) and carries on.
+RESEEK_AFTER = 10.0
+MAX_SEEKS = 3
+
+Seek = Callable[[TP, int], Awaitable[None]]
+Starts = Callable[[str, list[int]], Awaitable[dict[int, int]]]
+
+
+@dataclass
+class OffsetGuard:
+    """Admits each record of an agent's stream once, in offset order per partition."""
+
+    generation: Callable[[], int]
+    starts: Starts  # topic, partitions -> the offset the group resumes each partition from
+    seek: Seek
+    expected: dict[TP, int] = field(default_factory=dict)
+    seeking: dict[TP, tuple[float, int]] = field(default_factory=dict)  # tp -> (since, seeks so far)
+    _generation: int | None = None
+
+    async def admit(self, tp: TP, offset: int, partitions: list[int]) -> bool:
+        """True when the agent should process this record; False to drop it."""
+        generation = self.generation()
+        if generation != self._generation:
+            # A rebalance: positions start again from the committed offsets.
+            self._generation = generation
+            self.expected.clear()
+            self.seeking.clear()
+        if tp not in self.expected:
+            starts = await self.starts(tp.topic, partitions)
+            for partition, start in starts.items():
+                self.expected.setdefault(TP(tp.topic, partition), start)
+        expected = self.expected.get(tp, offset)
+        if offset < expected:
+            return False  # processed already: the partition was read again from further back
+        if offset > expected:
+            since, seeks = self.seeking.get(tp, (0.0, 0))
+            if seeks >= MAX_SEEKS and time.monotonic() - since >= RESEEK_AFTER:
+                log.error(
+                    "records %s[%d] %d-%d never arrived; carrying on",
+                    tp.topic,
+                    tp.partition,
+                    expected,
+                    offset - 1,
+                )
+            elif seeks == 0 or time.monotonic() - since >= RESEEK_AFTER:
+                log.warning(
+                    "records %s[%d] %d-%d were skipped by the consumer; reading them again",
+                    tp.topic,
+                    tp.partition,
+                    expected,
+                    offset - 1,
+                )
+                self.seeking[tp] = (time.monotonic(), seeks + 1)
+                await self.seek(tp, expected)
+                return False
+            else:
+                return False  # waiting for the re-read partition to reach the missing record
+        self.seeking.pop(tp, None)
+        self.expected[tp] = offset + 1
+        return True
+
+
+def group_starts(bootstrap: str, group: str) -> Starts:
+    """Where `group` resumes partitions: its committed offset, else the log start (auto reset: earliest)."""
+
+    async def starts(topic: str, partitions: list[int]) -> dict[int, int]:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            beginnings = await consumer.beginning_offsets(tps)
+            result = {}
+            for tp in tps:
+                committed = await consumer.committed(tp)
+                result[tp.partition] = committed if committed is not None else beginnings[tp]
+            return result
+        finally:
+            await consumer.stop()
+
+    return starts
+
+
+def _new_offset(self: Consumer, tp: TP) -> int | None:
+    """Faust's `Consumer._new_offset`, without committing past an unacknowledged record.
+
+    The acknowledged offsets are sorted; the committable offset is one past the first consecutive run, but
+    only if that run starts at the committed offset (the next record to read).
+    """
+    acked: list[int] = self._acked[tp]
+    if not acked:
+        return None
+    gaps = self._gap[tp]
+    if gaps:
+        # Offsets that hold no record (transaction markers, compaction) count as acknowledged.
+        max_offset = max(acked)
+        fillers = sorted(gaps.overlap(0, max_offset), key=lambda interval: interval.begin)
+        if fillers:
+            extra = [o for interval in fillers for o in range(interval.begin, interval.end)]
+            acked.extend(extra)
+            gaps.chop(0, max(extra[-1], max_offset + 1))
+    acked.sort()
+    committed = self._committed_offset[tp]
+    if committed is not None and acked[0] > committed:
+        return None  # the record at `committed` is still being processed
+    run = 1
+    while run < len(acked) and acked[run] == acked[run - 1] + 1:
+        run += 1
+    batch = acked[:run]
+    del acked[:run]
+    self._acked_index[tp].difference_update(batch)
+    return batch[-1] + 1
+
+
+def patch_commit_offsets() -> None:
+    """Install `_new_offset` on Faust's consumer (idempotent)."""
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+
+
+def partitions_of(app: Any, topic: str) -> list[int]:
+    """The partitions of `topic` assigned to this worker."""
+    return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)
