@@ -157,6 +157,20 @@ class PackageExpired(Event):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RequestAbandoned(Event):
+    """Terminal: the request reached the log only after the ingress had stopped waiting and answered 503.
+
+    The requester was told the request was not accepted, so nothing is built and no email is sent. The
+    broker's append time (`appended_at`) is compared with the deadline the ingress gave the append.
+    """
+
+    TYPE: ClassVar[str] = "RequestAbandoned"
+    cache_key: str
+    appended_at: str
+    answer_deadline: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RecordRejected(Event):
     """A record on a packager topic was not a valid event: it was copied to the dead-letter topic.
 
@@ -184,11 +198,14 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EmailFailed,
         CacheCleared,
         PackageExpired,
+        RequestAbandoned,
         RecordRejected,
     )
 }
 
-TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
+TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE, RequestAbandoned.TYPE})
+# Terminal events the requester hears about by email.
+NOTIFIED_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
 
 _ENVELOPE_FIELDS = frozenset({"event_id", "type", "schema_version", "job_id", "occurred_at", "payload"})
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -60,6 +62,19 @@ class Topics:
         return [self.requests, self.events, self.analytics, self.dead_letters, *(self.lane(x) for x in LANES)]
 
 
+# The ingress's deadline for an append, in a record header: a request the broker stores after it is one the
+# ingress already answered 503 for (see RequestAbandoned). The requests topic keeps the broker's append time.
+ANSWER_DEADLINE_HEADER = "answer-deadline"
+LOG_APPEND_TIME = 1  # Kafka's timestamp type for broker-assigned timestamps
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Milliseconds since the epoch as an ISO 8601 UTC timestamp, like the events' `occurred_at`."""
+    return (
+        datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
 async def ensure_topics(
     bootstrap_servers: str, topics: Topics, partitions: int, *, compacted: Sequence[str] = ()
 ) -> None:
@@ -69,7 +84,12 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(name=name, num_partitions=partitions, replication_factor=1)
+            NewTopic(
+                name=name,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs={"message.timestamp.type": "LogAppendTime"} if name == topics.requests else {},
+            )
             for name in topics.all()
             if name not in existing
         ]
@@ -168,10 +188,15 @@ class KafkaEventLog:
     async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
         """Append and wait for the broker's acknowledgement from all in-sync replicas."""
         producer = await self._ready_producer()
+        deadline_ms = int((time.time() + self._send_timeout) * 1000)
         try:
             async with asyncio.timeout(self._send_timeout):
                 await producer.send_and_wait(
-                    topic, value=encode(event), key=key.encode(), partition=partition
+                    topic,
+                    value=encode(event),
+                    key=key.encode(),
+                    partition=partition,
+                    headers=[(ANSWER_DEADLINE_HEADER, str(deadline_ms).encode())],
                 )
         except (KafkaError, TimeoutError) as exc:
             log.warning("Append to %s failed: %r", topic, exc)

@@ -19,9 +19,10 @@ from packager.events import (
     PackageQueued,
     PackageRequested,
     PackageStarted,
+    RequestAbandoned,
 )
 
-QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
+QUEUED, RUNNING, COMPLETED, FAILED, ABANDONED = "queued", "running", "completed", "failed", "abandoned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +61,8 @@ class JobState:
 
     @property
     def terminal(self) -> bool:
-        """True once the job completed or failed."""
-        return self.state in (COMPLETED, FAILED)
+        """True once the job completed or failed (or was abandoned: see RequestAbandoned)."""
+        return self.state in (COMPLETED, FAILED, ABANDONED)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, as stored in tables (every field is a scalar, so no deep copy is needed)."""
@@ -123,6 +124,11 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
             if current.terminal:
                 return current
             return changed(state=FAILED, error=p.error, finished_at=event.occurred_at)
+        case RequestAbandoned():
+            if current.terminal:
+                return current
+            error = "not accepted: the ingress answered 503 before the broker stored the request"
+            return changed(state=ABANDONED, error=error, finished_at=event.occurred_at)
         case EmailSent():
             return changed(emailed=True, email_error="")
         case EmailFailed():

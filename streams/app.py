@@ -28,7 +28,7 @@ from packager import metrics
 from packager.analytics import pseudonymise
 from packager.errors import EventDecodeError
 from packager.events import (
-    TERMINAL_TYPES,
+    NOTIFIED_TYPES,
     CacheCleared,
     Envelope,
     Event,
@@ -37,13 +37,14 @@ from packager.events import (
     PackageFailed,
     PackageQueued,
     RecordRejected,
+    RequestAbandoned,
     decode,
     encode,
     envelope,
 )
 from packager.ingress import system_resolver
 from packager.jobs import JobContext, run_job
-from packager.kafka_log import LANES, Topics
+from packager.kafka_log import ANSWER_DEADLINE_HEADER, LANES, LOG_APPEND_TIME, Topics, iso_ms
 from packager.logs import bind_job
 from packager.settings import Settings
 from packager.store import FileStore
@@ -187,7 +188,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         @app.agent(events_topic, name="mailer")
         async def mailer(stream: faust.StreamT) -> None:
             async for env in decoded(stream, owner=False):  # the cache keeper dead-letters
-                if env.type not in TERMINAL_TYPES or emailed.get(env.job_id) is not None:
+                if env.type not in NOTIFIED_TYPES or emailed.get(env.job_id) is not None:
                     continue
                 outcome = await notify(settings, env)
                 if outcome is None:
@@ -229,6 +230,12 @@ def _add_planner_and_cache(
                 if planned.get(env.job_id) is not None:
                     continue  # redelivered: already handled
                 key = env.cache_key
+                if (late := abandoned(faust.current_event().message)) is not None:  # type: ignore[union-attr]
+                    log.warning("request stored after the ingress answered 503; not building it")
+                    await publish(events_topic, env.job_id, key, RequestAbandoned(key, *late))
+                    planned[env.job_id] = "abandoned"
+                    await app.producer.flush()
+                    continue
                 entry = cache.get(key)
                 if is_fresh(entry, settings, store):
                     await publish(events_topic, env.job_id, key, reused(key, waiter(env), entry))
@@ -283,6 +290,23 @@ def _add_planner_and_cache(
             if cached and now - float(cached["completed_at"]) >= max(settings.cache_time, 1):
                 expired = PackageExpired(cache_key=cached_key, zip_file_name=cached["zip_file_name"])
                 await publish(events_topic, cached["job_id"], cached_key, expired)
+
+
+def abandoned(message: Any) -> tuple[str, str] | None:
+    """(appended_at, answer_deadline) when the broker stored the request after the ingress gave up on it.
+
+    The requests topic keeps the broker's append time (LogAppendTime); the ingress puts the deadline of
+    its wait in an `answer-deadline` header (milliseconds since the epoch).
+    """
+    if message.timestamp_type != LOG_APPEND_TIME or message.timestamp is None:
+        return None
+    deadline = dict(message.headers or ()).get(ANSWER_DEADLINE_HEADER)
+    if not deadline:
+        return None
+    appended_ms, deadline_ms = int(message.timestamp * 1000), int(deadline)
+    if appended_ms <= deadline_ms:
+        return None
+    return iso_ms(appended_ms), iso_ms(deadline_ms)
 
 
 def readable_job_id(raw: bytes) -> str:

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiosmtpd.controller import Controller
 
 from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
+from packager.dev import kafka as dev_kafka
 from packager.dev.kafka import free_port
 from packager.events import TERMINAL_TYPES, Envelope
 from packager.kafka_log import Topics
@@ -335,3 +336,91 @@ async def test_a_record_that_is_not_an_event_is_dead_lettered_and_work_goes_on(
     assert sorted(value for _, value in dead) == sorted(value for _, value in garbage)
     assert [e.type for e in events if e.job_id == job][-1] == "EmailSent"
     assert emailed_jobs(smtp) == Counter([job])
+
+
+async def post_status(port: int, **params: str) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+        http.post(f"http://127.0.0.1:{port}/package_url", data={"secret": SECRET, **params}) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def test_a_broker_restart_mid_job_loses_nothing_and_the_ingress_recovers_by_itself(
+    tmp_path: Path,
+    topic_prefix: str,
+    service_env: dict[str, str],
+    smtp: SmtpSink,
+    file_server: tuple[str, Path],
+) -> None:
+    """The broker goes away while jobs run: the ingress answers 503, then 200 again once it is back."""
+    base_url, folder = file_server
+    (folder / "late.csv").write_bytes(b"x\n1\n")
+    state_dir = tmp_path / "own-broker"  # its own broker: the session's is shared with other tests
+    broker = dev_kafka.start(state_dir, partitions=4)
+    try:
+        env = {
+            **service_env,
+            "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "PACKAGER_KAFKA_SEND_TIMEOUT": "3",
+            "PACKAGER_PAGE_SIZE": "500",
+        }
+        port = int(env["PACKAGER_PORT"])
+        tables = {f"r{n}": SyntheticTable(f"r{n}", 4_000, seed=n) for n in range(3)}
+        async with serve_ckan(tables, faults=Faults(slow_page_delay=0.4)) as api_url:
+            with (
+                service(["worker"], env, tmp_path / "logs") as worker,
+                service(["ingress"], env, tmp_path / "logs") as ingress,
+            ):
+                wait_for_port(port)
+                await worker.wait_for_output("[^Worker]: Ready")
+                jobs = [await submit_datastore(port, api_url, rid, f"{rid}@example.org") for rid in tables]
+                await wait_for_event(
+                    broker.bootstrap_servers, topic_prefix, lambda e: e.type == "PackageStarted"
+                )
+                dev_kafka.halt(state_dir)
+                statuses = []
+                deadline = time.monotonic() + 60
+                while 503 not in statuses and time.monotonic() < deadline:
+                    status, _ = await post_status(
+                        port,
+                        resource_id="late",
+                        resource_url=f"{base_url}/late.csv",
+                        email="late@example.org",
+                    )
+                    statuses.append(status)
+                assert statuses[-1] == 503, f"the ingress answered {statuses} while the broker was down"
+                assert 200 not in statuses
+                await asyncio.sleep(5)
+                dev_kafka.resume(state_dir)
+                deadline = time.monotonic() + 90
+                while True:
+                    status, body = await post_status(
+                        port,
+                        resource_id="late",
+                        resource_url=f"{base_url}/late.csv",
+                        email="late@example.org",
+                    )
+                    if status == 200:
+                        jobs.append(str(body["job_id"]))
+                        break
+                    assert status == 503, body
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"the ingress never recovered.\n{ingress.log()}")
+                    await asyncio.sleep(1)
+                try:
+                    await smtp.wait_for(len(jobs), timeout=240)
+                except TimeoutError:
+                    pytest.fail(f"jobs did not finish after the broker came back.\n{worker.log()}")
+                await asyncio.sleep(3)
+        events = await read_events(broker.bootstrap_servers, Topics(topic_prefix).events)
+    finally:
+        dev_kafka.stop(state_dir)
+    assert terminal_counts(events, jobs) == Counter(dict.fromkeys(jobs, 1))
+    assert all(e.type == "PackageCompleted" for e in events if e.type in TERMINAL_TYPES and e.job_id in jobs)
+    # A request answered 503 may still reach the log once the broker is back (the producer had it
+    # buffered): the planner recognises it by its append time and abandons it, unbuilt and unmailed.
+    others = [e for e in events if e.type in TERMINAL_TYPES and e.job_id not in jobs]
+    assert all(e.type == "RequestAbandoned" for e in others), others
+    assert Counter(e.job_id for e in events if e.type == "EmailSent") == Counter(jobs)
+    assert len(smtp.messages) == len(jobs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import aiohttp
 
 from packager.events import (
@@ -12,10 +14,13 @@ from packager.events import (
     PackageQueued,
     PackageRequested,
     PackageStarted,
+    RequestAbandoned,
     envelope,
 )
+from packager.kafka_log import ANSWER_DEADLINE_HEADER, LOG_APPEND_TIME
 from packager.settings import load_settings
-from projections.jobs import COMPLETED, RUNNING, JobState, apply
+from projections.jobs import ABANDONED, COMPLETED, RUNNING, JobState, apply
+from streams.app import abandoned
 from streams.handlers import lane_for_rows, plan_lane
 
 REQ = PackageRequested(
@@ -65,6 +70,29 @@ def test_terminal_states_are_never_left_on_redelivery() -> None:
     state = fold(REQ, DONE, PackageStarted(cache_key="ck", lane="fast", worker="w"), failed)
     assert state.state == COMPLETED
     assert JobState.from_dict(state.to_dict()) == state
+
+
+def test_an_abandoned_request_is_terminal_and_never_packaged() -> None:
+    late = RequestAbandoned(cache_key="ck", appended_at="2026-11-26T10:00:05.000Z", answer_deadline="x")
+    state = fold(REQ, late, PackageStarted(cache_key="ck", lane="fast", worker="w"))
+    assert (state.state, state.terminal) == (ABANDONED, True)
+    assert "503" in state.error
+
+
+def record(timestamp: float | None, timestamp_type: int, deadline_ms: int | None) -> SimpleNamespace:
+    headers = [] if deadline_ms is None else [(ANSWER_DEADLINE_HEADER, str(deadline_ms).encode())]
+    return SimpleNamespace(timestamp=timestamp, timestamp_type=timestamp_type, headers=headers)
+
+
+def test_a_request_stored_after_the_ingress_deadline_is_recognised() -> None:
+    deadline = 1_790_000_000_000
+    assert abandoned(record(deadline / 1000 + 0.5, LOG_APPEND_TIME, deadline)) == (
+        "2026-09-21T14:13:20.500Z",
+        "2026-09-21T14:13:20.000Z",
+    )
+    assert abandoned(record(deadline / 1000, LOG_APPEND_TIME, deadline)) is None  # in time
+    assert abandoned(record(deadline / 1000 + 5, 0, deadline)) is None  # a producer's clock: no verdict
+    assert abandoned(record(deadline / 1000 + 5, LOG_APPEND_TIME, None)) is None  # not from the ingress
 
 
 async def test_url_jobs_take_the_fast_lane() -> None:
