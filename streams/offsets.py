@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.consumer import Consumer
 from faust.types import TP
@@ -143,8 +144,17 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
     return batch[-1] + 1
 
 
+PATCHED_FAUST_VERSION = "0.15.3"
+
+
 def patch_commit_offsets() -> None:
-    """Install `_new_offset` on Faust's consumer (idempotent)."""
+    """Install `_new_offset` on Faust's consumer (idempotent); it was written against one Faust version."""
+    if faust.__version__ != PATCHED_FAUST_VERSION:
+        log.warning(
+            "faust-streaming %s is not %s: check streams/offsets.py still matches its consumer",
+            faust.__version__,
+            PATCHED_FAUST_VERSION,
+        )
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
 
 
