@@ -75,6 +75,17 @@ def iso_ms(epoch_ms: int) -> str:
     )
 
 
+def topic_configs(topics: Topics, name: str) -> dict[str, str]:
+    """Per-topic settings at creation. The requests and events topics are the system of record (the read
+    models and replay are rebuilt from them), so they are kept forever; the others use the broker's default
+    retention. The requests topic keeps the broker's append time (see RequestAbandoned)."""
+    if name == topics.requests:
+        return {"retention.ms": "-1", "message.timestamp.type": "LogAppendTime"}
+    if name == topics.events:
+        return {"retention.ms": "-1"}
+    return {}
+
+
 async def ensure_topics(
     bootstrap_servers: str, topics: Topics, partitions: int, *, compacted: Sequence[str] = ()
 ) -> None:
@@ -88,7 +99,7 @@ async def ensure_topics(
                 name=name,
                 num_partitions=partitions,
                 replication_factor=1,
-                topic_configs={"message.timestamp.type": "LogAppendTime"} if name == topics.requests else {},
+                topic_configs=topic_configs(topics, name),
             )
             for name in topics.all()
             if name not in existing
