@@ -174,15 +174,17 @@ class RequestAbandoned(Event):
 class RecordRejected(Event):
     """A record on a packager topic was not a valid event: it was copied to the dead-letter topic.
 
-    Not about a job: `job_id` is the record's own job id when it has a readable one, else "-".
+    Not about a job: its `job_id` is always "-". Whatever job id the bad record claimed is kept apart in
+    `claimed_job_id` (anyone able to write to the topic controls it, so it is never trusted).
     """
 
     TYPE: ClassVar[str] = "RecordRejected"
-    cache_key: str  # the record's key, or "" when it had none
+    cache_key: str  # the record's key (at most 200 characters), or "" when it had none
     source_topic: str
     partition: int
     offset: int
-    error: str
+    error: str  # at most 500 characters
+    claimed_job_id: str
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -140,7 +140,7 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = self.redact(record.exc_text)
         if record.stack_info:
             line["stack"] = self.redact(self.formatStack(record.stack_info))
-        return orjson.dumps(line, default=str).decode()
+        return orjson.dumps(line, default=lambda o: self.redact(str(o))).decode()
 
 
 class TextFormatter(logging.Formatter):

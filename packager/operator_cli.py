@@ -45,7 +45,7 @@ EVENTS_RECONNECTS = 5
 # A job just accepted appears on the read side within a second or so; wait this long before saying
 # there is no such job.
 JOB_APPEAR_TIMEOUT = 15.0
-TERMINAL_STATES = ("completed", "failed")
+TERMINAL_STATES = ("completed", "failed", "abandoned")
 _JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -536,9 +536,9 @@ def _report_end(job: Mapping[str, Any], out: Output) -> int:
         out.text(f"completed: {job.get('download_url')} ({human_size(job.get('size'))})")
         return 0
     if not out.quiet:
-        print(
-            f"{PROG}: job {job.get('job_id')} failed: {job.get('error') or 'no reason given'}", file=out.err
-        )
+        verb = "was abandoned" if job.get("state") == "abandoned" else "failed"
+        reason = job.get("error") or "no reason given"
+        print(f"{PROG}: job {job.get('job_id')} {verb}: {reason}", file=out.err)
     return 1
 
 

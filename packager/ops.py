@@ -48,10 +48,10 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        metrics.HTTP_REQUESTS.labels(_route_of(request), request.method, str(exc.status)).inc()
+        metrics.HTTP_REQUESTS.labels(_route_of(request), _method_of(request), str(exc.status)).inc()
         raise
     route = _route_of(request)
-    metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+    metrics.HTTP_REQUESTS.labels(route, _method_of(request), str(response.status)).inc()
     if route in metrics.PACKAGE_ENDPOINTS:
         if response.status < 300:
             metrics.REQUESTS_ACCEPTED.labels(route).inc()
@@ -98,3 +98,11 @@ def add_routes(app: web.Application) -> None:
 
 
 _SPEC_BYTES = orjson.dumps(spec(), option=orjson.OPT_INDENT_2)
+
+
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+
+
+def _method_of(request: web.Request) -> str:
+    """The method as a metric label; anything unusual is "other", so clients cannot mint new series."""
+    return request.method if request.method in _KNOWN_METHODS else "other"

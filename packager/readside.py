@@ -80,8 +80,8 @@ async def worker_count(bootstrap: str, group: str) -> int:
 async def broker_reachable(bootstrap: str) -> None:
     """Ask the broker for its topics; raise when it does not answer."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3_000)
-    await admin.start()
     try:
+        await admin.start()
         await admin.list_topics()
     finally:
         await admin.close()

@@ -51,7 +51,13 @@ from packager.store import FileStore
 from projections.jobs import JobState
 from streams.cache import cache_entry, is_fresh, reused, shared_failure, waiter
 from streams.handlers import notify, plan_lane
-from streams.offsets import OffsetGuard, group_starts, partitions_of, patch_commit_offsets
+from streams.offsets import (
+    OffsetGuard,
+    acknowledge_missing,
+    group_starts,
+    partitions_of,
+    patch_commit_offsets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +128,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             key=key,
             value=value,
             headers={
-                "error": error.message.encode(),
+                "error": error.message[:500].encode(),
                 "source_topic": message.topic.encode(),
                 "source_partition": str(message.partition).encode(),
                 "source_offset": str(message.offset).encode(),
@@ -130,17 +136,23 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         )
         await fut
         rejected = RecordRejected(
-            cache_key=key.decode("utf-8", "replace") if key else "",
+            cache_key=key.decode("utf-8", "replace")[:200] if key else "",
             source_topic=message.topic,
             partition=message.partition,
             offset=message.offset,
-            error=error.message,
+            error=error.message[:500],
+            claimed_job_id=readable_job_id(value),
         )
-        await publish(events_topic, readable_job_id(value) or "-", rejected.cache_key, rejected)
+        await publish(events_topic, "-", rejected.cache_key, rejected)
 
     async def admitted(stream: faust.StreamT) -> AsyncIterator[faust.types.EventT]:
         """The stream's records, each once and in order per partition (see streams.offsets)."""
-        guard = OffsetGuard(generation=lambda: app.consumer_generation_id, starts=resume_points, seek=seek)
+        guard = OffsetGuard(
+            generation=lambda: app.consumer_generation_id,
+            starts=resume_points,
+            seek=seek,
+            skip=lambda tp, offsets: acknowledge_missing(app.consumer, tp, offsets),
+        )
         async for record in stream.events():
             message = record.message
             bind_job(None)  # until the record is decoded, log lines are about no job
@@ -303,7 +315,10 @@ def abandoned(message: Any) -> tuple[str, str] | None:
     deadline = dict(message.headers or ()).get(ANSWER_DEADLINE_HEADER)
     if not deadline:
         return None
-    appended_ms, deadline_ms = int(message.timestamp * 1000), int(deadline)
+    try:
+        appended_ms, deadline_ms = int(message.timestamp * 1000), int(deadline)
+    except ValueError:
+        return None  # not a deadline the ingress wrote
     if appended_ms <= deadline_ms:
         return None
     return iso_ms(appended_ms), iso_ms(deadline_ms)

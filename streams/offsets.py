@@ -37,6 +37,7 @@ MAX_SEEKS = 3
 
 Seek = Callable[[TP, int], Awaitable[None]]
 Starts = Callable[[str, list[int]], Awaitable[dict[int, int]]]
+Skip = Callable[[TP, range], None]
 
 
 @dataclass
@@ -46,6 +47,7 @@ class OffsetGuard:
     generation: Callable[[], int]
     starts: Starts  # topic, partitions -> the offset the group resumes each partition from
     seek: Seek
+    skip: Skip  # marks offsets that will never arrive as done, so commits can pass them
     expected: dict[TP, int] = field(default_factory=dict)
     seeking: dict[TP, tuple[float, int]] = field(default_factory=dict)  # tp -> (since, seeks so far)
     _generation: int | None = None
@@ -75,6 +77,7 @@ class OffsetGuard:
                     expected,
                     offset - 1,
                 )
+                self.skip(tp, range(expected, offset))
             elif seeks == 0 or time.monotonic() - since >= RESEEK_AFTER:
                 log.warning(
                     "records %s[%d] %d-%d were skipped by the consumer; reading them again",
@@ -99,8 +102,8 @@ def group_starts(bootstrap: str, group: str) -> Starts:
     async def starts(topic: str, partitions: list[int]) -> dict[int, int]:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-        await consumer.start()
         try:
+            await consumer.start()
             beginnings = await consumer.beginning_offsets(tps)
             result = {}
             for tp in tps:
@@ -117,20 +120,15 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
     """Faust's `Consumer._new_offset`, without committing past an unacknowledged record.
 
     The acknowledged offsets are sorted; the committable offset is one past the first consecutive run, but
-    only if that run starts at the committed offset (the next record to read).
+    only if that run starts at the committed offset (the next record to read). Faust's "gaps" (offsets its
+    fetch loop saw no record for) are not taken as acknowledged: the topics agents read here are neither
+    compacted nor transactional, so a gap is a record the agent has not had yet, and the guard reads it
+    again; offsets that truly never come are acknowledged by the guard (`acknowledge_missing`).
     """
+    self._gap[tp].clear()
     acked: list[int] = self._acked[tp]
     if not acked:
         return None
-    gaps = self._gap[tp]
-    if gaps:
-        # Offsets that hold no record (transaction markers, compaction) count as acknowledged.
-        max_offset = max(acked)
-        fillers = sorted(gaps.overlap(0, max_offset), key=lambda interval: interval.begin)
-        if fillers:
-            extra = [o for interval in fillers for o in range(interval.begin, interval.end)]
-            acked.extend(extra)
-            gaps.chop(0, max(extra[-1], max_offset + 1))
     acked.sort()
     committed = self._committed_offset[tp]
     if committed is not None and acked[0] > committed:
@@ -142,6 +140,14 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
     del acked[:run]
     self._acked_index[tp].difference_update(batch)
     return batch[-1] + 1
+
+
+def acknowledge_missing(consumer: Consumer, tp: TP, offsets: range) -> None:
+    """Count offsets that will never be delivered (removed by retention, say) as acknowledged."""
+    index = consumer._acked_index[tp]
+    fresh = [o for o in offsets if o not in index]
+    index.update(fresh)
+    consumer._acked[tp].extend(fresh)
 
 
 PATCHED_FAUST_VERSION = "0.15.3"

@@ -20,8 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiosmtpd.controller import Controller
 
-from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
 from packager.dev import kafka as dev_kafka
+from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
 from packager.dev.kafka import free_port
 from packager.events import TERMINAL_TYPES, Envelope
 from packager.kafka_log import Topics
@@ -331,7 +331,8 @@ async def test_a_record_that_is_not_an_event_is_dead_lettered_and_work_goes_on(
 
     assert {e.payload.source_topic for e in rejected} == {topics.requests}  # type: ignore[attr-defined]
     assert len(rejected) == len(garbage), "one RecordRejected per bad record"
-    assert sorted(e.job_id for e in rejected) == ["-", "-", "j-bad"]
+    assert {e.job_id for e in rejected} == {"-"}
+    assert sorted(e.payload.claimed_job_id for e in rejected) == ["", "", "j-bad"]  # type: ignore[attr-defined]
     dead = await read_topic(kafka_bootstrap, topics.dead_letters)
     assert sorted(value for _, value in dead) == sorted(value for _, value in garbage)
     assert [e.type for e in events if e.job_id == job][-1] == "EmailSent"

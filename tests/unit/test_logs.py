@@ -173,6 +173,6 @@ def test_the_ingress_access_line_is_short_and_names_the_job(restore_root_logging
         AccessLog(logging.getLogger("aiohttp.access"), "").log(request, response, 0.0123)
     [line] = json_lines(out)
     assert line["logger"] == "aiohttp.access"
-    assert re.fullmatch(r"\S+ POST /package_url\?secret=\S+ 200 \d+ 12\.3ms", str(line["msg"]))
+    assert re.fullmatch(r"\S+ POST /package_url\?secret=\[REDACTED\] 200 \d+ 12\.3ms", str(line["msg"]))
     assert SECRET not in str(line)
     assert (line["job_id"], line["status"], line["duration_ms"]) == ("job-42", 200, 12.3)

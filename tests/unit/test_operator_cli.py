@@ -240,6 +240,16 @@ def test_watch_exits_1_and_says_why_when_the_job_fails(no_sleep: None) -> None:
     assert err.getvalue().splitlines()[-1] == f"ckanpackager: job {JOB} failed: CKAN said 404"
 
 
+def test_watch_ends_when_the_request_was_abandoned(no_sleep: None) -> None:
+    abandoned = job("abandoned", error="not accepted: the ingress answered 503")
+    service = ScriptedService("http://h", connections=[as_events(job("queued"), abandoned), [("end", "{}")]])
+    display, _, err = output()
+    assert cli.watch(service, JOB, display) == 1
+    assert err.getvalue().splitlines()[-1] == (
+        f"ckanpackager: job {JOB} was abandoned: not accepted: the ingress answered 503"
+    )
+
+
 def test_watch_reconnects_when_the_stream_drops_before_the_end(no_sleep: None) -> None:
     service = ScriptedService(
         "http://h",
