@@ -309,10 +309,11 @@ async def test_a_record_that_is_not_an_event_is_dead_lettered_and_work_goes_on(
         (None, b'{"type": "NoSuchEvent"}'),
     ]
     with (
-        service(["worker"], service_env, tmp_path / "logs"),
+        service(["worker"], service_env, tmp_path / "logs") as worker,
         service(["ingress"], service_env, tmp_path / "logs"),
     ):
         wait_for_port(port)
+        await worker.wait_for_output("[^Worker]: Ready")  # the topics exist, with their settings
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
         await producer.start()
         try:
