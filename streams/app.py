@@ -145,19 +145,42 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         )
         await publish(events_topic, "-", rejected.cache_key, rejected)
 
+    guards: list[OffsetGuard] = []
+
     async def admitted(stream: faust.StreamT) -> AsyncIterator[faust.types.EventT]:
         """The stream's records, each once and in order per partition (see streams.offsets)."""
         guard = OffsetGuard(
+            topics=tuple(getattr(stream.channel, "topics", ())),
             generation=lambda: app.consumer_generation_id,
             starts=resume_points,
             seek=seek,
             skip=lambda tp, offsets: acknowledge_missing(app.consumer, tp, offsets),
         )
-        async for record in stream.events():
-            message = record.message
-            bind_job(None)  # until the record is decoded, log lines are about no job
-            if await guard.admit(message.tp, message.offset, partitions_of(app, message.topic)):
-                yield record
+        guards.append(guard)
+        try:
+            async for record in stream.events():
+                message = record.message
+                bind_job(None)  # until the record is decoded, log lines are about no job
+                if await guard.admit(message.tp, message.offset, partitions_of(app, message.topic)):
+                    guard.busy = True
+                    yield record
+                    guard.busy = False
+        finally:
+            guards.remove(guard)
+
+    @app.timer(interval=2.0)
+    async def stall_watch() -> None:
+        """Catch records Faust never delivered to an agent (see streams.offsets.OffsetGuard.sweep)."""
+
+        def log_end(tp: TP) -> int | None:
+            try:
+                return app.consumer.highwater(tp)
+            except Exception:
+                return None
+
+        assigned = app.consumer.assignment()
+        for guard in list(guards):
+            await guard.sweep(assigned, log_end)
 
     async def decoded(stream: faust.StreamT, *, owner: bool = True) -> AsyncIterator[Envelope]:
         """Decode each record. The topic's `owner` agent dead-letters undecodable ones; all carry on."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # how many times it seeks before it accepts the hole (records removed by retention, say) and carries on.
 RESEEK_AFTER = 10.0
 MAX_SEEKS = 3
+# How long a partition may hold records past what an idle agent has seen before `sweep` reads it again.
+STALL_AFTER = 5.0
 
 Seek = Callable[[TP, int], Awaitable[None]]
 Starts = Callable[[str, list[int]], Awaitable[dict[int, int]]]
@@ -42,28 +44,50 @@ Skip = Callable[[TP, range], None]
 
 @dataclass
 class OffsetGuard:
-    """Admits each record of an agent's stream once, in offset order per partition."""
+    """Admits each record of an agent's stream once, in offset order per partition.
 
+    Holes show up two ways: a record past the expected offset arrives (`admit` seeks back at once), or the
+    missing records were the last ones and nothing arrives at all; `sweep`, run on a timer, catches those: a
+    partition whose log end is past the expected offset while the agent sits idle for `STALL_AFTER` seconds
+    is read again from the expected offset.
+    """
+
+    topics: tuple[str, ...]
     generation: Callable[[], int]
     starts: Starts  # topic, partitions -> the offset the group resumes each partition from
     seek: Seek
     skip: Skip  # marks offsets that will never arrive as done, so commits can pass them
+    busy: bool = False  # the agent holds a record (set by the caller around each record)
     expected: dict[TP, int] = field(default_factory=dict)
     seeking: dict[TP, tuple[float, int]] = field(default_factory=dict)  # tp -> (since, seeks so far)
+    progress_at: dict[TP, float] = field(default_factory=dict)  # when `expected` last moved
+    behind_since: dict[TP, float] = field(default_factory=dict)  # first sweep that saw the log end past it
     _generation: int | None = None
 
-    async def admit(self, tp: TP, offset: int, partitions: list[int]) -> bool:
-        """True when the agent should process this record; False to drop it."""
+    def _follow_generation(self) -> None:
         generation = self.generation()
         if generation != self._generation:
             # A rebalance: positions start again from the committed offsets.
             self._generation = generation
             self.expected.clear()
             self.seeking.clear()
+            self.progress_at.clear()
+            self.behind_since.clear()
+
+    async def _learn(self, topic: str, partitions: list[int]) -> None:
+        """Where each of `partitions` starts in this generation (the group's committed offsets)."""
+        now = time.monotonic()
+        for partition, start in (await self.starts(topic, partitions)).items():
+            tp = TP(topic, partition)
+            if tp not in self.expected:
+                self.expected[tp] = start
+                self.progress_at[tp] = now
+
+    async def admit(self, tp: TP, offset: int, partitions: list[int]) -> bool:
+        """True when the agent should process this record; False to drop it."""
+        self._follow_generation()
         if tp not in self.expected:
-            starts = await self.starts(tp.topic, partitions)
-            for partition, start in starts.items():
-                self.expected.setdefault(TP(tp.topic, partition), start)
+            await self._learn(tp.topic, partitions)
         expected = self.expected.get(tp, offset)
         if offset < expected:
             return False  # processed already: the partition was read again from further back
@@ -93,7 +117,35 @@ class OffsetGuard:
                 return False  # waiting for the re-read partition to reach the missing record
         self.seeking.pop(tp, None)
         self.expected[tp] = offset + 1
+        self.progress_at[tp] = time.monotonic()
         return True
+
+    async def sweep(self, assigned: Iterable[TP], log_end: Callable[[TP], int | None]) -> None:
+        """Read again any partition with records this agent never got while it sat idle."""
+        self._follow_generation()
+        mine = [tp for tp in assigned if tp.topic in self.topics]
+        for topic in {tp.topic for tp in mine if tp not in self.expected}:
+            await self._learn(topic, sorted(tp.partition for tp in mine if tp.topic == topic))
+        now = time.monotonic()
+        for tp in mine:
+            end, expected = log_end(tp), self.expected.get(tp)
+            if self.busy or end is None or expected is None or end <= expected:
+                self.behind_since.pop(tp, None)
+                continue
+            # Behind, idle, and no progress on this partition for STALL_AFTER: records in flight arrive
+            # well within that.
+            since = max(self.behind_since.setdefault(tp, now), self.progress_at.get(tp, 0.0))
+            if now - since < STALL_AFTER:
+                continue
+            log.warning(
+                "records %s[%d] %d-%d were never delivered; reading them again",
+                tp.topic,
+                tp.partition,
+                expected,
+                end - 1,
+            )
+            self.behind_since[tp] = now
+            await self.seek(tp, expected)
 
 
 def group_starts(bootstrap: str, group: str) -> Starts:

@@ -33,6 +33,7 @@ class Partition:
 
     def guard(self) -> OffsetGuard:
         return OffsetGuard(
+            topics=(TOPIC,),
             generation=lambda: self.generation,
             starts=self.starts,
             seek=self.seek,
@@ -92,6 +93,36 @@ async def test_a_hole_that_never_fills_is_accepted_after_the_last_seek(
     assert log.skipped == []
     assert await admitted(guard, [(0, 7), (0, 8)]) == [(0, 7), (0, 8)]
     assert log.skipped == [(0, range(0, 7))]  # so the commit can move past them
+
+
+async def test_a_hole_at_the_tail_is_found_by_the_sweep_once_the_agent_idles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(offsets.time, "monotonic", lambda: clock[0])
+    log = Partition({0: 4, 1: 0})
+    guard = log.guard()
+    assigned = [TP(TOPIC, 0), TP(TOPIC, 1), TP("other", 0)]
+    ends = {TP(TOPIC, 0): 6, TP(TOPIC, 1): 0, TP("other", 0): 9}
+    # Offsets 4 and 5 of partition 0 were dropped before the agent saw them; nothing else arrives.
+    await guard.sweep(assigned, ends.get)
+    assert log.seeks == []  # behind, but maybe only in flight
+    clock[0] += offsets.STALL_AFTER - 1
+    await guard.sweep(assigned, ends.get)
+    assert log.seeks == []
+    guard.busy = True  # a long job: its partitions wait, they are not lost
+    clock[0] += offsets.STALL_AFTER
+    await guard.sweep(assigned, ends.get)
+    assert log.seeks == []
+    guard.busy = False
+    await guard.sweep(assigned, ends.get)
+    clock[0] += offsets.STALL_AFTER
+    await guard.sweep(assigned, ends.get)
+    assert log.seeks == [(0, 4)]  # partition 1 is caught up; "other" is not this agent's topic
+    assert await admitted(guard, [(0, 4), (0, 5)]) == [(0, 4), (0, 5)]
+    clock[0] += 2 * offsets.STALL_AFTER
+    await guard.sweep(assigned, ends.get)
+    assert log.seeks == [(0, 4)]
 
 
 def consumer(committed: int | None, acked: list[int]) -> Any:
