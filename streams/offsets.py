@@ -17,6 +17,7 @@ stop committing past a record no agent has acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -25,6 +26,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
@@ -36,6 +38,7 @@ RESEEK_AFTER = 10.0
 MAX_SEEKS = 3
 # How long a partition may hold records past what an idle agent has seen before `sweep` reads it again.
 STALL_AFTER = 5.0
+SWEEP_TIMEOUT = 5.0
 
 Seek = Callable[[TP, int], Awaitable[None]]
 Starts = Callable[[str, list[int]], Awaitable[dict[int, int]]]
@@ -75,9 +78,22 @@ class OffsetGuard:
             self.behind_since.clear()
 
     async def _learn(self, topic: str, partitions: list[int]) -> None:
-        """Where each of `partitions` starts in this generation (the group's committed offsets)."""
+        """Where each of `partitions` starts in this generation (the group's committed offsets).
+
+        Keeps asking while the broker does not answer: the agent cannot get further without it anyway.
+        """
+        delay = 0.5
+        while True:
+            try:
+                async with asyncio.timeout(SWEEP_TIMEOUT * 2):
+                    starts = await self.starts(topic, partitions)
+                break
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("cannot read the committed offsets of %s yet: %r", topic, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         now = time.monotonic()
-        for partition, start in (await self.starts(topic, partitions)).items():
+        for partition, start in starts.items():
             tp = TP(topic, partition)
             if tp not in self.expected:
                 self.expected[tp] = start
@@ -125,7 +141,11 @@ class OffsetGuard:
         self._follow_generation()
         mine = [tp for tp in assigned if tp.topic in self.topics]
         for topic in {tp.topic for tp in mine if tp not in self.expected}:
-            await self._learn(topic, sorted(tp.partition for tp in mine if tp.topic == topic))
+            try:
+                async with asyncio.timeout(SWEEP_TIMEOUT):
+                    await self._learn(topic, sorted(tp.partition for tp in mine if tp.topic == topic))
+            except TimeoutError:
+                return  # the broker is away: try again on the next sweep
         now = time.monotonic()
         for tp in mine:
             end, expected = log_end(tp), self.expected.get(tp)
@@ -145,7 +165,10 @@ class OffsetGuard:
                 end - 1,
             )
             self.behind_since[tp] = now
-            await self.seek(tp, expected)
+            try:
+                await self.seek(tp, expected)
+            except (KafkaError, AssertionError) as exc:  # aiokafka asserts the partition is still assigned
+                log.warning("could not re-read %s[%d]: %r", tp.topic, tp.partition, exc)
 
 
 def group_starts(bootstrap: str, group: str) -> Starts:
