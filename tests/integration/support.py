@@ -17,6 +17,7 @@ from pathlib import Path
 from threading import Lock
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.controller import Controller
@@ -171,11 +172,26 @@ class SmtpSink:
         raise TimeoutError(f"{len(self.messages)} of {count} emails arrived within {timeout}s")
 
 
+def smtp_sink(port: int) -> contextlib.AbstractContextManager[SmtpSink]:
+    """Run an aiosmtpd server on 127.0.0.1:port that keeps what it accepts, for the duration of the block."""
+    return serving(SmtpSink(port=port))
+
+
+async def submit(port: int, endpoint: str, secret: str, **params: str) -> str:
+    """POST a request to the ingress on `port` (form-encoded, as CKAN sends it); return its job id."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{port}/{endpoint}", data={"secret": secret, **params}) as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == 200, body
+    return str(body["job_id"])
+
+
 @contextlib.contextmanager
-def smtp_sink(port: int) -> Iterator[SmtpSink]:
-    """Run an aiosmtpd server on 127.0.0.1:port for the duration of the block."""
-    sink = SmtpSink(port=port)
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
+def serving(sink: SmtpSink) -> Iterator[SmtpSink]:
+    """Run an aiosmtpd server on 127.0.0.1:`sink.port` with `sink` as its handler."""
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
     controller.start()
     try:
         yield sink

@@ -29,6 +29,7 @@ from packager.events import Envelope
 from packager.kafka_log import Topics
 from tests.integration.conftest import SECRET
 from tests.integration.support import SmtpSink, read_events, service, wait_for_port
+from tests.integration.support import submit as submit_request
 
 pytestmark = pytest.mark.kafka
 
@@ -136,13 +137,7 @@ def _cell(value: Any) -> Any:
 
 
 async def submit(port: int, **params: str) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{port}/package_datastore", data={"secret": SECRET, **params}) as resp,
-    ):
-        body = await resp.json()
-    assert resp.status == 200, body
-    return str(body["job_id"])
+    return await submit_request(port, "package_datastore", SECRET, **params)
 
 
 async def events_of(bootstrap: str, prefix: str) -> list[Envelope]:

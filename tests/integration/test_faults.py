@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiosmtpd.controller import Controller
 
 from packager.dev import kafka as dev_kafka
 from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
@@ -32,6 +31,8 @@ from tests.integration.support import (
     read_events,
     read_topic,
     service,
+    serving,
+    submit,
     wait_for_port,
 )
 
@@ -47,13 +48,7 @@ class SlowSink(SmtpSink):
 
 
 async def post(port: int, **params: str) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{port}/package_url", data={"secret": SECRET, **params}) as resp,
-    ):
-        body = await resp.json()
-    assert resp.status == 200, body
-    return str(body["job_id"])
+    return await submit(port, "package_url", SECRET, **params)
 
 
 def emailed_jobs(sink: SmtpSink) -> Counter[str]:
@@ -112,48 +107,42 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_mails_each_job_once(
 ) -> None:
     """kill -9 while 20 jobs of mixed sizes are packaged and mailed; start it again; count."""
     base_url, folder = file_server
-    smtp_port = free_port()
-    sink = SlowSink(port=smtp_port)
-    controller = Controller(sink, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
-    env = {**service_env, "PACKAGER_SMTP_PORT": str(smtp_port), "PACKAGER_SESSION_TIMEOUT": "8"}
+    sink = SlowSink(port=free_port())
+    env = {**service_env, "PACKAGER_SMTP_PORT": str(sink.port), "PACKAGER_SESSION_TIMEOUT": "8"}
     port = int(env["PACKAGER_PORT"])
     count = 20
     for n in range(count):
         size = (n % 5) * 4_000_000 + 100  # 100 bytes to 16 MB
         (folder / f"k{n}.bin").write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
-    try:
-        with service(["ingress"], env, tmp_path / "logs"):
-            wait_for_port(port)
-            with service(["worker"], env, tmp_path / "logs") as worker:
-                await worker.wait_for_output("[^Worker]: Ready")
-                jobs = [
-                    await post(
-                        port,
-                        resource_id=f"k{n}",
-                        resource_url=f"{base_url}/k{n}.bin",
-                        email=f"k{n}@example.org",
-                    )
-                    for n in range(count)
-                ]
-                await sink.wait_for(3, timeout=120)
-                worker.stop(sig_kill=True)  # kill -9 in the middle of the batch
-                first_log = worker.log_file
-            sent_before_restart = len(sink.messages)
-            with service(["worker"], env, tmp_path / "logs") as restarted:
-                try:
-                    await sink.wait_for(count, timeout=180)
-                except TimeoutError:
-                    missing = set(jobs) - set(emailed_jobs(sink))
-                    where = await explain_missing(kafka_bootstrap, topic_prefix, missing)
-                    (tmp_path / "diagnosis.txt").write_text(where)
-                    pytest.fail(
-                        f"emails missing after the restart: {missing}\n{where}\n"
-                        f"first worker: {first_log}\nrestarted: {restarted.log_file}"
-                    )
-                await asyncio.sleep(5)  # let any duplicate arrive
-    finally:
-        controller.stop()
+    with serving(sink), service(["ingress"], env, tmp_path / "logs"):
+        wait_for_port(port)
+        with service(["worker"], env, tmp_path / "logs") as worker:
+            await worker.wait_for_output("[^Worker]: Ready")
+            jobs = [
+                await post(
+                    port,
+                    resource_id=f"k{n}",
+                    resource_url=f"{base_url}/k{n}.bin",
+                    email=f"k{n}@example.org",
+                )
+                for n in range(count)
+            ]
+            await sink.wait_for(3, timeout=120)
+            worker.stop(sig_kill=True)  # kill -9 in the middle of the batch
+            first_log = worker.log_file
+        sent_before_restart = len(sink.messages)
+        with service(["worker"], env, tmp_path / "logs") as restarted:
+            try:
+                await sink.wait_for(count, timeout=180)
+            except TimeoutError:
+                missing = set(jobs) - set(emailed_jobs(sink))
+                where = await explain_missing(kafka_bootstrap, topic_prefix, missing)
+                (tmp_path / "diagnosis.txt").write_text(where)
+                pytest.fail(
+                    f"emails missing after the restart: {missing}\n{where}\n"
+                    f"first worker: {first_log}\nrestarted: {restarted.log_file}"
+                )
+            await asyncio.sleep(5)  # let any duplicate arrive
     assert sent_before_restart < count, "the kill came too late to test anything"
 
     per_job = emailed_jobs(sink)
@@ -172,17 +161,10 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_mails_each_job_once(
     assert {e.job_id for e in events if e.type == "EmailSent"} == set(jobs)
 
 
-async def submit_datastore(port: int, api_url: str, resource_id: str, email: str, **params: str) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"http://127.0.0.1:{port}/package_datastore",
-            data={"secret": SECRET, "api_url": api_url, "resource_id": resource_id, "email": email, **params},
-        ) as resp,
-    ):
-        body = await resp.json()
-    assert resp.status == 200, body
-    return str(body["job_id"])
+async def submit_datastore(port: int, api_url: str, resource_id: str, email: str) -> str:
+    return await submit(
+        port, "package_datastore", SECRET, api_url=api_url, resource_id=resource_id, email=email
+    )
 
 
 async def wait_for_event(
@@ -263,27 +245,25 @@ async def test_smtp_that_drops_the_connection_mid_message_still_delivers_each_em
     tmp_path: Path,
 ) -> None:
     base_url, folder = file_server
-    smtp_port = free_port()
-    sink = DroppingSink(port=smtp_port)
-    controller = Controller(sink, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
-    env = {**service_env, "PACKAGER_SMTP_PORT": str(smtp_port)}
+    sink = DroppingSink(port=free_port())
+    env = {**service_env, "PACKAGER_SMTP_PORT": str(sink.port)}
     port = int(env["PACKAGER_PORT"])
     for n in range(4):
         (folder / f"d{n}.csv").write_bytes(f"d\n{n}\n".encode())
-    try:
-        with service(["worker"], env, tmp_path / "logs"), service(["ingress"], env, tmp_path / "logs"):
-            wait_for_port(port)
-            jobs = [
-                await post(
-                    port, resource_id=f"d{n}", resource_url=f"{base_url}/d{n}.csv", email=f"d{n}@example.org"
-                )
-                for n in range(4)
-            ]
-            await sink.wait_for(4, timeout=120)
-            await asyncio.sleep(3)
-    finally:
-        controller.stop()
+    with (
+        serving(sink),
+        service(["worker"], env, tmp_path / "logs"),
+        service(["ingress"], env, tmp_path / "logs"),
+    ):
+        wait_for_port(port)
+        jobs = [
+            await post(
+                port, resource_id=f"d{n}", resource_url=f"{base_url}/d{n}.csv", email=f"d{n}@example.org"
+            )
+            for n in range(4)
+        ]
+        await sink.wait_for(4, timeout=120)
+        await asyncio.sleep(3)
     assert sink.drops == 0, "the server never dropped a connection"
     assert emailed_jobs(sink) == Counter(jobs)
     events = await read_events(kafka_bootstrap, Topics(topic_prefix).events)

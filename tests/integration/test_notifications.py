@@ -20,19 +20,13 @@ import pytest
 from packager.dev.kafka import free_port
 from packager.kafka_log import Topics
 from tests.integration.conftest import SECRET
-from tests.integration.support import SmtpSink, read_events, service, smtp_sink, wait_for_port
+from tests.integration.support import SmtpSink, read_events, service, smtp_sink, submit, wait_for_port
 
 pytestmark = pytest.mark.kafka
 
 
 async def post(port: int, **params: str) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{port}/package_url", data={"secret": SECRET, **params}) as resp,
-    ):
-        body = await resp.json()
-    assert resp.status == 200, body
-    return str(body["job_id"])
+    return await submit(port, "package_url", SECRET, **params)
 
 
 def parts(message: EmailMessage) -> tuple[str, str | None]:

@@ -13,15 +13,9 @@ from packager.events import PackageRequested, encode
 from packager.ingress import create_app
 from packager.kafka_log import InMemoryEventLog
 from packager.settings import Settings, load_settings
+from tests.unit.samples import SECRET, URL_REQUEST
 
-SECRET = "unit-test-secret-0123456789"
-GOOD = {
-    "secret": SECRET,
-    "resource_id": "r1",
-    "resource_url": "https://data.example.org/files/f.csv",
-    "email": "a@example.org",
-    "key": "ckan-key-abcdef",
-}
+GOOD = {**URL_REQUEST, "key": "ckan-key-abcdef"}
 
 
 async def public_resolver(host: str) -> list[str]:

@@ -18,14 +18,9 @@ from packager.readside import ReadSide
 from packager.settings import load_settings
 from packager.validation import parse_url_request
 from packager.web_keys import READ_SIDE
+from tests.unit.samples import SECRET, URL_REQUEST
 
-SECRET = "unit-test-secret-0123456789"
-GOOD = {
-    "secret": SECRET,
-    "resource_id": "r1",
-    "resource_url": "https://data.example.org/files/f.csv",
-    "email": "a@example.org",
-}
+GOOD = URL_REQUEST
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 

@@ -15,14 +15,9 @@ from packager.events import EmailSent, PackageCompleted, PackageFailed, PackageQ
 from packager.ingress import create_app
 from packager.kafka_log import InMemoryEventLog
 from packager.settings import load_settings
+from tests.unit.samples import SECRET, URL_REQUEST
 
-SECRET = "unit-test-secret-0123456789"
-GOOD = {
-    "secret": SECRET,
-    "resource_id": "r1",
-    "resource_url": "https://data.example.org/files/f.csv",
-    "email": "a@example.org",
-}
+GOOD = URL_REQUEST
 
 
 async def public_resolver(host: str) -> list[str]:
