@@ -40,6 +40,10 @@ MAX_SEEKS = 3
 STALL_AFTER = 5.0
 SWEEP_TIMEOUT = 5.0
 
+# Where the group resumed each partition in this process's latest generation, as the guards learned it:
+# what the commit rule falls back on when Faust has no committed offset.
+RESUME_POINTS: dict[TP, int] = {}
+
 Seek = Callable[[TP, int], Awaitable[None]]
 Starts = Callable[[str, list[int]], Awaitable[dict[int, int]]]
 Skip = Callable[[TP, range], None]
@@ -95,6 +99,7 @@ class OffsetGuard:
         now = time.monotonic()
         for partition, start in starts.items():
             tp = TP(topic, partition)
+            RESUME_POINTS[tp] = start
             if tp not in self.expected:
                 self.expected[tp] = start
                 self.progress_at[tp] = now
@@ -206,6 +211,8 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
         return None
     acked.sort()
     committed = self._committed_offset[tp]
+    if committed is None:  # Faust keeps None both for "never committed" and for a commit at offset 0
+        committed = RESUME_POINTS.get(tp)
     if committed is not None and acked[0] > committed:
         return None  # the record at `committed` is still being processed
     run = 1

@@ -145,6 +145,15 @@ def test_the_first_consecutive_run_from_the_committed_offset_is_committed() -> N
     assert state._acked[TP(TOPIC, 0)] == [14]
 
 
+def test_without_a_committed_offset_the_guards_resume_point_holds_the_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Faust says None for a first commit and for one at offset 0; the guard learned the group resumes at 0.
+    monkeypatch.setitem(offsets.RESUME_POINTS, TP(TOPIC, 0), 0)
+    assert _new_offset(consumer(None, [1, 2]), TP(TOPIC, 0)) is None
+    assert _new_offset(consumer(None, [0, 1, 2]), TP(TOPIC, 0)) == 3
+
+
 def test_nothing_acknowledged_commits_nothing() -> None:
     assert _new_offset(consumer(3, []), TP(TOPIC, 0)) is None
 
