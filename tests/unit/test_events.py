@@ -16,6 +16,7 @@ from packager.events import (
     envelope,
 )
 from packager.secrets import seal, unseal
+from tests.unit.samples import completed
 
 SECRET = "unit-test-secret-0123456789"
 
@@ -94,20 +95,7 @@ def test_a_sealed_ckan_key_never_appears_in_clear_on_the_wire() -> None:
 
 
 def test_terminal_event_carries_what_the_mailer_needs() -> None:
-    done = PackageCompleted(
-        cache_key="ck",
-        resource_id="r1",
-        email="a@example.org",
-        ckan_host="h",
-        doi="",
-        lane="fast",
-        zip_file_name="j.zip",
-        size=10,
-        sha256="0" * 64,
-        rows=None,
-        started_at="t0",
-        finished_at="t1",
-    )
+    done = completed(ckan_host="h", zip_file_name="j.zip", size=10)
     env = decode(encode(envelope("j", done)))
     assert isinstance(env.payload, PackageCompleted)
     assert env.cache_key == "ck"

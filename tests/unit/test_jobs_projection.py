@@ -8,7 +8,6 @@ import aiohttp
 
 from packager.events import (
     EmailSent,
-    PackageCompleted,
     PackageFailed,
     PackageProgress,
     PackageQueued,
@@ -22,23 +21,13 @@ from packager.settings import load_settings
 from projections.jobs import ABANDONED, COMPLETED, RUNNING, JobState, apply
 from streams.app import abandoned
 from streams.handlers import lane_for_rows, plan_lane
+from tests.unit.samples import completed
 
 REQ = PackageRequested(
     kind="url", cache_key="ck", resource_id="r", email="a@example.org", ckan_host="h", request={}
 )
-DONE = PackageCompleted(
-    cache_key="ck",
-    resource_id="r",
-    email="a@example.org",
-    ckan_host="h",
-    doi="",
-    lane="fast",
-    zip_file_name="j.zip",
-    size=5,
-    sha256="0" * 64,
-    rows=None,
-    started_at="a",
-    finished_at="b",
+DONE = completed(
+    resource_id="r", ckan_host="h", zip_file_name="j.zip", size=5, started_at="a", finished_at="b"
 )
 
 

@@ -8,32 +8,14 @@ from pathlib import Path
 import pytest
 
 from packager.errors import ConfigurationError
-from packager.events import PackageCompleted, PackageFailed
+from packager.events import PackageFailed
 from packager.notify import load_templates, render_completed, render_failed
 from packager.settings import load_settings
+from tests.unit.samples import completed
 
 SETTINGS = load_settings(
     {}, secret="unit-test-secret-0123456789", download_url_base="https://dl.example.org/z"
 )
-
-
-def completed(**overrides: object) -> PackageCompleted:
-    fields: dict[str, object] = dict(
-        cache_key="ck",
-        resource_id="r1",
-        email="a@example.org",
-        ckan_host="data.example.org",
-        doi="",
-        lane="fast",
-        zip_file_name="job-1.zip",
-        size=2048,
-        sha256="0" * 64,
-        rows=None,
-        started_at="t0",
-        finished_at="t1",
-    )
-    fields.update(overrides)
-    return PackageCompleted(**fields)  # type: ignore[arg-type]
 
 
 def parts(msg: EmailMessage) -> tuple[str, str]:

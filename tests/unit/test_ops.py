@@ -16,6 +16,7 @@ from packager.ingress import create_app
 from packager.kafka_log import InMemoryEventLog
 from packager.settings import load_settings
 from tests.unit.samples import SECRET, URL_REQUEST
+from tests.unit.samples import completed as completed_payload
 
 GOOD = URL_REQUEST
 
@@ -84,19 +85,8 @@ async def test_live_answers_while_ready_says_why_not(client: TestClient) -> None
 
 
 async def test_a_packer_job_is_counted_with_its_lane_rows_bytes_and_duration() -> None:
-    completed = PackageCompleted(
-        cache_key="k",
-        resource_id="r",
-        email="a@example.org",
-        ckan_host="h",
-        doi="",
-        lane="slow",
-        zip_file_name="j.zip",
-        size=2048,
-        sha256="0" * 64,
-        rows=1500,
-        started_at="",
-        finished_at="",
+    completed = completed_payload(
+        cache_key="k", resource_id="r", ckan_host="h", lane="slow", zip_file_name="j.zip", rows=1500
     )
     failed = PackageFailed(
         cache_key="k", resource_id="r", email="a@example.org", ckan_host="h", error="no", error_type="X"

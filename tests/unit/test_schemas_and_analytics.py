@@ -6,8 +6,9 @@ import orjson
 from jsonschema import Draft202012Validator
 
 from packager.analytics import pseudonymise
-from packager.events import PackageCompleted, PackageRequested, encode, envelope
+from packager.events import PackageRequested, encode, envelope
 from packager.schemas import SCHEMA_DIRECTORY, all_schemas
+from tests.unit.samples import completed
 
 SECRET = "unit-test-secret-0123456789"
 
@@ -22,20 +23,7 @@ def test_committed_schema_files_equal_the_generated_ones() -> None:
 
 def test_encoded_events_validate_against_their_schema() -> None:
     schemas = all_schemas()
-    done = PackageCompleted(
-        cache_key="ck",
-        resource_id="r",
-        email="a@example.org",
-        ckan_host="h",
-        doi="",
-        lane="fast",
-        zip_file_name="j.zip",
-        size=1,
-        sha256="0" * 64,
-        rows=None,
-        started_at="a",
-        finished_at="b",
-    )
+    done = completed(resource_id="r", ckan_host="h", zip_file_name="j.zip", size=1)
     doc = orjson.loads(encode(envelope("j", done)))
     Draft202012Validator(schemas["PackageCompleted.v2.json"]).validate(doc)
     doc["payload"]["size"] = "big"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from packager.events import Envelope, PackageCompleted, PackageFailed, PackageRequested, envelope
+from packager.events import Envelope, PackageFailed, PackageRequested, envelope
 from packager.readside import identity_for
 from packager.settings import load_settings
 from projections import statistics as stats_fold
 from projections.readmodel import ReadModel, write_atomically
+from tests.unit.samples import completed as completed_payload
 
 PLAIN = identity_for(load_settings({}))
 
@@ -28,20 +29,7 @@ def failed(job: str, resource: str, email: str, at: str) -> Envelope:
 
 
 def completed(job: str) -> Envelope:
-    payload = PackageCompleted(
-        cache_key="ck",
-        resource_id="r",
-        email="a@example.org",
-        ckan_host="h",
-        doi="",
-        lane="fast",
-        zip_file_name=f"{job}.zip",
-        size=1,
-        sha256="0" * 64,
-        rows=None,
-        started_at="a",
-        finished_at="b",
-    )
+    payload = completed_payload(resource_id="r", ckan_host="h", zip_file_name=f"{job}.zip", size=1)
     return envelope(job, payload)
 
 
