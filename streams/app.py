@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from packager import metrics
@@ -49,13 +50,13 @@ from packager.logs import bind_job
 from packager.settings import Settings
 from packager.store import FileStore
 from projections.jobs import JobState
-from streams.cache import cache_entry, is_fresh, reused, shared_failure, waiter
+from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
 from streams.handlers import notify, plan_lane
 from streams.offsets import (
     OffsetGuard,
+    ResumePoints,
     acknowledge_missing,
     group_starts,
-    partitions_of,
     patch_commit_offsets,
 )
 
@@ -95,11 +96,11 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         stream_wait_empty=False,
     )
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
-    patch_commit_offsets()
-    resume_points = group_starts(settings.kafka_bootstrap_servers, app.conf.id)
-
-    async def seek(tp: TP, offset: int) -> None:
-        await app.consumer.seek(tp, offset)
+    resume_points = ResumePoints(
+        fetch=group_starts(settings.kafka_bootstrap_servers, app.conf.id),
+        generation=lambda: app.consumer_generation_id,
+    )
+    patch_commit_offsets(resume_points)
 
     def raw_topic(name: str) -> Any:
         return app.topic(name, partitions=settings.partitions, key_serializer="raw", value_serializer="raw")
@@ -153,7 +154,8 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             topics=tuple(getattr(stream.channel, "topics", ())),
             generation=lambda: app.consumer_generation_id,
             starts=resume_points,
-            seek=seek,
+            assigned=lambda: app.consumer.assignment(),
+            seek=lambda tp, offset: app.consumer.seek(tp, offset),
             skip=lambda tp, offsets: acknowledge_missing(app.consumer, tp, offsets),
         )
         guards.append(guard)
@@ -161,7 +163,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             async for record in stream.events():
                 message = record.message
                 bind_job(None)  # until the record is decoded, log lines are about no job
-                if await guard.admit(message.tp, message.offset, partitions_of(app, message.topic)):
+                if await guard.admit(message.tp, message.offset):
                     guard.busy = True
                     yield record
                     guard.busy = False
@@ -175,12 +177,11 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         def log_end(tp: TP) -> int | None:
             try:
                 return app.consumer.highwater(tp)
-            except Exception:
+            except (AssertionError, KafkaError):  # no longer assigned (a rebalance): skip it this time
                 return None
 
-        assigned = app.consumer.assignment()
         for guard in list(guards):
-            await guard.sweep(assigned, log_end)
+            await guard.sweep(log_end)
 
     async def decoded(stream: faust.StreamT, *, owner: bool = True) -> AsyncIterator[Envelope]:
         """Decode each record. The topic's `owner` agent dead-letters undecodable ones; all carry on."""
@@ -322,7 +323,7 @@ def _add_planner_and_cache(
         """Expire packages older than CACHE_TIME: one PackageExpired each, handled by the cache keeper."""
         now = time.time()
         for cached_key, cached in list(cache.items()):
-            if cached and now - float(cached["completed_at"]) >= max(settings.cache_time, 1):
+            if cached and is_expired(cached, settings, now):
                 expired = PackageExpired(cache_key=cached_key, zip_file_name=cached["zip_file_name"])
                 await publish(events_topic, cached["job_id"], cached_key, expired)
 

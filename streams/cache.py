@@ -29,11 +29,14 @@ def cache_entry(env: Envelope, partition: int) -> dict[str, Any]:
     }
 
 
+def is_expired(entry: dict[str, Any], settings: Settings, now: float | None = None) -> bool:
+    """True once the entry's ZIP is CACHE_TIME old (at least a second)."""
+    return (now or time.time()) - float(entry["completed_at"]) >= max(settings.cache_time, 1)
+
+
 def is_fresh(entry: dict[str, Any] | None, settings: Settings, store: FileStore) -> bool:
     """True when the entry's ZIP is younger than CACHE_TIME and still in the store."""
-    if not entry:
-        return False
-    if time.time() - float(entry["completed_at"]) >= max(settings.cache_time, 1):
+    if not entry or is_expired(entry, settings):
         return False
     return store.path_of(entry["zip_file_name"]).is_file()
 

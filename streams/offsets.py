@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -39,10 +38,6 @@ MAX_SEEKS = 3
 # How long a partition may hold records past what an idle agent has seen before `sweep` reads it again.
 STALL_AFTER = 5.0
 SWEEP_TIMEOUT = 5.0
-
-# Where the group resumed each partition in this process's latest generation, as the guards learned it:
-# what the commit rule falls back on when Faust has no committed offset.
-RESUME_POINTS: dict[TP, int] = {}
 
 Seek = Callable[[TP, int], Awaitable[None]]
 Starts = Callable[[str, list[int]], Awaitable[dict[int, int]]]
@@ -62,6 +57,7 @@ class OffsetGuard:
     topics: tuple[str, ...]
     generation: Callable[[], int]
     starts: Starts  # topic, partitions -> the offset the group resumes each partition from
+    assigned: Callable[[], Iterable[TP]]  # the partitions this worker holds now
     seek: Seek
     skip: Skip  # marks offsets that will never arrive as done, so commits can pass them
     busy: bool = False  # the agent holds a record (set by the caller around each record)
@@ -99,16 +95,18 @@ class OffsetGuard:
         now = time.monotonic()
         for partition, start in starts.items():
             tp = TP(topic, partition)
-            RESUME_POINTS[tp] = start
             if tp not in self.expected:
                 self.expected[tp] = start
                 self.progress_at[tp] = now
 
-    async def admit(self, tp: TP, offset: int, partitions: list[int]) -> bool:
+    def _assigned(self, topic: str) -> list[int]:
+        return sorted(tp.partition for tp in self.assigned() if tp.topic == topic)
+
+    async def admit(self, tp: TP, offset: int) -> bool:
         """True when the agent should process this record; False to drop it."""
         self._follow_generation()
         if tp not in self.expected:
-            await self._learn(tp.topic, partitions)
+            await self._learn(tp.topic, sorted({tp.partition, *self._assigned(tp.topic)}))
         expected = self.expected.get(tp, offset)
         if offset < expected:
             return False  # processed already: the partition was read again from further back
@@ -141,14 +139,14 @@ class OffsetGuard:
         self.progress_at[tp] = time.monotonic()
         return True
 
-    async def sweep(self, assigned: Iterable[TP], log_end: Callable[[TP], int | None]) -> None:
+    async def sweep(self, log_end: Callable[[TP], int | None]) -> None:
         """Read again any partition with records this agent never got while it sat idle."""
         self._follow_generation()
-        mine = [tp for tp in assigned if tp.topic in self.topics]
+        mine = [tp for tp in self.assigned() if tp.topic in self.topics]
         for topic in {tp.topic for tp in mine if tp not in self.expected}:
             try:
                 async with asyncio.timeout(SWEEP_TIMEOUT):
-                    await self._learn(topic, sorted(tp.partition for tp in mine if tp.topic == topic))
+                    await self._learn(topic, self._assigned(topic))
             except TimeoutError:
                 return  # the broker is away: try again on the next sweep
         now = time.monotonic()
@@ -174,6 +172,30 @@ class OffsetGuard:
                 await self.seek(tp, expected)
             except (KafkaError, AssertionError) as exc:  # aiokafka asserts the partition is still assigned
                 log.warning("could not re-read %s[%d]: %r", tp.topic, tp.partition, exc)
+
+
+@dataclass
+class ResumePoints:
+    """Where the group resumes each partition in the current consumer generation.
+
+    Read from the broker once per partition and generation and shared by every agent's guard (three agents
+    read the events topic); the commit rule falls back on it when Faust has no committed offset.
+    """
+
+    fetch: Starts
+    generation: Callable[[], int]
+    points: dict[TP, int] = field(default_factory=dict)
+    _generation: int | None = None
+
+    async def __call__(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        """The resume point of each of `partitions` of `topic`."""
+        if (generation := self.generation()) != self._generation:
+            self._generation = generation
+            self.points.clear()
+        if missing := [p for p in partitions if TP(topic, p) not in self.points]:
+            for partition, start in (await self.fetch(topic, missing)).items():
+                self.points[TP(topic, partition)] = start
+        return {p: self.points[TP(topic, p)] for p in partitions}
 
 
 def group_starts(bootstrap: str, group: str) -> Starts:
@@ -211,8 +233,9 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
         return None
     acked.sort()
     committed = self._committed_offset[tp]
-    if committed is None:  # Faust keeps None both for "never committed" and for a commit at offset 0
-        committed = RESUME_POINTS.get(tp)
+    if committed is None and _resume_points is not None:
+        # Faust keeps None both for "never committed" and for a commit at offset 0.
+        committed = _resume_points.points.get(tp)
     if committed is not None and acked[0] > committed:
         return None  # the record at `committed` is still being processed
     run = 1
@@ -233,10 +256,13 @@ def acknowledge_missing(consumer: Consumer, tp: TP, offsets: range) -> None:
 
 
 PATCHED_FAUST_VERSION = "0.15.3"
+_resume_points: ResumePoints | None = None  # set by patch_commit_offsets
 
 
-def patch_commit_offsets() -> None:
+def patch_commit_offsets(resume_points: ResumePoints | None = None) -> None:
     """Install `_new_offset` on Faust's consumer (idempotent); it was written against one Faust version."""
+    global _resume_points
+    _resume_points = resume_points
     if faust.__version__ != PATCHED_FAUST_VERSION:
         log.warning(
             "faust-streaming %s is not %s: check streams/offsets.py still matches its consumer",
@@ -244,8 +270,3 @@ def patch_commit_offsets() -> None:
             PATCHED_FAUST_VERSION,
         )
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
-
-
-def partitions_of(app: Any, topic: str) -> list[int]:
-    """The partitions of `topic` assigned to this worker."""
-    return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)

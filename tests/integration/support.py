@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.controller import Controller
 
 from packager.events import Envelope, decode
+from packager.kafka_log import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,6 +79,19 @@ async def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, byt
 async def read_events(bootstrap: str, topic: str) -> list[Envelope]:
     """Every event on `topic`, decoded."""
     return [decode(value) for _, value in await read_topic(bootstrap, topic)]
+
+
+async def wait_for_event(
+    bootstrap: str, prefix: str, matches: Callable[[Envelope], bool], within: float = 120.0
+) -> Envelope:
+    """The first event on the `prefix` deployment's events topic that `matches`, once there is one."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for event in await read_events(bootstrap, Topics(prefix).events):
+            if matches(event):
+                return event
+        await asyncio.sleep(0.3)
+    raise TimeoutError(f"no matching event on {Topics(prefix).events} within {within:.0f}s")
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import csv
 import hashlib
 import io
-import time
 import zipfile
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -28,7 +27,7 @@ from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
 from packager.events import Envelope
 from packager.kafka_log import Topics
 from tests.integration.conftest import SECRET
-from tests.integration.support import SmtpSink, read_events, service, wait_for_port
+from tests.integration.support import SmtpSink, read_events, service, wait_for_event, wait_for_port
 from tests.integration.support import submit as submit_request
 
 pytestmark = pytest.mark.kafka
@@ -277,15 +276,17 @@ async def test_a_fast_job_finishes_while_a_slow_one_runs(
             slow_job = await submit(
                 port, api_url=slow_url, resource_id=big.resource_id, email="s@example.org"
             )
-            deadline = time.monotonic() + 120
-            while True:  # wait until the slow job is running
-                events = await events_of(kafka_bootstrap, topic_prefix)
-                if any(e.job_id == slow_job and e.type == "PackageStarted" for e in events):
-                    break
-                if time.monotonic() > deadline:
-                    seen = [e.type for e in events if e.job_id == slow_job]
-                    pytest.fail(f"the slow job never started (events: {seen}).\nA:\n{worker_a.log()}")
-                await asyncio.sleep(0.5)
+            try:  # wait until the slow job is running
+                await wait_for_event(
+                    kafka_bootstrap,
+                    topic_prefix,
+                    lambda e: e.job_id == slow_job and e.type == "PackageStarted",
+                )
+            except TimeoutError:
+                seen = [
+                    e.type for e in await events_of(kafka_bootstrap, topic_prefix) if e.job_id == slow_job
+                ]
+                pytest.fail(f"the slow job never started (events: {seen}).\nA:\n{worker_a.log()}")
             fast_job = await submit(
                 port, api_url=fast_url, resource_id=small.resource_id, email="f@example.org"
             )

@@ -11,7 +11,6 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from tests.integration.support import (
     service,
     serving,
     submit,
+    wait_for_event,
     wait_for_port,
 )
 
@@ -165,18 +165,6 @@ async def submit_datastore(port: int, api_url: str, resource_id: str, email: str
     return await submit(
         port, "package_datastore", SECRET, api_url=api_url, resource_id=resource_id, email=email
     )
-
-
-async def wait_for_event(
-    bootstrap: str, prefix: str, matches: Callable[[Envelope], bool], within: float = 120.0
-) -> Envelope:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        for event in await read_events(bootstrap, Topics(prefix).events):
-            if matches(event):
-                return event
-        await asyncio.sleep(0.3)
-    raise TimeoutError("the event never came")
 
 
 async def test_two_workers_one_killed_mid_job_the_other_finishes_its_jobs(

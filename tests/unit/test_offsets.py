@@ -24,6 +24,7 @@ class Partition:
         self.seeks: list[tuple[int, int]] = []
         self.skipped: list[tuple[int, range]] = []
         self.generation = 1
+        self.assigned = [TP(TOPIC, 0), TP(TOPIC, 1), TP("other", 0)]
 
     async def starts(self, topic: str, partitions: list[int]) -> dict[int, int]:
         return {p: self.committed.get(p, 0) for p in partitions}
@@ -36,13 +37,14 @@ class Partition:
             topics=(TOPIC,),
             generation=lambda: self.generation,
             starts=self.starts,
+            assigned=lambda: self.assigned,
             seek=self.seek,
             skip=lambda tp, offsets: self.skipped.append((tp.partition, offsets)),
         )
 
 
 async def admitted(guard: OffsetGuard, records: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(p, o) for p, o in records if await guard.admit(TP(TOPIC, p), o, [0, 1])]
+    return [(p, o) for p, o in records if await guard.admit(TP(TOPIC, p), o)]
 
 
 async def test_records_in_order_from_the_committed_offset_are_all_admitted() -> None:
@@ -102,26 +104,25 @@ async def test_a_hole_at_the_tail_is_found_by_the_sweep_once_the_agent_idles(
     monkeypatch.setattr(offsets.time, "monotonic", lambda: clock[0])
     log = Partition({0: 4, 1: 0})
     guard = log.guard()
-    assigned = [TP(TOPIC, 0), TP(TOPIC, 1), TP("other", 0)]
     ends = {TP(TOPIC, 0): 6, TP(TOPIC, 1): 0, TP("other", 0): 9}
     # Offsets 4 and 5 of partition 0 were dropped before the agent saw them; nothing else arrives.
-    await guard.sweep(assigned, ends.get)
+    await guard.sweep(ends.get)
     assert log.seeks == []  # behind, but maybe only in flight
     clock[0] += offsets.STALL_AFTER - 1
-    await guard.sweep(assigned, ends.get)
+    await guard.sweep(ends.get)
     assert log.seeks == []
     guard.busy = True  # a long job: its partitions wait, they are not lost
     clock[0] += offsets.STALL_AFTER
-    await guard.sweep(assigned, ends.get)
+    await guard.sweep(ends.get)
     assert log.seeks == []
     guard.busy = False
-    await guard.sweep(assigned, ends.get)
+    await guard.sweep(ends.get)
     clock[0] += offsets.STALL_AFTER
-    await guard.sweep(assigned, ends.get)
+    await guard.sweep(ends.get)
     assert log.seeks == [(0, 4)]  # partition 1 is caught up; "other" is not this agent's topic
     assert await admitted(guard, [(0, 4), (0, 5)]) == [(0, 4), (0, 5)]
     clock[0] += 2 * offsets.STALL_AFTER
-    await guard.sweep(assigned, ends.get)
+    await guard.sweep(ends.get)
     assert log.seeks == [(0, 4)]
 
 
@@ -149,7 +150,9 @@ def test_without_a_committed_offset_the_guards_resume_point_holds_the_commit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Faust says None for a first commit and for one at offset 0; the guard learned the group resumes at 0.
-    monkeypatch.setitem(offsets.RESUME_POINTS, TP(TOPIC, 0), 0)
+    points = offsets.ResumePoints(fetch=Partition({0: 0}).starts, generation=lambda: 1)
+    points.points[TP(TOPIC, 0)] = 0
+    monkeypatch.setattr(offsets, "_resume_points", points)
     assert _new_offset(consumer(None, [1, 2]), TP(TOPIC, 0)) is None
     assert _new_offset(consumer(None, [0, 1, 2]), TP(TOPIC, 0)) == 3
 
@@ -170,6 +173,22 @@ def test_offsets_the_guard_gave_up_on_let_the_commit_move_on() -> None:
     state = consumer(10, [13, 14])
     acknowledge_missing(state, TP(TOPIC, 0), range(10, 13))  # type: ignore[arg-type]
     assert _new_offset(state, TP(TOPIC, 0)) == 15
+
+
+async def test_resume_points_are_read_once_per_partition_and_generation() -> None:
+    calls: list[tuple[str, list[int]]] = []
+    generation = [1]
+
+    async def fetch(topic: str, partitions: list[int]) -> dict[int, int]:
+        calls.append((topic, partitions))
+        return {p: 10 * generation[0] + p for p in partitions}
+
+    points = offsets.ResumePoints(fetch=fetch, generation=lambda: generation[0])
+    assert await points(TOPIC, [0, 1]) == {0: 10, 1: 11}
+    assert await points(TOPIC, [1, 2]) == {1: 11, 2: 12}  # a second agent on the same topic
+    assert calls == [(TOPIC, [0, 1]), (TOPIC, [2])]
+    generation[0] = 2
+    assert await points(TOPIC, [0]) == {0: 20}
 
 
 def test_the_patch_is_installed_on_fausts_consumer() -> None:
