@@ -54,11 +54,13 @@ def job_events(n: int) -> list[tuple[str, bytes, bytes]]:
                 request={"resource_id": resource_id},
             ),
         ),
-        ("events", PackageQueued(cache_key=key, lane="fast")),
-        ("events", PackageStarted(cache_key=key, lane="fast", worker="w1")),
+        ("events", PackageQueued(cache_key=key, lane="fast", attempt=1)),
+        ("events", PackageStarted(cache_key=key, lane="fast", worker="w1", attempt=1, lease_until="")),
         (
             "events",
-            PackageProgress(cache_key=key, rows_done=500, rows_total=1000, bytes_done=9000, bytes_total=None),
+            PackageProgress(
+                cache_key=key, rows_done=500, rows_total=1000, bytes_done=9000, bytes_total=None, attempt=1
+            ),
         ),
     ]
     if n % 10 == 9:

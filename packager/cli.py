@@ -53,12 +53,12 @@ def cmd_ingress(_: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a Faust worker serving the planner, the mailer and the chosen lanes."""
-    import faust
-
     from packager.kafka_log import Topics, ensure_topics
     from packager.logs import faust_logging_config, log_handler
-    from streams.app import changelog_topics, create_app, roles_for
+    from streams.app import build_pools, changelog_topics, create_app, roles_for
+    from streams.mailer import Mailer
     from streams.ops import OpsServer
+    from streams.worker import Worker
 
     overrides: dict[str, object] = {}
     if args.lanes:
@@ -77,9 +77,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     # Faust's own handler is replaced by ours: the same line format, job ids and redaction as the ingress.
     app.conf.loghandlers = [log_handler(settings)]
-    worker = faust.Worker(
+    roles = roles_for(settings.worker_lanes)
+    services = [OpsServer(app, settings), *([Mailer(settings)] if "mailer" in roles else [])]
+    worker = Worker(
         app,
-        OpsServer(app, settings),
+        *services,
+        pools=build_pools(app),
         loglevel=settings.log_level.lower(),
         logging_config=faust_logging_config(settings),
         # Faust's start-up banner is not a log line; leave it out where lines must be JSON.
@@ -173,8 +176,16 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 
     def spawn(name: str, *argv: str) -> None:
         out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        # A session of its own: Ctrl-C reaches this process only, which stops the children in order below
+        # (a worker that got the terminal's SIGINT and then our SIGTERM would skip its drain).
         children.append(
-            subprocess.Popen([python, "-m", "packager", *argv], env=env, stdout=out, stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                [python, "-m", "packager", *argv],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         )
 
     stopping = False
@@ -212,14 +223,23 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
+        # Ingress and worker first (the worker drains its builds for up to DRAIN_TIMEOUT and sends their
+        # emails), the mail sink after them, the broker last.
+        mailsink, *services = children or [None]
+        grace = settings.drain_timeout + 15
+        for child in services:
+            if child is not None and child.poll() is None:
                 child.terminate()
-        for child in children:
+        for child in [*services, mailsink]:
+            if child is None:
+                continue
+            if child is mailsink and child.poll() is None:
+                child.terminate()
             try:
-                child.wait(timeout=20)
+                child.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
         if started_broker:
             kafka.stop(var / "kafka")
         print("ckanpackager stopped", flush=True)

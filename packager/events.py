@@ -50,33 +50,49 @@ class PackageRequested(Event):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackageQueued(Event):
-    """The planner put the job on a lane."""
+    """The job was put on a lane: by the planner (attempt 1), or again after a lost or released build.
+
+    v2 added `attempt`: the number of the build this dispatch starts (1, 2, ...).
+    """
 
     TYPE: ClassVar[str] = "PackageQueued"
+    VERSION: ClassVar[int] = 2
     cache_key: str
     lane: str
+    attempt: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackageStarted(Event):
-    """A packer began building the job."""
+    """A packer began building the job, holding a lease on it until `lease_until` unless renewed.
+
+    v2 added `attempt` and `lease_until` (ISO 8601 UTC; "" in v1 events, which had no leases).
+    """
 
     TYPE: ClassVar[str] = "PackageStarted"
+    VERSION: ClassVar[int] = 2
     cache_key: str
     lane: str
     worker: str
+    attempt: int
+    lease_until: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackageProgress(Event):
-    """Work done so far; `rows_total`/`bytes_total` are None when not known in advance."""
+    """Work done so far; `rows_total`/`bytes_total` are None when not known in advance.
+
+    Also the build's heartbeat: each one renews the lease of build `attempt` (v2 added `attempt`).
+    """
 
     TYPE: ClassVar[str] = "PackageProgress"
+    VERSION: ClassVar[int] = 2
     cache_key: str
     rows_done: int
     rows_total: int | None
     bytes_done: int
     bytes_total: int | None
+    attempt: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,6 +130,45 @@ class PackageFailed(Event):
     ckan_host: str
     error: str
     error_type: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageBuilt(Event):
+    """A packer finished build `attempt`: `outcome` is the terminal event it proposes, `result` its payload.
+
+    Not terminal itself: the job's steward (the agent owning the job's partition of the events topic)
+    turns it into that terminal event only if `attempt` still holds the lease, so a build that lost its
+    lease (a worker stopped past its session timeout, say) can never end a job a second time.
+    """
+
+    TYPE: ClassVar[str] = "PackageBuilt"
+    cache_key: str
+    attempt: int
+    worker: str
+    outcome: str  # "PackageCompleted" or "PackageFailed"
+    result: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseExpired(Event):
+    """Build `attempt` sent no heartbeat before `lease_until`: its worker is taken for lost."""
+
+    TYPE: ClassVar[str] = "LeaseExpired"
+    cache_key: str
+    attempt: int
+    worker: str
+    lease_until: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageReleased(Event):
+    """A stopping worker gave build `attempt` back without finishing it, so that another takes it at once."""
+
+    TYPE: ClassVar[str] = "PackageReleased"
+    cache_key: str
+    attempt: int
+    worker: str
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -196,6 +251,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PackageProgress,
         PackageCompleted,
         PackageFailed,
+        PackageBuilt,
+        LeaseExpired,
+        PackageReleased,
         EmailSent,
         EmailFailed,
         CacheCleared,
@@ -222,9 +280,22 @@ def _completed_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "cached_from": ""}
 
 
+def _first_attempt(payload: dict[str, Any]) -> dict[str, Any]:
+    """Queued and progress v1 predate attempts: every v1 build was the first."""
+    return {**payload, "attempt": 1}
+
+
+def _started_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """PackageStarted v1 had no lease: attempt 1, no lease deadline."""
+    return {**payload, "attempt": 1, "lease_until": ""}
+
+
 # (type, stored schema_version) -> function turning that payload into the next version's payload.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("PackageCompleted", 1): _completed_v1_to_v2,
+    ("PackageQueued", 1): _first_attempt,
+    ("PackageProgress", 1): _first_attempt,
+    ("PackageStarted", 1): _started_v1_to_v2,
 }
 
 

@@ -1,7 +1,7 @@
 """The packaging service layer: turn one accepted request into a ZIP in the store and a terminal event.
 
-Agents call `run_job` and emit what it returns; everything the job needs arrives in a `JobContext`, so the
-same code runs under Faust, in tests and in benchmarks.
+Packers start a `Build` (which takes the job's lease) and emit what it returns; everything the job needs
+arrives in a `JobContext`, so the same code runs under Faust, in tests and in benchmarks.
 """
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,7 +36,7 @@ from packager.events import (
 from packager.fetch import download_file
 from packager.secrets import unseal
 from packager.settings import Settings
-from packager.store import FileStore, safe_file_name, zip_one_file
+from packager.store import FileStore, PublishedFile, safe_file_name, zip_one_file
 from packager.validation import Resolver, check_url
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ Emit = Callable[[Event], Awaitable[None]]
 
 @dataclass
 class JobContext:
-    """The clients and settings a job runs with."""
+    """The clients and settings a job runs with; `attempt` is the number of this build of the job."""
 
     settings: Settings
     session: aiohttp.ClientSession
@@ -51,16 +54,28 @@ class JobContext:
     resolve: Resolver
     emit: Emit
     worker: str
+    attempt: int = 1
 
 
 class ProgressThrottle:
-    """Emits `PackageProgress` at most once per `interval` seconds (and always for the final state)."""
+    """Emits `PackageProgress` at most once per `interval` seconds (and always for the final state).
 
-    def __init__(self, emit: Emit, cache_key: str, interval: float = 1.0) -> None:
+    It remembers what it last reported, so that `beat` can repeat it: progress events are also the
+    build's heartbeat, which renews its lease (see docs/delivery.md).
+    """
+
+    def __init__(self, emit: Emit, cache_key: str, attempt: int = 1, interval: float = 1.0) -> None:
         self._emit = emit
         self._cache_key = cache_key
+        self._attempt = attempt
         self._interval = interval
         self._last = 0.0
+        self._state: dict[str, int | None] = {
+            "rows_done": 0,
+            "rows_total": None,
+            "bytes_done": 0,
+            "bytes_total": None,
+        }
 
     async def report(
         self,
@@ -72,45 +87,125 @@ class ProgressThrottle:
         force: bool = False,
     ) -> None:
         """Emit a progress event if the interval has passed since the last one (or if forced)."""
+        self._state = {
+            "rows_done": rows_done,
+            "rows_total": rows_total,
+            "bytes_done": bytes_done,
+            "bytes_total": bytes_total,
+        }
         now = time.monotonic()
         if not force and now - self._last < self._interval:
             return
+        await self._send(now)
+
+    async def beat(self) -> None:
+        """Repeat the latest progress now: the build is alive, whether or not a byte moved."""
+        await self._send(time.monotonic())
+
+    async def _send(self, now: float) -> None:
         self._last = now
-        await self._emit(
-            PackageProgress(
-                cache_key=self._cache_key,
-                rows_done=rows_done,
-                rows_total=rows_total,
-                bytes_done=bytes_done,
-                bytes_total=bytes_total,
+        await self._emit(PackageProgress(cache_key=self._cache_key, attempt=self._attempt, **self._state))  # type: ignore[arg-type]
+
+
+def zip_name_for(job_id: str, attempt: int = 1) -> str:
+    """The store name of a job's ZIP: the unguessable job id (and the build's number after the first)."""
+    base = safe_file_name(job_id, "job")
+    return f"{base}.zip" if attempt == 1 else f"{base}-{attempt}.zip"
+
+
+def lease_deadline(settings: Settings) -> str:
+    """When a lease taken or renewed now runs out, as an ISO 8601 UTC timestamp."""
+    moment = datetime.now(UTC) + timedelta(seconds=settings.lease_time)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Build:
+    """One build of a job: `start` takes the lease (PackageStarted), `run` builds and returns the outcome.
+
+    While it runs, a heartbeat repeats the latest progress every third of LEASE_TIME, so the job's steward
+    knows the build is alive even when no byte moves (a slow CKAN page, a big ZIP being finished).
+    """
+
+    def __init__(self, request: Envelope, lane: str, ctx: JobContext) -> None:
+        req = request.payload
+        assert isinstance(req, PackageRequested)
+        self.request = request
+        self.req = req
+        self.lane = lane
+        self.ctx = ctx
+        self.started_at = ""
+        self.progress = ProgressThrottle(ctx.emit, req.cache_key, ctx.attempt)
+        # Each build writes its own partial files: two builds of one job (a redelivery, or a build that
+        # lost its lease and carries on) never write into each other's files.
+        self.build_id = f"{request.job_id}.{ctx.attempt}.{secrets.token_hex(4)}"
+
+    async def start(self) -> None:
+        """Announce the build and take its lease."""
+        self.started_at = utc_now()
+        await self.ctx.emit(
+            PackageStarted(
+                cache_key=self.req.cache_key,
+                lane=self.lane,
+                worker=self.ctx.worker,
+                attempt=self.ctx.attempt,
+                lease_until=lease_deadline(self.ctx.settings),
             )
         )
 
+    async def run(self) -> Event:
+        """Build the package; return the terminal event it proposes (PackageCompleted or PackageFailed)."""
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            return await self._build()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
 
-def zip_name_for(job_id: str) -> str:
-    """The store name of a job's ZIP: the unguessable job id, so links cannot be enumerated."""
-    return f"{safe_file_name(job_id, 'job')}.zip"
+    async def _heartbeat(self) -> None:
+        interval = self.ctx.settings.lease_time / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.progress.beat()
+            except Exception as exc:  # the broker is away: the lease may lapse, the build goes on
+                log.warning("heartbeat not recorded: %s", exc, extra={"job_id": self.request.job_id})
+
+    async def _build(self) -> Event:
+        req, request = self.req, self.request
+        try:
+            if req.kind == "url":
+                return await _package_url(self)
+            if req.kind in ("datastore", "dwc"):
+                return await _package_datastore(self)
+            raise PackagingError(f"This service cannot package requests of kind {req.kind!r}")
+        except PackagingError as exc:
+            return _failed(req, exc.message, "PackagingError")
+        except asyncio.CancelledError:
+            raise  # the worker is stopping: the build is released and runs again elsewhere.
+        except Exception as exc:
+            log.exception("job failed unexpectedly", extra={"job_id": request.job_id})
+            return _failed(req, f"An internal error stopped the job ({type(exc).__name__}).", "InternalError")
+
+    def partial_path(self, suffix: str) -> Path:
+        """Where this build writes one of its intermediate files."""
+        return self.ctx.store.partial_path(self.build_id, suffix)
+
+    async def publish(self, partial: Path) -> PublishedFile:
+        """Move the finished ZIP into the store under its final name, never over another build's ZIP."""
+        store, job_id, attempt = self.ctx.store, self.request.job_id, self.ctx.attempt
+        try:
+            return await asyncio.to_thread(store.publish, partial, zip_name_for(job_id, attempt))
+        except FileExistsError:  # a second build of the same attempt: it keeps a name of its own
+            name = f"{zip_name_for(job_id, attempt)[:-4]}-{secrets.token_hex(4)}.zip"
+            return await asyncio.to_thread(store.publish, partial, name)
 
 
 async def run_job(request: Envelope, lane: str, ctx: JobContext) -> Event:
-    """Build the package for an accepted request and return its terminal event."""
-    req = request.payload
-    assert isinstance(req, PackageRequested)
-    started_at = utc_now()
-    await ctx.emit(PackageStarted(cache_key=req.cache_key, lane=lane, worker=ctx.worker))
-    try:
-        if req.kind == "url":
-            return await _package_url(request, req, lane, started_at, ctx)
-        if req.kind in ("datastore", "dwc"):
-            return await _package_datastore(request, req, lane, started_at, ctx)
-        raise PackagingError(f"This service cannot package requests of kind {req.kind!r}")
-    except PackagingError as exc:
-        return _failed(req, exc.message, "PackagingError")
-    except asyncio.CancelledError:
-        raise  # the worker is stopping: the request is redelivered and the job runs again.
-    except Exception as exc:
-        log.exception("job failed unexpectedly", extra={"job_id": request.job_id})
-        return _failed(req, f"An internal error stopped the job ({type(exc).__name__}).", "InternalError")
+    """Build the package for an accepted request and return its terminal event (start and run at once)."""
+    build = Build(request, lane, ctx)
+    await build.start()
+    return await build.run()
 
 
 def _failed(req: PackageRequested, message: str, error_type: str) -> PackageFailed:
@@ -124,13 +219,12 @@ def _failed(req: PackageRequested, message: str, error_type: str) -> PackageFail
     )
 
 
-async def _package_url(
-    request: Envelope, req: PackageRequested, lane: str, started_at: str, ctx: JobContext
-) -> PackageCompleted:
+async def _package_url(build: Build) -> PackageCompleted:
+    req, ctx, lane, started_at = build.req, build.ctx, build.lane, build.started_at
     key = request_key(req, ctx.settings)
-    throttle = ProgressThrottle(ctx.emit, req.cache_key)
-    download_path = ctx.store.partial_path(request.job_id, ".download")
-    zip_path = ctx.store.partial_path(request.job_id, ".zip.partial")
+    throttle = build.progress
+    download_path = build.partial_path(".download")
+    zip_path = build.partial_path(".zip.partial")
 
     async def on_bytes(done: int, total: int | None) -> None:
         await throttle.report(bytes_done=done, bytes_total=total)
@@ -149,7 +243,7 @@ async def _package_url(
         await throttle.report(bytes_done=got.size, bytes_total=got.size, force=True)
         arcname = safe_file_name(got.file_name, req.resource_id)
         await asyncio.to_thread(zip_one_file, download_path, arcname, zip_path)
-        published = await asyncio.to_thread(ctx.store.publish, zip_path, zip_name_for(request.job_id))
+        published = await build.publish(zip_path)
     finally:
         ctx.store.discard(download_path, zip_path)
     return PackageCompleted(
@@ -202,9 +296,8 @@ def ckan_client(
     )
 
 
-async def _package_datastore(
-    request: Envelope, req: PackageRequested, lane: str, started_at: str, ctx: JobContext
-) -> PackageCompleted:
+async def _package_datastore(build: Build) -> PackageCompleted:
+    request, req, ctx, lane, started_at = build.request, build.req, build.ctx, build.lane, build.started_at
     query = datastore_query(req.request)
     fmt = str(req.request.get("format") or "csv")
     try:
@@ -221,9 +314,9 @@ async def _package_datastore(
             f"The query matches {total:,} rows, more than an Excel sheet holds ({XLSX_MAX_DATA_ROWS:,}); "
             "please ask for CSV, TSV or JSON lines instead."
         )
-    throttle = ProgressThrottle(ctx.emit, req.cache_key)
+    throttle = build.progress
     await throttle.report(rows_total=total, force=True)
-    zip_path = ctx.store.partial_path(request.job_id, ".zip.partial")
+    zip_path = build.partial_path(".zip.partial")
     packer: ZipPacker | DwcPacker
     if req.kind == "dwc":
         packer = await asyncio.to_thread(
@@ -281,7 +374,7 @@ async def _package_datastore(
         data = await asyncio.to_thread(packer.finish, manifest)
         finished = True
         await throttle.report(rows_done=data.rows, rows_total=total, bytes_done=data.bytes, force=True)
-        published = await asyncio.to_thread(ctx.store.publish, zip_path, zip_name_for(request.job_id))
+        published = await build.publish(zip_path)
     finally:
         if not fetcher.done():
             fetcher.cancel()

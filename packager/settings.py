@@ -112,6 +112,18 @@ class Settings:
     # Seconds without a heartbeat after which the broker gives a dead worker's partitions to the others
     # (Kafka's group session timeout; the broker accepts 6 to 300 by default).
     session_timeout: float = 15.0
+    # Completion is owned by the log (docs/delivery.md): a build holds a lease, renewed by a heartbeat every
+    # third of LEASE_TIME; a build silent for LEASE_TIME seconds is started again elsewhere, at most
+    # MAX_ATTEMPTS times in all before the job fails.
+    lease_time: float = 30.0
+    max_attempts: int = 3
+    # Builds one worker runs at once per lane (they mostly wait on the network).
+    worker_concurrency: int = 2
+    # On SIGTERM/SIGINT a worker stops taking work and lets running builds finish for this many seconds;
+    # builds still running then are released to other workers at once.
+    drain_timeout: float = 20.0
+    # Emails one worker's mailer sends at once (an SMTP outage holds only these, never the other agents).
+    mail_concurrency: int = 16
     page_size: int = 5000
     slow_request: int = 50_000
     fetch_connect_timeout: float = 10.0
@@ -271,4 +283,14 @@ def load_settings(
         raise ConfigurationError(f"Unknown worker lane(s): {', '.join(sorted(unknown_lanes))}")
     if not 6 <= settings.session_timeout <= 300:
         raise ConfigurationError("Setting SESSION_TIMEOUT must be between 6 and 300 seconds")
+    if not 3 <= settings.lease_time <= 3600:
+        raise ConfigurationError("Setting LEASE_TIME must be between 3 and 3600 seconds")
+    if not 1 <= settings.max_attempts <= 100:
+        raise ConfigurationError("Setting MAX_ATTEMPTS must be between 1 and 100")
+    if not 1 <= settings.worker_concurrency <= 256:
+        raise ConfigurationError("Setting WORKER_CONCURRENCY must be between 1 and 256")
+    if not 0 <= settings.drain_timeout <= 3600:
+        raise ConfigurationError("Setting DRAIN_TIMEOUT must be between 0 and 3600 seconds")
+    if not 1 <= settings.mail_concurrency <= 1024:
+        raise ConfigurationError("Setting MAIL_CONCURRENCY must be between 1 and 1024")
     return settings

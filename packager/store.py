@@ -52,14 +52,19 @@ class FileStore:
         return self.directory / safe_file_name(name, "file")
 
     def publish(self, partial: Path, name: str) -> PublishedFile:
-        """Fsync and atomically rename a finished file into the store; return its size and sha256."""
+        """Fsync and atomically move a finished file into the store; return its size and sha256.
+
+        Never replaces a file already published under `name` (FileExistsError): a link either appears
+        whole under its final name or not at all, and two builds of one job cannot overwrite each other.
+        """
         digest = hashlib.sha256()
         with open(partial, "rb") as fh:
             while chunk := fh.read(COPY_CHUNK):
                 digest.update(chunk)
             os.fsync(fh.fileno())
         final = self.path_of(name)
-        os.replace(partial, final)
+        os.link(partial, final)  # atomic, and fails if the name is taken
+        partial.unlink()
         return PublishedFile(name=final.name, size=final.stat().st_size, sha256=digest.hexdigest())
 
     def discard(self, *paths: Path) -> None:

@@ -13,10 +13,13 @@ from packager.events import (
     EmailFailed,
     EmailSent,
     Envelope,
+    LeaseExpired,
+    PackageBuilt,
     PackageCompleted,
     PackageFailed,
     PackageProgress,
     PackageQueued,
+    PackageReleased,
     PackageRequested,
     PackageStarted,
     RequestAbandoned,
@@ -34,6 +37,7 @@ class JobState:
     kind: str = ""
     resource_id: str = ""
     lane: str = ""
+    attempt: int = 1  # the build in progress: 2 and more after a lost or released build
     rows_done: int = 0
     rows_total: int | None = None
     bytes_done: int = 0
@@ -94,14 +98,18 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
     match p:
         case PackageRequested():
             return changed(requested_at=event.occurred_at, kind=p.kind, resource_id=p.resource_id)
-        case PackageQueued(lane=lane):
-            return changed() if current.terminal else changed(lane=lane)
-        case PackageStarted(lane=lane):
+        case PackageQueued(lane=lane, attempt=attempt):
             if current.terminal:
-                return current
-            return changed(state=RUNNING, lane=lane, started_at=event.occurred_at)
+                return changed()
+            if attempt > current.attempt:  # a new build: its progress starts again
+                return changed(state=QUEUED, lane=lane, attempt=attempt, rows_done=0, bytes_done=0)
+            return changed(lane=lane)
+        case PackageStarted(lane=lane, attempt=attempt):
+            if current.terminal or attempt < current.attempt:
+                return current  # finished, or a build that already lost its lease
+            return changed(state=RUNNING, lane=lane, attempt=attempt, started_at=event.occurred_at)
         case PackageProgress():
-            if current.terminal:
+            if current.terminal or p.attempt < current.attempt:
                 return current
             return changed(
                 rows_done=p.rows_done,
@@ -129,6 +137,8 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
                 return current
             error = "not accepted: the ingress answered 503 before the broker stored the request"
             return changed(state=ABANDONED, error=error, finished_at=event.occurred_at)
+        case PackageBuilt() | LeaseExpired() | PackageReleased():
+            return current if current.terminal else changed()
         case EmailSent():
             return changed(emailed=True, email_error="")
         case EmailFailed():

@@ -29,14 +29,16 @@ from packager import metrics
 from packager.analytics import pseudonymise
 from packager.errors import EventDecodeError
 from packager.events import (
-    NOTIFIED_TYPES,
+    TERMINAL_TYPES,
     CacheCleared,
     Envelope,
     Event,
+    LeaseExpired,
     PackageCompleted,
     PackageExpired,
     PackageFailed,
     PackageQueued,
+    PackageRequested,
     RecordRejected,
     RequestAbandoned,
     decode,
@@ -44,14 +46,15 @@ from packager.events import (
     envelope,
 )
 from packager.ingress import system_resolver
-from packager.jobs import JobContext, run_job
+from packager.jobs import JobContext
 from packager.kafka_log import ANSWER_DEADLINE_HEADER, LANES, LOG_APPEND_TIME, Topics, iso_ms
 from packager.logs import bind_job
 from packager.settings import Settings
 from packager.store import FileStore
-from projections.jobs import JobState
+from streams import leases
+from streams.builds import BuildPool
 from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
-from streams.handlers import notify, plan_lane
+from streams.handlers import plan_lane
 from streams.offsets import (
     OffsetGuard,
     ResumePoints,
@@ -214,27 +217,15 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 fut = await analytics_topic.send(key=record.key, value=out)
                 await fut
 
+    pools: list[BuildPool] = []
     for lane in LANES:
         if f"lane:{lane}" in roles:
-            _add_packer(app, settings, lane, lane_topics[lane], events_topic, decoded, publish, worker_name)
-
-    if "mailer" in roles:
-        emailed = app.Table("emailed", default=None, partitions=settings.partitions)
-
-        @app.agent(events_topic, name="mailer")
-        async def mailer(stream: faust.StreamT) -> None:
-            async for env in decoded(stream, owner=False):  # the cache keeper dead-letters
-                if env.type not in NOTIFIED_TYPES or emailed.get(env.job_id) is not None:
-                    continue
-                outcome = await notify(settings, env)
-                if outcome is None:
-                    continue  # failure notices are turned off
-                await publish(events_topic, env.job_id, env.cache_key, outcome)
-                emailed[env.job_id] = outcome.TYPE
-                # Flush the table's changelog now: after a crash, a redelivered terminal event finds the
-                # record and is not emailed again. The window left is between the SMTP server accepting
-                # the message and this flush completing (milliseconds).
-                await app.producer.flush()
+            pools.append(
+                _add_packer(
+                    app, settings, lane, lane_topics[lane], events_topic, decoded, publish, worker_name
+                )
+            )
+    app._packager_pools = pools  # type: ignore[attr-defined]  # drained by the worker on SIGTERM (cli)
 
     return app
 
@@ -248,16 +239,32 @@ def _add_planner_and_cache(
     decoded: Any,
     publish: Any,
 ) -> None:
-    """The planner (requests -> cache hit, shared build or a lane) and the cache keeper (events -> index).
+    """The planner (requests -> cache hit, shared build or a lane) and the steward (events -> state).
 
-    Both read and write the same tables while processing partition p of topics keyed alike, so the tables
-    stay co-partitioned with the requests topic.
+    The steward owns partition p of the events topic: the cache index, identical requests waiting for one
+    build, and the leases of builds in progress (streams.leases): it appends each built job's terminal
+    event and dispatches lost or released builds again. Planner and steward read and write the same tables
+    while processing partition p of topics keyed alike, so the tables stay co-partitioned.
     """
     planned = app.Table("planned", default=None, partitions=settings.partitions)
     cache = app.Table("cache", default=None, partitions=settings.partitions)
     inflight = app.Table("inflight", default=None, partitions=settings.partitions)
     waiting = app.Table("waiting", default=None, partitions=settings.partitions)
+    # job id -> lease of its build (streams.leases), and job id -> its request record, to dispatch it again.
+    lease_table = app.Table("leases", default=None, partitions=settings.partitions)
+    kept = app.Table("requests", default=None, partitions=settings.partitions)
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
+    events_name = events_topic.get_topic_name()
+    seen: dict[int, int] = {}  # events partition -> the last offset the steward handled
+    expiring: set[tuple[str, int]] = set()  # LeaseExpired appended, not yet read back
+
+    async def dispatch(job_id: str, key: str, lane: str, attempt: int, record: str) -> None:
+        """Queue build `attempt` of a job: the event first, so it precedes the build's own events."""
+        await publish(events_topic, job_id, key, PackageQueued(cache_key=key, lane=lane, attempt=attempt))
+        fut = await lane_topics[lane].send(
+            key=key.encode(), value=record.encode(), headers={ATTEMPT_HEADER: str(attempt).encode()}
+        )
+        await fut
 
     @app.agent(requests_topic, name="planner")
     async def planner(stream: faust.StreamT) -> None:
@@ -266,7 +273,9 @@ def _add_planner_and_cache(
                 if planned.get(env.job_id) is not None:
                     continue  # redelivered: already handled
                 key = env.cache_key
-                if (late := abandoned(faust.current_event().message)) is not None:  # type: ignore[union-attr]
+                event = faust.current_event()
+                assert event is not None
+                if (late := abandoned(event.message)) is not None:
                     log.warning("request stored after the ingress answered 503; not building it")
                     await publish(events_topic, env.job_id, key, RequestAbandoned(key, *late))
                     planned[env.job_id] = "abandoned"
@@ -282,17 +291,58 @@ def _add_planner_and_cache(
                     planned[env.job_id] = "shared"
                 else:
                     inflight[key] = env.job_id
+                    record = bytes(event.value).decode()
+                    kept[env.job_id] = record
                     lane = await plan_lane(env, settings, session)
-                    fut = await lane_topics[lane].send(key=key.encode(), value=encode(env))
-                    await fut
-                    await publish(events_topic, env.job_id, key, PackageQueued(cache_key=key, lane=lane))
+                    await dispatch(env.job_id, key, lane, 1, record)
                     planned[env.job_id] = lane
                 await app.producer.flush()
 
-    @app.agent(events_topic, name="cache-keeper")
-    async def cache_keeper(stream: faust.StreamT) -> None:
+    async def follow_lease(env: Envelope, partition: int) -> bool:
+        """Fold the event into its job's lease and do what it obliges; True when anything changed."""
+        job_id, key = env.job_id, env.cache_key
+        before = lease_table.get(job_id)
+        action = leases.decide(before, env, settings.max_attempts)
+        after = leases.apply(before, env, settings.lease_time)
+        if isinstance(env.payload, LeaseExpired):
+            expiring.discard((job_id, env.payload.attempt))
+        if after is None and before is not None:
+            del lease_table[job_id]
+        elif after is not None and after != before:
+            lease_table[job_id] = {**after, "partition": partition, "key": key}
+        match action:
+            case leases.End(terminal=terminal):
+                await publish(events_topic, job_id, key, terminal)
+            case leases.Discard(zip_file_name=name):
+                log.warning("a build that no longer held the job's lease finished; its result is dropped")
+                if name:
+                    store.discard(store.path_of(name))
+            case leases.Dispatch(lane=lane, attempt=attempt):
+                log.warning("building the job again (attempt %d)", attempt)
+                record = kept.get(job_id)
+                if record is None:
+                    log.error("the job's request is not kept; it cannot be built again")
+                    await publish(events_topic, job_id, key, leases.gave_up(_unknown_request(key), 1))
+                else:
+                    await dispatch(job_id, key, lane, attempt, record)
+            case leases.GiveUp(lost=lost):
+                record = kept.get(job_id)
+                request = decode(record).payload if record else _unknown_request(key)
+                assert isinstance(request, PackageRequested)
+                log.error("the job's build was lost %d times; it fails", lost)
+                await publish(events_topic, job_id, key, leases.gave_up(request, lost))
+        if env.type in TERMINAL_TYPES and job_id in kept:
+            del kept[job_id]
+            return True
+        return action is not None or after != before
+
+    @app.agent(events_topic, name="steward")
+    async def steward(stream: faust.StreamT) -> None:
         async for env in decoded(stream):
-            partition = faust.current_event().message.partition  # type: ignore[union-attr]
+            message = faust.current_event().message  # type: ignore[union-attr]
+            partition = message.partition
+            seen[partition] = message.offset
+            changed = await follow_lease(env, partition)
             key, p = env.cache_key, env.payload
             if isinstance(p, PackageCompleted) and not p.cached_from:
                 cache[key] = cache_entry(env, partition)
@@ -314,18 +364,51 @@ def _add_planner_and_cache(
                 if cached and cached["job_id"] == env.job_id:
                     del cache[key]
                 store.discard(store.path_of(p.zip_file_name))
-            else:
+            elif not changed:
                 continue
             await app.producer.flush()
 
+    def caught_up(partition: int) -> bool:
+        """True when the steward has read its partition to (nearly) the end: its leases are current."""
+        try:
+            end = app.consumer.highwater(TP(events_name, partition))
+        except (AssertionError, KafkaError):
+            return False
+        return end is not None and seen.get(partition, -1) >= end - 20
+
+    @app.timer(interval=min(2.0, settings.lease_time / 6))
+    async def watchdog() -> None:
+        """Append LeaseExpired for every build of this worker's partitions that went silent."""
+        now = time.time()
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_name}
+        for job_id, lease in list(lease_table.items()):
+            if not lease or not leases.expired(lease, now) or (job_id, lease["attempt"]) in expiring:
+                continue
+            if lease["partition"] not in assigned or not caught_up(lease["partition"]):
+                continue
+            expiring.add((job_id, lease["attempt"]))
+            bind_job(job_id)
+            log.warning("build %d on %s sent no heartbeat in time", lease["attempt"], lease["worker"])
+            until = iso_ms(int(lease["until"] * 1000))
+            lost = LeaseExpired(
+                cache_key=lease["key"], attempt=lease["attempt"], worker=lease["worker"], lease_until=until
+            )
+            await publish(events_topic, job_id, lease["key"], lost)
+        bind_job(None)
+
     @app.timer(interval=settings.janitor_interval)
     async def janitor() -> None:
-        """Expire packages older than CACHE_TIME: one PackageExpired each, handled by the cache keeper."""
+        """Expire packages older than CACHE_TIME: one PackageExpired each, handled by the steward."""
         now = time.time()
         for cached_key, cached in list(cache.items()):
             if cached and is_expired(cached, settings, now):
                 expired = PackageExpired(cache_key=cached_key, zip_file_name=cached["zip_file_name"])
                 await publish(events_topic, cached["job_id"], cached_key, expired)
+
+
+def _unknown_request(cache_key: str) -> PackageRequested:
+    """Stands in for a request the steward no longer has (it cannot happen unless a table was lost)."""
+    return PackageRequested(kind="", cache_key=cache_key, resource_id="", email="", ckan_host="", request={})
 
 
 def abandoned(message: Any) -> tuple[str, str] | None:
@@ -379,34 +462,59 @@ def _add_packer(
     decoded: Any,
     publish: Any,
     worker_name: str,
-) -> None:
-    """Register the packer agent and job table of one lane."""
-    jobs = app.Table(f"jobs-{lane}", default=None, partitions=settings.partitions)
+) -> BuildPool:
+    """Register the packer agent of one lane; its builds run in a `BuildPool` (see streams.builds)."""
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
-    timeout = http_timeout(settings)
+
+    async def emit(request: Envelope, payload: Event) -> None:
+        await publish(events_topic, request.job_id, request.cache_key, payload)
+
+    def context(session: aiohttp.ClientSession, request: Envelope, attempt: int) -> JobContext:
+        async def emit_for_job(payload: Event) -> None:
+            await emit(request, payload)
+
+        return JobContext(
+            settings=settings,
+            session=session,
+            store=store,
+            resolve=system_resolver,
+            emit=emit_for_job,
+            worker=worker_name,
+            attempt=attempt,
+        )
+
+    pool = BuildPool(
+        lane,
+        capacity=settings.worker_concurrency,
+        drain_timeout=settings.drain_timeout,
+        worker=worker_name,
+        emit=emit,
+        make_context=context,
+        open_session=lambda: aiohttp.ClientSession(timeout=http_timeout(settings)),
+    )
 
     async def packer(stream: faust.StreamT) -> None:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with pool.serving():
             async for env in decoded(stream):
-                known = jobs.get(env.job_id)
-                if known is not None and JobState.from_dict(known).terminal:
-                    continue  # redelivered after it finished: never package twice
-
-                async def emit(payload: Event, env: Envelope = env) -> None:
-                    await publish(events_topic, env.job_id, env.cache_key, payload)
-
-                ctx = JobContext(
-                    settings=settings,
-                    session=session,
-                    store=store,
-                    resolve=system_resolver,
-                    emit=emit,
-                    worker=worker_name,
-                )
-                terminal = await metrics.observed_job(lane, run_job(env, lane, ctx))
-                await emit(terminal)
-                state = "completed" if terminal.TYPE == "PackageCompleted" else "failed"
-                jobs[env.job_id] = JobState(job_id=env.job_id, state=state, lane=lane).to_dict()
-                await app.producer.flush()  # see the mailer: shrinks the re-run window to milliseconds
+                attempt = attempt_of(faust.current_event().message)  # type: ignore[union-attr]
+                await pool.start(env, attempt)
 
     app.agent(topic, name=f"packer-{lane}")(packer)
+    return pool
+
+
+ATTEMPT_HEADER = "attempt"
+
+
+def attempt_of(message: Any) -> int:
+    """The build number a lane record asks for (its `attempt` header; 1 when it has none)."""
+    raw = dict(message.headers or ()).get(ATTEMPT_HEADER)
+    try:
+        return max(1, int(raw)) if raw else 1
+    except ValueError:
+        return 1
+
+
+def build_pools(app: faust.App) -> list[BuildPool]:
+    """The build pools of the app's lanes (drained on SIGTERM by the worker command)."""
+    return list(getattr(app, "_packager_pools", []))

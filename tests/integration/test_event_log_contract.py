@@ -58,7 +58,9 @@ async def test_appended_events_read_back_equal_and_in_order_per_key(
     backend: Backend, topic_prefix: str
 ) -> None:
     topic = Topics(topic_prefix).events
-    sent = [envelope(f"job-{i}", PackageQueued(cache_key="same-key", lane="fast")) for i in range(5)]
+    sent = [
+        envelope(f"job-{i}", PackageQueued(cache_key="same-key", lane="fast", attempt=1)) for i in range(5)
+    ]
     for event in sent:
         await backend.log.append(topic, "same-key", event)
     got = await backend.read(topic)
@@ -71,7 +73,9 @@ async def test_an_unavailable_log_raises_unavailable(backend: Backend, topic_pre
     try:
         with pytest.raises(UnavailableError):
             await broken.append(
-                Topics(topic_prefix).events, "k", envelope("j", PackageQueued(cache_key="k", lane="fast"))
+                Topics(topic_prefix).events,
+                "k",
+                envelope("j", PackageQueued(cache_key="k", lane="fast", attempt=1)),
             )
     finally:
         await broken.close()

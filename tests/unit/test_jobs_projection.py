@@ -40,12 +40,14 @@ def fold(*payloads: object) -> JobState:
 
 
 def test_a_job_moves_from_queued_to_completed_and_emailed() -> None:
-    state = fold(REQ, PackageQueued(cache_key="ck", lane="fast"))
+    state = fold(REQ, PackageQueued(cache_key="ck", lane="fast", attempt=1))
     assert (state.state, state.lane) == ("queued", "fast")
     state = fold(
         REQ,
-        PackageStarted(cache_key="ck", lane="fast", worker="w"),
-        PackageProgress(cache_key="ck", rows_done=0, rows_total=None, bytes_done=10, bytes_total=20),
+        PackageStarted(cache_key="ck", lane="fast", worker="w", attempt=1, lease_until=""),
+        PackageProgress(
+            cache_key="ck", rows_done=0, rows_total=None, bytes_done=10, bytes_total=20, attempt=1
+        ),
     )
     assert (state.state, state.bytes_done) == (RUNNING, 10)
     state = fold(REQ, DONE, EmailSent(cache_key="ck", about="PackageCompleted", message_id="m", attempts=1))
@@ -56,14 +58,18 @@ def test_terminal_states_are_never_left_on_redelivery() -> None:
     failed = PackageFailed(
         cache_key="ck", resource_id="r", email="a@example.org", ckan_host="h", error="x", error_type="E"
     )
-    state = fold(REQ, DONE, PackageStarted(cache_key="ck", lane="fast", worker="w"), failed)
+    state = fold(
+        REQ, DONE, PackageStarted(cache_key="ck", lane="fast", worker="w", attempt=1, lease_until=""), failed
+    )
     assert state.state == COMPLETED
     assert JobState.from_dict(state.to_dict()) == state
 
 
 def test_an_abandoned_request_is_terminal_and_never_packaged() -> None:
     late = RequestAbandoned(cache_key="ck", appended_at="2026-11-26T10:00:05.000Z", answer_deadline="x")
-    state = fold(REQ, late, PackageStarted(cache_key="ck", lane="fast", worker="w"))
+    state = fold(
+        REQ, late, PackageStarted(cache_key="ck", lane="fast", worker="w", attempt=1, lease_until="")
+    )
     assert (state.state, state.terminal) == (ABANDONED, True)
     assert "503" in state.error
 

@@ -98,7 +98,7 @@ async def test_a_packer_job_is_counted_with_its_lane_rows_bytes_and_duration() -
 
     assert await metrics.observed_job("slow", job(completed)) is completed
     await metrics.observed_job("slow", job(failed))
-    metrics.record_published(PackageQueued(cache_key="k", lane="slow"))
+    metrics.record_published(PackageQueued(cache_key="k", lane="slow", attempt=1))
     metrics.record_published(EmailSent(cache_key="k", about="PackageCompleted", message_id="m", attempts=1))
     after = metrics.exposition().decode()
 

@@ -1,0 +1,150 @@
+"""The builds one worker runs for one lane: several at once, in the background, and drained on stop.
+
+A packer agent hands each lane record to `BuildPool.start`, which waits for a free slot
+(WORKER_CONCURRENCY), takes the job's lease (PackageStarted) and returns: the build goes on in a task of
+its own while the agent reads on, so a build waiting on a slow portal holds one slot, not the lane. Since
+the lease is in the log before the agent moves past the record, the job is never left to the record's
+consumer offset alone (see `streams.leases`).
+
+On SIGTERM/SIGINT the worker calls `drain`: no new build starts, running ones get DRAIN_TIMEOUT to finish,
+and those still running then are cancelled (their partial files removed) and released with
+`PackageReleased`, so that the job's steward dispatches them again at once rather than at lease expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
+
+import aiohttp
+
+from packager import metrics
+from packager.events import Envelope, Event, PackageBuilt, PackageReleased
+from packager.jobs import Build, JobContext
+from packager.logs import bind_job
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Envelope, Event], Awaitable[None]]
+MakeContext = Callable[[aiohttp.ClientSession, Envelope, int], JobContext]
+
+
+class BuildPool:
+    """Up to `capacity` builds of one lane at once, each announcing its outcome with `PackageBuilt`."""
+
+    def __init__(
+        self,
+        lane: str,
+        capacity: int,
+        drain_timeout: float,
+        worker: str,
+        emit: Emit,
+        make_context: MakeContext,
+        open_session: Callable[[], aiohttp.ClientSession],
+    ) -> None:
+        self.lane = lane
+        self.worker = worker
+        self.drain_timeout = drain_timeout
+        self._emit = emit
+        self._make_context = make_context
+        self._open_session = open_session
+        self._slots = asyncio.Semaphore(capacity)
+        self._running: dict[asyncio.Task[None], tuple[Envelope, int]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self.draining = False
+
+    @property
+    def running(self) -> int:
+        """Builds in progress now."""
+        return len(self._running)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[BuildPool]:
+        """Open the HTTP session the builds share; on exit, release what still runs and close it."""
+        self._session = self._open_session()
+        try:
+            yield self
+        finally:
+            await self._release_all("the worker stopped")
+            await self._session.close()
+            self._session = None
+
+    async def start(self, request: Envelope, attempt: int) -> None:
+        """Take a slot and the job's lease, then build in the background. Blocks while the pool is full.
+
+        Once draining, the record in hand is released (so its job is dispatched again) and this call
+        never returns: the agent must not take more work, and its record is safe in the log either way.
+        """
+        if not self.draining:
+            await self._slots.acquire()
+            if not self.draining:
+                await self._begin(request, attempt)
+                return
+            self._slots.release()
+        await self._emit(request, self._released(request, attempt, "the worker is stopping"))
+        await asyncio.Event().wait()  # until the agent is cancelled
+
+    async def _begin(self, request: Envelope, attempt: int) -> None:
+        assert self._session is not None, "start() outside serving()"
+        build = Build(request, self.lane, self._make_context(self._session, request, attempt))
+        try:
+            await build.start()
+        except BaseException:
+            self._slots.release()
+            raise
+        task = asyncio.create_task(self._run(build, request, attempt), name=f"build {request.job_id}")
+        self._running[task] = (request, attempt)
+        task.add_done_callback(self._finished)
+
+    async def _run(self, build: Build, request: Envelope, attempt: int) -> None:
+        bind_job(request.job_id)
+        outcome = await metrics.observed_job(self.lane, build.run())
+        proposal = PackageBuilt(
+            cache_key=request.cache_key,
+            attempt=attempt,
+            worker=self.worker,
+            outcome=outcome.TYPE,
+            result=asdict(outcome),
+        )
+        await self._emit(request, proposal)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._slots.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The outcome could not be recorded (the broker stayed away): the lease runs out and the job
+            # is built again elsewhere.
+            log.error("build outcome not recorded: %r", exc)
+
+    async def drain(self) -> None:
+        """Stop taking builds; let running ones finish within DRAIN_TIMEOUT; release the rest."""
+        self.draining = True
+        if self._running:
+            log.info(
+                "draining %d %s build(s) for up to %.0fs", len(self._running), self.lane, self.drain_timeout
+            )
+            await asyncio.wait(list(self._running), timeout=self.drain_timeout)
+        await self._release_all(f"not finished within DRAIN_TIMEOUT ({self.drain_timeout:.0f}s)")
+
+    async def _release_all(self, reason: str) -> None:
+        self.draining = True
+        unfinished = dict(self._running)
+        for task in unfinished:
+            task.cancel()
+        for task, (request, attempt) in unfinished.items():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            try:
+                await self._emit(request, self._released(request, attempt, reason))
+            except Exception as exc:  # the lease runs out instead
+                log.warning("could not release build %s: %r", request.job_id, exc)
+            else:
+                log.warning("build released: %s", reason, extra={"job_id": request.job_id})
+
+    def _released(self, request: Envelope, attempt: int, reason: str) -> PackageReleased:
+        return PackageReleased(
+            cache_key=request.cache_key, attempt=attempt, worker=self.worker, reason=reason
+        )

@@ -1,0 +1,249 @@
+"""The mailer: emails the requester about every terminal event, on a Kafka consumer of its own.
+
+It is not a Faust agent on purpose. Sending waits on the SMTP server, for up to SMTP_RETRY_FOR while it
+is down; an agent that waits fills its buffer and Faust's delivery then waits on it, which would stop the
+planner, the packers and cache hits of the same worker. Here the mailer has its own consumer group
+(`<prefix>-mailer`): an SMTP outage holds emails and nothing else.
+
+Delivery, at least once with duplicates only in a crash window:
+- each terminal event gets a send task (at most MAIL_CONCURRENCY talk to SMTP at once, the rest wait);
+  the group's offset of a partition never passes a terminal event whose outcome (`EmailSent` or
+  `EmailFailed`) is not yet acknowledged by the broker;
+- outcomes are appended with the terminal event's key, so they follow it in the same partition. When a
+  partition is (re)assigned, the mailer first reads ahead from where it resumes to the partition's end and
+  remembers which jobs already have an outcome: those are not emailed again after a restart;
+- the window left: a crash after the SMTP server accepted a message and before its `EmailSent` was
+  acknowledged sends that email again (see docs/delivery.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from mode import Service
+
+from packager import metrics
+from packager.errors import EventDecodeError
+from packager.events import NOTIFIED_TYPES, EmailFailed, EmailSent, Envelope, decode, encode, envelope
+from packager.kafka_log import Topics
+from packager.logs import bind_job
+from packager.settings import Settings
+from streams.handlers import notify
+
+log = logging.getLogger(__name__)
+
+OUTCOME_TYPES = frozenset({EmailSent.TYPE, EmailFailed.TYPE})
+REMEMBERED = 100_000  # job ids emailed recently, a second guard against repeated terminal events
+COMMIT_EVERY = 1.0
+REVOKE_GRACE = 5.0  # how long a revoked partition's sends may finish before they are left to the next owner
+
+
+class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
+    """Consumes the events topic in group `<prefix>-mailer` and sends one email per terminal event."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        self.topic = Topics(settings.topic_prefix).events
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._smtp = asyncio.Semaphore(settings.mail_concurrency)
+        self._sends: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
+        self._next: dict[TopicPartition, int] = {}  # the next offset to read, per owned partition
+        self._settled: dict[TopicPartition, set[str]] = {}  # jobs with an outcome further on in the log
+        self._scanned: set[TopicPartition] = set()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._loop_task: asyncio.Task[None] | None = None
+        super().__init__(**kwargs)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Connect and start consuming."""
+        bootstrap = self.settings.kafka_bootstrap_servers
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=f"{self.settings.topic_prefix}-mailer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(self.settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(min(3.0, self.settings.session_timeout / 5) * 1000),
+        )
+        self._consumer.subscribe([self.topic], listener=self)
+        await self._consumer.start()
+        self._loop_task = asyncio.create_task(self._run(), name="mailer")
+
+    async def on_stop(self) -> None:
+        """Let sends in progress finish within DRAIN_TIMEOUT, commit, and leave the group."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        owned = list(self._sends)
+        # Sends talking to SMTP finish in moments; those waiting out an outage are left to the next owner.
+        await self._settle(owned, min(self.settings.drain_timeout, REVOKE_GRACE))
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await self._commit(owned)
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    # -- rebalance listener ----------------------------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Give the sends of revoked partitions a moment, commit what is done, forget the rest."""
+        mine = [tp for tp in revoked if tp in self._sends]
+        await self._settle(mine, REVOKE_GRACE)
+        with contextlib.suppress(KafkaError):
+            await self._commit(mine)
+        for tp in mine:
+            self._sends.pop(tp, None)
+            self._next.pop(tp, None)
+            self._settled.pop(tp, None)
+            self._scanned.discard(tp)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        """Start tracking the new partitions; their read-ahead happens at their first terminal event."""
+        for tp in assigned:
+            self._sends.setdefault(tp, {})
+            self._settled.setdefault(tp, set())
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        loop = asyncio.get_running_loop()
+        committed_at = loop.time()
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            for tp, records in batches.items():
+                for record in records:
+                    if tp not in self._sends:
+                        break  # revoked while the batch was in hand
+                    await self._handle(tp, record.offset, record.value)
+                    self._next[tp] = record.offset + 1
+            # While too many emails wait (a long SMTP outage), stop reading: the group keeps its place.
+            pending = sum(len(s) for s in self._sends.values())
+            owned = list(self._sends)
+            if pending >= 100 * self.settings.mail_concurrency:
+                consumer.pause(*owned)
+            else:
+                consumer.resume(*owned)
+            if loop.time() - committed_at >= COMMIT_EVERY:
+                committed_at = loop.time()
+                try:
+                    await self._commit(owned)
+                except KafkaError as exc:
+                    log.warning("mailer offsets not committed yet: %r", exc)
+
+    async def _handle(self, tp: TopicPartition, offset: int, raw: bytes | None) -> None:
+        try:
+            env = decode(raw or b"")
+        except EventDecodeError:
+            return  # dead-lettered by the steward
+        if env.type in OUTCOME_TYPES:
+            self._settled[tp].discard(env.job_id)
+            self._remember(env.job_id)
+            return
+        if env.type not in NOTIFIED_TYPES:
+            return
+        if tp not in self._scanned:
+            await self._read_ahead(tp, offset)
+        if env.job_id in self._settled[tp] or env.job_id in self._recent:
+            return  # emailed before a restart, or a repeated terminal event
+        self._remember(env.job_id)
+        task = asyncio.create_task(self._send(env), name=f"email {env.job_id}")
+        self._sends[tp][offset] = task
+        task.add_done_callback(lambda done: self._sent(tp, offset, done))
+
+    def _sent(self, tp: TopicPartition, offset: int, task: asyncio.Task[None]) -> None:
+        """Forget a settled send; a cancelled or crashed one keeps holding the partition's offset."""
+        if task.cancelled():
+            return  # left to whoever reads the partition next
+        if (exc := task.exception()) is not None:
+            log.error("email not sent: %r", exc, exc_info=exc)
+            return
+        self._sends.get(tp, {}).pop(offset, None)
+
+    async def _send(self, env: Envelope) -> None:
+        bind_job(env.job_id)
+        async with self._smtp:
+            outcome = await notify(self.settings, env)
+        if outcome is None:
+            return  # failure notices are turned off
+        record = encode(envelope(env.job_id, outcome))
+        delay = 0.5
+        while True:  # the email is out: its outcome must reach the log, however long the broker is away
+            try:
+                assert self._producer is not None
+                await self._producer.send_and_wait(self.topic, record, key=env.cache_key.encode())
+                break
+            except KafkaError as exc:
+                log.warning("email outcome not recorded yet: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        metrics.record_published(outcome)
+
+    async def _read_ahead(self, tp: TopicPartition, start: int) -> None:
+        """Remember the jobs whose email outcome is already in the log from `start` to the partition's end."""
+        self._scanned.add(tp)
+        scanner = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await scanner.start()
+        try:
+            scanner.assign([tp])
+            end = (await scanner.end_offsets([tp]))[tp]
+            scanner.seek(tp, start)
+            while await scanner.position(tp) < end:
+                batch = await scanner.getmany(tp, timeout_ms=1000, max_records=5000)
+                for record in batch.get(tp, []):
+                    if record.offset >= end:
+                        break
+                    with contextlib.suppress(EventDecodeError):
+                        env = decode(record.value or b"")
+                        if env.type in OUTCOME_TYPES:
+                            self._settled[tp].add(env.job_id)
+        finally:
+            await scanner.stop()
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _remember(self, job_id: str) -> None:
+        self._recent[job_id] = None
+        self._recent.move_to_end(job_id)
+        while len(self._recent) > REMEMBERED:
+            self._recent.popitem(last=False)
+
+    async def _settle(self, tps: list[TopicPartition], grace: float) -> None:
+        """Wait up to `grace` seconds for the sends of `tps`, then cancel those still waiting."""
+        tasks = [t for tp in tps for t in self._sends.get(tp, {}).values() if not t.done()]
+        if tasks:
+            log.info("waiting up to %.0fs for %d email(s) in progress", grace, len(tasks))
+            _, unfinished = await asyncio.wait(tasks, timeout=grace)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    async def _commit(self, tps: list[TopicPartition]) -> None:
+        """Commit, per partition, up to the first terminal event whose email is not settled."""
+        assert self._consumer is not None
+        offsets: dict[TopicPartition, int] = {}
+        for tp in tps:
+            if tp not in self._next:
+                continue
+            sends = self._sends.get(tp, {})
+            offsets[tp] = min(sends) if sends else self._next[tp]
+        if offsets:
+            await self._consumer.commit(offsets)
