@@ -55,4 +55,6 @@ def service_env(kafka_bootstrap: str, topic_prefix: str, store_dir: Path, smtp: 
         "PACKAGER_LOG_LEVEL": "INFO",
         # Several workers may run at once (in one test, or in parallel test runs): each takes a free port.
         "PACKAGER_METRICS_PORT": "0",
+        # Workers stopped at the end of a test drain their builds briefly (ServiceProcess.stop waits 20 s).
+        "PACKAGER_DRAIN_TIMEOUT": "5",
     }

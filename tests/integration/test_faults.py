@@ -54,7 +54,7 @@ async def post(port: int, **params: str) -> str:
 def emailed_jobs(sink: SmtpSink) -> Counter[str]:
     """How many emails each job id got (from the download links in the plain-text parts)."""
     text = "".join(m.get_body(("plain",)).get_content() for m in sink.messages)  # type: ignore[union-attr]
-    return Counter(re.findall(r"/downloads/([0-9a-f-]{36})\.zip", text))
+    return Counter(re.findall(r"/downloads/([0-9a-f-]{36})(?:-[0-9a-f-]+)?\.zip", text))
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
