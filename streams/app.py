@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import faust
 import orjson
 from aiokafka.errors import KafkaError
@@ -43,6 +42,7 @@ from packager.events import (
     encode,
     envelope,
 )
+from packager.http_client import http_session
 from packager.ingress import system_resolver
 from packager.jobs import JobContext, run_job
 from packager.kafka_log import ANSWER_DEADLINE_HEADER, LANES, LOG_APPEND_TIME, Topics, iso_ms
@@ -261,7 +261,7 @@ def _add_planner_and_cache(
 
     @app.agent(requests_topic, name="planner")
     async def planner(stream: faust.StreamT) -> None:
-        async with aiohttp.ClientSession(timeout=http_timeout(settings)) as session:
+        async with http_session(settings) as session:
             async for env in decoded(stream):
                 if planned.get(env.job_id) is not None:
                     continue  # redelivered: already handled
@@ -358,13 +358,6 @@ def readable_job_id(raw: bytes) -> str:
     return job_id[:100] if isinstance(job_id, str) else ""
 
 
-def http_timeout(settings: Settings) -> aiohttp.ClientTimeout:
-    """Connect and read timeouts for every outgoing HTTP request (no total: big files take long)."""
-    return aiohttp.ClientTimeout(
-        total=None, sock_connect=settings.fetch_connect_timeout, sock_read=settings.fetch_read_timeout
-    )
-
-
 def changelog_topics(app: faust.App) -> list[str]:
     """Names of the changelog topics of the app's tables, to be created before the worker subscribes."""
     return [table.changelog_topic.get_topic_name() for table in app.tables.values()]
@@ -383,10 +376,9 @@ def _add_packer(
     """Register the packer agent and job table of one lane."""
     jobs = app.Table(f"jobs-{lane}", default=None, partitions=settings.partitions)
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
-    timeout = http_timeout(settings)
 
     async def packer(stream: faust.StreamT) -> None:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with http_session(settings) as session:
             async for env in decoded(stream):
                 known = jobs.get(env.job_id)
                 if known is not None and JobState.from_dict(known).terminal:
