@@ -11,6 +11,7 @@ Delivery is at-least-once; effects are made idempotent by job id (see DESIGN.md 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -318,9 +319,15 @@ def _add_planner_and_cache(
                 continue
             await app.producer.flush()
 
+    @app.task
+    async def sweep_at_start() -> None:
+        """Remove partial files left by builds killed before this worker started."""
+        await sweep_partial_files(store, settings)
+
     @app.timer(interval=settings.janitor_interval)
     async def janitor() -> None:
-        """Expire packages older than CACHE_TIME: one PackageExpired each, handled by the cache keeper."""
+        """Sweep old partial files; expire packages older than CACHE_TIME (one PackageExpired each)."""
+        await sweep_partial_files(store, settings)
         now = time.time()
         for cached_key, cached in list(cache.items()):
             if cached and is_expired(cached, settings, now):
@@ -356,6 +363,13 @@ def readable_job_id(raw: bytes) -> str:
         return ""
     job_id = doc.get("job_id") if isinstance(doc, dict) else None
     return job_id[:100] if isinstance(job_id, str) else ""
+
+
+async def sweep_partial_files(store: FileStore, settings: Settings) -> None:
+    """Remove partial files a killed build left behind (see FileStore.sweep_partials)."""
+    removed = await asyncio.to_thread(store.sweep_partials, settings.partial_max_age)
+    if removed:
+        log.warning("removed %d partial file(s) left by builds that were killed", len(removed))
 
 
 def changelog_topics(app: faust.App) -> list[str]:
