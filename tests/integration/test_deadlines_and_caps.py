@@ -32,6 +32,7 @@ from packager.http_client import http_session
 from packager.jobs import JobContext, run_job
 from packager.settings import Settings, load_settings
 from packager.store import FileStore
+from streams.handlers import plan_lane
 
 SECRET = "deadline-test-secret-0123456789"
 JOB_ID = "5f0c2d8e-0e55-4d3b-8f7e-0a1b2c3d4e5f"
@@ -258,3 +259,23 @@ async def test_ckan_pages_under_max_page_bytes_are_packaged(store_dir: Path) -> 
     assert isinstance(outcome, PackageCompleted), outcome
     assert outcome.rows == TABLE.rows
     assert list(settings.partial_directory.iterdir()) == []
+
+
+async def test_a_ckan_trickling_its_row_count_does_not_hold_the_planner(store_dir: Path) -> None:
+    """Planning gives CKAN one connect and one idle-read timeout in all, then picks the fast lane."""
+    sent: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await trickle(request, b'{"success": true, "result": {"total": 999999}}', 0.2, sent)
+
+    settings = settings_for(store_dir, fetch_connect_timeout=0.5, fetch_read_timeout=1.0, slow_request=10)
+    async with serving(handler) as base, http_session(settings) as session:
+        started = time.monotonic()
+        lane = await plan_lane(
+            envelope(JOB_ID, datastore_request(f"{base}/api/3/action/datastore_search")), settings, session
+        )
+        took = time.monotonic() - started
+
+    assert lane == "fast"
+    assert 1.5 <= took < 5.0, took
+    assert len(sent) >= 5
