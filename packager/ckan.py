@@ -11,7 +11,8 @@ The client follows the behaviour CKAN documents for `datastore_search`:
 - the API key goes raw in the `Authorization` header;
 - timeouts, connection errors, cut bodies and 5xx are retried with backoff, resuming at the page that
   failed: a page is only handed on once parsed whole, so no row is written twice or skipped;
-- `success: false`, 403, 404 and 409 raise `CkanError` carrying CKAN's own message.
+- `success: false`, 403, 404 and 409 raise `CkanError` carrying CKAN's own message;
+- an answer larger than `max_page_bytes` fails the job (a page is held in memory while it is parsed).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import aiohttp
 import orjson
 
 from packager.errors import PackagingError
+from packager.notify import human_size
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +121,10 @@ class DatastoreClient:
         page_size: int = 5000,
         attempts: int = 5,
         backoff: float = 0.5,
+        max_page_bytes: int = 0,
     ) -> None:
         self._session = session
+        self._max_page_bytes = max_page_bytes  # 0: no cap
         self._headers = {"Authorization": key} if key else {}
         self._page_size = page_size
         self._attempts = attempts
@@ -148,7 +152,7 @@ class DatastoreClient:
         headers = {**self._headers, "Content-Type": "application/json"}
         try:
             async with self._session.post(api_url, data=body, headers=headers) as resp:
-                raw = await resp.read()
+                raw = await self._read_capped(resp)
                 status = resp.status
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise _Retryable(type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
@@ -168,6 +172,28 @@ class DatastoreClient:
         if not isinstance(result, dict):
             raise CkanError("CKAN's answer has no result")
         return result
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The answer's body, failing as soon as it is known to pass `max_page_bytes`."""
+        cap = self._max_page_bytes
+        if not cap:
+            return await resp.read()
+        if resp.content_length is not None and resp.content_length > cap:
+            raise self._too_large()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(256 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> PackagingError:
+        return PackagingError(
+            f"One page of CKAN's answer ({self._page_size:,} rows at most) is larger than this service "
+            f"accepts ({human_size(self._max_page_bytes)}); please ask for fewer fields or fewer rows."
+        )
 
     async def describe(self, query: DatastoreQuery) -> QueryInfo:
         """Fields, total and backend of the query (a `limit=0` call)."""

@@ -1,7 +1,9 @@
 """Adapter: downloading a resource file over HTTP, streamed to disk, with SSRF checks on every hop.
 
 Redirects are followed by hand so each target is validated like the original URL (a public host may not
-redirect into private address space), and the CKAN key is only sent to the host the request named.
+redirect into private address space), and the CKAN key is only sent to the host the request named. The
+session's connector checks the address actually connected to (packager.http_client). A file larger than
+`max_bytes` fails the download: at once when `Content-Length` says so, else as soon as the body passes it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import aiohttp
 from yarl import URL
 
 from packager.errors import BadRequestError, PackagingError
+from packager.notify import human_size
 from packager.validation import Resolver, check_url
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,13 @@ async def download_file(
     allow_private: bool,
     max_redirects: int = 5,
     attempts: int = 3,
+    max_bytes: int = 0,
     progress: ProgressCallback = _noop_progress,
 ) -> Downloaded:
-    """Stream `url` into `destination`, retrying connection errors and 5xx; fail with a readable message."""
+    """Stream `url` into `destination`, retrying connection errors and 5xx; fail with a readable message.
+
+    `max_bytes` (0: no cap) fails the download once the file is known to be larger.
+    """
     for attempt in range(1, attempts + 1):
         try:
             return await _download_once(
@@ -63,6 +70,7 @@ async def download_file(
                 resolve=resolve,
                 allow_private=allow_private,
                 max_redirects=max_redirects,
+                max_bytes=max_bytes,
                 progress=progress,
             )
         except _Retryable as exc:
@@ -87,6 +95,7 @@ async def _download_once(
     resolve: Resolver,
     allow_private: bool,
     max_redirects: int,
+    max_bytes: int,
     progress: ProgressCallback,
 ) -> Downloaded:
     origin_host = URL(url).host
@@ -109,6 +118,8 @@ async def _download_once(
                         f"The file at {url} could not be fetched: HTTP {resp.status} {resp.reason}"
                     )
                 total = resp.content_length
+                if max_bytes and total is not None and total > max_bytes:
+                    raise _too_large(url, max_bytes, announced=total)
                 digest = hashlib.sha256()
                 done = 0
                 # File writes go to a thread so a slow disk never stalls the event loop.
@@ -118,12 +129,25 @@ async def _download_once(
                         await asyncio.to_thread(out.write, chunk)
                         digest.update(chunk)
                         done += len(chunk)
+                        if max_bytes and done > max_bytes:
+                            raise _too_large(url, max_bytes)
                         await progress(done, total)
                 finally:
                     await asyncio.to_thread(out.close)
                 if total is not None and done != total:
                     raise _Retryable(f"connection closed after {done} of {total} bytes")
                 return Downloaded(size=done, sha256=digest.hexdigest(), file_name=current.name)
+        except aiohttp.SocketTimeoutError:
+            # aiohttp's sock_read (FETCH_READ_TIMEOUT): no byte arrived for that long.
+            raise _Retryable(f"the server sent nothing for {session.timeout.sock_read:g} seconds") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise _Retryable(type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
     raise PackagingError(f"The file at {url} redirects more than {max_redirects} times")
+
+
+def _too_large(url: str, max_bytes: int, *, announced: int | None = None) -> PackagingError:
+    size = f" ({human_size(announced)})" if announced is not None else ""
+    return PackagingError(
+        f"The file at {url}{size} is larger than this service packages ({human_size(max_bytes)}); "
+        "please download it from its source directly."
+    )

@@ -174,11 +174,7 @@ class Build:
     async def _build(self) -> Event:
         req, request = self.req, self.request
         try:
-            if req.kind == "url":
-                return await _package_url(self)
-            if req.kind in ("datastore", "dwc"):
-                return await _package_datastore(self)
-            raise PackagingError(f"This service cannot package requests of kind {req.kind!r}")
+            return await _within_job_timeout(self._package(), self.ctx.settings)
         except PackagingError as exc:
             return _failed(req, exc.message, "PackagingError")
         except asyncio.CancelledError:
@@ -186,6 +182,13 @@ class Build:
         except Exception as exc:
             log.exception("job failed unexpectedly", extra={"job_id": request.job_id})
             return _failed(req, f"An internal error stopped the job ({type(exc).__name__}).", "InternalError")
+
+    async def _package(self) -> PackageCompleted:
+        if self.req.kind == "url":
+            return await _package_url(self)
+        if self.req.kind in ("datastore", "dwc"):
+            return await _package_datastore(self)
+        raise PackagingError(f"This service cannot package requests of kind {self.req.kind!r}")
 
     def partial_path(self, suffix: str) -> Path:
         """Where this build writes one of its intermediate files."""
@@ -206,6 +209,29 @@ async def run_job(request: Envelope, lane: str, ctx: JobContext) -> Event:
     build = Build(request, lane, ctx)
     await build.start()
     return await build.run()
+
+
+async def _within_job_timeout(build: Awaitable[PackageCompleted], settings: Settings) -> PackageCompleted:
+    """Run a build under JOB_TIMEOUT; past it the build is cancelled (its `finally` blocks remove its partial
+    files) and fails with a message for the requester."""
+    deadline = asyncio.timeout(settings.job_timeout)
+    try:
+        async with deadline:
+            return await build
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # not ours: the unexpected-error path reports it
+        raise PackagingError(
+            f"The package took longer than the service allows ({_duration(settings.job_timeout)}) and was "
+            "stopped. The source may be too slow or the selection too large: please try again later or "
+            "ask for less data."
+        ) from None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:g} seconds"
+    return f"{seconds / 60:.0f} minutes"
 
 
 def _failed(req: PackageRequested, message: str, error_type: str) -> PackageFailed:
@@ -238,6 +264,7 @@ async def _package_url(build: Build) -> PackageCompleted:
             resolve=ctx.resolve,
             allow_private=ctx.settings.allow_private_urls,
             max_redirects=ctx.settings.fetch_max_redirects,
+            max_bytes=ctx.settings.max_download_bytes,
             progress=on_bytes,
         )
         await throttle.report(bytes_done=got.size, bytes_total=got.size, force=True)
@@ -290,9 +317,13 @@ def request_key(req: PackageRequested, settings: Settings) -> str:
 def ckan_client(
     req: PackageRequested, settings: Settings, session: aiohttp.ClientSession, *, attempts: int = 5
 ) -> DatastoreClient:
-    """A datastore client with the request's CKAN key and the configured page size."""
+    """A datastore client with the request's CKAN key and the configured page size and page byte cap."""
     return DatastoreClient(
-        session, key=request_key(req, settings), page_size=settings.page_size, attempts=attempts
+        session,
+        key=request_key(req, settings),
+        page_size=settings.page_size,
+        attempts=attempts,
+        max_page_bytes=settings.max_page_bytes,
     )
 
 

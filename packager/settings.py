@@ -21,6 +21,8 @@ from packager.errors import ConfigurationError
 ENV_PREFIX = "PACKAGER_"
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Seconds added to JOB_TIMEOUT before a partial file left behind (a `kill -9`) is swept.
+PARTIAL_SWEEP_MARGIN = 10 * 60
 
 DEFAULT_EMAIL_BODY = """Hello,
 
@@ -127,8 +129,17 @@ class Settings:
     page_size: int = 5000
     slow_request: int = 50_000
     fetch_connect_timeout: float = 10.0
+    # Seconds without a byte on an open connection (a silent server); a server that trickles bytes is
+    # stopped by JOB_TIMEOUT instead.
     fetch_read_timeout: float = 60.0
     fetch_max_redirects: int = 5
+    # Seconds one build may take, from PackageStarted to its ZIP in the store; then it fails.
+    job_timeout: float = 6 * 60 * 60
+    # Largest file `/package_url` downloads, bytes (0: no cap).
+    max_download_bytes: int = 10 * 1024**3
+    # Largest body of one CKAN `datastore_search` answer, bytes (0: no cap). A page of PAGE_SIZE rows
+    # is held in memory while it is parsed, so this bounds a worker's memory per job.
+    max_page_bytes: int = 256 * 1024**2
     # Deflate level of the ZIPs, 1 (fastest) to 9 (smallest). Level 1 packages datastore rows about 30%
     # faster than 6 for archives about a third larger (docs/benchmarks.md).
     zip_compresslevel: int = 1
@@ -197,6 +208,15 @@ class Settings:
     def partial_directory(self) -> Path:
         """Directory where files are built before they are renamed into the store."""
         return Path(self.temp_directory or Path(self.store_directory) / ".partial")
+
+    @property
+    def partial_max_age(self) -> float:
+        """Seconds after which an unmodified partial file can belong to no running build (then swept).
+
+        Every file a build writes is created after the build started, and a build is stopped at
+        JOB_TIMEOUT; the margin covers a file thread still finishing after its build was cancelled.
+        """
+        return self.job_timeout + PARTIAL_SWEEP_MARGIN
 
     def require_secret(self) -> None:
         """Refuse to run a service without a shared secret."""
@@ -281,6 +301,11 @@ def load_settings(
     unknown_lanes = set(settings.worker_lanes) - {"fast", "slow"}
     if unknown_lanes:
         raise ConfigurationError(f"Unknown worker lane(s): {', '.join(sorted(unknown_lanes))}")
+    if settings.job_timeout <= 0:
+        raise ConfigurationError("Setting JOB_TIMEOUT must be a positive number of seconds")
+    for name in ("max_download_bytes", "max_page_bytes"):
+        if getattr(settings, name) < 0:
+            raise ConfigurationError(f"Setting {name.upper()} must be a number of bytes (0: no cap)")
     if not 6 <= settings.session_timeout <= 300:
         raise ConfigurationError("Setting SESSION_TIMEOUT must be between 6 and 300 seconds")
     if not 3 <= settings.lease_time <= 3600:

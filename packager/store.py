@@ -2,7 +2,9 @@
 
 Files are built under `<partial_directory>` and renamed into the store only when complete, so a partial ZIP is
 never visible under its final name. The partial directory defaults to a folder inside the store so the rename
-stays on one filesystem.
+stays on one filesystem. A build removes its own partial files however it ends, except when its process is
+killed (`kill -9`, a power cut): `sweep_partials` removes what such a build left, by age, since several
+workers may share the directory and a file's owner cannot be told from its name.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +70,25 @@ class FileStore:
         os.link(partial, final)  # atomic, and fails if the name is taken
         partial.unlink()
         return PublishedFile(name=final.name, size=final.stat().st_size, sha256=digest.hexdigest())
+
+    def sweep_partials(self, max_age: float, now: float | None = None) -> list[Path]:
+        """Remove partial files not modified for `max_age` seconds; return the paths removed.
+
+        `max_age` must exceed the longest a build can run (Settings.partial_max_age): every file of a
+        running build was written since that build started, so nothing a live build uses is old enough.
+        """
+        cutoff = (time.time() if now is None else now) - max_age
+        removed: list[Path] = []
+        with os.scandir(self.partial_directory) as entries:
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed meanwhile by its own build
+                if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed.append(Path(entry.path))
+        return removed
 
     def discard(self, *paths: Path) -> None:
         """Remove intermediate files of a job, ignoring those already gone."""

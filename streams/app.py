@@ -11,6 +11,7 @@ Delivery is at-least-once; effects are made idempotent by job id (see DESIGN.md 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -45,6 +46,7 @@ from packager.events import (
     encode,
     envelope,
 )
+from packager.http_client import http_session
 from packager.ingress import system_resolver
 from packager.jobs import JobContext
 from packager.kafka_log import ANSWER_DEADLINE_HEADER, LANES, LOG_APPEND_TIME, Topics, iso_ms
@@ -268,7 +270,7 @@ def _add_planner_and_cache(
 
     @app.agent(requests_topic, name="planner")
     async def planner(stream: faust.StreamT) -> None:
-        async with aiohttp.ClientSession(timeout=http_timeout(settings)) as session:
+        async with http_session(settings) as session:
             async for env in decoded(stream):
                 if planned.get(env.job_id) is not None:
                     continue  # redelivered: already handled
@@ -396,9 +398,15 @@ def _add_planner_and_cache(
             await publish(events_topic, job_id, lease["key"], lost)
         bind_job(None)
 
+    @app.task
+    async def sweep_at_start() -> None:
+        """Remove partial files left by builds killed before this worker started."""
+        await sweep_partial_files(store, settings)
+
     @app.timer(interval=settings.janitor_interval)
     async def janitor() -> None:
-        """Expire packages older than CACHE_TIME: one PackageExpired each, handled by the steward."""
+        """Sweep old partial files; expire packages older than CACHE_TIME (one PackageExpired each)."""
+        await sweep_partial_files(store, settings)
         now = time.time()
         for cached_key, cached in list(cache.items()):
             if cached and is_expired(cached, settings, now):
@@ -441,11 +449,11 @@ def readable_job_id(raw: bytes) -> str:
     return job_id[:100] if isinstance(job_id, str) else ""
 
 
-def http_timeout(settings: Settings) -> aiohttp.ClientTimeout:
-    """Connect and read timeouts for every outgoing HTTP request (no total: big files take long)."""
-    return aiohttp.ClientTimeout(
-        total=None, sock_connect=settings.fetch_connect_timeout, sock_read=settings.fetch_read_timeout
-    )
+async def sweep_partial_files(store: FileStore, settings: Settings) -> None:
+    """Remove partial files a killed build left behind (see FileStore.sweep_partials)."""
+    removed = await asyncio.to_thread(store.sweep_partials, settings.partial_max_age)
+    if removed:
+        log.warning("removed %d partial file(s) left by builds that were killed", len(removed))
 
 
 def changelog_topics(app: faust.App) -> list[str]:
@@ -490,7 +498,7 @@ def _add_packer(
         worker=worker_name,
         emit=emit,
         make_context=context,
-        open_session=lambda: aiohttp.ClientSession(timeout=http_timeout(settings)),
+        open_session=lambda: http_session(settings),
     )
 
     async def packer(stream: faust.StreamT) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -38,13 +39,16 @@ async def plan_lane(env: Envelope, settings: Settings, session: aiohttp.ClientSe
         return "fast"
     query = datastore_query(req.request)
     try:
-        await check_url(
-            "api_url", query.api_url, resolve=system_resolver, allow_private=settings.allow_private_urls
-        )
-        info = await ckan_client(req, settings, session, attempts=2).describe(query)
-    except (PackagingError, BadRequestError) as exc:
+        # The planner serves every partition of this worker: a CKAN that trickles its answer must not hold
+        # it for longer than one silent connection would (the build itself runs under JOB_TIMEOUT).
+        async with asyncio.timeout(settings.fetch_connect_timeout + settings.fetch_read_timeout):
+            await check_url(
+                "api_url", query.api_url, resolve=system_resolver, allow_private=settings.allow_private_urls
+            )
+            info = await ckan_client(req, settings, session, attempts=2).describe(query)
+    except (PackagingError, BadRequestError, TimeoutError) as exc:
         # The packer meets the same error at once and reports it; no need to hold a slow slot for that.
-        log.info("planning %s: CKAN could not be asked (%s); fast lane", env.job_id, exc)
+        log.info("planning %s: CKAN could not be asked (%r); fast lane", env.job_id, exc)
         return "fast"
     return lane_for_rows(info.rows_expected(query), settings)
 

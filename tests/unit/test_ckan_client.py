@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -135,3 +136,33 @@ async def test_token_paging_honours_offset_and_limit(backend: str) -> None:
         query = DatastoreQuery(api_url=url, resource_id=TABLE.resource_id, offset=450, limit=700)
         _, rows = await fetch_all(url, query)
     assert rows == expected()[450:1150]
+
+
+@pytest.mark.parametrize("announced", [True, False])
+async def test_a_page_over_max_page_bytes_fails_at_once_whether_or_not_its_size_is_announced(
+    announced: bool,
+) -> None:
+    """No retry (it would only be as large again), and an unannounced body is cut off at the cap."""
+    calls: list[int] = []
+    record = ["1" * 50, "x" * 200]
+    body = orjson.dumps({"success": True, "result": {"records": [record] * 2_000, "limit": 2_000}})
+
+    async def big_page(request: web.Request) -> web.StreamResponse:
+        calls.append(1)
+        if announced:
+            return web.Response(body=body, content_type="application/json")
+        resp = web.StreamResponse()  # chunked: no Content-Length
+        await resp.prepare(request)
+        for start in range(0, len(body), 16_384):
+            await resp.write(body[start : start + 16_384])
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post(ACTION_PATH, big_page)
+    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+        client = DatastoreClient(session, page_size=2_000, max_page_bytes=100_000, backoff=0.01)
+        with pytest.raises(PackagingError, match=r"larger than this service accepts \(97.7 KB\)"):
+            await client.call(url, {"resource_id": "r", "limit": 2_000})
+    assert calls == [1]
+    assert len(body) > 100_000

@@ -67,3 +67,29 @@ def test_download_links_default_to_the_ingress() -> None:
     assert load_settings({"PACKAGER_DOWNLOAD_URL_BASE": "https://dl.example.org/z/"}).download_base == (
         "https://dl.example.org/z"
     )
+
+
+def test_deadlines_and_caps_have_documented_defaults_and_read_their_environment_names() -> None:
+    defaults = load_settings({})
+    assert defaults.job_timeout == 6 * 3600
+    assert defaults.max_download_bytes == 10 * 1024**3
+    assert defaults.max_page_bytes == 256 * 1024**2
+    assert defaults.partial_max_age == 6 * 3600 + 600
+    settings = load_settings(
+        {
+            "PACKAGER_JOB_TIMEOUT": "90",
+            "PACKAGER_MAX_DOWNLOAD_BYTES": "0",
+            "PACKAGER_MAX_PAGE_BYTES": "1000000",
+        }
+    )
+    assert (settings.job_timeout, settings.max_download_bytes, settings.max_page_bytes) == (90, 0, 1_000_000)
+    assert settings.partial_max_age == 90 + 600
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("JOB_TIMEOUT", "0"), ("JOB_TIMEOUT", "-5"), ("MAX_DOWNLOAD_BYTES", "-1"), ("MAX_PAGE_BYTES", "-1")],
+)
+def test_deadlines_and_caps_out_of_range_stop_the_service_naming_the_setting(name: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        load_settings({f"PACKAGER_{name}": value})

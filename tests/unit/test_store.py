@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -32,3 +34,26 @@ def test_names_cannot_escape_the_store() -> None:
     assert safe_file_name("a\x00b", "x") == "ab"
     assert safe_file_name("..", "fallback") == "fallback"
     assert safe_file_name("", "") == "resource"
+
+
+def test_the_sweep_removes_only_partial_files_older_than_the_age_given(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store", tmp_path / "store" / ".partial")
+    now = time.time()
+    left_by_a_kill = store.partial_path("job-killed", ".zip.partial")
+    left_by_a_kill.write_bytes(b"x" * 1000)
+    os.utime(left_by_a_kill, (now - 7200, now - 7200))
+    being_written = store.partial_path("job-running", ".download")
+    being_written.write_bytes(b"y")
+    os.utime(being_written, (now - 60, now - 60))
+    a_folder = store.partial_directory / "someone-elses"
+    a_folder.mkdir()
+    os.utime(a_folder, (now - 7200, now - 7200))
+    published = store.path_of("old.zip")
+    published.write_bytes(b"z")
+    os.utime(published, (now - 7200, now - 7200))
+
+    assert store.sweep_partials(max_age=3600, now=now) == [left_by_a_kill]
+
+    assert not left_by_a_kill.exists()
+    assert being_written.exists() and a_folder.exists() and published.exists()
+    assert store.sweep_partials(max_age=3600, now=now) == []
