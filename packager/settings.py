@@ -124,8 +124,9 @@ class Settings:
     # On SIGTERM/SIGINT a worker stops taking work and lets running builds finish for this many seconds;
     # builds still running then are released to other workers at once.
     drain_timeout: float = 20.0
-    # Emails one worker's mailer sends at once (an SMTP outage holds only these, never the other agents).
-    mail_concurrency: int = 16
+    # Emails one worker's mailer hands to the SMTP server at once. A crash repeats at most this many emails
+    # (those the server accepted just before it); an SMTP outage holds emails only, never other work.
+    mail_concurrency: int = 4
     page_size: int = 5000
     slow_request: int = 50_000
     fetch_connect_timeout: float = 10.0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -24,37 +26,52 @@ class Delivery:
     error: str = ""
 
 
-async def deliver(settings: Settings, message: EmailMessage, *, first_delay: float = 1.0) -> Delivery:
-    """Send `message`; retry connection errors and 4xx answers with backoff for `SMTP_RETRY_FOR` seconds."""
+async def deliver(
+    settings: Settings,
+    message: EmailMessage,
+    *,
+    first_delay: float = 1.0,
+    slot: asyncio.Semaphore | None = None,
+) -> Delivery:
+    """Send `message`; retry connection errors and 4xx answers with backoff for `SMTP_RETRY_FOR` seconds.
+
+    Each attempt holds `slot` (when given) only while it talks to the server, never while it waits to
+    retry: one address the server keeps deferring does not hold up the other emails.
+    """
     deadline = time.monotonic() + settings.smtp_retry_for
     delay, attempt, error = first_delay, 0, ""
     while True:
         attempt += 1
-        try:
-            await aiosmtplib.send(
-                message,
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                username=settings.smtp_login or None,
-                password=settings.smtp_password or None,
-                start_tls=settings.smtp_starttls,
-                use_tls=settings.smtp_tls,
-                timeout=settings.smtp_timeout,
-            )
+        async with slot or contextlib.nullcontext():
+            error, permanent = await _attempt(settings, message)
+        if not error:
             return Delivery(ok=True, attempts=attempt)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            error = "; ".join(f"SMTP {r.code} {r.message} ({r.recipient})" for r in exc.recipients)
-            if codes and min(codes) >= 500:  # permanent: every recipient refused
-                return Delivery(ok=False, attempts=attempt, error=error)
-        except aiosmtplib.SMTPResponseException as exc:
-            error = f"SMTP {exc.code} {exc.message}"
-            if exc.code >= 500:  # permanent: the address or the message is refused
-                return Delivery(ok=False, attempts=attempt, error=error)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() + delay > deadline:
+        if permanent or time.monotonic() + delay > deadline:
             return Delivery(ok=False, attempts=attempt, error=error)
         log.warning("email delivery failed (%s); attempt %d, retry in %.1fs", error, attempt, delay)
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # jitter: retries of many emails spread out
         delay = min(delay * 2, settings.smtp_retry_max_delay)
+
+
+async def _attempt(settings: Settings, message: EmailMessage) -> tuple[str, bool]:
+    """One try: ("", False) when sent, else (error, permanent)."""
+    try:
+        await aiosmtplib.send(
+            message,
+            hostname=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_login or None,
+            password=settings.smtp_password or None,
+            start_tls=settings.smtp_starttls,
+            use_tls=settings.smtp_tls,
+            timeout=settings.smtp_timeout,
+        )
+        return "", False
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        codes = [r.code for r in exc.recipients]
+        error = "; ".join(f"SMTP {r.code} {r.message} ({r.recipient})" for r in exc.recipients)
+        return error, bool(codes) and min(codes) >= 500  # permanent: every recipient refused
+    except aiosmtplib.SMTPResponseException as exc:
+        return f"SMTP {exc.code} {exc.message}", exc.code >= 500  # 5xx: the address or message is refused
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}", False

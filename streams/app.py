@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from streams.offsets import (
     group_starts,
     patch_commit_offsets,
 )
+from streams.readahead import LogReader
 
 log = logging.getLogger(__name__)
 
@@ -255,10 +256,36 @@ def _add_planner_and_cache(
     # job id -> lease of its build (streams.leases), and job id -> its request record, to dispatch it again.
     lease_table = app.Table("leases", default=None, partitions=settings.partitions)
     kept = app.Table("requests", default=None, partitions=settings.partitions)
+    # job id -> the events offset from which its terminal event may already be in the log: written (and
+    # flushed) before the append, so that after a crash the append is looked for rather than repeated.
+    ending = app.Table("ending", default=None, partitions=settings.partitions)
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
     events_name = events_topic.get_topic_name()
     seen: dict[int, int] = {}  # events partition -> the last offset the steward handled
     expiring: set[tuple[str, int]] = set()  # LeaseExpired appended, not yet read back
+
+    async def end_once(job_id: str, key: str, terminal: Event, partition: int) -> None:
+        """Append a job's terminal event once, even when the record asking for it is read again."""
+        tp = TP(events_name, partition)
+        since = ending.get(job_id)
+        if since is not None:
+            async with LogReader(settings.kafka_bootstrap_servers) as reader:
+                if await reader.contains(
+                    tp, since, lambda e: e.job_id == job_id and e.type in TERMINAL_TYPES
+                ):
+                    log.info("the job's terminal event is already in the log")
+                    return
+        else:
+            try:
+                since = app.consumer.highwater(tp)  # at most the true end: a later scan only starts earlier
+            except (AssertionError, KafkaError):
+                since = None
+            if since is None:
+                async with LogReader(settings.kafka_bootstrap_servers) as reader:
+                    since = await reader.end_offset(tp)
+            ending[job_id] = since
+            await app.producer.flush()
+        await publish(events_topic, job_id, key, terminal)
 
     async def dispatch(job_id: str, key: str, lane: str, attempt: int, record: str) -> None:
         """Queue build `attempt` of a job: the event first, so it precedes the build's own events."""
@@ -279,13 +306,13 @@ def _add_planner_and_cache(
                 assert event is not None
                 if (late := abandoned(event.message)) is not None:
                     log.warning("request stored after the ingress answered 503; not building it")
-                    await publish(events_topic, env.job_id, key, RequestAbandoned(key, *late))
+                    await end_once(env.job_id, key, RequestAbandoned(key, *late), event.message.partition)
                     planned[env.job_id] = "abandoned"
                     await app.producer.flush()
                     continue
                 entry = cache.get(key)
                 if is_fresh(entry, settings, store):
-                    await publish(events_topic, env.job_id, key, reused(key, waiter(env), entry))
+                    await end_once(env.job_id, key, reused(key, waiter(env), entry), event.message.partition)
                     planned[env.job_id] = "cache"
                 elif inflight.get(key) not in (None, env.job_id):
                     # An identical request is being built: this one completes with it.
@@ -314,7 +341,7 @@ def _add_planner_and_cache(
             lease_table[job_id] = {**after, "partition": partition, "key": key}
         match action:
             case leases.End(terminal=terminal):
-                await publish(events_topic, job_id, key, terminal)
+                await end_once(job_id, key, terminal, partition)
             case leases.Discard(zip_file_name=name):
                 log.warning("a build that no longer held the job's lease finished; its result is dropped")
                 if name:
@@ -324,7 +351,7 @@ def _add_planner_and_cache(
                 record = kept.get(job_id)
                 if record is None:
                     log.error("the job's request is not kept; it cannot be built again")
-                    await publish(events_topic, job_id, key, leases.gave_up(_unknown_request(key), 1))
+                    await end_once(job_id, key, leases.gave_up(_unknown_request(key), 1), partition)
                 else:
                     await dispatch(job_id, key, lane, attempt, record)
             case leases.GiveUp(lost=lost):
@@ -332,11 +359,21 @@ def _add_planner_and_cache(
                 request = decode(record).payload if record else _unknown_request(key)
                 assert isinstance(request, PackageRequested)
                 log.error("the job's build was lost %d times; it fails", lost)
-                await publish(events_topic, job_id, key, leases.gave_up(request, lost))
-        if env.type in TERMINAL_TYPES and job_id in kept:
-            del kept[job_id]
+                await end_once(job_id, key, leases.gave_up(request, lost), partition)
+        if env.type in TERMINAL_TYPES and (job_id in kept or job_id in ending):
+            for table in (kept, ending):
+                if job_id in table:
+                    del table[job_id]
             return True
         return action is not None or after != before
+
+    async def end_waiters(key: str, partition: int, terminal: Callable[..., Event], outcome: Any) -> None:
+        """End every request that waited for the build of `key`; they leave the table only once all ended."""
+        waiters = waiting.get(key) or []
+        for who in waiters:
+            await end_once(who["job_id"], key, terminal(key, who, outcome), partition)
+        if waiters:
+            del waiting[key]
 
     @app.agent(events_topic, name="steward")
     async def steward(stream: faust.StreamT) -> None:
@@ -348,14 +385,12 @@ def _add_planner_and_cache(
             key, p = env.cache_key, env.payload
             if isinstance(p, PackageCompleted) and not p.cached_from:
                 cache[key] = cache_entry(env, partition)
-                if inflight.get(key) == env.job_id:
+                await end_waiters(key, partition, reused, cache[key])
+                if inflight.get(key) == env.job_id:  # after the waiters: a crash before it ends them again
                     del inflight[key]
-                for who in waiting.pop(key, None) or []:
-                    await publish(events_topic, who["job_id"], key, reused(key, who, cache[key]))
             elif isinstance(p, PackageFailed) and inflight.get(key) == env.job_id:
+                await end_waiters(key, partition, shared_failure, p)
                 del inflight[key]
-                for who in waiting.pop(key, None) or []:
-                    await publish(events_topic, who["job_id"], key, shared_failure(key, who, p))
             elif isinstance(p, CacheCleared) and p.partition == partition:
                 for cached_key, cached in list(cache.items()):
                     if cached and cached.get("partition") == partition:

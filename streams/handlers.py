@@ -53,8 +53,13 @@ async def plan_lane(env: Envelope, settings: Settings, session: aiohttp.ClientSe
     return lane_for_rows(info.rows_expected(query), settings)
 
 
-async def notify(settings: Settings, env: Envelope) -> EmailSent | EmailFailed | None:
-    """Email the requester about a terminal event and describe the outcome (None: nothing to send)."""
+async def notify(
+    settings: Settings, env: Envelope, *, slot: asyncio.Semaphore | None = None
+) -> EmailSent | EmailFailed | None:
+    """Email the requester about a terminal event and describe the outcome (None: nothing to send).
+
+    `slot` bounds how many emails talk to the SMTP server at once (see `packager.smtp.deliver`).
+    """
     payload = env.payload
     if isinstance(payload, PackageCompleted):
         message = render_completed(settings, env.job_id, payload)
@@ -64,7 +69,7 @@ async def notify(settings: Settings, env: Envelope) -> EmailSent | EmailFailed |
         message = render_failed(settings, env.job_id, payload)
     else:  # pragma: no cover - the agent filters terminal events
         raise TypeError(f"not a terminal event: {env.type}")
-    delivery = await deliver(settings, message)
+    delivery = await deliver(settings, message, slot=slot)
     if delivery.ok:
         log.info("email sent", extra={"job_id": env.job_id})
         return EmailSent(

@@ -82,8 +82,14 @@ def apply(lease: dict[str, Any] | None, env: Envelope, lease_time: float) -> dic
                 return {**lease, "state": RELEASED}
         case PackageBuilt(attempt=attempt):
             if lease is not None and attempt == lease["attempt"] and lease["state"] in (QUEUED, BUILDING):
-                return {**lease, "state": BUILT}
+                return {**lease, "state": BUILT, "zip": proposed_zip(p)}
     return lease
+
+
+def proposed_zip(built: PackageBuilt) -> str:
+    """The name of the ZIP a build made ("" when it failed)."""
+    name = built.result.get("zip_file_name") if built.outcome == PackageCompleted.TYPE else ""
+    return name if isinstance(name, str) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,24 +125,28 @@ Action = End | Discard | Dispatch | GiveUp
 
 
 def decide(before: dict[str, Any] | None, env: Envelope, max_attempts: int) -> Action | None:
-    """What the steward must do about `env`, given the job's lease before it."""
+    """What the steward must do about `env`, given the job's lease before it.
+
+    An event read again after a crash (the lease already moved on by it) asks for the same action again:
+    the steward's appends are made idempotent where they happen (`streams.app`), so nothing is lost
+    between recording a decision and acting on it.
+    """
     p = env.payload
+    if before is None or getattr(p, "attempt", None) != before["attempt"]:
+        if isinstance(p, PackageBuilt):
+            return Discard(proposed_zip(p))
+        return None
+    state = before["state"]
     match p:
-        case PackageBuilt(attempt=attempt):
-            holds = (
-                before is not None and attempt == before["attempt"] and before["state"] in (QUEUED, BUILDING)
-            )
-            if holds:
+        case PackageBuilt():
+            if state in (QUEUED, BUILDING) or (state == BUILT and before.get("zip") == proposed_zip(p)):
                 return End(proposed_terminal(p))
-            zip_name = p.result.get("zip_file_name") if p.outcome == PackageCompleted.TYPE else None
-            return Discard(zip_name if isinstance(zip_name, str) else "")
-        case LeaseExpired(attempt=attempt):
-            if before is not None and attempt == before["attempt"] and before["state"] == BUILDING:
-                lost = before["lost"] + 1
-                return GiveUp(lost) if lost >= max_attempts else Dispatch(before["lane"], attempt + 1)
-        case PackageReleased(attempt=attempt):
-            if before is not None and attempt == before["attempt"] and before["state"] in (QUEUED, BUILDING):
-                return Dispatch(before["lane"], attempt + 1)
+            return Discard(proposed_zip(p))
+        case LeaseExpired(attempt=attempt) if state in (BUILDING, LOST):
+            lost = before["lost"] + (1 if state == BUILDING else 0)
+            return GiveUp(lost) if lost >= max_attempts else Dispatch(before["lane"], attempt + 1)
+        case PackageReleased(attempt=attempt) if state in (QUEUED, BUILDING, RELEASED):
+            return Dispatch(before["lane"], attempt + 1)
     return None
 
 

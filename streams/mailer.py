@@ -35,6 +35,7 @@ from packager.kafka_log import Topics
 from packager.logs import bind_job
 from packager.settings import Settings
 from streams.handlers import notify
+from streams.readahead import LogReader
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self._scanned: set[TopicPartition] = set()
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._loop_task: asyncio.Task[None] | None = None
+        self._reader = LogReader(settings.kafka_bootstrap_servers)
         super().__init__(**kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -95,6 +97,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
+        await self._reader.close()
 
     # -- rebalance listener ----------------------------------------------------------------------------
 
@@ -176,8 +179,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _send(self, env: Envelope) -> None:
         bind_job(env.job_id)
-        async with self._smtp:
-            outcome = await notify(self.settings, env)
+        outcome = await notify(self.settings, env, slot=self._smtp)
         if outcome is None:
             return  # failure notices are turned off
         record = encode(envelope(env.job_id, outcome))
@@ -196,27 +198,13 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
     async def _read_ahead(self, tp: TopicPartition, start: int) -> None:
         """Remember the jobs whose email outcome is already in the log from `start` to the partition's end."""
         self._scanned.add(tp)
-        scanner = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await scanner.start()
-        try:
-            scanner.assign([tp])
-            end = (await scanner.end_offsets([tp]))[tp]
-            scanner.seek(tp, start)
-            while await scanner.position(tp) < end:
-                batch = await scanner.getmany(tp, timeout_ms=1000, max_records=5000)
-                for record in batch.get(tp, []):
-                    if record.offset >= end:
-                        break
-                    with contextlib.suppress(EventDecodeError):
-                        env = decode(record.value or b"")
-                        if env.type in OUTCOME_TYPES:
-                            self._settled[tp].add(env.job_id)
-        finally:
-            await scanner.stop()
+        settled = self._settled[tp]
+
+        def note(env: Envelope) -> None:
+            if env.type in OUTCOME_TYPES:
+                settled.add(env.job_id)
+
+        await self._reader.scan(tp, start, note)
 
     # -- helpers ---------------------------------------------------------------------------------------
 

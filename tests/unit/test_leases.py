@@ -1,0 +1,120 @@
+"""Leases: the fold over a job's build events and what the steward does about each event."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from packager.events import (
+    Envelope,
+    Event,
+    LeaseExpired,
+    PackageBuilt,
+    PackageFailed,
+    PackageProgress,
+    PackageQueued,
+    PackageReleased,
+    PackageRequested,
+    PackageStarted,
+    envelope,
+)
+from streams import leases
+from tests.unit.samples import completed
+
+LEASE_TIME = 30.0
+T0 = "2026-12-01T10:00:00.000Z"
+
+
+def at(payload: Event, when: str = T0) -> Envelope:
+    return envelope("job", payload, occurred_at=when)
+
+
+def queued(attempt: int = 1) -> Envelope:
+    return at(PackageQueued(cache_key="ck", lane="slow", attempt=attempt))
+
+
+def started(attempt: int = 1, until: str = "2026-12-01T10:00:30.000Z") -> Envelope:
+    return at(PackageStarted(cache_key="ck", lane="slow", worker="w1", attempt=attempt, lease_until=until))
+
+
+def built(attempt: int = 1, zip_name: str = "job.zip") -> Envelope:
+    done = completed(zip_file_name=zip_name)
+    return at(
+        PackageBuilt(cache_key="ck", attempt=attempt, worker="w1", outcome=done.TYPE, result=asdict(done))
+    )
+
+
+def fold(*events: Envelope) -> dict[str, Any] | None:
+    lease: dict[str, Any] | None = None
+    for env in events:
+        lease = leases.apply(lease, env, LEASE_TIME)
+    return lease
+
+
+def test_a_build_holds_its_lease_until_its_deadline_and_each_heartbeat_renews_it() -> None:
+    lease = fold(queued(), started())
+    assert lease is not None and lease["state"] == leases.BUILDING and lease["worker"] == "w1"
+    deadline = leases.epoch("2026-12-01T10:00:30.000Z")
+    assert not leases.expired(lease, deadline - 1) and leases.expired(lease, deadline + 1)
+    beat = at(PackageProgress("ck", 10, 100, 0, None, attempt=1), "2026-12-01T10:00:20.000Z")
+    renewed = leases.apply(lease, beat, LEASE_TIME)
+    assert renewed is not None and not leases.expired(renewed, deadline + 1)
+    assert leases.expired(renewed, leases.epoch("2026-12-01T10:00:50.000Z") + 1)
+
+
+def test_the_proposal_of_the_lease_holder_ends_the_job_and_the_terminal_event_ends_the_lease() -> None:
+    before = fold(queued(), started())
+    action = leases.decide(before, built(), max_attempts=3)
+    assert action == leases.End(completed(zip_file_name="job.zip"))
+    after = leases.apply(before, built(), LEASE_TIME)
+    assert after is not None and after["state"] == leases.BUILT
+    assert leases.apply(after, at(completed()), LEASE_TIME) is None
+
+
+def test_a_lost_build_is_dispatched_again_until_max_attempts_then_the_job_fails() -> None:
+    lease = fold(queued(), started())
+    expiry = at(LeaseExpired(cache_key="ck", attempt=1, worker="w1", lease_until=""))
+    assert leases.decide(lease, expiry, max_attempts=2) == leases.Dispatch("slow", 2)
+    lease = fold(queued(), started(), expiry, queued(2), started(2))
+    assert lease is not None and (lease["attempt"], lease["lost"]) == (2, 1)
+    second = at(LeaseExpired(cache_key="ck", attempt=2, worker="w1", lease_until=""))
+    assert leases.decide(lease, second, max_attempts=2) == leases.GiveUp(2)
+    request = PackageRequested("url", "ck", "r", "a@example.org", "h", {})
+    failure = leases.gave_up(request, 2)
+    assert (
+        isinstance(failure, PackageFailed) and "2 times" in failure.error and failure.email == "a@example.org"
+    )
+
+
+def test_a_build_that_lost_its_lease_cannot_end_the_job_and_its_zip_is_dropped() -> None:
+    expiry = at(LeaseExpired(cache_key="ck", attempt=1, worker="w1", lease_until=""))
+    lease = fold(queued(), started(), expiry, queued(2))
+    assert leases.decide(lease, built(1, "old.zip"), max_attempts=3) == leases.Discard("old.zip")
+    assert leases.decide(lease, started(1), max_attempts=3) is None
+    assert leases.apply(lease, started(1), LEASE_TIME) == lease  # its heartbeats renew nothing
+
+
+def test_a_released_build_is_dispatched_again_at_once_without_counting_as_lost() -> None:
+    lease = fold(queued(), started())
+    release = at(PackageReleased(cache_key="ck", attempt=1, worker="w1", reason="stopping"))
+    assert leases.decide(lease, release, max_attempts=1) == leases.Dispatch("slow", 2)
+    after = fold(queued(), started(), release, queued(2))
+    assert after is not None and (after["attempt"], after["lost"], after["state"]) == (2, 0, leases.QUEUED)
+
+
+def test_an_event_read_again_after_a_crash_asks_for_the_same_action() -> None:
+    """The steward may have recorded the lease and crashed before acting: acting again must be asked for."""
+    holder = fold(queued(), started(), built())
+    assert leases.decide(holder, built(), max_attempts=3) == leases.End(completed(zip_file_name="job.zip"))
+    # A second build of the same attempt (a redelivered lane record) made another ZIP: dropped.
+    assert leases.decide(holder, built(1, "job-1-ab.zip"), max_attempts=3) == leases.Discard("job-1-ab.zip")
+    expiry = at(LeaseExpired(cache_key="ck", attempt=1, worker="w1", lease_until=""))
+    lost = fold(queued(), started(), expiry)
+    assert leases.decide(lost, expiry, max_attempts=3) == leases.Dispatch("slow", 2)
+
+
+def test_a_malformed_proposal_fails_the_job_for_the_requester_without_internals() -> None:
+    bad = at(PackageBuilt(cache_key="ck", attempt=1, worker="w", outcome="PackageCompleted", result={"x": 1}))
+    action = leases.decide(fold(queued(), started()), bad, max_attempts=3)
+    assert isinstance(action, leases.End) and isinstance(action.terminal, PackageFailed)
+    assert action.terminal.error == "The service failed while preparing this package."
