@@ -9,6 +9,7 @@ import random
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import Any
 
 import aiosmtplib
 
@@ -31,7 +32,7 @@ async def deliver(
     message: EmailMessage,
     *,
     first_delay: float = 1.0,
-    slot: asyncio.Semaphore | None = None,
+    slot: contextlib.AbstractAsyncContextManager[Any] | None = None,
 ) -> Delivery:
     """Send `message`; retry connection errors and 4xx answers with backoff for `SMTP_RETRY_FOR` seconds.
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import Any
 
 import aiohttp
 
@@ -54,7 +56,7 @@ async def plan_lane(env: Envelope, settings: Settings, session: aiohttp.ClientSe
 
 
 async def notify(
-    settings: Settings, env: Envelope, *, slot: asyncio.Semaphore | None = None
+    settings: Settings, env: Envelope, *, slot: contextlib.AbstractAsyncContextManager[Any] | None = None
 ) -> EmailSent | EmailFailed | None:
     """Email the requester about a terminal event and describe the outcome (None: nothing to send).
 

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -45,6 +46,23 @@ COMMIT_EVERY = 1.0
 REVOKE_GRACE = 5.0  # how long a revoked partition's sends may finish before they are left to the next owner
 
 
+class _Gate:
+    """MAIL_CONCURRENCY slots to the SMTP server, shut to sends that outlived a pause of the process."""
+
+    def __init__(self, slots: int, frozen: Callable[[], bool]) -> None:
+        self._slots = asyncio.Semaphore(slots)
+        self._frozen = frozen
+
+    async def __aenter__(self) -> None:
+        await self._slots.acquire()
+        if self._frozen():
+            self._slots.release()
+            raise asyncio.CancelledError  # the group gave this email to another mailer meanwhile
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._slots.release()
+
+
 class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
     """Consumes the events topic in group `<prefix>-mailer` and sends one email per terminal event."""
 
@@ -53,13 +71,15 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self.topic = Topics(settings.topic_prefix).events
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._smtp = asyncio.Semaphore(settings.mail_concurrency)
+        self._smtp = _Gate(settings.mail_concurrency, self._frozen)
+        self._tick = 0.0  # loop time of the last heartbeat of this process (see `_watch_pauses`)
         self._sends: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
         self._next: dict[TopicPartition, int] = {}  # the next offset to read, per owned partition
         self._settled: dict[TopicPartition, set[str]] = {}  # jobs with an outcome further on in the log
         self._scanned: set[TopicPartition] = set()
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._loop_task: asyncio.Task[None] | None = None
+        self._pause_task: asyncio.Task[None] | None = None
         self._reader = LogReader(settings.kafka_bootstrap_servers)
         super().__init__(**kwargs)
 
@@ -81,13 +101,15 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer.subscribe([self.topic], listener=self)
         await self._consumer.start()
         self._loop_task = asyncio.create_task(self._run(), name="mailer")
+        self._pause_task = asyncio.create_task(self._watch_pauses(), name="mailer pauses")
 
     async def on_stop(self) -> None:
         """Let sends in progress finish within DRAIN_TIMEOUT, commit, and leave the group."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in (self._loop_task, self._pause_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         owned = list(self._sends)
         # Sends talking to SMTP finish in moments; those waiting out an outage are left to the next owner.
         await self._settle(owned, min(self.settings.drain_timeout, REVOKE_GRACE))
@@ -205,6 +227,33 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
                 settled.add(env.job_id)
 
         await self._reader.scan(tp, start, note)
+
+    # -- pauses ----------------------------------------------------------------------------------------
+
+    async def _watch_pauses(self) -> None:
+        """Notice when this process was frozen (SIGSTOP, a VM pause) for longer than the session timeout.
+
+        The group has then given its partitions to another mailer, which sends their emails: the sends held
+        here are dropped rather than sent a second time.
+        """
+        loop = asyncio.get_running_loop()
+        self._tick = loop.time()
+        while True:
+            await asyncio.sleep(0.5)
+            now = loop.time()
+            if now - self._tick > self.settings.session_timeout:
+                log.warning(
+                    "the mailer was paused for %.0fs; its pending emails are left to the group",
+                    now - self._tick,
+                )
+                for sends in self._sends.values():
+                    for task in sends.values():
+                        task.cancel()
+            self._tick = now
+
+    def _frozen(self) -> bool:
+        """True when the last heartbeat is older than the session timeout (the process was paused)."""
+        return asyncio.get_running_loop().time() - self._tick > self.settings.session_timeout
 
     # -- helpers ---------------------------------------------------------------------------------------
 
