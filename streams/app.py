@@ -58,6 +58,7 @@ from streams.offsets import (
     acknowledge_missing,
     group_starts,
     patch_commit_offsets,
+    require_single_actor,
 )
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 # the message and this flush completing (milliseconds).
                 await app.producer.flush()
 
+    require_single_actor(app)  # the guard's order per partition needs one actor per agent
     return app
 
 
