@@ -302,7 +302,9 @@ def held_offset(tp: TP, generation: int | None) -> int | None:
     """The lowest offset of `tp` that an agent holds in consumer `generation`, if any.
 
     A hold taken in an earlier generation no longer limits commits: a rebalance has resumed the partition
-    from its committed offset since, which was not past the held record.
+    from its committed offset since, which was not past the held record. So a guard whose agent crashed
+    holds the partition's commit at the record it crashed on until the next rebalance, when that record is
+    read again: delivered twice rather than lost.
     """
     held = [h[2] for g in _holders if (h := g.holding) is not None and h[1] == tp and h[0] == generation]
     return min(held, default=None)

@@ -10,7 +10,8 @@ can force the situations the guard exists for:
   delivers those N records (what faust-streaming does to records fetched between assignment and seek);
 - anything else: done at once.
 
-The agent appends `start <partition> <offset> <value>` and `done <partition> <offset>` lines to JOURNAL.
+The agent appends `start <partition> <offset> <value> g<generation> <pid> <time>` and
+`done <partition> <offset> g<generation> <pid> <time>` lines to JOURNAL.
 `PACKAGER_TEST_RESEEK_AFTER` shortens the guard's wait before it seeks again (and gives up on a hole).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -65,6 +67,9 @@ def build(bootstrap: str, topic_name: str, group: str, journal: Path) -> faust.A
     release = journal.with_suffix(".release")
     guards: list[OffsetGuard] = []
 
+    def stamp() -> str:
+        return f"g{app.consumer_generation_id} {os.getpid()} {time.time():.3f}"
+
     def write(line: str) -> None:
         with journal.open("a") as out:
             out.write(line + "\n")
@@ -105,12 +110,13 @@ def build(bootstrap: str, topic_name: str, group: str, journal: Path) -> faust.A
     async def guarded(stream: faust.StreamT) -> None:
         async for record in admitted(stream):
             message, value = record.message, record.value
-            write(f"start {message.partition} {message.offset} {value.decode()}")
+            where = f"{message.partition} {message.offset}"
+            write(f"start {where} {value.decode()} {stamp()}")
             if value == b"hold":
                 # The test process creates a file: another process cannot set an asyncio.Event.
                 while not release.exists():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
-            write(f"done {message.partition} {message.offset}")
+            write(f"done {where} {stamp()}")
             if value.startswith(b"skip-ahead:"):
                 await app.consumer.seek(message.tp, message.offset + 1 + int(value.split(b":")[1]))
 

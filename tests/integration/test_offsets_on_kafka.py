@@ -26,7 +26,7 @@ pytestmark = pytest.mark.kafka
 
 
 class Journal:
-    """What the guarded agent wrote: `start p offset value` and `done p offset` lines."""
+    """What the guarded agent wrote: `start p offset value ...` and `done p offset ...` lines."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -159,6 +159,31 @@ async def test_a_hole_is_read_again_and_a_held_record_is_never_committed_past_no
         await until("records 6-12 done", lambda: 12 in journal.done(), worker)
         await until_committed(kafka_bootstrap, group, topic, 13, worker)
     assert journal.done() == list(range(13))
+
+
+async def test_a_rebalance_while_a_record_is_held_resumes_at_that_record_and_loses_nothing(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topic, group = f"{topic_prefix}.work", f"{topic_prefix}-worker"
+    journal = Journal(tmp_path / "journal")
+    await create_topic(kafka_bootstrap, topic)
+    await produce(kafka_bootstrap, topic, "r", "r", "r", "hold", "r", "r")
+    with guarded_worker(kafka_bootstrap, topic, group, journal, tmp_path) as first:
+        await until("record 3 started", lambda: 3 in journal.started(), first)
+        await until_committed(kafka_bootstrap, group, topic, 3, first)
+        # A second worker joins: the group rebalances while the first one's agent holds record 3.
+        with guarded_worker(kafka_bootstrap, topic, group, journal, tmp_path) as second:
+            await until(
+                "the second worker joined", lambda: "Successfully synced group" in second.log(), second
+            )
+            # The first worker committed as its partitions were revoked, before the group could sync.
+            assert await committed(kafka_bootstrap, group, topic) == 3
+            journal.release()
+            await until("records 3-5 done", lambda: {3, 4, 5} <= set(journal.done()), second)
+            await until_committed(kafka_bootstrap, group, topic, 6, second)
+    done = journal.done()
+    assert done[:3] == [0, 1, 2] and sorted(set(done)) == list(range(6))
+    # 3 may be done twice (the first worker finishes it, its new owner does it again): at least once.
 
 
 async def test_records_removed_before_anyone_read_them_do_not_stop_the_partition(
