@@ -341,7 +341,8 @@ def test_the_worker_app_is_refused_when_a_guarded_agent_has_several_actors(
         return declare(self, channel, name=name, **kw)
 
     settings = load_settings({}, secret="unit-test-secret-0123456789abcdef", store_directory=str(tmp_path))
-    monkeypatch.setattr(Consumer, "_new_offset", Consumer._new_offset)
+    monkeypatch.setattr(Consumer, "_new_offset", Consumer._new_offset)  # both restored after the test
+    monkeypatch.setattr(offsets, "_resume_points", offsets._resume_points)
     create_app(settings, roles_for(["fast"]))  # as declared: every agent has one actor
     monkeypatch.setattr(faust.App, "agent", with_four_mailers)
     with pytest.raises(offsets.AgentConcurrencyError, match=r"mailer \(concurrency 4\)"):
