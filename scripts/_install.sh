@@ -25,10 +25,13 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# Reinstall only when pyproject.toml changed since the last install.
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# The exact versions of requirements-test.lock (every dependency pinned with its hashes; `bash scripts/lock`
+# regenerates it), then the project itself without dependencies, built by the locked setuptools.
+# Reinstall only when the lock or pyproject.toml changed since the last install.
+stamp=.venv/.installed-$(cat requirements-test.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements-test.lock
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

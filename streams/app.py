@@ -63,6 +63,7 @@ from streams.offsets import (
     acknowledge_missing,
     group_starts,
     patch_commit_offsets,
+    require_single_actor,
 )
 from streams.readahead import LogReader
 
@@ -230,6 +231,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             )
     app._packager_pools = pools  # type: ignore[attr-defined]  # drained by the worker on SIGTERM (cli)
 
+    require_single_actor(app)  # the guard's order per partition needs one actor per agent
     return app
 
 

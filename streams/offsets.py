@@ -12,7 +12,14 @@ partition in a consumer generation is compared with the group's committed offset
 expected offset means records were skipped: the guard seeks the partition back and drops records until the
 missing one arrives, so nothing is processed out of order or left out. A record before it was already
 processed and is dropped too (agents are idempotent by job id anyway). `patch_commit_offsets` makes Faust
-stop committing past a record no agent has acknowledged.
+stop committing past a record no agent has acknowledged: an agent acknowledges a record by asking for the
+next one. A record an agent still holds when the worker stops is not acknowledged, though Faust acks it as
+it closes the stream, so a stop (SIGTERM) never commits past it; the next owner of the partition reads it
+again.
+
+These patches lean on faust-streaming's private consumer fields, so the worker refuses to start on a
+version they were not tested with (`require_tested_faust`), and on an agent with several actors
+(`require_single_actor`): the guard expects each partition's records one at a time, in order.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from aiokafka.errors import KafkaError
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
+from packager.errors import ConfigurationError
+
 log = logging.getLogger(__name__)
 
 # How long the guard waits for a re-read partition to deliver the missing record before seeking again, and
@@ -44,7 +53,7 @@ Starts = Callable[[str, list[int]], Awaitable[dict[int, int]]]
 Skip = Callable[[TP, range], None]
 
 
-@dataclass
+@dataclass(eq=False)  # guards are told apart by identity (see `_holders`)
 class OffsetGuard:
     """Admits each record of an agent's stream once, in offset order per partition.
 
@@ -60,12 +69,28 @@ class OffsetGuard:
     assigned: Callable[[], Iterable[TP]]  # the partitions this worker holds now
     seek: Seek
     skip: Skip  # marks offsets that will never arrive as done, so commits can pass them
-    busy: bool = False  # the agent holds a record (set by the caller around each record)
     expected: dict[TP, int] = field(default_factory=dict)
-    seeking: dict[TP, tuple[float, int]] = field(default_factory=dict)  # tp -> (since, seeks so far)
+    # tp -> (since, seeks so far, lowest offset delivered since the hole was found)
+    seeking: dict[TP, tuple[float, int, int]] = field(default_factory=dict)
     progress_at: dict[TP, float] = field(default_factory=dict)  # when `expected` last moved
     behind_since: dict[TP, float] = field(default_factory=dict)  # first sweep that saw the log end past it
     _generation: int | None = None
+    _busy: bool = False
+    # (consumer generation, partition, offset) of the record the agent was handed and has not finished.
+    holding: tuple[int | None, TP, int] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """The agent holds a record (the caller sets it around each record it hands the agent)."""
+        return self._busy
+
+    @busy.setter
+    def busy(self, value: bool) -> None:
+        self._busy = value
+        if not value:
+            # The agent asked for its next record: the one it held is acknowledged.
+            self.holding = None
+            _holders.discard(self)
 
     def _follow_generation(self) -> None:
         generation = self.generation()
@@ -111,16 +136,24 @@ class OffsetGuard:
         if offset < expected:
             return False  # processed already: the partition was read again from further back
         if offset > expected:
-            since, seeks = self.seeking.get(tp, (0.0, 0))
+            since, seeks, lowest = self.seeking.get(tp, (0.0, 0, offset))
+            lowest = min(lowest, offset)  # the first offset the partition still delivers, so far
             if seeks >= MAX_SEEKS and time.monotonic() - since >= RESEEK_AFTER:
+                # Only what was never delivered is given up; records seen and dropped while waiting
+                # are read again.
                 log.error(
                     "records %s[%d] %d-%d never arrived; carrying on",
                     tp.topic,
                     tp.partition,
                     expected,
-                    offset - 1,
+                    lowest - 1,
                 )
-                self.skip(tp, range(expected, offset))
+                self.skip(tp, range(expected, lowest))
+                if offset > lowest:
+                    self.expected[tp] = lowest
+                    self.seeking[tp] = (time.monotonic(), 1, offset)
+                    await self.seek(tp, lowest)
+                    return False
             elif seeks == 0 or time.monotonic() - since >= RESEEK_AFTER:
                 log.warning(
                     "records %s[%d] %d-%d were skipped by the consumer; reading them again",
@@ -129,14 +162,17 @@ class OffsetGuard:
                     expected,
                     offset - 1,
                 )
-                self.seeking[tp] = (time.monotonic(), seeks + 1)
+                self.seeking[tp] = (time.monotonic(), seeks + 1, lowest)
                 await self.seek(tp, expected)
                 return False
             else:
+                self.seeking[tp] = (since, seeks, lowest)
                 return False  # waiting for the re-read partition to reach the missing record
         self.seeking.pop(tp, None)
         self.expected[tp] = offset + 1
         self.progress_at[tp] = time.monotonic()
+        self.holding = (self._generation, tp, offset)
+        _holders.add(self)
         return True
 
     async def sweep(self, log_end: Callable[[TP], int | None]) -> None:
@@ -199,7 +235,8 @@ class ResumePoints:
 
 
 def group_starts(bootstrap: str, group: str) -> Starts:
-    """Where `group` resumes partitions: its committed offset, else the log start (auto reset: earliest)."""
+    """Where `group` resumes partitions: its committed offset, or the log start when there is none or
+    retention removed the records from the committed offset on (the consumer resets to earliest then)."""
 
     async def starts(topic: str, partitions: list[int]) -> dict[int, int]:
         tps = [TopicPartition(topic, p) for p in partitions]
@@ -210,7 +247,7 @@ def group_starts(bootstrap: str, group: str) -> Starts:
             result = {}
             for tp in tps:
                 committed = await consumer.committed(tp)
-                result[tp.partition] = committed if committed is not None else beginnings[tp]
+                result[tp.partition] = max(committed or 0, beginnings[tp])
             return result
         finally:
             await consumer.stop()
@@ -222,10 +259,12 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
     """Faust's `Consumer._new_offset`, without committing past an unacknowledged record.
 
     The acknowledged offsets are sorted; the committable offset is one past the first consecutive run, but
-    only if that run starts at the committed offset (the next record to read). Faust's "gaps" (offsets its
-    fetch loop saw no record for) are not taken as acknowledged: the topics agents read here are neither
-    compacted nor transactional, so a gap is a record the agent has not had yet, and the guard reads it
-    again; offsets that truly never come are acknowledged by the guard (`acknowledge_missing`).
+    only if that run starts at the committed offset (the next record to read), and never past a record an
+    agent holds (Faust acks that one when it closes the stream at a stop, though the agent never finished
+    it). Faust's "gaps" (offsets its fetch loop saw no record for) are not taken as acknowledged: the
+    topics agents read here are neither compacted nor transactional, so a gap is a record the agent has
+    not had yet, and the guard reads it again; offsets that truly never come are acknowledged by the guard
+    (`acknowledge_missing`).
     """
     self._gap[tp].clear()
     acked: list[int] = self._acked[tp]
@@ -233,18 +272,42 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
         return None
     acked.sort()
     committed = self._committed_offset[tp]
-    if committed is None and _resume_points is not None:
-        # Faust keeps None both for "never committed" and for a commit at offset 0.
-        committed = _resume_points.points.get(tp)
+    if _resume_points is not None and (start := _resume_points.points.get(tp)) is not None:
+        # Faust keeps None both for "never committed" and for a commit at offset 0, and keeps a commit
+        # that retention has overtaken: the partition was resumed from the guard's resume point then.
+        committed = start if committed is None else max(committed, start)
     if committed is not None and acked[0] > committed:
         return None  # the record at `committed` is still being processed
-    run = 1
-    while run < len(acked) and acked[run] == acked[run - 1] + 1:
+    held = held_offset(tp, self.app.consumer_generation_id)
+    run = 0
+    while (
+        run < len(acked)
+        and (run == 0 or acked[run] == acked[run - 1] + 1)
+        and (held is None or acked[run] < held)
+    ):
         run += 1
+    if run == 0:
+        return None  # the first acknowledged record is one an agent still holds
     batch = acked[:run]
     del acked[:run]
     self._acked_index[tp].difference_update(batch)
     return batch[-1] + 1
+
+
+# The guards whose agent holds a record now, process-wide like the patch itself.
+_holders: set[OffsetGuard] = set()
+
+
+def held_offset(tp: TP, generation: int | None) -> int | None:
+    """The lowest offset of `tp` that an agent holds in consumer `generation`, if any.
+
+    A hold taken in an earlier generation no longer limits commits: a rebalance has resumed the partition
+    from its committed offset since, which was not past the held record. So a guard whose agent crashed
+    holds the partition's commit at the record it crashed on until the next rebalance, when that record is
+    read again: delivered twice rather than lost.
+    """
+    held = [h[2] for g in _holders if (h := g.holding) is not None and h[1] == tp and h[0] == generation]
+    return min(held, default=None)
 
 
 def acknowledge_missing(consumer: Consumer, tp: TP, offsets: range) -> None:
@@ -255,18 +318,56 @@ def acknowledge_missing(consumer: Consumer, tp: TP, offsets: range) -> None:
     consumer._acked[tp].extend(fresh)
 
 
-PATCHED_FAUST_VERSION = "0.15.3"
+# The faust-streaming versions `_new_offset`, `acknowledge_missing` and the guard were tested with, against
+# a real consumer (tests/integration/test_offsets_on_kafka.py). Add one only after those tests pass on it.
+TESTED_FAUST_VERSIONS = ("0.15.3",)
 _resume_points: ResumePoints | None = None  # set by patch_commit_offsets
 
 
-def patch_commit_offsets(resume_points: ResumePoints | None = None) -> None:
-    """Install `_new_offset` on Faust's consumer (idempotent); it was written against one Faust version."""
-    global _resume_points
-    _resume_points = resume_points
-    if faust.__version__ != PATCHED_FAUST_VERSION:
-        log.warning(
-            "faust-streaming %s is not %s: check streams/offsets.py still matches its consumer",
-            faust.__version__,
-            PATCHED_FAUST_VERSION,
+class UnsupportedFaustError(ConfigurationError):
+    """The installed faust-streaming is not one the offset guard was tested with; the worker stops."""
+
+
+class AgentConcurrencyError(ConfigurationError):
+    """An agent reading through the offset guard has more than one actor; the worker stops."""
+
+
+def require_tested_faust(installed: str | None = None) -> None:
+    """Raise `UnsupportedFaustError` unless `installed` (default: faust's own) is a tested version."""
+    installed = faust.__version__ if installed is None else installed
+    if installed not in TESTED_FAUST_VERSIONS:
+        raise UnsupportedFaustError(
+            f"faust-streaming {installed} is installed, but streams/offsets.py patches consumer internals "
+            f"tested only with faust-streaming {', '.join(TESTED_FAUST_VERSIONS)}: install that version "
+            "(pip install -r requirements.lock)"
         )
+
+
+def require_single_actor(app: faust.App, unguarded: Iterable[str] = ()) -> None:
+    """Raise `AgentConcurrencyError` if an agent of `app` other than `unguarded` has concurrency != 1.
+
+    Every agent reads through the guard unless named in `unguarded`. Several actors of one agent share its
+    stream: each would see only some of a partition's records, take the others for holes and seek back for
+    ever, and the commit rule would count records acknowledged out of order.
+    """
+    exempt = set(unguarded)
+    several = {
+        name: agent.concurrency
+        for name, agent in app.agents.items()
+        if name not in exempt and agent.concurrency != 1
+    }
+    if several:
+        listed = ", ".join(f"{name} (concurrency {n})" for name, n in sorted(several.items()))
+        raise AgentConcurrencyError(
+            f"agents reading through the offset guard must have concurrency 1, not: {listed}; "
+            "run builds in tasks of their own instead, or name the agent in `unguarded` if it does not "
+            "read through the guard"
+        )
+
+
+def patch_commit_offsets(resume_points: ResumePoints | None = None) -> None:
+    """Install `_new_offset` on Faust's consumer (idempotent), on a tested faust-streaming only."""
+    global _resume_points
+    require_tested_faust()
+    _resume_points = resume_points
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]

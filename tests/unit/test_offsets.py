@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import pytest
+from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
+from packager.errors import ConfigurationError
+from packager.settings import load_settings
 from streams import offsets
 from streams.offsets import OffsetGuard, _new_offset, acknowledge_missing
 
 TOPIC = "p.work.fast"
+
+
+@pytest.fixture(autouse=True)
+def no_holds_left() -> Iterator[None]:
+    """Guards here are handed records without an agent finishing them: their holds end with the test."""
+    yield
+    offsets._holders.clear()
 
 
 class Partition:
@@ -97,6 +110,23 @@ async def test_a_hole_that_never_fills_is_accepted_after_the_last_seek(
     assert log.skipped == [(0, range(0, 7))]  # so the commit can move past them
 
 
+async def test_giving_up_on_a_hole_skips_only_what_was_never_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(offsets.time, "monotonic", lambda: clock[0])
+    log = Partition({0: 3})
+    guard = log.guard()
+    # Retention removed 3-5 while the records were in the queue: 9 was fetched first, 6-8 since.
+    for _ in range(offsets.MAX_SEEKS):
+        assert await admitted(guard, [(0, 9), (0, 6), (0, 7), (0, 8)]) == []
+        clock[0] += offsets.RESEEK_AFTER
+    assert await admitted(guard, [(0, 9)]) == []
+    assert log.skipped == [(0, range(3, 6))]
+    assert log.seeks[-1] == (0, 6)  # 6-8 were delivered and dropped: read again, not given up
+    assert await admitted(guard, [(0, 6), (0, 7), (0, 8), (0, 9)]) == [(0, 6), (0, 7), (0, 8), (0, 9)]
+
+
 async def test_a_hole_at_the_tail_is_found_by_the_sweep_once_the_agent_idles(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -126,8 +156,9 @@ async def test_a_hole_at_the_tail_is_found_by_the_sweep_once_the_agent_idles(
     assert log.seeks == [(0, 4)]
 
 
-def consumer(committed: int | None, acked: list[int]) -> Any:
+def consumer(committed: int | None, acked: list[int], generation: int = 1) -> Any:
     return SimpleNamespace(
+        app=SimpleNamespace(consumer_generation_id=generation),
         _acked={TP(TOPIC, 0): list(acked)},
         _acked_index=defaultdict(set, {TP(TOPIC, 0): set(acked)}),
         _gap=defaultdict(IntervalTree),
@@ -144,6 +175,17 @@ def test_the_first_consecutive_run_from_the_committed_offset_is_committed() -> N
     state = consumer(10, [12, 10, 11, 14])
     assert _new_offset(state, TP(TOPIC, 0)) == 13
     assert state._acked[TP(TOPIC, 0)] == [14]
+
+
+def test_a_commit_overtaken_by_retention_moves_on_from_the_resume_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Faust still has 3 from the group, but retention removed 3-5: the partition resumed at the log start.
+    points = offsets.ResumePoints(fetch=Partition({0: 6}).starts, generation=lambda: 1)
+    points.points[TP(TOPIC, 0)] = 6
+    monkeypatch.setattr(offsets, "_resume_points", points)
+    assert _new_offset(consumer(3, [6, 7]), TP(TOPIC, 0)) == 8
+    assert _new_offset(consumer(3, [7]), TP(TOPIC, 0)) is None
 
 
 def test_without_a_committed_offset_the_guards_resume_point_holds_the_commit(
@@ -192,7 +234,116 @@ async def test_resume_points_are_read_once_per_partition_and_generation() -> Non
 
 
 def test_the_patch_is_installed_on_fausts_consumer() -> None:
-    from faust.transport.consumer import Consumer
-
     offsets.patch_commit_offsets()
     assert Consumer._new_offset is _new_offset
+
+
+async def test_no_commit_past_a_record_an_agent_holds_even_once_faust_acked_it() -> None:
+    # At a stop Faust acks the record an agent is still working on as it closes the stream: the commit
+    # must stay at that record, so the partition's next owner reads it again.
+    guard = Partition({0: 3}).guard()
+    assert await admitted(guard, [(0, 3), (0, 4)]) == [(0, 3), (0, 4)]  # 3 finished, 4 handed over
+    guard.busy = True
+    state = consumer(3, [3, 4, 5])
+    assert _new_offset(state, TP(TOPIC, 0)) == 4
+    state._committed_offset[TP(TOPIC, 0)] = 4  # what Faust records once the commit went through
+    assert _new_offset(state, TP(TOPIC, 0)) is None
+    guard.busy = False  # the agent asks for its next record: 4 is done
+    assert _new_offset(state, TP(TOPIC, 0)) == 6
+
+
+async def test_a_hold_limits_only_its_own_partition_and_generation() -> None:
+    log = Partition({0: 0, 1: 0})
+    guard = log.guard()
+    assert await admitted(guard, [(0, 0)]) == [(0, 0)]
+    guard.busy = True
+    assert _new_offset(consumer(0, [0, 1], generation=1), TP(TOPIC, 0)) is None
+    other = consumer(0, [], generation=1)
+    other._acked[TP(TOPIC, 1)] = [0, 1]
+    other._committed_offset[TP(TOPIC, 1)] = 0
+    assert _new_offset(other, TP(TOPIC, 1)) == 2
+    # After a rebalance the partition resumed from its commit (not past 0): the old hold is history.
+    assert _new_offset(consumer(0, [0, 1], generation=2), TP(TOPIC, 0)) == 2
+    guard.busy = False
+
+
+def test_a_faust_version_the_guard_was_not_tested_with_is_refused() -> None:
+    offsets.require_tested_faust("0.15.3")
+    with pytest.raises(offsets.UnsupportedFaustError) as refused:
+        offsets.require_tested_faust("0.16.0")
+    assert "faust-streaming 0.16.0 is installed" in refused.value.message
+    assert "0.15.3" in refused.value.message
+    assert isinstance(refused.value, ConfigurationError)
+
+
+def test_the_patch_is_not_installed_on_another_faust_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Consumer, "_new_offset", Consumer._new_offset)  # restored after the test
+    monkeypatch.setattr(faust, "__version__", "0.16.0")
+    before = Consumer._new_offset
+    with pytest.raises(offsets.UnsupportedFaustError):
+        offsets.patch_commit_offsets()
+    assert Consumer._new_offset is before
+
+
+def test_the_worker_command_refuses_another_faust_version_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from packager import cli
+
+    monkeypatch.setattr(Consumer, "_new_offset", Consumer._new_offset)
+    monkeypatch.setattr(faust, "__version__", "0.16.0")
+    monkeypatch.setenv("PACKAGER_SECRET", "unit-test-secret-0123456789abcdef")
+    monkeypatch.setenv("PACKAGER_STORE_DIRECTORY", str(tmp_path))
+    # Nothing listens there: the worker must stop before it talks to a broker.
+    monkeypatch.setenv("PACKAGER_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["worker"])
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("packager: configuration error: faust-streaming 0.16.0 is installed")
+    assert "0.15.3" in lines[0]
+
+
+def agents_app(**concurrency: int) -> faust.App:
+    app = faust.App("unit-offsets", broker="kafka://127.0.0.1:1", store="memory://")
+    topic = app.topic("unit-offsets-in")
+    for name, n in concurrency.items():
+
+        async def agent(stream: faust.StreamT) -> None:
+            async for _ in stream:
+                pass
+
+        app.agent(topic, name=name, concurrency=n)(agent)
+    return app
+
+
+def test_agents_reading_through_the_guard_must_have_one_actor() -> None:
+    offsets.require_single_actor(agents_app(planner=1, mailer=1))
+    with pytest.raises(offsets.AgentConcurrencyError) as refused:
+        offsets.require_single_actor(agents_app(planner=1, packer=4))
+    assert "packer (concurrency 4)" in refused.value.message
+    assert "planner" not in refused.value.message
+    # An agent that does not read through the guard may have several.
+    offsets.require_single_actor(agents_app(planner=1, packer=4), unguarded=["packer"])
+
+
+def test_the_worker_app_is_refused_when_a_guarded_agent_has_several_actors(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from streams.app import create_app, roles_for
+
+    declare = faust.App.agent
+
+    def with_four_mailers(self: faust.App, channel: Any = None, *, name: str | None = None, **kw: Any) -> Any:
+        if name == "mailer":
+            kw["concurrency"] = 4
+        return declare(self, channel, name=name, **kw)
+
+    settings = load_settings({}, secret="unit-test-secret-0123456789abcdef", store_directory=str(tmp_path))
+    monkeypatch.setattr(Consumer, "_new_offset", Consumer._new_offset)  # both restored after the test
+    monkeypatch.setattr(offsets, "_resume_points", offsets._resume_points)
+    create_app(settings, roles_for(["fast"]))  # as declared: every agent has one actor
+    monkeypatch.setattr(faust.App, "agent", with_four_mailers)
+    with pytest.raises(offsets.AgentConcurrencyError, match=r"mailer \(concurrency 4\)"):
+        create_app(settings, roles_for(["fast"]))
