@@ -335,8 +335,8 @@ def test_the_worker_app_is_refused_when_a_guarded_agent_has_several_actors(
 
     declare = faust.App.agent
 
-    def with_four_mailers(self: faust.App, channel: Any = None, *, name: str | None = None, **kw: Any) -> Any:
-        if name == "mailer":
+    def with_four_stewards(self: faust.App, channel: Any = None, *, name: str | None = None, **kw: Any) -> Any:
+        if name == "steward":
             kw["concurrency"] = 4
         return declare(self, channel, name=name, **kw)
 
@@ -344,6 +344,6 @@ def test_the_worker_app_is_refused_when_a_guarded_agent_has_several_actors(
     monkeypatch.setattr(Consumer, "_new_offset", Consumer._new_offset)  # both restored after the test
     monkeypatch.setattr(offsets, "_resume_points", offsets._resume_points)
     create_app(settings, roles_for(["fast"]))  # as declared: every agent has one actor
-    monkeypatch.setattr(faust.App, "agent", with_four_mailers)
-    with pytest.raises(offsets.AgentConcurrencyError, match=r"mailer \(concurrency 4\)"):
+    monkeypatch.setattr(faust.App, "agent", with_four_stewards)
+    with pytest.raises(offsets.AgentConcurrencyError, match=r"steward \(concurrency 4\)"):
         create_app(settings, roles_for(["fast"]))
