@@ -65,6 +65,7 @@ from streams.offsets import (
     patch_commit_offsets,
     require_single_actor,
 )
+from streams.pauses import TICK, PauseWatch
 from streams.readahead import LogReader
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,34 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         await publish(events_topic, "-", rejected.cache_key, rejected)
 
     guards: list[OffsetGuard] = []
+    pauses = PauseWatch(settings.session_timeout)
+    fenced: list[int] = []  # the consumer generation this worker was frozen in (see streams.pauses)
+
+    def fence() -> None:
+        if not fenced:
+            fenced.append(app.consumer_generation_id)
+            log.warning("records of this generation are left to their new owners until the group rejoins")
+
+    @app.timer(interval=TICK)
+    async def heartbeat() -> None:
+        """Notice a freeze (SIGSTOP, a paused VM) longer than the session timeout."""
+        if pauses.beat() > pauses.limit:
+            fence()
+
+    def left_to_others() -> bool:
+        """True while this worker was frozen past its session and its consumer has not rejoined yet."""
+        if pauses.frozen():
+            fence()
+        if fenced and app.consumer_generation_id != fenced[0]:
+            fenced.clear()
+        return bool(fenced)
 
     async def admitted(stream: faust.StreamT) -> AsyncIterator[faust.types.EventT]:
-        """The stream's records, each once and in order per partition (see streams.offsets)."""
+        """The stream's records, each once and in order per partition (see streams.offsets).
+
+        Records a frozen worker still holds are skipped: their partitions belong to others now, and its
+        acknowledgements are refused by the group (stale generation), so they are handled there.
+        """
         guard = OffsetGuard(
             topics=tuple(getattr(stream.channel, "topics", ())),
             generation=lambda: app.consumer_generation_id,
@@ -170,6 +196,8 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             async for record in stream.events():
                 message = record.message
                 bind_job(None)  # until the record is decoded, log lines are about no job
+                if left_to_others():
+                    continue
                 if await guard.admit(message.tp, message.offset):
                     guard.busy = True
                     yield record

@@ -36,6 +36,7 @@ from packager.kafka_log import Topics
 from packager.logs import bind_job
 from packager.settings import Settings
 from streams.handlers import notify
+from streams.pauses import TICK, PauseWatch
 from streams.readahead import LogReader
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self.topic = Topics(settings.topic_prefix).events
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._smtp = _Gate(settings.mail_concurrency, self._frozen)
-        self._tick = 0.0  # loop time of the last heartbeat of this process (see `_watch_pauses`)
+        self._pauses = PauseWatch(settings.session_timeout)
+        self._smtp = _Gate(settings.mail_concurrency, self._pauses.frozen)
         self._sends: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
         self._next: dict[TopicPartition, int] = {}  # the next offset to read, per owned partition
         self._settled: dict[TopicPartition, set[str]] = {}  # jobs with an outcome further on in the log
@@ -231,29 +232,17 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
     # -- pauses ----------------------------------------------------------------------------------------
 
     async def _watch_pauses(self) -> None:
-        """Notice when this process was frozen (SIGSTOP, a VM pause) for longer than the session timeout.
+        """When this process was frozen past the session timeout, drop the sends it held.
 
-        The group has then given its partitions to another mailer, which sends their emails: the sends held
-        here are dropped rather than sent a second time.
+        The group has given its partitions to another mailer meanwhile, which sends those emails.
         """
-        loop = asyncio.get_running_loop()
-        self._tick = loop.time()
         while True:
-            await asyncio.sleep(0.5)
-            now = loop.time()
-            if now - self._tick > self.settings.session_timeout:
-                log.warning(
-                    "the mailer was paused for %.0fs; its pending emails are left to the group",
-                    now - self._tick,
-                )
+            if self._pauses.beat() > self._pauses.limit:
+                log.warning("the mailer's pending emails are left to the group")
                 for sends in self._sends.values():
                     for task in sends.values():
                         task.cancel()
-            self._tick = now
-
-    def _frozen(self) -> bool:
-        """True when the last heartbeat is older than the session timeout (the process was paused)."""
-        return asyncio.get_running_loop().time() - self._tick > self.settings.session_timeout
+            await asyncio.sleep(TICK)
 
     # -- helpers ---------------------------------------------------------------------------------------
 

@@ -33,13 +33,7 @@ class PauseWatch:
         return gap
 
     def frozen(self) -> bool:
-        """True when the last heartbeat is older than `limit`: the process was paused and has not beaten since."""
+        """True when the last heartbeat is older than `limit`: the process was paused, not beaten since."""
         if self._tick is None:
             return False
         return asyncio.get_running_loop().time() - self._tick > self.limit
-
-    async def run(self) -> None:
-        """Beat every half second, for ever (a task of its own)."""
-        while True:
-            self.beat()
-            await asyncio.sleep(TICK)

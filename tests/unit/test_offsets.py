@@ -335,7 +335,9 @@ def test_the_worker_app_is_refused_when_a_guarded_agent_has_several_actors(
 
     declare = faust.App.agent
 
-    def with_four_stewards(self: faust.App, channel: Any = None, *, name: str | None = None, **kw: Any) -> Any:
+    def with_four_stewards(
+        self: faust.App, channel: Any = None, *, name: str | None = None, **kw: Any
+    ) -> Any:
         if name == "steward":
             kw["concurrency"] = 4
         return declare(self, channel, name=name, **kw)
