@@ -22,10 +22,13 @@ def pseudonymise(record: bytes, secret: str) -> bytes:
     """The analytics form of one encoded event."""
     doc = orjson.loads(record)
     payload: dict[str, Any] = doc["payload"]
-    email = payload.pop("email", None)
-    if isinstance(email, str):
-        payload["requester"] = keyed_hash(secret, "requester", email.lower())
-        payload["requester_domain"] = email_domain(email)
+    # A build's proposed outcome (PackageBuilt) nests the terminal event's fields under `result`.
+    for part in (payload, payload.get("result")):
+        if isinstance(part, dict):
+            email = part.pop("email", None)
+            if isinstance(email, str):
+                part["requester"] = keyed_hash(secret, "requester", email.lower())
+                part["requester_domain"] = email_domain(email)
     request = payload.get("request")
     if isinstance(request, dict):
         payload["request"] = {k: v for k, v in request.items() if k not in DROPPED_REQUEST_FIELDS}

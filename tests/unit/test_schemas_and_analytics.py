@@ -48,3 +48,15 @@ def test_analytics_records_pseudonymise_requesters_and_drop_secrets() -> None:
     assert again["payload"]["requester"] == payload["requester"]  # stable per person
     other = orjson.loads(pseudonymise(encode(envelope("k", request)), "another-secret-0123456789"))
     assert other["payload"]["requester"] != payload["requester"]  # keyed, not a plain hash
+
+
+def test_a_builds_proposed_outcome_carries_no_address_either() -> None:
+    from dataclasses import asdict
+
+    from packager.events import PackageBuilt
+
+    done = completed(email="ann@example.org")
+    built = PackageBuilt(cache_key="ck", attempt=1, worker="w", outcome=done.TYPE, result=asdict(done))
+    out = orjson.loads(pseudonymise(encode(envelope("j", built)), SECRET))
+    assert "@" not in orjson.dumps(out).decode()
+    assert out["payload"]["result"]["requester_domain"] == "example.org"
