@@ -10,8 +10,8 @@ to 40,000 rows, CSV, TSV and JSON lines), identical pairs (the same query to bot
 of earlier queries (cache hits) and failing ones (an unknown resource, an unknown column). A nemesis injects,
 at random times and on random targets, each kind at least once: `sigterm`, `kill9` and `sigstop` (past the
 session timeout) of a worker, `broker_kill` (kill -9 of the node leading most partitions of the requests
-topic, restarted later), `smtp_outage` (30 s) and `ckan_5xx` (a burst of 5xx answers). Process faults run one
-at a time; SMTP and CKAN faults run beside them.
+topic, restarted later), `smtp_outage` (30 s) and `ckan_5xx` (a burst of 5xx answers); see
+`benchmarks.chaos_nemesis`. Process faults run one at a time; SMTP and CKAN faults run beside them.
 
 Afterwards (client stopped, faults healed, then waiting with a deadline until every accepted job has a
 terminal event and its email) `benchmarks.chaos_check` reads the whole events topic and the mailbox. The exit
@@ -36,41 +36,23 @@ from typing import Any
 import aiohttp
 import orjson
 
-from packager.dev import kafka as dev_kafka
 from packager.dev.ckan_server import COUNTRIES, FIRST_YEAR, YEARS
 from packager.kafka_log import Topics
 
 from .chaos_check import EventFollower, ExpectedRows, Job, check, outstanding
+from .chaos_nemesis import FAULT_KINDS, Nemesis, Plan, heal
 from .chaos_stack import (
     PARTITIONS,
     RESOURCE_ID,
     SECRET,
     TABLE_ROWS,
     TABLE_SEED,
-    Proc,
     Stack,
     StackConfig,
-    blocking,
     log,
 )
 
-FAULT_KINDS = ("sigterm", "kill9", "sigstop", "broker_kill", "smtp_outage", "ckan_5xx")
-PROCESS_FAULTS = ("sigterm", "kill9", "sigstop", "broker_kill")
-EFFECT_FAULTS = ("smtp_outage", "ckan_5xx")
 QUICK_BUDGET = 300.0  # seconds of wall clock for --quick, start-up and teardown included
-SMTP_OUTAGE = 30.0
-
-
-@dataclass
-class Plan:
-    """How long and how hard a campaign runs."""
-
-    duration: float  # seconds the client submits for
-    jobs: int  # submissions spread over `duration`
-    drain: float  # seconds to wait for outstanding jobs afterwards
-    quick: bool
-    seed: int
-    gap: tuple[float, float]  # seconds between two faults of one nemesis lane
 
 
 # --- the client ----------------------------------------------------------------------------------------
@@ -212,115 +194,6 @@ class Client:
                     job.pair, self.jobs[partner].pair = partner, job.job_id
                 else:
                     params["_pair"] = job.job_id
-
-
-# --- the nemesis ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Nemesis:
-    """Injects faults at random; every fault heals itself before the next of its lane starts."""
-
-    stack: Stack
-    rng: random.Random
-    plan: Plan
-    counts: Counter[str] = field(default_factory=Counter)
-    record: list[dict[str, Any]] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-
-    async def run(self, stop_at: float) -> None:
-        """Run both lanes: each kind once in a random order, then random kinds until `stop_at`."""
-        await asyncio.gather(self._lane(PROCESS_FAULTS, stop_at), self._lane(EFFECT_FAULTS, stop_at))
-
-    async def _lane(self, kinds: tuple[str, ...], stop_at: float) -> None:
-        first_round = list(kinds)
-        self.rng.shuffle(first_round)
-        await asyncio.sleep(self.rng.uniform(*self.plan.gap))
-        while first_round or time.monotonic() + 40 < stop_at:
-            kind = first_round.pop() if first_round else self.rng.choice(kinds)
-            began = time.monotonic()
-            detail = await self._inject(kind)
-            self.counts[kind] += 1
-            self.record.append(
-                {
-                    "kind": kind,
-                    "at_s": round(began - self.started, 1),
-                    "took_s": round(time.monotonic() - began, 1),
-                    "detail": detail,
-                }
-            )
-            log(f"fault {kind}: {detail} ({time.monotonic() - began:.1f}s)")
-            await asyncio.sleep(self.rng.uniform(*self.plan.gap))
-
-    def _worker(self) -> Proc:
-        return self.rng.choice([w for w in self.stack.workers if w.alive() and not w.stopped])
-
-    async def _inject(self, kind: str) -> str:
-        stack, c = self.stack, self.stack.config
-        if kind == "sigterm":
-            w = self._worker()
-            w.signal(signal.SIGTERM)
-            ended = await w.wait_exit(c.drain_timeout + 30)
-            if not ended:
-                w.signal(signal.SIGKILL)
-                await w.wait_exit(10)
-            await stack.restart_worker(w)
-            return f"{w.name} {'exited' if ended else 'did not exit; killed'}, restarted"
-        if kind == "kill9":
-            w = self._worker()
-            w.signal(signal.SIGKILL)
-            await w.wait_exit(10)
-            await asyncio.sleep(self.rng.uniform(1, 5))
-            await stack.restart_worker(w)
-            return f"{w.name} killed, restarted"
-        if kind == "sigstop":
-            w = self._worker()
-            held = c.session_timeout + self.rng.uniform(3, 8)
-            w.signal(signal.SIGSTOP)
-            try:
-                await asyncio.sleep(held)
-            finally:
-                w.signal(signal.SIGCONT)
-            return f"{w.name} stopped {held:.1f}s"
-        if kind == "broker_kill":
-            node = await blocking(stack.requests_leader, Topics(stack.prefix).requests)
-            await blocking(dev_kafka.kill_node, stack.kafka_dir, node)
-            down = self.rng.uniform(8, 15) if self.plan.quick else self.rng.uniform(10, 40)
-            try:
-                await asyncio.sleep(down)
-            finally:
-                await blocking(dev_kafka.restart_node, stack.kafka_dir, node)
-            return f"node {node} (leading the requests topic) down {down:.1f}s"
-        if kind == "smtp_outage":
-            stack.smtp.stop()
-            try:
-                await asyncio.sleep(SMTP_OUTAGE)
-            finally:
-                stack.smtp.start()
-            return f"SMTP down {SMTP_OUTAGE:.0f}s"
-        if kind == "ckan_5xx":
-            burst = self.rng.uniform(6, 12) if self.plan.quick else self.rng.uniform(5, 30)
-            await stack.set_ckan_faults(error_rate=0.6, seed=self.rng.randrange(10**6))
-            try:
-                await asyncio.sleep(burst)
-            finally:
-                await stack.set_ckan_faults()
-            return f"CKAN 5xx on 60% of calls for {burst:.1f}s"
-        raise ValueError(kind)
-
-
-async def heal(stack: Stack) -> None:
-    """Undo whatever a fault interrupted left behind: every process up, SMTP and CKAN healthy."""
-    stack.smtp.start()
-    with contextlib.suppress(Exception):
-        await stack.set_ckan_faults()
-    cluster = dev_kafka.cluster_status(stack.kafka_dir)
-    for node in cluster.nodes if cluster else ():
-        await blocking(dev_kafka.restart_node, stack.kafka_dir, node.node_id)  # no-op when it runs
-    for w in stack.workers:
-        w.signal(signal.SIGCONT)
-        if not w.alive():
-            await stack.restart_worker(w)
 
 
 # --- the campaign --------------------------------------------------------------------------------------
