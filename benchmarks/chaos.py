@@ -269,6 +269,7 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             client_s=round(client_s, 1),
             settle_s=round(settled_s - client_s, 1),
             seed=seed,
+            topic_replicas=stack.replicas,
             machine=f"{platform.node()} {platform.machine()} {platform.python_version()}",
             date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             details=details,

@@ -27,11 +27,13 @@ from threading import Lock
 from typing import Any, TypeVar
 
 import aiohttp
+from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.controller import Controller
 
 from packager.dev import kafka as dev_kafka
 from packager.dev.ckan_server import ACTION_PATH, ADMIN_PATH
 from packager.dev.kafka import free_port
+from packager.kafka_log import Topics
 from packager.notify import JOB_HEADER
 
 T = TypeVar("T")
@@ -245,6 +247,7 @@ class Stack:
         self.ingresses: list[Proc] = []
         self.ingress_ports: list[int] = []
         self.workers: list[Proc] = []
+        self.replicas: dict[str, int] = {}
         self._closed = False
 
     @property
@@ -362,7 +365,23 @@ class Stack:
             await worker.wait_for_line(READY_LINE, 180)
         for port in self.ingress_ports:
             await blocking(_wait_port, port, 60)
-        log(f"{len(self.workers)} workers and {len(self.ingresses)} ingresses ready")
+        self.replicas = await self._replicas()
+        log(f"{len(self.workers)} workers, {len(self.ingresses)} ingresses ready; replicas {self.replicas}")
+
+    async def _replicas(self) -> dict[str, int]:
+        """The fewest replicas of any partition of each service topic (3 expected), as the cluster says."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            topics = Topics(self.prefix).all()
+            described = await admin.describe_topics(topics)
+        finally:
+            await admin.close()
+        return {
+            d["topic"].removeprefix(f"{self.prefix}."): min(len(p["replicas"]) for p in d["partitions"])
+            for d in described
+            if d["partitions"]
+        }
 
     # --- faults -------------------------------------------------------------------------------------
 
