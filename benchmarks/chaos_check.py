@@ -207,6 +207,9 @@ def check(
         rows, problem = zip_results[name]
         if not problem and job.expected_rows is not None and rows != job.expected_rows:
             problem = f"{rows} data rows, the query has {job.expected_rows}"
+        later = [t.payload for t in terminals[job_id][1:] if isinstance(t.payload, PackageCompleted)]
+        if problem and any(not check_zip(store / name, t)[1] for t in later):
+            problem += " (it is a later duplicate build's file, which replaced the first event's)"
         if problem:
             zip_bad[job_id] = f"{name}: {problem}"
 
