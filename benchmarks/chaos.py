@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import platform
 import random
 import signal
@@ -31,6 +32,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -227,6 +229,7 @@ async def wait_settled(
 async def campaign(args: argparse.Namespace) -> dict[str, Any]:
     """Start the stack, run client and nemesis, heal, wait, check; always stop the stack."""
     began = time.monotonic()
+    load_at_start = round(os.getloadavg()[0], 2)
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     rng = random.Random(seed)
     config = StackConfig(session_timeout=args.session_timeout, keep=args.keep)
@@ -270,7 +273,8 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             settle_s=round(settled_s - client_s, 1),
             seed=seed,
             topic_replicas=stack.replicas,
-            machine=f"{platform.node()} {platform.machine()} {platform.python_version()}",
+            machine=machine(),
+            load_avg_at_start=load_at_start,
             date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             details=details,
         )
@@ -281,6 +285,18 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
                 await follower.stop()
         stack.close()
         log(f"stack stopped after {time.monotonic() - began:.0f}s")
+
+
+def machine() -> str:
+    """CPU model and count, memory and Python: the machine line of a recorded run."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} x {model}, {memory:.0f} GB, Python {platform.python_version()}"
 
 
 def _report(result: dict[str, Any]) -> str:
