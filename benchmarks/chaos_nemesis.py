@@ -63,8 +63,12 @@ class Nemesis:
         while first_round or time.monotonic() + 40 < stop_at:
             kind = first_round.pop() if first_round else self.rng.choice(kinds)
             began = time.monotonic()
-            detail = await self._inject(kind)
-            self.counts[kind] += 1
+            try:
+                detail = await self._inject(kind)
+            except Exception as exc:  # recorded, not counted: the campaign goes on
+                detail = f"NOT injected: {exc!r}"
+            else:
+                self.counts[kind] += 1
             self.record.append(
                 {
                     "kind": kind,

@@ -400,10 +400,18 @@ class Stack:
 
     def requests_leader(self, topic: str) -> int:
         """The node leading most partitions of `topic`."""
-        # The record on disk, not `self.cluster`: a restarted node has a new pid.
-        cluster = dev_kafka.cluster_status(self.kafka_dir)
-        assert cluster is not None
-        leaders = dev_kafka.partition_leaders(cluster, topic)
+        deadline = time.monotonic() + 15
+        while True:
+            # The record on disk, not `self.cluster`: a restarted node has a new pid.
+            cluster = dev_kafka.cluster_status(self.kafka_dir)
+            assert cluster is not None
+            try:
+                leaders = dev_kafka.partition_leaders(cluster, topic)
+                break
+            except dev_kafka.BrokerError:  # a node that just came back may not know the topic yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         counts: dict[int, int] = {}
         for node in leaders.values():
             if node >= 0:

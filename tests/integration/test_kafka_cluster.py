@@ -6,6 +6,9 @@ It starts three JVMs of its own, so it runs with the chaos campaign it serves: `
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,20 @@ from tests.integration.support import read_topic
 pytestmark = pytest.mark.chaos
 
 
+async def leaders_when(state: Path, topic: str, ok: Callable[[dict[int, int]], bool]) -> dict[int, int]:
+    """The partition leaders of `topic` once they satisfy `ok` (metadata reaches every node in a moment)."""
+    deadline = time.monotonic() + 30
+    while True:
+        cluster = dev_kafka.cluster_status(state)
+        assert cluster is not None
+        with contextlib.suppress(dev_kafka.BrokerError):
+            leaders = dev_kafka.partition_leaders(cluster, topic)
+            if ok(leaders):
+                return leaders
+        assert time.monotonic() < deadline, f"leaders of {topic} never satisfied the condition"
+        await asyncio.sleep(0.3)
+
+
 async def test_a_killed_leader_loses_no_acknowledged_write_and_rejoins_on_its_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -27,7 +44,7 @@ async def test_a_killed_leader_loses_no_acknowledged_write_and_rejoins_on_its_da
         assert len(cluster.nodes) == 3
         topics = Topics("clustertest")
         await ensure_topics(cluster.bootstrap_servers, topics, 2, replication_factor=3)
-        leaders = dev_kafka.partition_leaders(cluster, topics.requests)
+        leaders = await leaders_when(state, topics.requests, lambda found: -1 not in found.values())
         assert set(leaders) == {0, 1} and set(leaders.values()) <= {1, 2, 3}
         victim = leaders[0]
 
@@ -42,9 +59,7 @@ async def test_a_killed_leader_loses_no_acknowledged_write_and_rejoins_on_its_da
             # Two of three copies remain (min.insync.replicas=2): writes go on once a new leader is elected.
             for i in range(20):
                 await producer.send_and_wait(topics.requests, f"during-{i}".encode(), partition=0)
-            now = dev_kafka.cluster_status(state)
-            assert now is not None
-            assert dev_kafka.partition_leaders(now, topics.requests)[0] not in (victim, -1)
+            await leaders_when(state, topics.requests, lambda found: found[0] not in (victim, -1))
 
             await asyncio.to_thread(dev_kafka.restart_node, state, victim)
             for i in range(20):
