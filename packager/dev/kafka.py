@@ -154,7 +154,15 @@ def _properties(port: int, controller_port: int, data_dir: Path, partitions: int
 
 
 def _new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random KRaft cluster id (a base64 UUID) that does not start with "-".
+
+    The storage tool's argument parser takes an id starting with "-" (one in 64 random ids) for an option
+    and refuses to format: the cause of the rare formatting failures once put down to a loaded machine.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _answers(port: int, timeout: float) -> bool:
