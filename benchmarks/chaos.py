@@ -41,7 +41,7 @@ import orjson
 from packager.dev.ckan_server import COUNTRIES, FIRST_YEAR, YEARS
 from packager.kafka_log import Topics
 
-from .chaos_check import EventFollower, ExpectedRows, Job, check, outstanding
+from .chaos_check import EventFollower, ExpectedRows, Job, building, check, outstanding
 from .chaos_nemesis import FAULT_KINDS, Nemesis, Plan, heal
 from .chaos_stack import (
     PARTITIONS,
@@ -247,7 +247,7 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
         follower = EventFollower(stack.bootstrap, Topics(stack.prefix).events, PARTITIONS)
         await follower.start()
         client = Client(stack, ExpectedRows(RESOURCE_ID, TABLE_ROWS, TABLE_SEED), rng)
-        nemesis = Nemesis(stack, random.Random(rng.random()), plan)
+        nemesis = Nemesis(stack, random.Random(rng.random()), plan, lambda: building(follower.events))
         client_start = time.monotonic()
         stop_at = client_start + plan.duration
         await asyncio.gather(client.run(plan, stop_at), nemesis.run(stop_at))

@@ -24,7 +24,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from packager.dev.ckan_server import SyntheticTable, TableIndex, plan_query, validate_params
 from packager.errors import EventDecodeError
-from packager.events import NOTIFIED_TYPES, TERMINAL_TYPES, Envelope, PackageCompleted, decode
+from packager.events import (
+    NOTIFIED_TYPES,
+    TERMINAL_TYPES,
+    Envelope,
+    PackageCompleted,
+    PackageStarted,
+    decode,
+)
 
 from .chaos_stack import Mail
 
@@ -136,6 +143,19 @@ def outstanding(jobs: dict[str, Job], events: list[Envelope], mails: list[Mail])
         for job_id in jobs
         if job_id not in terminal or (terminal[job_id] in NOTIFIED_TYPES and job_id not in mailed)
     ]
+
+
+def building(events: list[Envelope]) -> Counter[int]:
+    """Worker pid -> jobs whose latest `PackageStarted` names it and that have no terminal event yet."""
+    started: dict[str, int] = {}
+    for e in list(events):
+        if e.type == PackageStarted.TYPE:
+            _, _, pid = str(getattr(e.payload, "worker", "")).rpartition(":")
+            if pid.isdigit():
+                started[e.job_id] = int(pid)
+        elif e.type in TERMINAL_TYPES:
+            started.pop(e.job_id, None)
+    return Counter(started.values())
 
 
 def _count_rows(fmt: str, data: bytes) -> int:

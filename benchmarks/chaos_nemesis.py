@@ -15,6 +15,7 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ class Nemesis:
     stack: Stack
     rng: random.Random
     plan: Plan
+    # Worker pid -> builds it has started and not ended, from the events read so far.
+    building: Callable[[], Counter[int]]
     counts: Counter[str] = field(default_factory=Counter)
     record: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -80,36 +83,42 @@ class Nemesis:
             log(f"fault {kind}: {detail} ({time.monotonic() - began:.1f}s)")
             await asyncio.sleep(self.rng.uniform(*self.plan.gap))
 
-    def _worker(self) -> Proc:
-        return self.rng.choice([w for w in self.stack.workers if w.alive() and not w.stopped])
+    def _worker(self) -> tuple[Proc, int]:
+        """A live worker: three times in four one that is building something now (the faults that matter
+        hit work in progress), else any. Returns it and how many builds it holds."""
+        live = [w for w in self.stack.workers if w.alive() and not w.stopped]
+        holding = self.building()
+        busy = [w for w in live if holding.get(w.pid)]
+        worker = self.rng.choice(busy if busy and self.rng.random() < 0.75 else live)
+        return worker, holding.get(worker.pid, 0)
 
     async def _inject(self, kind: str) -> str:
         stack, c = self.stack, self.stack.config
         if kind == "sigterm":
-            w = self._worker()
+            w, held_jobs = self._worker()
             w.signal(signal.SIGTERM)
             ended = await w.wait_exit(c.drain_timeout + 30)
             if not ended:
                 w.signal(signal.SIGKILL)
                 await w.wait_exit(10)
             await stack.restart_worker(w)
-            return f"{w.name} {'exited' if ended else 'did not exit; killed'}, restarted"
+            return f"{w.name} ({held_jobs} builds) {'exited' if ended else 'did not exit; killed'}, restarted"
         if kind == "kill9":
-            w = self._worker()
+            w, held_jobs = self._worker()
             w.signal(signal.SIGKILL)
             await w.wait_exit(10)
             await asyncio.sleep(self.rng.uniform(1, 5))
             await stack.restart_worker(w)
-            return f"{w.name} killed, restarted"
+            return f"{w.name} ({held_jobs} builds) killed, restarted"
         if kind == "sigstop":
-            w = self._worker()
+            w, held_jobs = self._worker()
             held = c.session_timeout + self.rng.uniform(3, 8)
             w.signal(signal.SIGSTOP)
             try:
                 await asyncio.sleep(held)
             finally:
                 w.signal(signal.SIGCONT)
-            return f"{w.name} stopped {held:.1f}s"
+            return f"{w.name} ({held_jobs} builds) stopped {held:.1f}s"
         if kind == "broker_kill":
             node = await blocking(stack.requests_leader, Topics(stack.prefix).requests)
             await blocking(dev_kafka.kill_node, stack.kafka_dir, node)
