@@ -83,19 +83,24 @@ class Nemesis:
             log(f"fault {kind}: {detail} ({time.monotonic() - began:.1f}s)")
             await asyncio.sleep(self.rng.uniform(*self.plan.gap))
 
-    def _worker(self) -> tuple[Proc, int]:
-        """A live worker: three times in four one that is building something now (the faults that matter
-        hit work in progress), else any. Returns it and how many builds it holds."""
-        live = [w for w in self.stack.workers if w.alive() and not w.stopped]
-        holding = self.building()
-        busy = [w for w in live if holding.get(w.pid)]
-        worker = self.rng.choice(busy if busy and self.rng.random() < 0.75 else live)
-        return worker, holding.get(worker.pid, 0)
+    async def _worker(self) -> tuple[Proc, int]:
+        """A live worker: three times in four one seen building something (waiting up to 10 s for one: the
+        faults that matter hit work in progress), else any. Returns it and how many builds it holds."""
+        want_busy = self.rng.random() < 0.75
+        deadline = time.monotonic() + 10
+        while True:
+            live = [w for w in self.stack.workers if w.alive() and not w.stopped]
+            holding = self.building()
+            busy = [w for w in live if holding.get(w.pid)]
+            if busy or not want_busy or time.monotonic() > deadline:
+                worker = self.rng.choice(busy or live)
+                return worker, holding.get(worker.pid, 0)
+            await asyncio.sleep(0.1)
 
     async def _inject(self, kind: str) -> str:
         stack, c = self.stack, self.stack.config
         if kind == "sigterm":
-            w, held_jobs = self._worker()
+            w, held_jobs = await self._worker()
             w.signal(signal.SIGTERM)
             ended = await w.wait_exit(c.drain_timeout + 30)
             if not ended:
@@ -104,14 +109,14 @@ class Nemesis:
             await stack.restart_worker(w)
             return f"{w.name} ({held_jobs} builds) {'exited' if ended else 'did not exit; killed'}, restarted"
         if kind == "kill9":
-            w, held_jobs = self._worker()
+            w, held_jobs = await self._worker()
             w.signal(signal.SIGKILL)
             await w.wait_exit(10)
             await asyncio.sleep(self.rng.uniform(1, 5))
             await stack.restart_worker(w)
             return f"{w.name} ({held_jobs} builds) killed, restarted"
         if kind == "sigstop":
-            w, held_jobs = self._worker()
+            w, held_jobs = await self._worker()
             held = c.session_timeout + self.rng.uniform(3, 8)
             w.signal(signal.SIGSTOP)
             try:
