@@ -2,7 +2,7 @@
 
 packager ingress                      serve the HTTP API
 packager worker [--lanes fast,slow]   run a Faust worker (planner, mailer and the given lanes)
-packager dev kafka start|stop|status  a local KRaft broker from Maven Central (no Docker)
+packager dev kafka start|stop|status  a local KRaft broker (or --nodes 3: a cluster) from Maven Central
 packager dev mailsink                 a local SMTP sink that writes .eml files
 packager dev up                       broker + mail sink + ingress + worker, until Ctrl-C
 """
@@ -84,6 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             Topics(settings.topic_prefix),
             settings.partitions,
             compacted=changelog_topics(app),
+            replication_factor=settings.replication_factor,
         )
     )
     # Faust's own handler is replaced by ours: the same line format, job ids and redaction as the ingress.
@@ -268,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     dev = sub.add_parser("dev", help="development helpers").add_subparsers(dest="dev", required=True)
-    kafka_cmd = dev.add_parser("kafka", help="local KRaft broker: start|stop|status", add_help=False)
+    kafka_cmd = dev.add_parser(
+        "kafka", help="local KRaft broker or cluster: start|stop|status", add_help=False
+    )
     kafka_cmd.add_argument("rest", nargs=argparse.REMAINDER)
     kafka_cmd.set_defaults(func=cmd_dev_kafka)
     sink = dev.add_parser("mailsink", help="local SMTP sink writing .eml files")

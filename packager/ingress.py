@@ -311,6 +311,7 @@ def create_app(
             Topics(settings.topic_prefix),
             partitions=settings.partitions,
             send_timeout=settings.kafka_send_timeout,
+            replication_factor=settings.replication_factor,
         )
         yield
         await app[EVENT_LOG].close()

@@ -87,9 +87,18 @@ def topic_configs(topics: Topics, name: str) -> dict[str, str]:
 
 
 async def ensure_topics(
-    bootstrap_servers: str, topics: Topics, partitions: int, *, compacted: Sequence[str] = ()
+    bootstrap_servers: str,
+    topics: Topics,
+    partitions: int,
+    *,
+    compacted: Sequence[str] = (),
+    replication_factor: int = 1,
 ) -> None:
-    """Create the service's topics (and `compacted` ones, e.g. table changelogs) if they do not exist."""
+    """Create the service's topics (and `compacted` ones, e.g. table changelogs) if they do not exist.
+
+    Existing topics are left as they are: changing a topic's replication is a reassignment, an operator's
+    job, not something a starting process should do.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()
     try:
@@ -98,7 +107,7 @@ async def ensure_topics(
             NewTopic(
                 name=name,
                 num_partitions=partitions,
-                replication_factor=1,
+                replication_factor=replication_factor,
                 topic_configs=topic_configs(topics, name),
             )
             for name in topics.all()
@@ -108,7 +117,7 @@ async def ensure_topics(
             NewTopic(
                 name=name,
                 num_partitions=partitions,
-                replication_factor=1,
+                replication_factor=replication_factor,
                 topic_configs={"cleanup.policy": "compact"},
             )
             for name in compacted
@@ -158,11 +167,18 @@ class KafkaEventLog:
     """
 
     def __init__(
-        self, bootstrap_servers: str, topics: Topics, *, partitions: int, send_timeout: float
+        self,
+        bootstrap_servers: str,
+        topics: Topics,
+        *,
+        partitions: int,
+        send_timeout: float,
+        replication_factor: int = 1,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._topics = topics
         self._partitions = partitions
+        self._replication_factor = replication_factor
         self._send_timeout = send_timeout
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -185,7 +201,12 @@ class KafkaEventLog:
             )
             try:
                 async with asyncio.timeout(self._send_timeout):
-                    await ensure_topics(self._bootstrap, self._topics, self._partitions)
+                    await ensure_topics(
+                        self._bootstrap,
+                        self._topics,
+                        self._partitions,
+                        replication_factor=self._replication_factor,
+                    )
                     await producer.start()
             except (KafkaError, OSError, TimeoutError) as exc:
                 await producer.stop()

@@ -6,6 +6,9 @@ Templates use the original service's placeholders (`{resource_id}`, `{zip_file_n
 from the settings or from files they name, and are checked at start-up: an unknown placeholder, or anything
 but a plain name between braces, stops the service with a message naming the template. Every value is
 HTML-escaped in the HTML part.
+
+Every message carries the job it reports in an `X-Packager-Job` header (a cache hit's download link names the
+job that built the ZIP, not the one being answered), so a mailbox can be checked against the log.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ DOI_PLACEHOLDERS = frozenset(
 )
 COMPLETED_PLACEHOLDERS = DOI_PLACEHOLDERS | {"doi_body", "doi_body_html"}
 FAILED_PLACEHOLDERS = frozenset({"resource_id", "ckan_host", "error", "job_id", "status_url"})
+# The header naming the job an email reports.
+JOB_HEADER = "X-Packager-Job"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +155,7 @@ def render_completed(settings: Settings, job_id: str, event: PackageCompleted) -
     msg["Subject"] = _one_line(templates.email_subject.format(**text_values))
     msg.set_content(templates.email_body.format(**text_values))
     msg.add_alternative(templates.email_body_html.format(**html_values), subtype="html")
-    return _addressed(msg, settings, event.email)
+    return _addressed(msg, settings, event.email, job_id)
 
 
 def render_failed(settings: Settings, job_id: str, event: PackageFailed) -> EmailMessage:
@@ -166,7 +171,7 @@ def render_failed(settings: Settings, job_id: str, event: PackageFailed) -> Emai
     msg = EmailMessage()
     msg["Subject"] = _one_line(templates.failure_subject.format(**values))
     msg.set_content(templates.failure_body.format(**values))
-    return _addressed(msg, settings, event.email)
+    return _addressed(msg, settings, event.email, job_id)
 
 
 def _one_line(text: str) -> str:
@@ -174,8 +179,9 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _addressed(msg: EmailMessage, settings: Settings, to: str) -> EmailMessage:
+def _addressed(msg: EmailMessage, settings: Settings, to: str, job_id: str) -> EmailMessage:
     msg["From"] = settings.email_from
+    msg[JOB_HEADER] = job_id
     msg["To"] = to
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = make_msgid(domain="ckanpackager")

@@ -163,7 +163,9 @@ class ReadSide:
     async def _follow(self) -> None:
         topics = Topics(self.settings.topic_prefix)
         bootstrap = self.settings.kafka_bootstrap_servers
-        await ensure_topics(bootstrap, topics, self.settings.partitions)
+        await ensure_topics(
+            bootstrap, topics, self.settings.partitions, replication_factor=self.settings.replication_factor
+        )
         partitions = await topic_partitions(bootstrap, [topics.requests, topics.events])
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"

@@ -95,6 +95,9 @@ class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = "packager"
     partitions: int = 8
+    # Copies of every service topic and table changelog, set when the topics are created. Use 3 on a
+    # production cluster (with the brokers' min.insync.replicas=2: the producers already wait for acks=all).
+    replication_factor: int = 1
     kafka_send_timeout: float = 10.0
 
     # Statistics keep a keyed hash of each address (and its domain) instead of the address.
@@ -307,6 +310,8 @@ def load_settings(
     for name in ("max_download_bytes", "max_page_bytes"):
         if getattr(settings, name) < 0:
             raise ConfigurationError(f"Setting {name.upper()} must be a number of bytes (0: no cap)")
+    if settings.replication_factor < 1:
+        raise ConfigurationError("Setting REPLICATION_FACTOR must be at least 1")
     if not 6 <= settings.session_timeout <= 300:
         raise ConfigurationError("Setting SESSION_TIMEOUT must be between 6 and 300 seconds")
     if not 3 <= settings.lease_time <= 3600:

@@ -89,7 +89,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         topic_allow_declare=False,
         topic_disable_leader=True,
         web_enabled=False,

@@ -10,7 +10,9 @@ It owns three things:
   `rows_max` capping, the four `records_format`s, CKAN's error shapes and raw-token authorisation; plus the
   paging of two other datastore backends (a Solr-style `cursor`, the versioned datastore's `after`).
 - `Faults`: deterministic fault injection (5xx answers, slow answers, bodies cut mid-way), counted in
-  `app[STATS]`, so client retries can be tested.
+  `app[STATS]`, so client retries can be tested. With `admin=True` (`--admin`), `POST /_dev/faults` replaces
+  them at run time (a JSON object of `Faults` fields; `{}` heals) and `GET /_dev/faults` shows them and the
+  counters, so a chaos campaign can switch a burst of 5xx on and off in a server running as a process.
 
 Filtered and searched queries compute the matching row indexes once, into an `array('i')` kept in a small
 LRU cache, so paging through millions of rows stays linear; unfiltered queries never materialise indexes.
@@ -34,13 +36,14 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 ACTION_PATH = "/api/3/action/datastore_search"
+ADMIN_PATH = "/_dev/faults"  # served only with admin=True (--admin)
 BACKENDS = (None, "solr", "versioned-datastore")
 RECORDS_FORMATS = ("objects", "lists", "csv", "tsv")
 DEFAULT_LIMIT = 100  # ckan.datastore.search.rows_default
@@ -1159,8 +1162,12 @@ def create_ckan_app(
     api_token: str | None = None,
     backend: str | None = None,
     faults: Faults | None = None,
+    admin: bool = False,
 ) -> web.Application:
-    """An aiohttp app serving `datastore_search` (GET and POST, /api/3/action and /api/action) over tables."""
+    """An aiohttp app serving `datastore_search` (GET and POST, /api/3/action and /api/action) over tables.
+
+    `admin` adds `/_dev/faults` to change the faults while the server runs (development only).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if rows_max < 1:
@@ -1180,7 +1187,36 @@ def create_ckan_app(
     for path in (ACTION_PATH, "/api/action/datastore_search"):
         app.router.add_get(path, _handle_search, allow_head=False)
         app.router.add_post(path, _handle_search)
+    if admin:
+        app.router.add_get(ADMIN_PATH, _show_faults)
+        app.router.add_post(ADMIN_PATH, _set_faults)
     return app
+
+
+def _faults_body(app: web.Application) -> dict[str, Any]:
+    faults = app[_STATE].faults
+    return {"faults": None if faults is None else asdict(faults), "stats": dict(app[STATS])}
+
+
+async def _show_faults(request: web.Request) -> web.Response:
+    """GET /_dev/faults: the faults in force and the counters."""
+    return _json_response(200, _faults_body(request.app))
+
+
+async def _set_faults(request: web.Request) -> web.Response:
+    """POST /_dev/faults: replace the faults with the JSON object's `Faults` fields (`{}`: none)."""
+    try:
+        raw = orjson.loads(await request.read() or b"{}")
+        if not isinstance(raw, dict):
+            raise TypeError("a JSON object of Faults fields is expected")
+        faults = Faults(**raw) if raw else None
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        return _json_response(400, {"error": str(exc)})
+    state = request.app[_STATE]
+    state.faults = faults
+    if faults is not None:
+        state.rng = random.Random(faults.seed)
+    return _json_response(200, _faults_body(request.app))
 
 
 @contextlib.asynccontextmanager
@@ -1223,6 +1259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout-seconds", type=float, default=30.0, help="delay of a delayed request")
     parser.add_argument("--reset-rate", type=float, default=0.0, help="fraction of bodies cut mid-way")
     parser.add_argument("--slow-page-delay", type=float, default=0.0, help="seconds added to every page")
+    parser.add_argument(
+        "--admin", action="store_true", help=f"serve {ADMIN_PATH} to change the faults at run time"
+    )
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["--"]:
         # `packager dev ckan -- --rows N`: the separator the wrapping command needs to pass options on.
@@ -1246,6 +1285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_token=args.token,
         backend=args.backend,
         faults=faults,
+        admin=args.admin,
     )
     url = f"http://{args.host}:{args.port}{ACTION_PATH}?resource_id={table.resource_id}"
     print(f"[ckan] serving {table.rows} rows of {table.resource_id!r} at {url}", file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""A real single-node Apache Kafka broker (KRaft mode) on a free loopback port, without Docker.
+"""Real Apache Kafka brokers (KRaft mode) on free loopback ports, without Docker: one node, or a cluster.
 
 The broker's classpath comes from `$KAFKA_HOME/libs` when `KAFKA_HOME` is set; otherwise Maven resolves
 `org.apache.kafka:kafka_2.13` and its runtime dependencies from Maven Central into a cache folder
@@ -7,12 +7,19 @@ The broker's classpath comes from `$KAFKA_HOME/libs` when `KAFKA_HOME` is set; o
 `start` formats a fresh storage directory, launches the broker in its own process group, waits until it
 answers a metadata request and records its pid and address in `<state_dir>/broker.json`; `stop` ends it and
 removes its data.
+
+`start_cluster` runs several combined broker+controller nodes from the same jars (replication factor = the
+node count for every topic and internal topic, `min.insync.replicas` = 2 by default), recorded in
+`<state_dir>/cluster.json`. Chaos tools use `kill_node` (SIGKILL, data kept), `restart_node` (same ports and
+data), `partition_leaders` and `stop_cluster`. The metadata probes speak Kafka's wire protocol directly, so
+this module needs no event loop and no client library.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -146,6 +153,18 @@ def _properties(port: int, controller_port: int, data_dir: Path, partitions: int
     )
 
 
+def _new_cluster_id() -> str:
+    """A random KRaft cluster id (a base64 UUID) that does not start with "-".
+
+    The storage tool's argument parser takes an id starting with "-" (one in 64 random ids) for an option
+    and refuses to format: the cause of the rare formatting failures once put down to a loaded machine.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _answers(port: int, timeout: float) -> bool:
     """True once the broker answers an ApiVersions request on `port` (not merely accepts TCP)."""
     # ApiVersions v0: size, api_key=18, api_version=0, correlation_id=1, client_id="probe".
@@ -183,41 +202,12 @@ def start(
     props.write_text(_properties(port, controller_port, data_dir, partitions))
     java = _java()
     cp = f"{libs}/*"
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-    # Formatting was once seen to fail on a heavily loaded machine; a fresh data folder and a second try cost
-    # little next to a failed test session.
-    for attempt in (1, 2, 3):
-        shutil.rmtree(data_dir, ignore_errors=True)
-        formatted = subprocess.run(
-            [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if formatted.returncode == 0:
-            break
-        log(f"formatting KRaft storage failed (attempt {attempt}): {formatted.stderr[-500:].strip()}")
-        time.sleep(1)
-    else:
-        raise BrokerError(
-            f"formatting KRaft storage failed:\n{formatted.stdout[-2000:]}{formatted.stderr[-2000:]}"
-        )
+    _format_storage(java, cp, props, data_dir, _new_cluster_id(), log)
     return _launch(java, cp, state_dir, props, heap, port, controller_port, data_dir, timeout)
 
 
-def _launch(
-    java: str,
-    cp: str,
-    state_dir: Path,
-    props: Path,
-    heap: str,
-    port: int,
-    controller_port: int,
-    data_dir: Path,
-    timeout: float,
-) -> Broker:
-    """Run the broker on formatted storage; return once it answers requests."""
-    log_file = state_dir / "broker.log"
+def _spawn(java: str, cp: str, props: Path, heap: str, log_file: Path) -> subprocess.Popen[bytes]:
+    """Run `kafka.Kafka` on `props` in its own process group, output appended to `log_file`."""
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
             [
@@ -237,6 +227,46 @@ def _launch(
             start_new_session=True,
         )
     _STARTED[proc.pid] = proc
+    return proc
+
+
+def _format_storage(
+    java: str, cp: str, props: Path, data_dir: Path, cluster_id: str, log: Callable[[str], None]
+) -> None:
+    """Format a node's KRaft storage (fresh data folder), retrying as a loaded machine sometimes needs."""
+    # Formatting was once seen to fail on a heavily loaded machine; a fresh data folder and a second try cost
+    # little next to a failed test session.
+    for attempt in (1, 2, 3):
+        shutil.rmtree(data_dir, ignore_errors=True)
+        formatted = subprocess.run(
+            [java, "-cp", cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if formatted.returncode == 0:
+            return
+        log(f"formatting KRaft storage failed (attempt {attempt}): {formatted.stderr[-500:].strip()}")
+        time.sleep(1)
+    raise BrokerError(
+        f"formatting KRaft storage failed:\n{formatted.stdout[-2000:]}{formatted.stderr[-2000:]}"
+    )
+
+
+def _launch(
+    java: str,
+    cp: str,
+    state_dir: Path,
+    props: Path,
+    heap: str,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    timeout: float,
+) -> Broker:
+    """Run the broker on formatted storage; return once it answers requests."""
+    log_file = state_dir / "broker.log"
+    proc = _spawn(java, cp, props, heap, log_file)
     broker = Broker(
         bootstrap_servers=f"127.0.0.1:{port}",
         pid=proc.pid,
@@ -357,23 +387,380 @@ def _terminate(pid: int, timeout: float) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------------------------
+# A cluster of combined broker+controller nodes
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node of a cluster started by `start_cluster` (its pid changes when it is restarted)."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    pid: int
+    properties: str
+    data_dir: str
+    log_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """A running cluster started by this module."""
+
+    state_dir: str
+    nodes: tuple[Node, ...]
+    heap: str
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Every node's client address, comma-separated (clients need only one to be up)."""
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def node(self, node_id: int) -> Node:
+        """The node with `node_id`."""
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise BrokerError(f"the cluster has no node {node_id}")
+
+
+def _cluster_properties(
+    node_id: int, port: int, controller_port: int, voters: str, data_dir: Path, size: int, partitions: int
+) -> str:
+    min_isr = min(2, size)
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            f"node.id={node_id}",
+            f"controller.quorum.voters={voters}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data_dir}",
+            f"num.partitions={partitions}",
+            # Every topic, the internal ones included, survives the loss of one node and refuses acks=all
+            # writes with fewer than `min_isr` copies.
+            f"default.replication.factor={size}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={size}",
+            "offsets.topic.num.partitions=4",
+            f"transaction.state.log.replication.factor={size}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={size}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
+            "group.initial.rebalance.delay.ms=0",
+            # A killed node's partitions get new leaders after 6 s instead of 9 (fault tests wait on it).
+            "broker.heartbeat.interval.ms=1000",
+            "broker.session.timeout.ms=6000",
+            # A restarted node takes its partitions' leadership back soon, as in production.
+            "leader.imbalance.check.interval.seconds=10",
+            "auto.create.topics.enable=true",
+            "",
+        ]
+    )
+
+
+def _save_cluster(cluster: Cluster) -> Cluster:
+    record = {
+        "state_dir": cluster.state_dir,
+        "heap": cluster.heap,
+        "nodes": [asdict(n) for n in cluster.nodes],
+    }
+    (Path(cluster.state_dir) / "cluster.json").write_text(json.dumps(record))
+    return cluster
+
+
+def cluster_status(state_dir: Path) -> Cluster | None:
+    """The cluster recorded in `state_dir` (alive or not), or None."""
+    record = Path(state_dir) / "cluster.json"
+    if not record.exists():
+        return None
+    data = json.loads(record.read_text())
+    return Cluster(
+        state_dir=data["state_dir"], heap=data["heap"], nodes=tuple(Node(**n) for n in data["nodes"])
+    )
+
+
+def _alive(pid: int) -> bool:
+    proc = _STARTED.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start_cluster(
+    state_dir: Path,
+    *,
+    nodes: int = 3,
+    partitions: int = 8,
+    heap: str = "384m",
+    timeout: float = 120.0,
+    log: Callable[[str], None] = print,
+) -> Cluster:
+    """Format and start `nodes` combined broker+controller nodes; return once all of them are registered."""
+    if nodes < 1:
+        raise BrokerError("a cluster needs at least one node")
+    state_dir = Path(state_dir).resolve()
+    if (existing := cluster_status(state_dir)) is not None and all(_alive(n.pid) for n in existing.nodes):
+        return existing
+    libs = classpath_dir(log=log)
+    java, cp = _java(), f"{libs}/*"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ports = [(free_port(), free_port()) for _ in range(nodes)]
+    voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))
+    cluster_id = _new_cluster_id()
+    started: list[Node] = []
+    try:
+        for i, (port, controller_port) in enumerate(ports):
+            node_id, node_dir = i + 1, state_dir / f"node-{i + 1}"
+            node_dir.mkdir(exist_ok=True)
+            data_dir, props = node_dir / "data", node_dir / "server.properties"
+            props.write_text(
+                _cluster_properties(node_id, port, controller_port, voters, data_dir, nodes, partitions)
+            )
+            _format_storage(java, cp, props, data_dir, cluster_id, log)
+            log_file = node_dir / "broker.log"
+            proc = _spawn(java, cp, props, heap, log_file)
+            started.append(
+                Node(node_id, port, controller_port, proc.pid, str(props), str(data_dir), str(log_file))
+            )
+        cluster = _save_cluster(Cluster(state_dir=str(state_dir), nodes=tuple(started), heap=heap))
+        # The nodes only serve clients once a controller quorum exists, so all are launched before waiting.
+        _wait_registered(cluster, {n.node_id for n in started}, timeout)
+    except BaseException:
+        for node in started:
+            _terminate(node.pid, 10)
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / "cluster.json").unlink()
+        raise
+    return cluster
+
+
+def _wait_registered(cluster: Cluster, node_ids: set[int], timeout: float) -> None:
+    """Wait until every node in `node_ids` is alive and listed in the cluster's metadata."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node in cluster.nodes:
+            if node.node_id in node_ids and not _alive(node.pid):
+                raise BrokerError(f"node {node.node_id} exited; see {node.log_file}")
+        try:
+            brokers, _ = _metadata(cluster, None)
+        except BrokerError:
+            brokers = set()
+        if node_ids <= brokers and all(_answers(cluster.node(i).port, 1.0) for i in node_ids):
+            return
+        time.sleep(0.5)
+    raise BrokerError(f"nodes {sorted(node_ids)} did not all register within {timeout:.0f}s")
+
+
+def kill_node(state_dir: Path, node_id: int) -> Node:
+    """SIGKILL one node (as a crash would), keeping its data for `restart_node`."""
+    cluster = cluster_status(state_dir)
+    if cluster is None:
+        raise BrokerError(f"no cluster is recorded in {state_dir}")
+    node = cluster.node(node_id)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(node.pid, signal.SIGKILL)
+    proc = _STARTED.pop(node.pid, None)
+    if proc is not None:
+        proc.wait()
+    else:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(node.pid, 0)
+    return node
+
+
+def restart_node(state_dir: Path, node_id: int, *, timeout: float = 120.0) -> Node:
+    """Start a killed node again on its data and ports; return once the cluster lists it again."""
+    cluster = cluster_status(state_dir)
+    if cluster is None:
+        raise BrokerError(f"no cluster is recorded in {state_dir}")
+    node = cluster.node(node_id)
+    if _alive(node.pid):
+        return node
+    cp = f"{classpath_dir(log=lambda _: None)}/*"
+    proc = _spawn(_java(), cp, Path(node.properties), cluster.heap, Path(node.log_file))
+    fresh = dataclasses.replace(node, pid=proc.pid)
+    cluster = _save_cluster(
+        dataclasses.replace(cluster, nodes=tuple(fresh if n.node_id == node_id else n for n in cluster.nodes))
+    )
+    _wait_registered(cluster, {node_id}, timeout)
+    return fresh
+
+
+def stop_cluster(state_dir: Path, *, timeout: float = 30.0) -> bool:
+    """Stop every node of the cluster in `state_dir` and remove its data. True if one was recorded."""
+    cluster = cluster_status(state_dir)
+    if cluster is None:
+        return False
+    # All nodes are asked at once: one by one, the last ones would wait for a quorum that has already gone.
+    for node in cluster.nodes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(node.pid, signal.SIGTERM)
+    for node in cluster.nodes:
+        _terminate(node.pid, timeout)
+    for node in cluster.nodes:
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (Path(state_dir) / "cluster.json").unlink()
+    return True
+
+
+def partition_leaders(cluster: Cluster, topic: str) -> dict[int, int]:
+    """The node id leading each partition of `topic` (-1 while a partition has no leader)."""
+    _, topics = _metadata(cluster, [topic])
+    if topic not in topics:
+        raise BrokerError(f"topic {topic} does not exist")
+    return topics[topic]
+
+
+# Metadata v4 (the oldest Kafka 4 still serves): enough of the wire format to read brokers and leaders.
+def _metadata(cluster: Cluster, topics: list[str] | None) -> tuple[set[int], dict[str, dict[int, int]]]:
+    """(registered node ids, topic -> partition -> leader) from the first live node that answers."""
+    last: Exception | None = None
+    for node in cluster.nodes:
+        if not _alive(node.pid):
+            continue
+        try:
+            return _parse_metadata(_metadata_call(node.port, topics))
+        except (OSError, ValueError, IndexError) as exc:
+            last = exc
+    raise BrokerError(f"no node answered a metadata request: {last!r}")
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _metadata_call(port: int, topics: list[str] | None) -> bytes:
+    body = (3).to_bytes(2, "big") + (4).to_bytes(2, "big") + (7).to_bytes(4, "big") + _string("probe")
+    if topics is None:
+        body += (-1).to_bytes(4, "big", signed=True)
+    else:
+        body += len(topics).to_bytes(4, "big") + b"".join(_string(t) for t in topics)
+    body += b"\x00"  # allow_auto_topic_creation = false: asking about a topic never creates it
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as s:
+        s.settimeout(5.0)
+        s.sendall(len(body).to_bytes(4, "big") + body)
+        size = int.from_bytes(_recv_exactly(s, 4), "big")
+        return _recv_exactly(s, size)
+
+
+def _recv_exactly(s: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = s.recv(min(left, 65536))
+        if not chunk:
+            raise OSError("connection closed mid-answer")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _parse_metadata(data: bytes) -> tuple[set[int], dict[str, dict[int, int]]]:
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > len(data):
+            raise ValueError("short metadata answer")
+        chunk = data[pos : pos + n]
+        pos += n
+        return chunk
+
+    def int_(n: int) -> int:
+        return int.from_bytes(take(n), "big", signed=True)
+
+    def string() -> str | None:
+        length = int_(2)
+        return None if length < 0 else take(length).decode()
+
+    int_(4)  # correlation id
+    int_(4)  # throttle time
+    brokers = set()
+    for _ in range(int_(4)):
+        brokers.add(int_(4))
+        string()  # host
+        int_(4)  # port
+        string()  # rack
+    string()  # cluster id
+    int_(4)  # controller id
+    topics: dict[str, dict[int, int]] = {}
+    for _ in range(int_(4)):
+        error = int_(2)
+        name = string() or ""
+        int_(1)  # is_internal
+        leaders = {}
+        for _ in range(int_(4)):
+            int_(2)  # partition error
+            partition, leader = int_(4), int_(4)
+            for _ in range(int_(4)):
+                int_(4)  # replicas
+            for _ in range(int_(4)):
+                int_(4)  # in-sync replicas
+            leaders[partition] = leader
+        if error == 0:
+            topics[name] = leaders
+    return brokers, topics
+
+
 def main(argv: list[str]) -> int:
-    """`packager dev kafka start|stop|status [--state-dir DIR] [--port N]`."""
+    """`packager dev kafka ACTION [--state-dir D] [--port N] [--nodes N] [--node ID]` (see the choices)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="packager dev kafka")
-    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("action", choices=["start", "stop", "status", "kill-node", "restart-node"])
     parser.add_argument("--state-dir", default="var/kafka", help="where the broker keeps its state")
     parser.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="start a cluster of this many nodes (default 1: one broker)"
+    )
+    parser.add_argument("--node", type=int, default=None, help="node id for kill-node and restart-node")
     args = parser.parse_args(argv)
     state_dir = Path(args.state_dir)
+    quiet: Callable[[str], None] = lambda m: print(m, file=sys.stderr)  # noqa: E731
     try:
         if args.action == "start":
-            broker = start(state_dir, port=args.port, log=lambda m: print(m, file=sys.stderr))
-            print(broker.bootstrap_servers)
+            if args.nodes > 1:
+                if args.port is not None:
+                    raise BrokerError("--port applies to a single broker; a cluster takes free ports")
+                print(start_cluster(state_dir, nodes=args.nodes, log=quiet).bootstrap_servers)
+            else:
+                broker = start(state_dir, port=args.port, log=quiet)
+                print(broker.bootstrap_servers)
+        elif args.action in ("kill-node", "restart-node"):
+            if args.node is None:
+                raise BrokerError(f"{args.action} needs --node ID")
+            if args.action == "kill-node":
+                kill_node(state_dir, args.node)
+                print(f"node {args.node} killed")
+            else:
+                restart_node(state_dir, args.node)
+                print(f"node {args.node} restarted")
         elif args.action == "stop":
-            print("stopped" if stop(state_dir) else "no broker was running")
+            if stop_cluster(state_dir):
+                print("stopped")
+            else:
+                print("stopped" if stop(state_dir) else "no broker was running")
         else:
+            cluster = cluster_status(state_dir)
+            if cluster is not None:
+                alive = [n for n in cluster.nodes if _alive(n.pid)]
+                if not alive:
+                    print("not running")
+                    return 1
+                for n in cluster.nodes:
+                    print(f"node {n.node_id} 127.0.0.1:{n.port} {'up' if _alive(n.pid) else 'down'}")
+                print(cluster.bootstrap_servers)
+                return 0
             broker_or_none = status(state_dir)
             if broker_or_none is None:
                 print("not running")

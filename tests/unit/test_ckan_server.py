@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from packager.dev.ckan_server import (
     ACTION_PATH,
+    ADMIN_PATH,
     STATS,
     Faults,
     SyntheticTable,
@@ -478,3 +479,32 @@ async def test_serve_ckan_listens_on_a_free_port_and_cleans_up() -> None:
         with pytest.raises(aiohttp.ClientConnectionError):
             async with session.get(url, params={"resource_id": TABLE.resource_id}):
                 pass
+
+
+async def test_admin_endpoint_switches_a_burst_of_5xx_on_and_off_at_run_time() -> None:
+    app = create_ckan_app({TABLE.resource_id: TABLE}, admin=True)
+    payload = {"resource_id": TABLE.resource_id, "limit": 1}
+    async with TestClient(TestServer(app)) as c:
+
+        async def statuses(n: int) -> list[int]:
+            found = []
+            for offset in range(n):  # distinct requests: none is exempt as another's retry
+                resp = await c.post(ACTION_PATH, json={**payload, "offset": offset})
+                await resp.read()
+                found.append(resp.status)
+            return found
+
+        assert set(await statuses(20)) == {200}
+        switched = await c.post(ADMIN_PATH, json={"error_rate": 1.0, "seed": 3})
+        assert switched.status == 200 and (await switched.json())["faults"]["error_rate"] == 1.0
+        assert set(await statuses(20)) <= {500, 502, 503}
+        healed = await c.post(ADMIN_PATH, json={})
+        assert (await healed.json())["faults"] is None
+        assert set(await statuses(20)) == {200}
+        shown = await (await c.get(ADMIN_PATH)).json()
+        assert shown["stats"]["errors_injected"] == 20
+        assert (await c.post(ADMIN_PATH, json={"no_such_fault": 1})).status == 400
+
+
+async def test_admin_endpoint_is_absent_unless_asked_for(client: TestClient) -> None:
+    assert (await client.post(ADMIN_PATH, json={"error_rate": 1.0})).status in (404, 405)

@@ -29,6 +29,7 @@ def test_completed_email_links_to_the_download() -> None:
     msg = render_completed(SETTINGS, "job-1", completed())
     text, html = parts(msg)
     assert msg["To"] == "a@example.org"
+    assert msg["X-Packager-Job"] == "job-1"  # a cache hit's link names another job: the header names this one
     assert msg["Subject"] == "Resource from data.example.org"
     assert "https://dl.example.org/z/job-1.zip" in text
     assert 'href="https://dl.example.org/z/job-1.zip"' in html
@@ -59,6 +60,7 @@ def test_failure_email_says_what_failed() -> None:
     msg = render_failed(SETTINGS, "job-9", failed)
     body = msg.get_content()
     assert "HTTP 404" in body and "job-9" in body
+    assert msg["X-Packager-Job"] == "job-9"
     assert "could not be prepared" in msg["Subject"]
 
 

@@ -1,0 +1,43 @@
+"""The chaos campaign in its quick form: every fault kind thrown at the real stack, nothing lost or doubled.
+
+It starts its own 3-node cluster, ingresses, workers, SMTP and CKAN servers (see `benchmarks/chaos.py`),
+runs for at most 5 minutes and is deselected by default; run it with
+`pytest -m chaos tests/integration/test_chaos.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.chaos import FAULT_KINDS
+from tests.integration.support import ROOT
+
+pytestmark = pytest.mark.chaos
+
+
+def test_quick_campaign_loses_no_job_and_ends_none_twice() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.chaos", "--quick", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        # The campaign keeps to 5 minutes; the margin covers a slow start of the JVMs on a loaded machine.
+        timeout=480,
+        check=False,
+    )
+    assert done.stdout.strip(), f"no report (exit {done.returncode}):\n{done.stderr[-5000:]}"
+    result = json.loads(done.stdout)
+    summary = {k: v for k, v in result.items() if k != "details"}
+    details = json.dumps(result["details"], indent=1)[:8000]
+    assert result["accepted"] >= 150, summary
+    assert {kind: n for kind, n in result["faults"].items() if n < 1} == {}, summary
+    assert set(result["faults"]) == set(FAULT_KINDS)
+    assert result["lost"] == 0, f"{summary}\n{details}"
+    assert result["duplicate_terminal"] == 0, f"{summary}\n{details}"
+    assert result["terminal_once"] == result["accepted"]
+    assert result["zip_ok"] is True, f"{summary}\n{details}"
+    assert done.returncode == 0, done.stderr[-3000:]
