@@ -231,7 +231,9 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             yield env
 
     if "planner" in roles:
-        _add_planner_and_cache(app, settings, requests_topic, events_topic, lane_topics, decoded, publish)
+        _add_planner_and_cache(
+            app, settings, requests_topic, events_topic, lane_topics, decoded, publish, left_to_others
+        )
         analytics_topic = raw_topic(topics.analytics)
 
         @app.agent(
@@ -271,6 +273,7 @@ def _add_planner_and_cache(
     lane_topics: dict[str, Any],
     decoded: Any,
     publish: Any,
+    left_to_others: Callable[[], bool],
 ) -> None:
     """The planner (requests -> cache hit, shared build or a lane) and the steward (events -> state).
 
@@ -315,6 +318,8 @@ def _add_planner_and_cache(
                     since = await reader.end_offset(tp)
             ending[job_id] = since
             await app.producer.flush()
+        if left_to_others():
+            return  # frozen meanwhile: the partition's new owner appends it (and finds the intent above)
         await publish(events_topic, job_id, key, terminal)
 
     async def dispatch(job_id: str, key: str, lane: str, attempt: int, record: str) -> None:

@@ -145,6 +145,29 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
     # -- the loop --------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The consume loop, started again after any error (never dies silently)."""
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the mailer's loop failed; reading on from the last email handled")
+                await asyncio.sleep(1.0)
+                await self._rewind()
+
+    async def _rewind(self) -> None:
+        """Put each owned partition back at the first record not yet handled."""
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in list(self._sends):
+            with contextlib.suppress(KafkaError, AssertionError):
+                if tp in self._next:
+                    consumer.seek(tp, self._next[tp])
+                else:
+                    await consumer.seek_to_committed(tp)
+
+    async def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         loop = asyncio.get_running_loop()

@@ -7,13 +7,20 @@ agent looks further on in the partition its append goes to: if the event is ther
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from packager.errors import EventDecodeError
 from packager.events import Envelope, decode
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class LogReader:
@@ -32,15 +39,36 @@ class LogReader:
             self._consumer = consumer
         return self._consumer
 
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt` until the brokers answer: the caller cannot go on without the answer."""
+        delay = 0.5
+        while True:
+            try:
+                return await attempt()
+            except (KafkaError, OSError) as exc:
+                log.warning("cannot %s yet: %r", what, exc)
+                await self.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def end_offset(self, tp: TopicPartition) -> int:
         """The offset the next record appended to `tp` will get."""
+        return await self._retrying("read the end of the log", lambda: self._end_offset(tp))
+
+    async def _end_offset(self, tp: TopicPartition) -> int:
         consumer = await self._open()
         return int((await consumer.end_offsets([tp]))[tp])
 
     async def scan(self, tp: TopicPartition, start: int, visit: Callable[[Envelope], None]) -> None:
-        """Hand every valid event of `tp` from `start` to its current end to `visit`, in order."""
+        """Hand every valid event of `tp` from `start` to its current end to `visit`, in order.
+
+        After a broker error the scan starts again from `start`: `visit` must not mind seeing an event twice.
+        """
+        await self._retrying("read ahead in the log", lambda: self._scan(tp, start, visit))
+
+    async def _scan(self, tp: TopicPartition, start: int, visit: Callable[[Envelope], None]) -> None:
         consumer = await self._open()
-        end = await self.end_offset(tp)
+        end = await self._end_offset(tp)
         if start >= end:
             return
         consumer.assign([tp])
