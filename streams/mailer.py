@@ -78,7 +78,8 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self._next: dict[TopicPartition, int] = {}  # the next offset to read, per owned partition
         self._settled: dict[TopicPartition, set[str]] = {}  # jobs with an outcome further on in the log
         self._scanned: set[TopicPartition] = set()
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent: OrderedDict[str, None] = OrderedDict()  # jobs whose email was settled lately
+        self._sending: set[str] = set()  # jobs with a send task (a cancelled one leaves, and is sent again)
         self._loop_task: asyncio.Task[None] | None = None
         self._pause_task: asyncio.Task[None] | None = None
         self._reader = LogReader(settings.kafka_bootstrap_servers)
@@ -207,9 +208,10 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
             return
         if tp not in self._scanned:
             await self._read_ahead(tp, offset)
-        if env.job_id in self._settled[tp] or env.job_id in self._recent:
-            return  # emailed before a restart, or a repeated terminal event
-        self._remember(env.job_id)
+        job = env.job_id
+        if job in self._settled[tp] or job in self._recent or job in self._sending:
+            return  # emailed before a restart, a repeated terminal event, or being sent now
+        self._sending.add(job)
         task = asyncio.create_task(self._send(env), name=f"email {env.job_id}")
         self._sends[tp][offset] = task
         task.add_done_callback(lambda done: self._sent(tp, offset, done))
@@ -225,6 +227,13 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _send(self, env: Envelope) -> None:
         bind_job(env.job_id)
+        try:
+            await self._deliver(env)
+        finally:
+            self._sending.discard(env.job_id)
+        self._remember(env.job_id)  # settled: a repeated terminal event is not emailed again
+
+    async def _deliver(self, env: Envelope) -> None:
         outcome = await notify(self.settings, env, slot=self._smtp)
         if outcome is None:
             return  # failure notices are turned off
