@@ -70,6 +70,8 @@ from streams.readahead import LogReader
 
 log = logging.getLogger(__name__)
 
+APPEND_TIMEOUT = 30.0  # seconds
+
 ROLES = ("planner", "mailer", *(f"lane:{x}" for x in LANES))
 
 
@@ -96,6 +98,8 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         datadir=str(Path(settings.store_directory) / ".faust"),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # An append either lands within this time or fails: `end_once` relies on it after a crash.
+        producer_request_timeout=APPEND_TIMEOUT,
         broker_commit_every=1,
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout,
@@ -298,16 +302,27 @@ def _add_planner_and_cache(
     expiring: set[tuple[str, int]] = set()  # LeaseExpired appended, not yet read back
 
     async def end_once(job_id: str, key: str, terminal: Event, partition: int) -> None:
-        """Append a job's terminal event once, even when the record asking for it is read again."""
+        """Append a job's terminal event once, even when the record asking for it is read again.
+
+        The intent (where in the partition the event may appear, and when) is recorded first. Read again,
+        the record finds it and looks ahead in the log; an append still on its way from a worker that lost
+        the partition lands within the producer's timeout, so until then it looks again before appending.
+        """
         tp = TP(events_name, partition)
-        since = ending.get(job_id)
-        if since is not None:
+        intent = ending.get(job_id)
+        if intent is not None:
             async with LogReader(settings.kafka_bootstrap_servers) as reader:
-                if await reader.contains(
-                    tp, since, lambda e: e.job_id == job_id and e.type in TERMINAL_TYPES
-                ):
-                    log.info("the job's terminal event is already in the log")
-                    return
+                while True:
+                    if await reader.contains(
+                        tp, intent["since"], lambda e: e.job_id == job_id and e.type in TERMINAL_TYPES
+                    ):
+                        log.info("the job's terminal event is already in the log")
+                        return
+                    wait = intent["at"] + APPEND_TIMEOUT + 5 - time.time()
+                    if wait <= 0:
+                        break
+                    log.info("an earlier append of the job's terminal event may still land; waiting")
+                    await asyncio.sleep(min(wait, 5.0))
         else:
             try:
                 since = app.consumer.highwater(tp)  # at most the true end: a later scan only starts earlier
@@ -316,7 +331,7 @@ def _add_planner_and_cache(
             if since is None:
                 async with LogReader(settings.kafka_bootstrap_servers) as reader:
                     since = await reader.end_offset(tp)
-            ending[job_id] = since
+            ending[job_id] = {"since": since, "at": time.time()}
             await app.producer.flush()
         if left_to_others():
             return  # frozen meanwhile: the partition's new owner appends it (and finds the intent above)
