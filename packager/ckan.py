@@ -11,7 +11,13 @@ The client follows the behaviour CKAN documents for `datastore_search`:
 - the API key goes raw in the `Authorization` header;
 - timeouts, connection errors, cut bodies and 5xx are retried with backoff, resuming at the page that
   failed: a page is only handed on once parsed whole, so no row is written twice or skipped;
-- `success: false`, 403, 404 and 409 raise `CkanError` carrying CKAN's own message.
+- `success: false`, 403, 404 and 409 raise `CkanError` carrying CKAN's own message;
+- `records_format=lists` (compact, in column order) except with `q`: CKAN 2.12 refuses `q` together with
+  `lists` ("Query is not a single statement"), so a query with `q` asks for `objects`, which are put back
+  into column order here;
+- numbers arrive exactly as CKAN sent them: a query whose `fields` include `numeric`, float or JSON columns is
+  parsed by `packager.numbers.loads_exact` (integers of any size, other numbers as `NumberText`); the others
+  by orjson, which is exact for them and faster.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import aiohttp
 import orjson
 
 from packager.errors import PackagingError
+from packager.numbers import loads_exact, needs_exact_numbers
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,11 @@ class DatastoreQuery:
     sort: str | None = None
     offset: int = 0
     limit: int | None = None  # rows wanted in all; None means every row
+
+    @property
+    def records_format(self) -> str:
+        """`lists` where CKAN allows it; `objects` with `q`, which CKAN 2.12 refuses with `lists`."""
+        return "objects" if self.q else "lists"
 
     def base_params(self) -> dict[str, Any]:
         """Parameters common to every call, None values left out."""
@@ -127,12 +139,17 @@ class DatastoreClient:
         self._backoff = backoff
         self.retries = 0
 
-    async def call(self, api_url: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """One `datastore_search` call with retries; returns `result`."""
+    async def call(
+        self, api_url: str, params: Mapping[str, Any], *, exact_numbers: bool = False
+    ) -> dict[str, Any]:
+        """One `datastore_search` call with retries; returns `result`.
+
+        With `exact_numbers` the answer is parsed by `loads_exact`, keeping every number's digits.
+        """
         body = orjson.dumps(params)
         for attempt in range(1, self._attempts + 1):
             try:
-                return await self._call_once(api_url, body)
+                return await self._call_once(api_url, body, exact_numbers)
             except _Retryable as exc:
                 if attempt == self._attempts:
                     raise PackagingError(
@@ -144,7 +161,7 @@ class DatastoreClient:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _call_once(self, api_url: str, body: bytes) -> dict[str, Any]:
+    async def _call_once(self, api_url: str, body: bytes, exact_numbers: bool) -> dict[str, Any]:
         headers = {**self._headers, "Content-Type": "application/json"}
         try:
             async with self._session.post(api_url, data=body, headers=headers) as resp:
@@ -155,8 +172,8 @@ class DatastoreClient:
         if status in RETRYABLE_STATUS:
             raise _Retryable(f"HTTP {status}")
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            doc = loads_exact(raw) if exact_numbers else orjson.loads(raw)
+        except ValueError:  # orjson.JSONDecodeError and json.JSONDecodeError are ValueErrors
             if status >= 400:
                 raise CkanError(f"CKAN answered HTTP {status}") from None
             raise _Retryable(f"HTTP {status} with a body that is not JSON") from None
@@ -212,7 +229,8 @@ class DatastoreClient:
         self, query: DatastoreQuery, info: QueryInfo, wanted: int
     ) -> AsyncIterator[list[list[Any]]]:
         columns = info.columns
-        base = {**query.base_params(), "records_format": "lists"}
+        base = {**query.base_params(), "records_format": query.records_format}
+        exact = needs_exact_numbers(info.fields)
         user_sort = (query.sort or "").strip()
         done, offset = 0, query.offset
 
@@ -231,7 +249,7 @@ class DatastoreClient:
                 }
                 if first and offset:
                     params["offset"] = offset
-                result = await self.call(query.api_url, params)
+                result = await self.call(query.api_url, params, exact_numbers=exact)
                 records = self._as_lists(result.get("records") or [], columns, result.get("fields"))[
                     : wanted - done
                 ]
@@ -258,7 +276,7 @@ class DatastoreClient:
 
         while done < wanted:
             params = {**base, "sort": sort, "offset": offset, "limit": self._page_limit(wanted - done)}
-            result = await self.call(query.api_url, params)
+            result = await self.call(query.api_url, params, exact_numbers=exact)
             records = self._as_lists(result.get("records") or [], columns, result.get("fields"))[
                 : wanted - done
             ]
@@ -295,11 +313,12 @@ class DatastoreClient:
         if query.sort:
             base["sort"] = query.sort
         token, done, skip = first, 0, query.offset
+        exact = needs_exact_numbers(info.fields)
         while done < wanted:
             params = {**base, "limit": self._page_limit(wanted - done + skip)}
             if token is not None:
                 params[send] = token
-            result = await self.call(query.api_url, params)
+            result = await self.call(query.api_url, params, exact_numbers=exact)
             records = self._as_lists(result.get("records") or [], columns, result.get("fields"))
             if not records:
                 return

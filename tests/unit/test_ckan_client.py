@@ -135,3 +135,27 @@ async def test_token_paging_honours_offset_and_limit(backend: str) -> None:
         query = DatastoreQuery(api_url=url, resource_id=TABLE.resource_id, offset=450, limit=700)
         _, rows = await fetch_all(url, query)
     assert rows == expected()[450:1150]
+
+
+async def test_a_q_query_is_answered_although_ckan_refuses_q_with_lists() -> None:
+    async with serve_ckan({TABLE.resource_id: TABLE}) as url:
+        query = DatastoreQuery(api_url=url, resource_id=TABLE.resource_id, q="leo", plain=True)
+        columns, rows = await fetch_all(url, query)
+        # The server refuses the combination the client must avoid, as CKAN 2.12 does.
+        with pytest.raises(CkanError, match="Query is not a single statement"):
+            async with aiohttp.ClientSession() as session:
+                await DatastoreClient(session).call(
+                    url, {"resource_id": TABLE.resource_id, "q": "leo", "records_format": "lists"}
+                )
+    assert columns == [*TABLE.names, "rank"]
+    assert rows and all("leo" in str(r).lower() for r in rows)
+    assert sorted(r[0] for r in rows) == sorted({r[0] for r in rows})  # each row once
+
+
+async def test_numerics_keep_every_digit_ckan_sent() -> None:
+    async with serve_ckan({TABLE.resource_id: TABLE}) as url:
+        _, rows = await fetch_all(url, DatastoreQuery(api_url=url, resource_id=TABLE.resource_id))
+    measurement = TABLE.position["measurement"]
+    long_values = [r[measurement].text for r in rows if r[measurement] and len(r[measurement].text) > 25]
+    assert long_values, "the table has numerics longer than a float holds"
+    assert rows == expected()  # NumberText compares by its exact text
