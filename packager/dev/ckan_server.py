@@ -1128,6 +1128,8 @@ async def _search(request: web.Request, state: _ServerState, raw: Mapping[str, A
     }
     if limit:
         result["records"] = _render_without_gc(table, plan, page, params.records_format)
+    else:  # CKAN 2.12 answers `limit=0` with an empty page, not without one
+        result["records"] = "" if params.records_format in ("csv", "tsv") else []
     result["limit"] = limit
     if params.offset is not None:
         result["offset"] = params.offset
