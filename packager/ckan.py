@@ -17,22 +17,35 @@ The client follows the behaviour CKAN documents for `datastore_search`:
   into column order here;
 - numbers arrive exactly as CKAN sent them: a query whose `fields` include `numeric`, float or JSON columns is
   parsed by `packager.numbers.loads_exact` (integers of any size, other numbers as `NumberText`); the others
-  by orjson, which is exact for them and faster.
+  by orjson, which is exact for them and faster;
+- `pages(..., via_dump=True)` reads CKAN's own streaming export, `/datastore/dump/{id}` (same `q`, `plain`,
+  `language`, `filters`, `sort`, `fields`, `offset`, `limit`), which a real CKAN 2.12 serves about five times
+  faster than `datastore_search` pages (PostgreSQL's COPY, no JSON). Its CSV is turned back into the values
+  the pages would hold, column by column from the `fields` types: `t`/`f` booleans, integers, numbers as
+  `NumberText`, JSON and arrays parsed exactly, empty typed cells as None. The dump cannot tell an empty
+  string from a null text, which the csv, tsv and xlsx writers write alike; so jobs use it for those
+  formats only. A portal without the dump (404, not CSV, another header) is read by pages instead, and a
+  dump cut mid-way resumes at the row it reached (its sort is stable, `_id` last).
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import csv
+import io
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from packager.errors import PackagingError
-from packager.numbers import loads_exact, needs_exact_numbers
+from packager.numbers import NumberText, loads_exact, needs_exact_numbers
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +207,27 @@ class DatastoreClient:
             fields=list(fields), total=int(result.get("total") or 0), backend=result.get("_backend")
         )
 
-    async def pages(self, query: DatastoreQuery, info: QueryInfo) -> AsyncIterator[list[list[Any]]]:
-        """Yield the query's rows, page by page, as lists in `info.columns` order."""
+    async def pages(
+        self, query: DatastoreQuery, info: QueryInfo, *, via_dump: bool = False
+    ) -> AsyncIterator[list[list[Any]]]:
+        """Yield the query's rows, page by page, as lists in `info.columns` order.
+
+        With `via_dump`, CKAN's `/datastore/dump` is read when the portal has it (see the module docstring).
+        """
         wanted = info.rows_expected(query)
         if wanted == 0:
             return
+        if via_dump and info.backend is None and (url := dump_url(query)) is not None:
+            done = 0
+            try:
+                async for page in self._dump_pages(url, query, info, wanted):
+                    done += len(page)
+                    yield page
+                return
+            except _NoDump as exc:
+                if done:
+                    raise PackagingError(f"CKAN's dump of the resource failed: {exc}") from None
+                log.info("reading pages instead of CKAN's dump: %s", exc)
         if info.backend == "solr":
             pager = self._cursor_pages(query, info, wanted)
         elif info.backend == "versioned-datastore":
@@ -207,6 +236,50 @@ class DatastoreClient:
             pager = self._datastore_pages(query, info, wanted)
         async for page in pager:
             yield page
+
+    async def _dump_pages(
+        self, url: str, query: DatastoreQuery, info: QueryInfo, wanted: int
+    ) -> AsyncIterator[list[list[Any]]]:
+        columns = info.columns
+        converters = [_dump_converter(str(f.get("type") or "")) for f in info.fields]
+        done = 0
+        for attempt in range(1, self._attempts + 1):
+            params = _dump_params(query, query.offset + done, wanted - done)
+            try:
+                async with self._session.get(url, params=params, headers=self._headers) as resp:
+                    if resp.status in RETRYABLE_STATUS:
+                        raise _Retryable(f"HTTP {resp.status}")
+                    # CKAN 2.12 sends the CSV as application/octet-stream, named in Content-Disposition.
+                    kind = resp.headers.get("Content-Type", "")
+                    named = resp.headers.get("Content-Disposition", "")
+                    if resp.status != 200 or not ("csv" in kind or '.csv"' in named):
+                        raise _NoDump(f"HTTP {resp.status} {kind}")
+                    async for page in _csv_pages(resp.content, columns, converters, self._page_size):
+                        page = page[: wanted - done]
+                        done += len(page)
+                        if page:
+                            yield page
+                        if done >= wanted:
+                            return
+                if done < wanted:
+                    raise _Retryable(f"the dump ended after {done} of {wanted} rows")
+                return
+            except (
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+                TimeoutError,
+                _Retryable,
+            ) as exc:
+                if attempt == self._attempts:
+                    raise PackagingError(
+                        f"CKAN's dump kept failing after {attempt} attempts: {exc}"
+                    ) from None
+                self.retries += 1
+                delay = self._backoff * 2 ** (attempt - 1)
+                log.warning(
+                    "datastore dump failed (%s); retry %d from row %d in %.1fs", exc, attempt, done, delay
+                )
+                await asyncio.sleep(delay)
 
     def _page_limit(self, remaining: int) -> int:
         return min(self._page_size, remaining)
@@ -332,3 +405,112 @@ class DatastoreClient:
             if next_token is None or next_token == token:
                 return
             token = next_token
+
+
+class _NoDump(Exception):
+    """The portal does not serve the dump this query needs; pages are read instead."""
+
+
+_ACTION_PATH = re.compile(r"^(?P<site>.*?)/api(?:/3)?/action/datastore_search/?$")
+_DUMP_READ = 1024 * 1024
+
+
+def dump_url(query: DatastoreQuery) -> str | None:
+    """The `/datastore/dump/{id}` URL beside the query's `datastore_search` URL, when the query fits it."""
+    match = _ACTION_PATH.match(query.api_url.split("?", 1)[0])
+    if match is None or any("," in f for f in query.fields or ()):  # the dump's `fields` is comma-separated
+        return None
+    return f"{match['site']}/datastore/dump/{quote(query.resource_id, safe='')}"
+
+
+def _dump_params(query: DatastoreQuery, offset: int, limit: int) -> dict[str, str]:
+    """The dump's query string: the query's own parameters, sorted stably as the pages are."""
+    params: dict[str, str] = {"format": "csv", "bom": "false"}
+    if query.filters:
+        params["filters"] = orjson.dumps(dict(query.filters)).decode()
+    if query.q:
+        params["q"] = query.q if isinstance(query.q, str) else orjson.dumps(dict(query.q)).decode()
+    if query.plain is not None:
+        params["plain"] = "true" if query.plain else "false"
+    if query.language:
+        params["language"] = query.language
+    if query.fields:
+        params["fields"] = ",".join(query.fields)
+    user_sort = (query.sort or "").strip()
+    keys = [part.split()[0] for part in user_sort.split(",") if part.strip()]
+    params["sort"] = user_sort if "_id" in keys else (f"{user_sort}, _id" if user_sort else "_id")
+    if offset:
+        params["offset"] = str(offset)
+    params["limit"] = str(limit)
+    return params
+
+
+_TRUE_FALSE: dict[str, bool | None] = {"t": True, "f": False, "": None}
+
+
+def _dump_converter(column_type: str) -> Any:
+    """How one column of the dump's CSV becomes the values `datastore_search` would have given."""
+    kind = column_type.strip().lower()
+    if kind in ("int", "int2", "int4", "int8", "integer", "smallint", "bigint", "serial", "bigserial"):
+        return lambda texts: [int(t) if t else None for t in texts]
+    if kind == "bool" or kind == "boolean":
+        return lambda texts: [_TRUE_FALSE[t] for t in texts]
+    if kind in ("numeric", "float", "float4", "float8", "real", "double precision", "money"):
+        return lambda texts: [NumberText(t) if t else None for t in texts]
+    if kind.startswith("_") or kind in ("json", "jsonb"):
+        return lambda texts: [None if t in ("", "null") else loads_exact(t) for t in texts]
+    if kind == "text" or kind == "varchar" or kind == "citext":
+        return None  # text as it is (an empty cell is "" or null alike: written the same)
+    return lambda texts: [t or None for t in texts]
+
+
+async def _csv_pages(
+    stream: aiohttp.StreamReader, columns: list[str], converters: list[Any], page_size: int
+) -> AsyncIterator[list[list[Any]]]:
+    """Pages of converted rows from the dump's CSV body, read a chunk at a time (memory stays flat)."""
+    pending = ""
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    while True:
+        chunk = await stream.read(_DUMP_READ)
+        text = pending + decoder.decode(chunk, final=not chunk)
+        if chunk:
+            cut = _last_record_end(text)
+            complete, pending = text[:cut], text[cut:]
+        else:
+            complete, pending = text, ""
+        # newline="": lines end only at LF or CR (quoted inside values), never at U+2028 and the like.
+        records = list(csv.reader(io.StringIO(complete, newline=""))) if complete else []
+        if header is None and records:
+            header = records.pop(0)
+            if header != columns:
+                raise _NoDump(f"the dump's columns {header} are not the query's {columns}")
+        rows.extend(records)
+        while len(rows) >= page_size or (not chunk and rows):
+            page, rows = rows[:page_size], rows[page_size:]
+            yield _convert(page, converters)
+        if not chunk:
+            return
+
+
+def _last_record_end(text: str) -> int:
+    """Where the last complete CSV record in `text` ends: after a newline outside quotes (0 if none)."""
+    quotes = text.count('"')
+    end = len(text)
+    while True:
+        newline = text.rfind("\n", 0, end)
+        if newline < 0:
+            return 0
+        quotes -= text.count('"', newline, end)
+        if quotes % 2 == 0:  # an even number of quotes before it: the newline is outside any quoted field
+            return newline + 1
+        end = newline
+
+
+def _convert(rows: list[list[str]], converters: list[Any]) -> list[list[Any]]:
+    columns = [
+        list(column) if convert is None else convert(column)
+        for column, convert in zip(zip(*rows, strict=True), converters, strict=True)
+    ]
+    return [list(row) for row in zip(*columns, strict=True)]

@@ -169,6 +169,8 @@ async def _package_url(
 
 
 XLSX_MAX_DATA_ROWS = 1_048_575  # Excel's 1,048,576 rows, less the header
+# Formats that write a null and an empty string alike, so CKAN's dump (which cannot tell them apart) serves.
+DUMP_FORMATS = frozenset({"csv", "tsv", "xlsx"})
 
 
 def datastore_query(request: dict[str, Any]) -> DatastoreQuery:
@@ -250,7 +252,7 @@ async def _package_datastore(
 
     async def fetch_all() -> None:
         try:
-            async for page in client.pages(query, info):
+            async for page in client.pages(query, info, via_dump=req.kind != "dwc" and fmt in DUMP_FORMATS):
                 await pages.put(page)
         except Exception as exc:  # handed to the writing loop, which raises it
             await pages.put(exc)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from packager.dev import real_ckan
-from tests.real_ckan.tables import BIG_ROWS, FIELDS, PRIVATE_ROWS, record
+from packager.dev.test_tables import BIG_ROWS, FIELDS, PRIVATE_ROWS, record
 
 
 @dataclass(frozen=True)

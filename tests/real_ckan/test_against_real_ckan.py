@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from packager.ckan import CkanError, DatastoreClient, DatastoreQuery
+from packager.dev.test_tables import BIG_ROWS, FIELDS
 from packager.events import PackageCompleted, PackageFailed, PackageRequested, envelope
 from packager.ingress import system_resolver
 from packager.jobs import JobContext, run_job
@@ -28,8 +29,8 @@ from packager.numbers import NumberText, loads_exact
 from packager.secrets import seal
 from packager.settings import load_settings
 from packager.store import FileStore
+from packager.writers import open_writer
 from tests.real_ckan.conftest import Portal
-from tests.real_ckan.tables import BIG_ROWS, FIELDS
 
 pytestmark = pytest.mark.real_ckan
 
@@ -248,3 +249,34 @@ async def test_a_query_ckan_refuses_fails_with_ckans_message(portal: Portal) -> 
             info = await client.describe(query)
             async for _ in client.pages(query, info):
                 pass
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"q": "lion", "plain": True, "fields": ["notes", "amount", "_id", "tags"], "offset": 3, "limit": 700},
+        {"filters": {"species": ["Apis mellifera"]}, "sort": "amount desc", "offset": 10},
+    ],
+    ids=["all", "q-fields-offset-limit", "filters-sort"],
+)
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+async def test_reading_ckans_dump_writes_the_same_bytes_as_reading_pages(
+    portal: Portal, params: dict[str, Any], fmt: str
+) -> None:
+    files: dict[bool, bytes] = {}
+    async with aiohttp.ClientSession() as session:
+        for via_dump in (False, True):
+            client = RecordingClient(session, page_size=3000)
+            query = DatastoreQuery(api_url=portal.api_url, resource_id=portal.big, **params)
+            info = await client.describe(query)
+            out = io.BytesIO()
+            writer = open_writer(fmt, info.columns, out)
+            async for page in client.pages(query, info, via_dump=via_dump):
+                writer.write_rows(page)
+            writer.close()
+            files[via_dump] = out.getvalue()
+            if via_dump:
+                assert len(client.calls) == 1  # only the `limit=0` call: every row came from the dump
+    assert files[True] == files[False]
+    assert files[True].count(b"\n") > 100

@@ -1,4 +1,4 @@
-"""The test tables loaded into the real CKAN (and served by the shipped server for the contract test).
+"""Tables loaded into a real CKAN by the `real_ckan` tests and the real-CKAN benchmark.
 
 Rows are computed from their index, so the tests and the loader agree without storing anything. Every column
 type the packager must write exactly is there, each with nulls: `numeric` (with 30-digit values and trailing
