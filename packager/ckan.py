@@ -18,14 +18,15 @@ The client follows the behaviour CKAN documents for `datastore_search`:
 - numbers arrive exactly as CKAN sent them: a query whose `fields` include `numeric`, float or JSON columns is
   parsed by `packager.numbers.loads_exact` (integers of any size, other numbers as `NumberText`); the others
   by orjson, which is exact for them and faster;
-- `pages(..., via_dump=True)` reads CKAN's own streaming export, `/datastore/dump/{id}` (same `q`, `plain`,
-  `language`, `filters`, `sort`, `fields`, `offset`, `limit`), which a real CKAN 2.12 serves about five times
-  faster than `datastore_search` pages (PostgreSQL's COPY, no JSON). Its CSV is turned back into the values
-  the pages would hold, column by column from the `fields` types: `t`/`f` booleans, integers, numbers as
-  `NumberText`, JSON and arrays parsed exactly, empty typed cells as None. The dump cannot tell an empty
-  string from a null text, which the csv, tsv and xlsx writers write alike; so jobs use it for those
-  formats only. A portal without the dump (404, not CSV, another header) is read by pages instead, and a
-  dump cut mid-way resumes at the row it reached (its sort is stable, `_id` last).
+- `pages(..., via_dump=True)`, for the csv and tsv writers only, reads CKAN's own streaming export,
+  `/datastore/dump/{id}` (same `q`, `plain`, `language`, `filters`, `sort`, `fields`, `offset`, `limit`),
+  which a real CKAN 2.12 serves about six times faster than `datastore_search` pages (PostgreSQL's COPY, no
+  JSON). Its cells are handed on as the text those writers write for the pages' values (PostgreSQL's own
+  text of numbers, dates and text; `t`/`f` as `true`/`false`; JSON and arrays parsed exactly, so they are
+  written compactly as the pages' are): the same bytes, which the `real_ckan` tests check. The dump cannot
+  tell an empty string from a null, which csv and tsv write alike. A portal without the dump (404, not CSV,
+  another header) is read by pages instead, and a dump cut mid-way resumes at the row it reached (its sort
+  is stable, `_id` last).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import csv
 import io
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -45,7 +46,7 @@ import aiohttp
 import orjson
 
 from packager.errors import PackagingError
-from packager.numbers import NumberText, loads_exact, needs_exact_numbers
+from packager.numbers import loads_exact, needs_exact_numbers
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,8 @@ class DatastoreClient:
     ) -> AsyncIterator[list[list[Any]]]:
         """Yield the query's rows, page by page, as lists in `info.columns` order.
 
-        With `via_dump`, CKAN's `/datastore/dump` is read when the portal has it (see the module docstring).
+        With `via_dump` (for the csv and tsv writers only), CKAN's `/datastore/dump` is read when the portal
+        has it, and the cells are text (see the module docstring).
         """
         wanted = info.rows_expected(query)
         if wanted == 0:
@@ -445,23 +447,29 @@ def _dump_params(query: DatastoreQuery, offset: int, limit: int) -> dict[str, st
     return params
 
 
-_TRUE_FALSE: dict[str, bool | None] = {"t": True, "f": False, "": None}
+# A boolean as the csv and tsv writers write it; "" is a null.
+_BOOLEAN_TEXT: dict[str, str] = {"t": "true", "f": "false", "": ""}
 
 
-def _dump_converter(column_type: str) -> Any:
-    """How one column of the dump's CSV becomes the values `datastore_search` would have given."""
+def _json_values(texts: Sequence[str]) -> list[Any]:
+    # One parse of the whole column as a JSON array: a parse per cell costs several times more.
+    return list(loads_exact("[" + ",".join([t or "null" for t in texts]) + "]"))
+
+
+def _dump_converter(column_type: str) -> Callable[[Sequence[str]], Sequence[Any]] | None:
+    """How one column of the dump's CSV becomes cells the csv and tsv writers write as the pages' values.
+
+    None: the dump's text as it is, which is already what the writers write for the pages' value: PostgreSQL's
+    text of integers, numerics and floats (the same digits as in `datastore_search`'s JSON), dates, times and
+    text (an empty cell is "" where the pages may hold a null: written alike).
+    """
     kind = column_type.strip().lower()
-    if kind in ("int", "int2", "int4", "int8", "integer", "smallint", "bigint", "serial", "bigserial"):
-        return lambda texts: [int(t) if t else None for t in texts]
-    if kind == "bool" or kind == "boolean":
-        return lambda texts: [_TRUE_FALSE[t] for t in texts]
-    if kind in ("numeric", "float", "float4", "float8", "real", "double precision", "money"):
-        return lambda texts: [NumberText(t) if t else None for t in texts]
+    if kind in ("bool", "boolean"):
+        return lambda texts: list(map(_BOOLEAN_TEXT.__getitem__, texts))
     if kind.startswith("_") or kind in ("json", "jsonb"):
-        return lambda texts: [None if t in ("", "null") else loads_exact(t) for t in texts]
-    if kind == "text" or kind == "varchar" or kind == "citext":
-        return None  # text as it is (an empty cell is "" or null alike: written the same)
-    return lambda texts: [t or None for t in texts]
+        # Parsed exactly, so the writer writes them as compact JSON as it does the pages' values.
+        return _json_values
+    return None
 
 
 async def _csv_pages(
@@ -509,8 +517,10 @@ def _last_record_end(text: str) -> int:
 
 
 def _convert(rows: list[list[str]], converters: list[Any]) -> list[list[Any]]:
+    if all(convert is None for convert in converters):
+        return rows
     columns = [
-        list(column) if convert is None else convert(column)
+        column if convert is None else convert(column)
         for column, convert in zip(zip(*rows, strict=True), converters, strict=True)
     ]
-    return [list(row) for row in zip(*columns, strict=True)]
+    return list(map(list, zip(*columns, strict=True)))
