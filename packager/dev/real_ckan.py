@@ -2,8 +2,8 @@
 
 What `start` does (each step only when not already done, so a second start is quick):
 
-1. Debian's `postgresql`, `redis-server` and `libpq-dev` (to build psycopg2) are installed if missing (root,
-   apt-get; `packager.dev.processes.ensure_debian_packages`).
+1. Debian's `postgresql`, `redis-server`, `libpq-dev` (to build psycopg2) and `libmagic1` are installed if
+   missing (root, apt-get; `packager.dev.processes.ensure_debian_packages`).
 2. CKAN `CKAN_VERSION` from PyPI, with its pinned requirements (`ckan[requirements]`) and gunicorn, goes into
    its own virtualenv cached in `~/.cache/ckanpackager/ckan-<version>` (`$PACKAGER_CKAN_CACHE` overrides the
    parent folder), like the Kafka jars: installed once, reused by every later run.
@@ -53,7 +53,7 @@ from packager.dev.processes import (
 
 CKAN_VERSION = "2.12.0"
 GUNICORN = "gunicorn>=23,<28"
-DEBIAN_PACKAGES = ("postgresql", "redis-server", "libpq-dev")
+DEBIAN_PACKAGES = ("postgresql", "redis-server", "libpq-dev", "libmagic1")
 RECORD = "real_ckan.json"
 SETUP = "setup.json"
 ADMIN = "packager_admin"
