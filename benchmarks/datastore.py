@@ -12,6 +12,14 @@ process so its peak RSS is its own, against one server process:
 
 Prints one JSON object: rows, seconds, rows_per_s, peak_rss_mb (packager), limit_ratio (packager ÷ fetch
 throughput), baseline_ratio (packager ÷ baseline throughput), and the median of each mode.
+
+    python -m benchmarks.datastore --real-ckan --rows 1000000 --json
+
+Against a real CKAN 2.12 (`packager.dev.real_ckan`, kept in `~/.cache/ckanpackager/bench-real-ckan` with its
+databases, so the table of `--rows` rows is loaded once and reused): the modes are `packager`, `dump` (CKAN's
+own streaming export `/datastore/dump/{id}` read to a file: the portal's limit) and `baseline`, and the JSON
+has rows_per_s, dump_rows_per_s, baseline_rows_per_s, dump_ratio (packager ÷ dump), baseline_ratio
+(packager ÷ baseline) and peak_rss_mb (packager).
 """
 
 from __future__ import annotations
@@ -43,13 +51,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _fetch_only(api_url: str, page_size: int) -> int:
+async def _fetch_only(api_url: str, page_size: int, resource_id: str = RESOURCE_ID) -> int:
     from packager.ckan import DatastoreClient, DatastoreQuery
 
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         client = DatastoreClient(session, page_size=page_size)
-        query = DatastoreQuery(api_url=api_url, resource_id=RESOURCE_ID)
+        query = DatastoreQuery(api_url=api_url, resource_id=resource_id)
         info = await client.describe(query)
         rows = 0
         async for page in client.pages(query, info):
@@ -57,7 +65,7 @@ async def _fetch_only(api_url: str, page_size: int) -> int:
         return rows
 
 
-async def _packager(api_url: str, page_size: int, workdir: Path) -> int:
+async def _packager(api_url: str, page_size: int, workdir: Path, resource_id: str = RESOURCE_ID) -> int:
     from packager.events import PackageCompleted, PackageRequested, envelope
     from packager.ingress import system_resolver
     from packager.jobs import JobContext, run_job
@@ -77,10 +85,10 @@ async def _packager(api_url: str, page_size: int, workdir: Path) -> int:
         PackageRequested(
             kind="datastore",
             cache_key="bench",
-            resource_id=RESOURCE_ID,
+            resource_id=resource_id,
             email="b@example.org",
             ckan_host="127.0.0.1",
-            request={"api_url": api_url, "resource_id": RESOURCE_ID, "format": "csv", "key_sealed": ""},
+            request={"api_url": api_url, "resource_id": resource_id, "format": "csv", "key_sealed": ""},
         ),
     )
 
@@ -103,7 +111,7 @@ async def _packager(api_url: str, page_size: int, workdir: Path) -> int:
     return int(result.rows or 0)
 
 
-def _baseline(api_url: str, page_size: int, workdir: Path) -> int:
+def _baseline(api_url: str, page_size: int, workdir: Path, resource_id: str = RESOURCE_ID) -> int:
     """The original's loop: offset pages one after another, json, csv.writer(str(v)), then zip."""
 
     def call(params: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +121,7 @@ def _baseline(api_url: str, page_size: int, workdir: Path) -> int:
         with urllib.request.urlopen(req) as resp:
             return json.loads(resp.read())["result"]
 
-    columns = [f["id"] for f in call({"resource_id": RESOURCE_ID, "limit": 0})["fields"]]
+    columns = [f["id"] for f in call({"resource_id": resource_id, "limit": 0})["fields"]]
     data_path = workdir / "resource.csv"
     rows = 0
     with open(data_path, "w", newline="", encoding="utf-8") as fh:
@@ -121,7 +129,7 @@ def _baseline(api_url: str, page_size: int, workdir: Path) -> int:
         writer.writerow(columns)
         offset = 0
         while True:
-            records = call({"resource_id": RESOURCE_ID, "offset": offset, "limit": page_size})["records"]
+            records = call({"resource_id": resource_id, "offset": offset, "limit": page_size})["records"]
             if not records:
                 break
             for record in records:
@@ -133,26 +141,44 @@ def _baseline(api_url: str, page_size: int, workdir: Path) -> int:
     return rows
 
 
-def run_mode(mode: str, api_url: str, page_size: int) -> dict[str, Any]:
+def _dump(api_url: str, resource_id: str, workdir: Path, rows: int) -> int:
+    """CKAN's own export of the whole table, streamed to a file as a browser would save it."""
+    site = api_url.split("/api/", 1)[0]
+    with (
+        urllib.request.urlopen(f"{site}/datastore/dump/{resource_id}", timeout=600) as resp,
+        open(workdir / "dump.csv", "wb") as out,
+    ):
+        while chunk := resp.read(1024 * 1024):
+            out.write(chunk)
+    return rows
+
+
+def run_mode(
+    mode: str, api_url: str, page_size: int, resource_id: str = RESOURCE_ID, rows_in_table: int = 0
+) -> dict[str, Any]:
     """Run one measurement in this process (imports happen before the clock starts)."""
-    if mode != "baseline":
+    if mode not in ("baseline", "dump"):
         import packager.ckan
         import packager.jobs  # noqa: F401
     with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-") as tmp:
         started = time.perf_counter()
         if mode == "fetch":
-            rows = asyncio.run(_fetch_only(api_url, page_size))
+            rows = asyncio.run(_fetch_only(api_url, page_size, resource_id))
         elif mode == "packager":
-            rows = asyncio.run(_packager(api_url, page_size, Path(tmp)))
+            rows = asyncio.run(_packager(api_url, page_size, Path(tmp), resource_id))
         elif mode == "baseline":
-            rows = _baseline(api_url, page_size, Path(tmp))
+            rows = _baseline(api_url, page_size, Path(tmp), resource_id)
+        elif mode == "dump":
+            rows = _dump(api_url, resource_id, Path(tmp), rows_in_table)
         else:
             raise SystemExit(f"unknown mode {mode}")
         seconds = time.perf_counter() - started
     return {"mode": mode, "rows": rows, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
 
 
-def _child(mode: str, api_url: str, page_size: int) -> dict[str, Any]:
+def _child(
+    mode: str, api_url: str, page_size: int, resource_id: str = RESOURCE_ID, rows: int = 0
+) -> dict[str, Any]:
     out = subprocess.run(
         [
             sys.executable,
@@ -164,6 +190,10 @@ def _child(mode: str, api_url: str, page_size: int) -> dict[str, Any]:
             api_url,
             "--page-size",
             str(page_size),
+            "--resource-id",
+            resource_id,
+            "--rows",
+            str(rows),
         ],
         capture_output=True,
         text=True,
@@ -180,11 +210,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--modes", default="fetch,packager,baseline")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
+    parser.add_argument("--real-ckan", action="store_true", help="against a real CKAN 2.12")
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--api-url", help=argparse.SUPPRESS)
+    parser.add_argument("--resource-id", default=RESOURCE_ID, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(run_mode(args.mode, args.api_url, args.page_size)))
+        print(json.dumps(run_mode(args.mode, args.api_url, args.page_size, args.resource_id, args.rows)))
+        return
+    if args.real_ckan:
+        from benchmarks.real_ckan import main as real_ckan_main
+
+        real_ckan_main(args, _child)
         return
 
     port = free_port()

@@ -3,6 +3,8 @@
 packager ingress                      serve the HTTP API
 packager worker [--lanes fast,slow]   run a Faust worker (planner, mailer and the given lanes)
 packager dev kafka start|stop|status  a local KRaft broker (or --nodes 3: a cluster) from Maven Central
+packager dev postgres start|stop|status      a throwaway PostgreSQL cluster from Debian's packages
+packager dev real-ckan start|stop|status     a real CKAN 2.12 (PyPI) with its datastore, for tests
 packager dev mailsink                 a local SMTP sink that writes .eml files
 packager dev up                       broker + mail sink + ingress + worker, until Ctrl-C
 """
@@ -274,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kafka_cmd.add_argument("rest", nargs=argparse.REMAINDER)
     kafka_cmd.set_defaults(func=cmd_dev_kafka)
+    for name, text in (
+        ("postgres", "throwaway PostgreSQL cluster: start|stop|status"),
+        ("real-ckan", "real CKAN 2.12 with its datastore: start|stop|status"),
+    ):
+        dev.add_parser(name, help=text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     sink = dev.add_parser("mailsink", help="local SMTP sink writing .eml files")
     sink.add_argument("--dir", default="var/mail")
     sink.add_argument("--port", type=int, default=8025)
@@ -309,5 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         from packager.dev import kafka
 
         return kafka.main(argv[2:])
+    if argv[:2] == ["dev", "postgres"]:
+        from packager.dev import postgres
+
+        return postgres.main(argv[2:])
+    if argv[:2] == ["dev", "real-ckan"]:
+        from packager.dev import real_ckan
+
+        return real_ckan.main(argv[2:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

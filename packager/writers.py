@@ -9,7 +9,8 @@ Every text format renders a value the same way:
 
 - `None` is empty (`null` in JSON lines);
 - strings are written unchanged, numbers as given (`int` as digits, `float` by `repr`, so full precision is
-  kept; a CKAN numeric that arrives as a string stays that string);
+  kept; a `packager.numbers.NumberText`, the exact text of a `numeric` CKAN sent, as that text; a CKAN
+  numeric that arrives as a string stays that string);
 - booleans are `true` / `false`;
 - lists and dicts are compact JSON text in UTF-8 (in JSON lines they stay structured JSON);
 - the file is UTF-8 without a BOM. A lone surrogate (possible in a decoded JSON string, impossible in UTF-8)
@@ -26,7 +27,9 @@ Formats:
   mode into a spool file that is copied into the output on `close()`. Strings stay strings (never formulas,
   URLs or numbers); ints and floats are numbers, except ints of 16 or more digits (which Excel would round
   to 15 significant digits) and NaN/infinity, which are written as their text; floats keep the 16
-  significant digits xlsxwriter writes; booleans are booleans; None and "" leave the cell empty.
+  significant digits xlsxwriter writes; a `NumberText` is a number when a double holds it exactly with at
+  most 15 significant digits, and its text otherwise; booleans are booleans; None and "" leave the cell
+  empty.
   More rows than a worksheet holds raise `RowLimitExceeded`; a value longer than an Excel cell holds raises
   `PackagingError`. Neither is ever silently truncated. After either, `abort()` removes the spool files.
 
@@ -38,6 +41,7 @@ need it (quoting, escaping, JSON text, booleans) are converted value by value.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import os
@@ -56,6 +60,7 @@ import xlsxwriter
 from xlsxwriter.exceptions import FileSizeError
 
 from packager.errors import PackagingError
+from packager.numbers import NumberText
 
 FORMATS: Final = ("csv", "tsv", "jsonl", "xlsx")
 
@@ -133,6 +138,8 @@ def _utf8(text: str) -> bytes:
 
 def _json_default(value: Any) -> Any:
     """orjson's fallback for types it does not know: finite Decimals stay numbers, the rest become text."""
+    if type(value) is NumberText:
+        return orjson.Fragment(value.text)
     if isinstance(value, Decimal) and value.is_finite():
         return orjson.Fragment(str(value))
     if isinstance(value, (set, frozenset)):
@@ -175,6 +182,8 @@ def _text_of_other(value: Any) -> str:
         return int.__repr__(value)
     if isinstance(value, float):
         return float.__repr__(value)
+    if isinstance(value, NumberText):
+        return value.text
     if isinstance(value, (list, tuple, dict)):
         return _json_text(value)
     isoformat = getattr(value, "isoformat", None)  # dates and times, as orjson writes them in JSON lines
@@ -189,6 +198,7 @@ _TEXT_BY_TYPE: Final[dict[type, Callable[[Any], str]]] = {
     bool: lambda value: "true" if value else "false",
     int: int.__repr__,
     float: float.__repr__,
+    NumberText: lambda value: value.text,
     list: _json_text,
     dict: _json_text,
     tuple: _json_text,
@@ -199,6 +209,28 @@ def text_of(value: Any) -> str:
     """The text form of one value in the csv and tsv formats (before any quoting or escaping)."""
     convert = _TEXT_BY_TYPE.get(type(value))
     return convert(value) if convert is not None else _text_of_other(value)
+
+
+def _xlsx_number(text: str) -> float | None:
+    """The number an Excel cell holds for this exact JSON number text, or None when it cannot hold it.
+
+    A cell holds a double shown with at most 15 significant digits: the text fits when its value, rounded to
+    15 significant digits, is the same decimal (so `1.50` fits, `0.1` fits, `12345678901234567890.1` does
+    not), and is finite.
+    """
+    try:
+        exact = Decimal(text)
+    except ArithmeticError:
+        return None
+    if not exact.is_finite():
+        return None
+    if exact.is_zero():
+        return 0.0
+    digits = exact.normalize().as_tuple().digits
+    if len(digits) > 15:
+        return None
+    number = float(text)
+    return number if math.isfinite(number) else None
 
 
 def _utf16_length(text: str) -> int:
@@ -376,8 +408,16 @@ class _DelimitedWriter(RowWriter):
         self._write_lines([self.encode_fields(self.columns)])
 
     def _write_page(self, rows: Sequence[Sequence[Any]]) -> None:
-        columns = [self._column_texts(column) for column in zip(*rows, strict=True)]
-        self._write_lines(zip(*columns, strict=True))
+        # The cyclic garbage collector paused: a page makes thousands of lists and tuples that all live
+        # until it is written, which it would scan again and again for nothing.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            columns = [self._column_texts(column) for column in zip(*rows, strict=True)]
+            self._write_lines(zip(*columns, strict=True))
+        finally:
+            if enabled:
+                gc.enable()
 
     def _write_lines(self, lines: Iterable[Sequence[str]]) -> None:
         line_end = self.line_end
@@ -538,6 +578,12 @@ class _XlsxWriter(RowWriter):
                         write_string(row_number, column, float.__repr__(value))
                 elif kind is bool:
                     sheet.write_boolean(row_number, column, value)
+                elif kind is NumberText:
+                    number = _xlsx_number(value.text)
+                    if number is None:
+                        write_string(row_number, column, value.text)
+                    else:
+                        write_number(row_number, column, number)
                 else:
                     text = self._cell_text(text_of(value), row_number, column)
                     write_string(row_number, column, text)

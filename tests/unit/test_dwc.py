@@ -28,6 +28,7 @@ from packager.dwc import (
     plan_archive,
 )
 from packager.errors import ConfigurationError, PackagingError
+from packager.numbers import loads_exact
 from packager.writers import text_of
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
@@ -252,6 +253,24 @@ def test_values_are_written_as_the_other_formats_write_them(tmp_path: Path) -> N
     path, _ = build(tmp_path, ["_id", "scientificName"], rows)
     core = read_archive(path)[OCCURRENCE]
     assert [record[DWC + "scientificName"] for record in core] == [text_of(value) for value in values]
+
+
+def test_numbers_are_written_exactly_as_ckan_sent_them(tmp_path: Path) -> None:
+    rows = loads_exact(
+        b'[[1, 12345678901234567890.123456789, 123456789012345678901234567890, 1.50, {"depth": 1.10}],'
+        b" [2, 1e+15, -5, 0.1, null]]"
+    )
+    path, _ = build(
+        tmp_path, ["_id", "decimalLatitude", "individualCount", "decimalLongitude", "extra"], rows
+    )
+    core = read_archive(path)[OCCURRENCE]
+    assert [
+        (r[DWC + "decimalLatitude"], r[DWC + "individualCount"], r[DWC + "decimalLongitude"]) for r in core
+    ] == [
+        ("12345678901234567890.123456789", "123456789012345678901234567890", "1.50"),
+        ("1e+15", "-5", "0.1"),
+    ]
+    assert '"depth":1.10' in core[0][DWC + "dynamicProperties"]
 
 
 def test_additional_extension_terms_and_skipped_empty_rows(tmp_path: Path) -> None:
@@ -687,7 +706,7 @@ def test_a_100k_row_archive_reads_back_with_python_dwca_reader(tmp_path: Path) -
             assert row.data[DWC + "country"] == values["country"]
             assert row.data[DWC + "year"] == str(values["year"])
             expected = {name: values[name] for name in dynamic_columns if values[name] is not None}
-            assert json.loads(row.data[DWC + "dynamicProperties"]) == expected
+            assert loads_exact(row.data[DWC + "dynamicProperties"]) == expected
             count += 1
         assert count == 100_000
 

@@ -12,6 +12,7 @@ import re
 import struct
 import zipfile
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from openpyxl.utils.escape import unescape
 
 from packager import writers
 from packager.errors import PackagingError
+from packager.numbers import loads_exact
 from packager.writers import RowLimitExceeded, data_file_name, open_writer
 
 TEXT_FORMATS = ("csv", "tsv", "jsonl")
@@ -319,6 +321,59 @@ def test_a_single_column_of_empty_values_keeps_its_rows(fmt: str) -> None:
     data = write(fmt, ["only"], [[[None], [""], ["x"], [None]]])
     read = read_csv(data) if fmt == "csv" else read_tsv(data)
     assert read == [["only"], [""], [""], ["x"], [""]]
+
+
+# Numbers as a real CKAN 2.12 sends them (PostgreSQL `numeric` and `float8` output), parsed exactly.
+EXACT_NUMBERS_JSON = (
+    b"[[1, 12345678901234567890.123456789, 123456789012345678901234567890, 1.50, 1e+15, -0.000001234500,"
+    b' {"depth": 1.10, "ids": [98765432109876543210]}, null]]'
+)
+EXACT_NUMBER_TEXTS = [
+    "1",
+    "12345678901234567890.123456789",
+    "123456789012345678901234567890",
+    "1.50",
+    "1e+15",
+    "-0.000001234500",
+    '{"depth":1.10,"ids":[98765432109876543210]}',
+    "",
+]
+EXACT_COLUMNS = ["_id", "numeric", "big", "scaled", "float8", "small", "json", "none"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_numbers_reach_delimited_formats_exactly_as_ckan_sent_them(fmt: str) -> None:
+    rows = loads_exact(EXACT_NUMBERS_JSON)
+    data = write(fmt, EXACT_COLUMNS, [rows, rows])  # twice: a page of one row and a column of one type
+    read = read_csv(data) if fmt == "csv" else read_tsv(data)
+    assert read[1:] == [EXACT_NUMBER_TEXTS, EXACT_NUMBER_TEXTS]
+
+
+def test_numbers_reach_json_lines_exactly_as_ckan_sent_them() -> None:
+    data = write("jsonl", EXACT_COLUMNS, [loads_exact(EXACT_NUMBERS_JSON)])
+    # The line's number tokens are CKAN's own texts, not re-rendered floats.
+    assert data == (
+        b'{"_id":1,"numeric":12345678901234567890.123456789,"big":123456789012345678901234567890,'
+        b'"scaled":1.50,"float8":1e+15,"small":-0.000001234500,'
+        b'"json":{"depth":1.10,"ids":[98765432109876543210]},"none":null}\n'
+    )
+    back = json.loads(data, parse_float=Decimal)
+    assert back["numeric"] == Decimal("12345678901234567890.123456789")
+    assert back["big"] == 123456789012345678901234567890
+
+
+def test_xlsx_writes_numbers_a_cell_cannot_hold_as_text() -> None:
+    data = write("xlsx", EXACT_COLUMNS, [loads_exact(EXACT_NUMBERS_JSON)])
+    assert read_xlsx(data)[1] == [
+        1,
+        "12345678901234567890.123456789",  # 29 digits: a double would keep 17
+        "123456789012345678901234567890",
+        1.5,  # a double holds 1.50 exactly
+        1e15,
+        -0.0000012345,
+        '{"depth":1.10,"ids":[98765432109876543210]}',
+        None,
+    ]
 
 
 def test_xlsx_writes_big_ints_and_non_finite_floats_as_text() -> None:
