@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import faust
 import orjson
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
@@ -309,12 +310,13 @@ def _add_planner_and_cache(
         the partition lands within the producer's timeout, so until then it looks again before appending.
         """
         tp = TP(events_name, partition)
+        where = TopicPartition(events_name, partition)  # aiokafka's own type, for the reader
         intent = ending.get(job_id)
         if intent is not None:
             async with LogReader(settings.kafka_bootstrap_servers) as reader:
                 while True:
                     if await reader.contains(
-                        tp, intent["since"], lambda e: e.job_id == job_id and e.type in TERMINAL_TYPES
+                        where, intent["since"], lambda e: e.job_id == job_id and e.type in TERMINAL_TYPES
                     ):
                         log.info("the job's terminal event is already in the log")
                         return
@@ -330,7 +332,7 @@ def _add_planner_and_cache(
                 since = None
             if since is None:
                 async with LogReader(settings.kafka_bootstrap_servers) as reader:
-                    since = await reader.end_offset(tp)
+                    since = await reader.end_offset(where)
             ending[job_id] = {"since": since, "at": time.time()}
             await app.producer.flush()
         if left_to_others():

@@ -56,6 +56,7 @@ class LogReader:
         return await self._retrying("read the end of the log", lambda: self._end_offset(tp))
 
     async def _end_offset(self, tp: TopicPartition) -> int:
+        tp = TopicPartition(tp.topic, tp.partition)  # aiokafka checks the type (Faust's TP is not it)
         consumer = await self._open()
         return int((await consumer.end_offsets([tp]))[tp])
 
@@ -67,6 +68,7 @@ class LogReader:
         await self._retrying("read ahead in the log", lambda: self._scan(tp, start, visit))
 
     async def _scan(self, tp: TopicPartition, start: int, visit: Callable[[Envelope], None]) -> None:
+        tp = TopicPartition(tp.topic, tp.partition)  # aiokafka checks the type (Faust's TP is not it)
         consumer = await self._open()
         end = await self._end_offset(tp)
         if start >= end:
