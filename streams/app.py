@@ -161,11 +161,12 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
 
     guards: list[OffsetGuard] = []
     pauses = PauseWatch(settings.session_timeout)
-    fenced: list[int] = []  # the consumer generation this worker was frozen in (see streams.pauses)
+    # (consumer generation, loop time) of a freeze past the session timeout (see streams.pauses)
+    fenced: list[tuple[int, float]] = []
 
     def fence() -> None:
         if not fenced:
-            fenced.append(app.consumer_generation_id)
+            fenced.append((app.consumer_generation_id, asyncio.get_running_loop().time()))
             log.warning("records of this generation are left to their new owners until the group rejoins")
 
     @app.timer(interval=TICK)
@@ -178,8 +179,13 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
         """True while this worker was frozen past its session and its consumer has not rejoined yet."""
         if pauses.frozen():
             fence()
-        if fenced and app.consumer_generation_id != fenced[0]:
-            fenced.clear()
+        if fenced:
+            generation, since = fenced[0]
+            # A new generation: the group has rebalanced. No new one after a session's time: the broker had
+            # not expired this member after all, and its partitions are still its own.
+            waited = asyncio.get_running_loop().time() - since
+            if app.consumer_generation_id != generation or waited > settings.session_timeout:
+                fenced.clear()
         return bool(fenced)
 
     async def admitted(stream: faust.StreamT) -> AsyncIterator[faust.types.EventT]:

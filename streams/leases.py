@@ -132,10 +132,12 @@ def decide(before: dict[str, Any] | None, env: Envelope, max_attempts: int) -> A
     between recording a decision and acting on it.
     """
     p = env.payload
-    if before is None or getattr(p, "attempt", None) != before["attempt"]:
-        if isinstance(p, PackageBuilt):
-            return Discard(proposed_zip(p))
+    if before is None:
+        # The job has ended (or never had a lease): a proposal read again may be the one that ended it,
+        # so its ZIP is left alone.
         return None
+    if getattr(p, "attempt", None) != before["attempt"]:
+        return Discard(proposed_zip(p)) if isinstance(p, PackageBuilt) else None
     state = before["state"]
     match p:
         case PackageBuilt():

@@ -118,3 +118,10 @@ def test_a_malformed_proposal_fails_the_job_for_the_requester_without_internals(
     action = leases.decide(fold(queued(), started()), bad, max_attempts=3)
     assert isinstance(action, leases.End) and isinstance(action.terminal, PackageFailed)
     assert action.terminal.error == "The service failed while preparing this package."
+
+
+def test_a_proposal_read_again_after_the_job_ended_leaves_its_zip_alone() -> None:
+    """The lease is gone once the terminal event is read: the proposal may be the one that ended the job."""
+    ended = fold(queued(), started(), built(), at(completed(zip_file_name="job.zip")))
+    assert ended is None
+    assert leases.decide(ended, built(1, "job.zip"), max_attempts=3) is None
