@@ -73,6 +73,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._pauses = PauseWatch(settings.session_timeout)
+        self._fenced_at: float | None = None  # loop time of a freeze the group has not rebalanced after
         self._smtp = _Gate(settings.mail_concurrency, self._pauses.frozen)
         self._sends: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
         self._next: dict[TopicPartition, int] = {}  # the next offset to read, per owned partition
@@ -139,6 +140,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         """Start tracking the new partitions; their read-ahead happens at their first terminal event."""
+        self._fenced_at = None  # a rebalance after a freeze: what is assigned now is this member's own
         for tp in assigned:
             self._sends.setdefault(tp, {})
             self._settled.setdefault(tp, set())
@@ -175,6 +177,11 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         committed_at = loop.time()
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            if self._left_to_others():
+                for tp, records in batches.items():  # read them again if the partitions stay ours
+                    if records and tp in self._sends:
+                        consumer.seek(tp, records[0].offset)
+                continue
             for tp, records in batches.items():
                 for record in records:
                     if tp not in self._sends:
@@ -271,10 +278,25 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         while True:
             if self._pauses.beat() > self._pauses.limit:
                 log.warning("the mailer's pending emails are left to the group")
+                self._fenced_at = asyncio.get_running_loop().time()
                 for sends in self._sends.values():
                     for task in sends.values():
                         task.cancel()
             await asyncio.sleep(TICK)
+
+    def _left_to_others(self) -> bool:
+        """True after a freeze, until the group rebalanced (or kept this member for a session's time).
+
+        The records fetched meanwhile belong to the partitions' new owners: handling them here would send
+        their emails a second time.
+        """
+        if self._pauses.frozen() and self._fenced_at is None:
+            self._fenced_at = asyncio.get_running_loop().time()
+        if self._fenced_at is None:
+            return False
+        if asyncio.get_running_loop().time() - self._fenced_at > self.settings.session_timeout:
+            self._fenced_at = None
+        return self._fenced_at is not None
 
     # -- helpers ---------------------------------------------------------------------------------------
 
