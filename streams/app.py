@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +188,22 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 fenced.clear()
         return bool(fenced)
 
+    async def settled_after_freeze() -> None:
+        """Hold the record in hand (unacknowledged) until the group has settled after a freeze."""
+        while left_to_others():  # noqa: ASYNC110 - the group generation changes outside this loop
+            await asyncio.sleep(0.2)
+
+    def still_assigned(tp: TP) -> bool:
+        try:
+            return tp in app.consumer.assignment()
+        except (AssertionError, KafkaError):
+            return False
+
     async def admitted(stream: faust.StreamT) -> AsyncIterator[faust.types.EventT]:
         """The stream's records, each once and in order per partition (see streams.offsets).
 
-        Records a frozen worker still holds are skipped: their partitions belong to others now, and its
-        acknowledgements are refused by the group (stale generation), so they are handled there.
+        After a freeze past the session timeout, a record in hand waits until the group has settled; it is
+        handled only if its partition is still this worker's (otherwise its new owner handles it).
         """
         guard = OffsetGuard(
             topics=tuple(getattr(stream.channel, "topics", ())),
@@ -208,7 +219,9 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 message = record.message
                 bind_job(None)  # until the record is decoded, log lines are about no job
                 if left_to_others():
-                    continue
+                    await settled_after_freeze()
+                    if not still_assigned(message.tp):
+                        continue  # its new owner handles it; this member's offsets for it are refused
                 if await guard.admit(message.tp, message.offset):
                     guard.busy = True
                     yield record
@@ -243,7 +256,16 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
 
     if "planner" in roles:
         _add_planner_and_cache(
-            app, settings, requests_topic, events_topic, lane_topics, decoded, publish, left_to_others
+            app,
+            settings,
+            requests_topic,
+            events_topic,
+            lane_topics,
+            decoded,
+            publish,
+            left_to_others,
+            settled_after_freeze,
+            still_assigned,
         )
         analytics_topic = raw_topic(topics.analytics)
 
@@ -285,6 +307,8 @@ def _add_planner_and_cache(
     decoded: Any,
     publish: Any,
     left_to_others: Callable[[], bool],
+    settled_after_freeze: Callable[[], Awaitable[None]],
+    still_assigned: Callable[[TP], bool],
 ) -> None:
     """The planner (requests -> cache hit, shared build or a lane) and the steward (events -> state).
 
@@ -341,8 +365,11 @@ def _add_planner_and_cache(
                     since = await reader.end_offset(where)
             ending[job_id] = {"since": since, "at": time.time()}
             await app.producer.flush()
-        if left_to_others():
-            return  # frozen meanwhile: the partition's new owner appends it (and finds the intent above)
+        if left_to_others():  # frozen meanwhile: wait for the group, then decide again from the intent
+            await settled_after_freeze()
+            if still_assigned(tp):
+                await end_once(job_id, key, terminal, partition)
+            return  # otherwise the partition's new owner appends it (and finds the intent above)
         await publish(events_topic, job_id, key, terminal)
 
     async def dispatch(job_id: str, key: str, lane: str, attempt: int, record: str) -> None:
