@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -58,3 +61,29 @@ def service_env(kafka_bootstrap: str, topic_prefix: str, store_dir: Path, smtp: 
         # Workers stopped at the end of a test drain their builds briefly (ServiceProcess.stop waits 20 s).
         "PACKAGER_DRAIN_TIMEOUT": "5",
     }
+
+
+@dataclass
+class PrivateTarget:
+    """A TCP server standing for a private service: it counts connections and answers nothing useful."""
+
+    port: int
+    connections: list[Any] = field(default_factory=list)
+
+
+@pytest.fixture
+async def private_target() -> AsyncIterator[PrivateTarget]:
+    target = PrivateTarget(port=free_port())
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        target.connections.append(writer.get_extra_info("peername"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", target.port)
+    try:
+        yield target
+    finally:
+        server.close()
+        await server.wait_closed()

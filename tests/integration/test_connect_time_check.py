@@ -9,10 +9,7 @@ HTTP client, so a broken order of checks fails the test instead of sending traff
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +17,13 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from packager.dev.kafka import free_port
 from packager.events import Event, PackageCompleted, PackageFailed, PackageRequested, envelope
 from packager.http_client import AddressRefusedError, http_session
 from packager.jobs import JobContext, run_job
 from packager.settings import Settings, load_settings
 from packager.store import FileStore
 from packager.validation import is_public_address
+from tests.integration.conftest import PrivateTarget
 
 SECRET = "rebinding-test-secret-0123456789"
 PUBLIC = "93.184.216.34"
@@ -72,32 +69,6 @@ class LoopbackDns(AbstractResolver):
         return None
 
 
-@dataclass
-class LocalServer:
-    """An HTTP server on 127.0.0.1 standing for a private service; it counts the connections it gets."""
-
-    port: int
-    connections: list[Any] = field(default_factory=list)
-
-
-@pytest.fixture
-async def local_server() -> AsyncIterator[LocalServer]:
-    target = LocalServer(port=free_port())
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        target.connections.append(writer.get_extra_info("peername"))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(accept, "127.0.0.1", target.port)
-    try:
-        yield target
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 def request_for(kind: str, url: str) -> PackageRequested:
     if kind == "url":
         request: dict[str, Any] = {"resource_id": "r1", "resource_url": url, "key_sealed": ""}
@@ -133,11 +104,11 @@ async def run(req: PackageRequested, settings: Settings, check: Any, client_dns:
     ("kind", "path"), [("url", "/data.csv"), ("datastore", "/api/3/action/datastore_search")]
 )
 async def test_a_name_rebound_to_loopback_after_the_check_fails_the_job_without_connecting(
-    local_server: LocalServer, store_dir: Path, kind: str, path: str
+    private_target: PrivateTarget, store_dir: Path, kind: str, path: str
 ) -> None:
     dns = FlippingDns()
     settings = load_settings({}, secret=SECRET, store_directory=str(store_dir), allow_private_urls=False)
-    url = f"http://{NAME}:{local_server.port}{path}"
+    url = f"http://{NAME}:{private_target.port}{path}"
     outcome = await run(request_for(kind, url), settings, dns.lookup, dns)
 
     assert isinstance(outcome, PackageFailed), outcome
@@ -145,36 +116,36 @@ async def test_a_name_rebound_to_loopback_after_the_check_fails_the_job_without_
         f"Host {NAME} resolved to a private, loopback or link-local address when the service connected"
     ), outcome.error
     assert dns.asked == 2, "the check and the HTTP client each resolved the name once"
-    assert local_server.connections == []
+    assert private_target.connections == []
     assert list(settings.partial_directory.iterdir()) == []
 
 
 async def test_with_private_urls_allowed_the_same_server_is_reached(
-    local_server: LocalServer, store_dir: Path
+    private_target: PrivateTarget, store_dir: Path
 ) -> None:
     """The control: the server answers, so the refusal above is the guard's doing."""
     settings = load_settings({}, secret=SECRET, store_directory=str(store_dir), allow_private_urls=True)
     outcome = await run(
-        request_for("url", f"http://{NAME}:{local_server.port}/data.csv"),
+        request_for("url", f"http://{NAME}:{private_target.port}/data.csv"),
         settings,
         FlippingDns().lookup,
         LoopbackDns(),
     )
     assert isinstance(outcome, PackageCompleted), outcome
-    assert len(local_server.connections) == 1
+    assert len(private_target.connections) == 1
 
 
 async def test_an_ip_literal_in_private_space_is_refused_by_the_client_itself(
-    local_server: LocalServer, store_dir: Path
+    private_target: PrivateTarget, store_dir: Path
 ) -> None:
     """An IP literal never reaches a resolver: the socket factory refuses it before connecting."""
     settings = load_settings({}, secret=SECRET, store_directory=str(store_dir), allow_private_urls=False)
     async with http_session(settings) as session:
         with pytest.raises(AddressRefusedError, match=r"Host 127\.0\.0\.1 resolved to a private"):
-            await session.get(f"http://127.0.0.1:{local_server.port}/")
+            await session.get(f"http://127.0.0.1:{private_target.port}/")
         with pytest.raises(AddressRefusedError):
-            await session.get(f"http://[::ffff:127.0.0.1]:{local_server.port}/")
-    assert local_server.connections == []
+            await session.get(f"http://[::ffff:127.0.0.1]:{private_target.port}/")
+    assert private_target.connections == []
 
 
 async def test_the_client_keeps_the_public_answers_of_a_mixed_set_and_refuses_an_all_private_one() -> None:

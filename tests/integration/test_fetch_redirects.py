@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -26,6 +24,7 @@ from packager.events import Event, PackageCompleted, PackageFailed, PackageReque
 from packager.jobs import JobContext, run_job
 from packager.settings import load_settings
 from packager.store import FileStore
+from tests.integration.conftest import PrivateTarget
 
 SECRET = "redirect-test-secret-0123456789"
 PUBLIC_NAMES = {"files.example.org": ["93.184.216.34"], "other.example.org": ["93.184.216.35"]}
@@ -51,32 +50,6 @@ class LoopbackResolver(AbstractResolver):
 
     async def close(self) -> None:
         return None
-
-
-@dataclass
-class PrivateTarget:
-    """A TCP server standing for a private service: it counts connections and answers nothing useful."""
-
-    port: int
-    connections: list[Any] = field(default_factory=list)
-
-
-@pytest.fixture
-async def private_target() -> AsyncIterator[PrivateTarget]:
-    target = PrivateTarget(port=free_port())
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        target.connections.append(writer.get_extra_info("peername"))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(accept, "127.0.0.1", target.port)
-    try:
-        yield target
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from tests.integration.support import (
     wait_for_event,
     wait_for_port,
 )
-from tests.integration.test_faults import committed_offsets, emailed_jobs
+from tests.integration.test_faults import committed_offsets, emailed_jobs, submit_datastore
 
 pytestmark = pytest.mark.kafka
 
@@ -54,12 +54,6 @@ async def until(condition: object, within: float, what: str) -> None:
         await asyncio.sleep(0.3)
 
 
-async def datastore_job(port: int, api_url: str, resource_id: str, email: str) -> str:
-    return await submit(
-        port, "package_datastore", SECRET, api_url=api_url, resource_id=resource_id, email=email
-    )
-
-
 async def test_sigterm_to_the_only_worker_mid_build_releases_the_job_and_it_completes_once(
     kafka_bootstrap: str,
     topic_prefix: str,
@@ -76,7 +70,7 @@ async def test_sigterm_to_the_only_worker_mid_build_releases_the_job_and_it_comp
             wait_for_port(port)
             with service(["worker"], env, tmp_path / "logs") as first:
                 await first.wait_for_output("[^Worker]: Ready")
-                job = await datastore_job(port, api_url, "slow", "slow@example.org")
+                job = await submit_datastore(port, api_url, "slow", "slow@example.org")
                 await wait_for_event(
                     kafka_bootstrap,
                     topic_prefix,
@@ -141,7 +135,7 @@ async def test_a_builder_killed_for_good_loses_its_lease_and_another_attempt_com
             wait_for_port(port)
             await worker_a.wait_for_output("[^Worker]: Ready")
             await worker_b.wait_for_output("[^Worker]: Ready")
-            first = await datastore_job(port, api_url, "lost", "first@example.org")
+            first = await submit_datastore(port, api_url, "lost", "first@example.org")
             started = await wait_for_event(
                 kafka_bootstrap, topic_prefix, lambda e: e.job_id == first and e.type == "PackageStarted"
             )
@@ -150,7 +144,7 @@ async def test_a_builder_killed_for_good_loses_its_lease_and_another_attempt_com
                 (worker_a, worker_b) if builder.endswith(f":{worker_a.proc.pid}") else (worker_b, worker_a)
             )
             # The same query again: it waits for the build in progress rather than building twice.
-            second = await datastore_job(port, api_url, "lost", "second@example.org")
+            second = await submit_datastore(port, api_url, "lost", "second@example.org")
 
             async def consumed(*names: str) -> bool:
                 """The workers have handled (and committed) every record of these topics."""
