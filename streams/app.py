@@ -452,13 +452,24 @@ def _add_planner_and_cache(
             return True
         return action is not None or after != before
 
-    async def end_waiters(key: str, partition: int, terminal: Callable[..., Event], outcome: Any) -> None:
-        """End every request that waited for the build of `key`; they leave the table only once all ended."""
-        waiters = waiting.get(key) or []
-        for who in waiters:
-            await end_once(who["job_id"], key, terminal(key, who, outcome), partition)
-        if waiters:
+    async def end_waiters(
+        key: str, partition: int, terminal: Callable[..., Event], outcome: Any, builder: str
+    ) -> None:
+        """End every request that waited for the build of `key`, and release the build's in-flight entry.
+
+        The planner runs beside the steward and may add a waiter while one is being ended: the list is read
+        again until no one is left, and the entries go with no await between that last read and their
+        removal. A crash before the end ends them again (`end_once` keeps that idempotent).
+        """
+        ended: set[str] = set()
+        while waiters := [w for w in (waiting.get(key) or []) if w["job_id"] not in ended]:
+            for who in waiters:
+                await end_once(who["job_id"], key, terminal(key, who, outcome), partition)
+                ended.add(who["job_id"])
+        if key in waiting:
             del waiting[key]
+        if inflight.get(key) == builder:
+            del inflight[key]
 
     @app.agent(events_topic, name="steward")
     async def steward(stream: faust.StreamT) -> None:
@@ -470,12 +481,9 @@ def _add_planner_and_cache(
             key, p = env.cache_key, env.payload
             if isinstance(p, PackageCompleted) and not p.cached_from:
                 cache[key] = cache_entry(env, partition)
-                await end_waiters(key, partition, reused, cache[key])
-                if inflight.get(key) == env.job_id:  # after the waiters: a crash before it ends them again
-                    del inflight[key]
+                await end_waiters(key, partition, reused, cache[key], env.job_id)
             elif isinstance(p, PackageFailed) and inflight.get(key) == env.job_id:
-                await end_waiters(key, partition, shared_failure, p)
-                del inflight[key]
+                await end_waiters(key, partition, shared_failure, p, env.job_id)
             elif isinstance(p, CacheCleared) and p.partition == partition:
                 for cached_key, cached in list(cache.items()):
                     if cached and cached.get("partition") == partition:
@@ -508,14 +516,18 @@ def _add_planner_and_cache(
                 continue
             if lease["partition"] not in assigned or not caught_up(lease["partition"]):
                 continue
-            expiring.add((job_id, lease["attempt"]))
             bind_job(job_id)
             log.warning("build %d on %s sent no heartbeat in time", lease["attempt"], lease["worker"])
             until = iso_ms(int(lease["until"] * 1000))
             lost = LeaseExpired(
                 cache_key=lease["key"], attempt=lease["attempt"], worker=lease["worker"], lease_until=until
             )
-            await publish(events_topic, job_id, lease["key"], lost)
+            try:
+                await publish(events_topic, job_id, lease["key"], lost)
+            except KafkaError as exc:  # a timer that raises stops the worker: try again at the next tick
+                log.warning("LeaseExpired not appended yet: %r", exc)
+                continue
+            expiring.add((job_id, lease["attempt"]))
         bind_job(None)
 
     @app.task
@@ -531,7 +543,11 @@ def _add_planner_and_cache(
         for cached_key, cached in list(cache.items()):
             if cached and is_expired(cached, settings, now):
                 expired = PackageExpired(cache_key=cached_key, zip_file_name=cached["zip_file_name"])
-                await publish(events_topic, cached["job_id"], cached_key, expired)
+                try:
+                    await publish(events_topic, cached["job_id"], cached_key, expired)
+                except KafkaError as exc:  # a timer that raises stops the worker: the next sweep tries again
+                    log.warning("PackageExpired not appended yet: %r", exc)
+                    return
 
 
 def _unknown_request(cache_key: str) -> PackageRequested:

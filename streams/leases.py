@@ -75,7 +75,12 @@ def apply(lease: dict[str, Any] | None, env: Envelope, lease_time: float) -> dic
             if lease is not None and attempt == lease["attempt"] and lease["state"] == BUILDING:
                 return {**lease, "until": max(lease["until"], epoch(env.occurred_at) + lease_time)}
         case LeaseExpired(attempt=attempt):
-            if lease is not None and attempt == lease["attempt"] and lease["state"] == BUILDING:
+            if (
+                lease is not None
+                and attempt == lease["attempt"]
+                and lease["state"] == BUILDING
+                and not renewed_since(lease, p)
+            ):
                 return {**lease, "state": LOST, "lost": lease["lost"] + 1}
         case PackageReleased(attempt=attempt):
             if lease is not None and attempt == lease["attempt"] and lease["state"] in (QUEUED, BUILDING):
@@ -84,6 +89,13 @@ def apply(lease: dict[str, Any] | None, env: Envelope, lease_time: float) -> dic
             if lease is not None and attempt == lease["attempt"] and lease["state"] in (QUEUED, BUILDING):
                 return {**lease, "state": BUILT, "zip": proposed_zip(p)}
     return lease
+
+
+def renewed_since(lease: dict[str, Any], expiry: LeaseExpired) -> bool:
+    """True when a heartbeat read after the watchdog decided moved the deadline past the one it saw."""
+    if not expiry.lease_until:
+        return False
+    return bool(lease["until"] > epoch(expiry.lease_until) + 0.001)
 
 
 def proposed_zip(built: PackageBuilt) -> str:
@@ -144,7 +156,9 @@ def decide(before: dict[str, Any] | None, env: Envelope, max_attempts: int) -> A
             if state in (QUEUED, BUILDING) or (state == BUILT and before.get("zip") == proposed_zip(p)):
                 return End(proposed_terminal(p))
             return Discard(proposed_zip(p))
-        case LeaseExpired(attempt=attempt) if state in (BUILDING, LOST):
+        case LeaseExpired(attempt=attempt) if state == LOST or (
+            state == BUILDING and not renewed_since(before, p)
+        ):
             lost = before["lost"] + (1 if state == BUILDING else 0)
             return GiveUp(lost) if lost >= max_attempts else Dispatch(before["lane"], attempt + 1)
         case PackageReleased(attempt=attempt) if state in (QUEUED, BUILDING, RELEASED):

@@ -125,3 +125,14 @@ def test_a_proposal_read_again_after_the_job_ended_leaves_its_zip_alone() -> Non
     ended = fold(queued(), started(), built(), at(completed(zip_file_name="job.zip")))
     assert ended is None
     assert leases.decide(ended, built(1, "job.zip"), max_attempts=3) is None
+
+
+def test_an_expiry_decided_before_a_heartbeat_that_was_still_unread_is_ignored() -> None:
+    """The watchdog saw the deadline of 10:00:30; a heartbeat at 10:00:25 read after it moved it on."""
+    lease = fold(queued(), started())
+    expiry = at(LeaseExpired(cache_key="ck", attempt=1, worker="w1", lease_until="2026-12-01T10:00:30.000Z"))
+    beat = at(PackageProgress("ck", 10, 100, 0, None, attempt=1), "2026-12-01T10:00:25.000Z")
+    renewed = leases.apply(lease, beat, LEASE_TIME)
+    assert leases.decide(renewed, expiry, max_attempts=1) is None
+    assert leases.apply(renewed, expiry, LEASE_TIME) == renewed
+    assert leases.decide(lease, expiry, max_attempts=1) == leases.GiveUp(1)  # not renewed: it counts
