@@ -295,8 +295,23 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         if self._fenced_at is None:
             return False
         if asyncio.get_running_loop().time() - self._fenced_at > self.settings.session_timeout:
+            # The group kept this member: its partitions are its own, and the sends it dropped are its to do.
             self._fenced_at = None
+            self._resend_dropped()
         return self._fenced_at is not None
+
+    def _resend_dropped(self) -> None:
+        """Read again, from the first one, the terminal events whose sends were cancelled."""
+        consumer = self._consumer
+        assert consumer is not None
+        for tp, sends in self._sends.items():
+            dropped = sorted(offset for offset, task in sends.items() if task.cancelled())
+            for offset in dropped:
+                del sends[offset]
+            if dropped:
+                with contextlib.suppress(AssertionError, KafkaError):
+                    consumer.seek(tp, dropped[0])
+                self._next[tp] = min(self._next.get(tp, dropped[0]), dropped[0])
 
     # -- helpers ---------------------------------------------------------------------------------------
 
