@@ -1,7 +1,7 @@
 """The chaos campaign in its quick form: every fault kind thrown at the real stack, nothing lost or doubled.
 
 It starts its own 3-node cluster, ingresses, workers, SMTP and CKAN servers (see `benchmarks/chaos.py`),
-runs for at most 5 minutes, and is part of the whole suite (`bash scripts/test`); alone:
+runs for at most 5 minutes and is deselected by default; run it with
 `pytest -m chaos tests/integration/test_chaos.py`.
 """
 
