@@ -38,8 +38,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_server import COUNTRIES, FIRST_YEAR, YEARS
-from packager.kafka_log import Topics
 
 from .chaos_check import EventFollower, ExpectedRows, Job, building, check, outstanding
 from .chaos_nemesis import FAULT_KINDS, Nemesis, Plan, heal

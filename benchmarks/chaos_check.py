@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from packager.core.errors import EventDecodeError
 from packager.dev.ckan_server import SyntheticTable, TableIndex, plan_query, validate_params
-from packager.errors import EventDecodeError
-from packager.events import (
+from packager.domain.events import (
     NOTIFIED_TYPES,
     TERMINAL_TYPES,
     Envelope,

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from packager.adapters.kafka_log import Topics
 from packager.dev import kafka as dev_kafka
-from packager.kafka_log import Topics
 
 from .chaos_stack import Proc, Stack, blocking, log
 

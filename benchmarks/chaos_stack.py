@@ -30,11 +30,11 @@ import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.controller import Controller
 
+from packager.adapters.kafka_log import Topics
 from packager.dev import kafka as dev_kafka
 from packager.dev.ckan_server import ACTION_PATH, ADMIN_PATH
 from packager.dev.kafka import free_port
-from packager.kafka_log import Topics
-from packager.notify import JOB_HEADER
+from packager.domain.emails import JOB_HEADER
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]

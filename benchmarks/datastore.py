@@ -6,7 +6,7 @@ Three measurements of the same query (all rows of a synthetic table, pages of PA
 process so its peak RSS is its own, against one server process:
 
 - `fetch`: page through the query with the packager's CKAN client and throw the rows away (the limit);
-- `packager`: the packager's real job code (`packager.jobs.run_job`) writing CSV into a ZIP;
+- `packager`: the packager's real job code (`packager.service.packaging.run_job`) writing CSV into a ZIP;
 - `baseline`: the original service's algorithm: one page after another with offset paging, `json`, the
   `csv` module with `str()` of each value into a temporary file, then zip.
 
@@ -52,7 +52,7 @@ def _peak_rss_mb() -> float:
 
 
 async def _fetch_only(api_url: str, page_size: int, resource_id: str = RESOURCE_ID) -> int:
-    from packager.ckan import DatastoreClient, DatastoreQuery
+    from packager.adapters.ckan import DatastoreClient, DatastoreQuery
 
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -66,11 +66,11 @@ async def _fetch_only(api_url: str, page_size: int, resource_id: str = RESOURCE_
 
 
 async def _packager(api_url: str, page_size: int, workdir: Path, resource_id: str = RESOURCE_ID) -> int:
-    from packager.events import PackageCompleted, PackageRequested, envelope
-    from packager.ingress import system_resolver
-    from packager.jobs import JobContext, run_job
-    from packager.settings import load_settings
-    from packager.store import FileStore
+    from packager.adapters.store import FileStore
+    from packager.core.settings import load_settings
+    from packager.domain.events import PackageCompleted, PackageRequested, envelope
+    from packager.http.ingress import system_resolver
+    from packager.service.packaging import JobContext, run_job
 
     settings = load_settings(  # PACKAGER_* variables apply (e.g. PACKAGER_ZIP_COMPRESSLEVEL)
         None,
@@ -158,8 +158,8 @@ def run_mode(
 ) -> dict[str, Any]:
     """Run one measurement in this process (imports happen before the clock starts)."""
     if mode not in ("baseline", "dump"):
-        import packager.ckan
-        import packager.jobs  # noqa: F401
+        import packager.adapters.ckan
+        import packager.service.packaging  # noqa: F401
     with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-") as tmp:
         started = time.perf_counter()
         if mode == "fetch":

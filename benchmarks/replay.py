@@ -4,7 +4,7 @@
 
 Writes a synthetic history (jobs of six events each: requested, queued, started, progress, completed or
 failed, emailed; several requesters and resources) under a fresh topic prefix, then times
-`packager.replay.rebuild` over it, which runs the same folds as the live ingress. Prints one JSON object.
+`packager.cli.replay.rebuild` over it, which runs the same folds as the live ingress. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import uuid
 
 from aiokafka import AIOKafkaProducer
 
-from packager.events import (
+from packager.adapters.kafka_log import Topics, ensure_topics
+from packager.cli.replay import rebuild
+from packager.core.settings import load_settings
+from packager.domain.events import (
     EmailSent,
     PackageCompleted,
     PackageFailed,
@@ -29,9 +32,6 @@ from packager.events import (
     encode,
     envelope,
 )
-from packager.kafka_log import Topics, ensure_topics
-from packager.replay import rebuild
-from packager.settings import load_settings
 
 PER_JOB = 6
 

@@ -1,7 +1,10 @@
-"""ckanpackager's domain: request validation, cache keys, events, the packaging pipeline and email rendering.
+"""ckanpackager: CKAN resources packaged into ZIPs, requested over HTTP and built from an event log.
 
-Pure modules here never import faust or aiokafka; I/O lives in the adapter modules (`kafka_log`, `fetch`,
-`store`, `smtp`) that take their clients as arguments.
+The subpackages follow the flow (docs/architecture.md draws it and says which way imports go):
+`core` (errors, settings, logs), `domain` (pure: events, validation, writers, DwC-A, emails), `adapters`
+(Kafka, CKAN, URL fetch, SMTP, store, read side), `service` (packaging one job), `http` (the ingress),
+`cli` (the commands) and `dev` (local stand-ins for development and tests). The Faust agents live in
+`streams`, the folds of the log in `projections`.
 """
 
 __version__ = "0.1.0"

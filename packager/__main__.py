@@ -2,6 +2,6 @@
 
 import sys
 
-from packager.cli import main
+from packager.cli.service import main
 
 sys.exit(main())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from packager.events import (
+from packager.domain.events import (
     EmailFailed,
     EmailSent,
     Envelope,

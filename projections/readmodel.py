@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from packager.events import TERMINAL_TYPES, Envelope
+from packager.domain.events import TERMINAL_TYPES, Envelope
 from projections import jobs as job_fold
 from projections import statistics as stats_fold
 from projections.jobs import JobState

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from packager.events import Envelope, PackageFailed, PackageRequested
+from packager.domain.events import Envelope, PackageFailed, PackageRequested
 
 Identity = Callable[[str], str]
 

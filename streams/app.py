@@ -27,10 +27,14 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from packager import metrics
-from packager.analytics import pseudonymise
-from packager.errors import EventDecodeError
-from packager.events import (
+from packager.adapters import metrics
+from packager.adapters.http_client import http_session
+from packager.adapters.kafka_log import ANSWER_DEADLINE_HEADER, LANES, LOG_APPEND_TIME, Topics, iso_ms
+from packager.adapters.store import FileStore
+from packager.core.errors import EventDecodeError
+from packager.core.logs import bind_job
+from packager.core.settings import Settings
+from packager.domain.events import (
     TERMINAL_TYPES,
     CacheCleared,
     Envelope,
@@ -47,13 +51,9 @@ from packager.events import (
     encode,
     envelope,
 )
-from packager.http_client import http_session
-from packager.ingress import system_resolver
-from packager.jobs import JobContext
-from packager.kafka_log import ANSWER_DEADLINE_HEADER, LANES, LOG_APPEND_TIME, Topics, iso_ms
-from packager.logs import bind_job
-from packager.settings import Settings
-from packager.store import FileStore
+from packager.http.ingress import system_resolver
+from packager.service.packaging import JobContext
+from projections.analytics import pseudonymise
 from streams import leases
 from streams.builds import BuildPool
 from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter

@@ -21,10 +21,10 @@ from dataclasses import asdict
 
 import aiohttp
 
-from packager import metrics
-from packager.events import Envelope, Event, PackageBuilt, PackageReleased
-from packager.jobs import Build, JobContext
-from packager.logs import bind_job
+from packager.adapters import metrics
+from packager.core.logs import bind_job
+from packager.domain.events import Envelope, Event, PackageBuilt, PackageReleased
+from packager.service.packaging import Build, JobContext
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from packager.events import Envelope, PackageCompleted, PackageFailed, PackageRequested
-from packager.settings import Settings
-from packager.store import FileStore
+from packager.adapters.store import FileStore
+from packager.core.settings import Settings
+from packager.domain.events import Envelope, PackageCompleted, PackageFailed, PackageRequested
 
 
 def cache_entry(env: Envelope, partition: int) -> dict[str, Any]:

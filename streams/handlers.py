@@ -9,8 +9,11 @@ from typing import Any
 
 import aiohttp
 
-from packager.errors import BadRequestError, PackagingError
-from packager.events import (
+from packager.adapters.smtp import deliver
+from packager.core.errors import BadRequestError, PackagingError
+from packager.core.settings import Settings
+from packager.domain.emails import render_completed, render_failed
+from packager.domain.events import (
     EmailFailed,
     EmailSent,
     Envelope,
@@ -18,12 +21,9 @@ from packager.events import (
     PackageFailed,
     PackageRequested,
 )
-from packager.ingress import system_resolver
-from packager.jobs import ckan_client, datastore_query
-from packager.notify import render_completed, render_failed
-from packager.settings import Settings
-from packager.smtp import deliver
-from packager.validation import check_url
+from packager.domain.validation import check_url
+from packager.http.ingress import system_resolver
+from packager.service.packaging import ckan_client, datastore_query
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ async def notify(
 ) -> EmailSent | EmailFailed | None:
     """Email the requester about a terminal event and describe the outcome (None: nothing to send).
 
-    `slot` bounds how many emails talk to the SMTP server at once (see `packager.smtp.deliver`).
+    `slot` bounds how many emails talk to the SMTP server at once (see `packager.adapters.smtp.deliver`).
     """
     payload = env.payload
     if isinstance(payload, PackageCompleted):

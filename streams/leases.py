@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from packager.events import (
+from packager.domain.events import (
     EVENT_TYPES,
     NOTIFIED_TYPES,
     TERMINAL_TYPES,

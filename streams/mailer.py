@@ -29,12 +29,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from packager import metrics
-from packager.errors import EventDecodeError
-from packager.events import NOTIFIED_TYPES, EmailFailed, EmailSent, Envelope, decode, encode, envelope
-from packager.kafka_log import Topics
-from packager.logs import bind_job
-from packager.settings import Settings
+from packager.adapters import metrics
+from packager.adapters.kafka_log import Topics
+from packager.core.errors import EventDecodeError
+from packager.core.logs import bind_job
+from packager.core.settings import Settings
+from packager.domain.events import NOTIFIED_TYPES, EmailFailed, EmailSent, Envelope, decode, encode, envelope
 from streams.handlers import notify
 from streams.pauses import TICK, PauseWatch
 from streams.readahead import LogReader

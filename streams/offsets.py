@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
-from packager.errors import ConfigurationError
+from packager.core.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 

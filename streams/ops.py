@@ -14,8 +14,8 @@ import faust
 from aiohttp import web
 from mode import Service
 
-from packager import metrics
-from packager.settings import Settings
+from packager.adapters import metrics
+from packager.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

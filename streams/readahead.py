@@ -16,8 +16,8 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from packager.errors import EventDecodeError
-from packager.events import Envelope, decode
+from packager.core.errors import EventDecodeError
+from packager.domain.events import Envelope, decode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

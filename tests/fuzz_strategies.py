@@ -18,7 +18,7 @@ from urllib.parse import quote, quote_from_bytes
 import orjson
 from hypothesis import strategies as st
 
-from packager.validation import MAX_FILTER_DEPTH
+from packager.domain.validation import MAX_FILTER_DEPTH
 
 SECRET = "fuzz-test-secret-0123456789abcdef"
 MAX_BODY = 8192

@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from packager.numbers import NumberText
+from packager.domain.numbers import NumberText
 
 ACTION_PATH = "/api/3/action/datastore_search"
 ADMIN_PATH = "/_dev/faults"  # served only with admin=True (--admin)

@@ -22,8 +22,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.controller import Controller
 
-from packager.events import Envelope, decode
-from packager.kafka_log import Topics
+from packager.adapters.kafka_log import Topics
+from packager.domain.events import Envelope, decode
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from packager.events import Envelope
-from packager.kafka_log import Topics
+from packager.adapters.kafka_log import Topics
+from packager.domain.events import Envelope
 from tests.integration.conftest import SECRET
 from tests.integration.support import SmtpSink, read_events, service, wait_for_port
 

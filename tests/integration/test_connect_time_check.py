@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from packager.events import Event, PackageCompleted, PackageFailed, PackageRequested, envelope
-from packager.http_client import AddressRefusedError, http_session
-from packager.jobs import JobContext, run_job
-from packager.settings import Settings, load_settings
-from packager.store import FileStore
-from packager.validation import is_public_address
+from packager.adapters.http_client import AddressRefusedError, http_session
+from packager.adapters.store import FileStore
+from packager.core.settings import Settings, load_settings
+from packager.domain.events import Event, PackageCompleted, PackageFailed, PackageRequested, envelope
+from packager.domain.validation import is_public_address
+from packager.service.packaging import JobContext, run_job
 from tests.integration.conftest import PrivateTarget
 
 SECRET = "rebinding-test-secret-0123456789"
@@ -41,7 +41,7 @@ class FlippingDns(AbstractResolver):
         return PUBLIC if self.asked == 1 else "127.0.0.1"
 
     async def lookup(self, host: str) -> list[str]:
-        """The job's check (`packager.validation.Resolver`)."""
+        """The job's check (`packager.domain.validation.Resolver`)."""
         return [self._next()]
 
     async def resolve(
@@ -150,7 +150,7 @@ async def test_an_ip_literal_in_private_space_is_refused_by_the_client_itself(
 
 async def test_the_client_keeps_the_public_answers_of_a_mixed_set_and_refuses_an_all_private_one() -> None:
     """No connection here: the resolver is asked directly."""
-    from packager.http_client import PublicAddressResolver
+    from packager.adapters.http_client import PublicAddressResolver
 
     class Fixed(AbstractResolver):
         def __init__(self, addresses: list[str]) -> None:

@@ -23,10 +23,10 @@ import openpyxl
 import orjson
 import pytest
 
+from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
-from packager.events import Envelope
-from packager.kafka_log import Topics
-from packager.numbers import NumberText, loads_exact
+from packager.domain.events import Envelope
+from packager.domain.numbers import NumberText, loads_exact
 from tests.integration.conftest import SECRET
 from tests.integration.support import SmtpSink, read_events, service, wait_for_event, wait_for_port
 from tests.integration.support import submit as submit_request

@@ -18,9 +18,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from packager.adapters.http_client import http_session
+from packager.adapters.store import FileStore
+from packager.core.settings import Settings, load_settings
 from packager.dev.ckan_server import SyntheticTable, serve_ckan
 from packager.dev.kafka import free_port
-from packager.events import (
+from packager.domain.events import (
     Event,
     PackageCompleted,
     PackageFailed,
@@ -28,10 +31,7 @@ from packager.events import (
     PackageRequested,
     envelope,
 )
-from packager.http_client import http_session
-from packager.jobs import JobContext, run_job
-from packager.settings import Settings, load_settings
-from packager.store import FileStore
+from packager.service.packaging import JobContext, run_job
 from streams.handlers import plan_lane
 
 SECRET = "deadline-test-secret-0123456789"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from packager.adapters.kafka_log import Topics
 from packager.dev.kafka import free_port
-from packager.kafka_log import Topics
 from tests.integration.conftest import SECRET
 from tests.integration.support import (
     SmtpSink,

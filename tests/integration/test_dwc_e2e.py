@@ -13,8 +13,8 @@ import orjson
 import pytest
 from dwca.read import DwCAReader
 
+from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_server import SyntheticTable, serve_ckan
-from packager.kafka_log import Topics
 from tests.integration.conftest import SECRET
 from tests.integration.support import SmtpSink, read_events, service, wait_for_port
 

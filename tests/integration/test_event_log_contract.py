@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from packager.adapters.kafka_log import EventLog, InMemoryEventLog, KafkaEventLog, Topics
+from packager.core.errors import UnavailableError
 from packager.dev.kafka import free_port
-from packager.errors import UnavailableError
-from packager.events import Envelope, PackageQueued, decode, envelope
-from packager.kafka_log import EventLog, InMemoryEventLog, KafkaEventLog, Topics
+from packager.domain.events import Envelope, PackageQueued, decode, envelope
 from tests.integration.support import read_topic
 
 pytestmark = pytest.mark.kafka

@@ -18,11 +18,11 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from packager.adapters.kafka_log import Topics
 from packager.dev import kafka as dev_kafka
 from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
 from packager.dev.kafka import free_port
-from packager.events import TERMINAL_TYPES, Envelope
-from packager.kafka_log import Topics
+from packager.domain.events import TERMINAL_TYPES, Envelope
 from tests.integration.conftest import SECRET
 from tests.integration.support import (
     SmtpSink,

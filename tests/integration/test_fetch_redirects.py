@@ -19,11 +19,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from packager.adapters.store import FileStore
+from packager.core.settings import load_settings
 from packager.dev.kafka import free_port
-from packager.events import Event, PackageCompleted, PackageFailed, PackageRequested, envelope
-from packager.jobs import JobContext, run_job
-from packager.settings import load_settings
-from packager.store import FileStore
+from packager.domain.events import Event, PackageCompleted, PackageFailed, PackageRequested, envelope
+from packager.service.packaging import JobContext, run_job
 from tests.integration.conftest import PrivateTarget
 
 SECRET = "redirect-test-secret-0123456789"

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from packager.ingress import create_app
-from packager.kafka_log import Topics
-from packager.readside import topic_partitions
-from packager.settings import load_settings
+from packager.adapters.kafka_log import Topics
+from packager.adapters.readside import topic_partitions
+from packager.core.settings import load_settings
+from packager.http.ingress import create_app
 from tests.fuzz_strategies import (
     BASE,
     MAX_BODY,

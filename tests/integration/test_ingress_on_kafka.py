@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from packager.adapters.kafka_log import Topics
+from packager.core.settings import load_settings
 from packager.dev.kafka import free_port
-from packager.ingress import create_app
-from packager.kafka_log import Topics
-from packager.settings import load_settings
+from packager.http.ingress import create_app
 from tests.integration.support import end_offsets, read_topic
 
 pytestmark = pytest.mark.kafka

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from packager.adapters.kafka_log import Topics, ensure_topics
 from packager.dev import kafka as dev_kafka
-from packager.kafka_log import Topics, ensure_topics
 from tests.integration.support import read_topic
 
 pytestmark = pytest.mark.chaos

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
 from packager.dev.kafka import free_port
-from packager.events import TERMINAL_TYPES, Envelope
-from packager.kafka_log import Topics
+from packager.domain.events import TERMINAL_TYPES, Envelope
 from tests.integration.conftest import SECRET
 from tests.integration.support import (
     SmtpSink,

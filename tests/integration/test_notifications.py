@@ -17,8 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from packager.adapters.kafka_log import Topics
 from packager.dev.kafka import free_port
-from packager.kafka_log import Topics
 from tests.integration.conftest import SECRET
 from tests.integration.support import SmtpSink, read_events, service, smtp_sink, submit, wait_for_port
 

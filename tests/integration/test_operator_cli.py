@@ -39,13 +39,13 @@ class Run:
 
 
 async def ckanpackager(*argv: str, env: dict[str, str] | None = None) -> Run:
-    """Run `python -m packager.operator_cli ARGV` from this checkout, without blocking the test's servers."""
+    """Run `python -m packager.cli.operator ARGV` from this checkout, without blocking the test's servers."""
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     full_env.pop("CKANPACKAGER_SECRET", None)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "packager.operator_cli",
+        "packager.cli.operator",
         *argv,
         env=full_env,
         cwd=str(ROOT),

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from packager.kafka_log import Topics
+from packager.adapters.kafka_log import Topics
 from tests.integration.conftest import SECRET
 from tests.integration.support import SmtpSink, read_events, service, wait_for_port
 

@@ -22,9 +22,9 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
+from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
-from packager.kafka_log import Topics
-from packager.schemas import SCHEMA_DIRECTORY
+from packager.domain.schemas import SCHEMA_DIRECTORY
 from tests.integration.conftest import SECRET
 from tests.integration.support import ROOT, SmtpSink, read_topic, service, wait_for_port
 

@@ -6,8 +6,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
-from packager.events import Envelope, PackageQueued, encode, envelope
-from packager.kafka_log import Topics, ensure_topics
+from packager.adapters.kafka_log import Topics, ensure_topics
+from packager.domain.events import Envelope, PackageQueued, encode, envelope
 from streams.readahead import LogReader
 from tests.unit.samples import completed
 

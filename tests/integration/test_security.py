@@ -28,10 +28,10 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_server import SyntheticTable, serve_ckan
 from packager.dev.kafka import free_port
-from packager.events import PackageCompleted, PackageFailed
-from packager.kafka_log import Topics
+from packager.domain.events import PackageCompleted, PackageFailed
 from tests.integration.conftest import SECRET
 from tests.integration.support import ROOT, SmtpSink, end_offsets, read_events, service, wait_for_port
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from packager.adapters.smtp import deliver
+from packager.core.settings import load_settings
 from packager.dev.kafka import free_port
-from packager.settings import load_settings
-from packager.smtp import deliver
 from tests.integration.support import SmtpSink, smtp_sink
 
 

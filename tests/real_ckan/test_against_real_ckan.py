@@ -20,16 +20,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from packager.ckan import CkanError, DatastoreClient, DatastoreQuery
+from packager.adapters.ckan import CkanError, DatastoreClient, DatastoreQuery
+from packager.adapters.store import FileStore
+from packager.core.settings import load_settings
 from packager.dev.test_tables import BIG_ROWS, FIELDS
-from packager.events import PackageCompleted, PackageFailed, PackageRequested, envelope
-from packager.ingress import system_resolver
-from packager.jobs import JobContext, run_job
-from packager.numbers import NumberText, loads_exact
-from packager.secrets import seal
-from packager.settings import load_settings
-from packager.store import FileStore
-from packager.writers import open_writer
+from packager.domain.events import PackageCompleted, PackageFailed, PackageRequested, envelope
+from packager.domain.numbers import NumberText, loads_exact
+from packager.domain.secrets import seal
+from packager.domain.writers import open_writer
+from packager.http.ingress import system_resolver
+from packager.service.packaging import JobContext, run_job
 from tests.real_ckan.conftest import Portal
 
 pytestmark = pytest.mark.real_ckan

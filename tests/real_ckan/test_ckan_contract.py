@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from packager.dev.ckan_server import SyntheticTable, serve_ckan
-from packager.numbers import NumberText, loads_exact
+from packager.domain.numbers import NumberText, loads_exact
 from tests.real_ckan.conftest import Portal
 
 

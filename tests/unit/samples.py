@@ -1,6 +1,6 @@
 """Values shared by unit tests: the shared secret, a valid `/package_url` request, a completed job."""
 
-from packager.events import PackageCompleted
+from packager.domain.events import PackageCompleted
 
 SECRET = "unit-test-secret-0123456789"
 URL_REQUEST = {

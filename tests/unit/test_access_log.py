@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from packager.ingress import AccessLog
+from packager.http.ingress import AccessLog
 
 
 @pytest.mark.parametrize(

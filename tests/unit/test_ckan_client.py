@@ -9,7 +9,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from packager.ckan import CkanError, DatastoreClient, DatastoreQuery
+from packager.adapters.ckan import CkanError, DatastoreClient, DatastoreQuery
+from packager.core.errors import PackagingError
 from packager.dev.ckan_server import (
     ACTION_PATH,
     STATS,
@@ -19,7 +20,6 @@ from packager.dev.ckan_server import (
     serve_app,
     serve_ckan,
 )
-from packager.errors import PackagingError
 
 TABLE = SyntheticTable("t1", 2_345, seed=5)
 
@@ -214,7 +214,7 @@ class Trickle:
 
 @pytest.mark.parametrize("step", [1, 3, 7, 64, 10_000])
 async def test_the_dumps_csv_is_parsed_whole_however_it_is_cut(step: int) -> None:
-    from packager.ckan import _csv_pages, _dump_converter
+    from packager.adapters.ckan import _csv_pages, _dump_converter
 
     body = (
         '_id,note,ok,tags\r\n1,"two\nlines, and ""quotes""",t,"[""a,b""]"\n2,Zoë 東京 \u2028 x,f,null\n'

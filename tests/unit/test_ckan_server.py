@@ -22,7 +22,7 @@ from packager.dev.ckan_server import (
     serve_app,
     serve_ckan,
 )
-from packager.numbers import NumberText, loads_exact
+from packager.domain.numbers import NumberText, loads_exact
 
 TABLE = SyntheticTable("res-1", 1000, seed=7)
 ROWS = [TABLE.row(i) for i in range(TABLE.rows)]

@@ -16,9 +16,10 @@ import orjson
 import pytest
 from dwca.read import DwCAReader
 
-from packager import dwc
+from packager.core.errors import ConfigurationError, PackagingError
 from packager.dev.ckan_server import SyntheticTable
-from packager.dwc import (
+from packager.domain import dwc
+from packager.domain.dwc import (
     DwcArchiveBuilder,
     DwcConfig,
     DwcSummary,
@@ -27,9 +28,8 @@ from packager.dwc import (
     load_extension,
     plan_archive,
 )
-from packager.errors import ConfigurationError, PackagingError
-from packager.numbers import loads_exact
-from packager.writers import text_of
+from packager.domain.numbers import loads_exact
+from packager.domain.writers import text_of
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
 DC = "http://purl.org/dc/terms/"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from packager.errors import EventDecodeError
-from packager.events import (
+from packager.core.errors import EventDecodeError
+from packager.domain.events import (
     EVENT_TYPES,
     EmailSent,
     PackageCompleted,
@@ -15,7 +15,7 @@ from packager.events import (
     encode,
     envelope,
 )
-from packager.secrets import seal, unseal
+from packager.domain.secrets import seal, unseal
 from tests.unit.samples import completed
 
 SECRET = "unit-test-secret-0123456789"

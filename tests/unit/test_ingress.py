@@ -9,10 +9,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from packager.events import PackageRequested, encode
-from packager.ingress import create_app
-from packager.kafka_log import InMemoryEventLog
-from packager.settings import Settings, load_settings
+from packager.adapters.kafka_log import InMemoryEventLog
+from packager.core.settings import Settings, load_settings
+from packager.domain.events import PackageRequested, encode
+from packager.http.ingress import create_app
 from tests.unit.samples import SECRET, URL_REQUEST
 
 GOOD = {**URL_REQUEST, "key": "ckan-key-abcdef"}
@@ -158,14 +158,14 @@ async def test_ranged_download_returns_the_requested_bytes(client: TestClient, s
 
 
 def test_the_ingress_refuses_to_start_without_a_secret(store_dir: Path) -> None:
-    from packager.errors import ConfigurationError
+    from packager.core.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError):
         create_app(load_settings({}, store_directory=str(store_dir)), event_log=InMemoryEventLog())
 
 
 def test_success_body_is_json_serialisable() -> None:
-    from packager.ingress import accepted_body
+    from packager.http.ingress import accepted_body
 
     assert orjson.loads(orjson.dumps(accepted_body("j", "m")))["job_id"] == "j"
 

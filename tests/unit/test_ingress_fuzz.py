@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from packager import read_api
-from packager.events import PackageCompleted, PackageFailed, PackageRequested, envelope
-from packager.ingress import create_app
-from packager.kafka_log import InMemoryEventLog, Topics
-from packager.readside import ReadSide
-from packager.settings import load_settings
-from packager.web_keys import READ_SIDE
+from packager.adapters.kafka_log import InMemoryEventLog, Topics
+from packager.adapters.readside import ReadSide
+from packager.core.settings import load_settings
+from packager.domain.events import PackageCompleted, PackageFailed, PackageRequested, envelope
+from packager.http import read_api
+from packager.http.app_keys import READ_SIDE
+from packager.http.ingress import create_app
 from tests.fuzz_strategies import (
     KNOWN_JOB_IDS,
     MAX_BODY,

@@ -6,7 +6,9 @@ from types import SimpleNamespace
 
 import aiohttp
 
-from packager.events import (
+from packager.adapters.kafka_log import ANSWER_DEADLINE_HEADER, LOG_APPEND_TIME
+from packager.core.settings import load_settings
+from packager.domain.events import (
     EmailSent,
     PackageFailed,
     PackageProgress,
@@ -16,8 +18,6 @@ from packager.events import (
     RequestAbandoned,
     envelope,
 )
-from packager.kafka_log import ANSWER_DEADLINE_HEADER, LOG_APPEND_TIME
-from packager.settings import load_settings
 from projections.jobs import ABANDONED, COMPLETED, RUNNING, JobState, apply
 from streams.app import abandoned
 from streams.handlers import lane_for_rows, plan_lane

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from packager.events import (
+from packager.domain.events import (
     Envelope,
     Event,
     LeaseExpired,

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from packager.errors import ConfigurationError
-from packager.logs import REDACTED, Redactor, bind_job, configure_logging, job_context
-from packager.settings import Settings, load_settings
+from packager.core.errors import ConfigurationError
+from packager.core.logs import REDACTED, Redactor, bind_job, configure_logging, job_context
+from packager.core.settings import Settings, load_settings
 
 SECRET = "unit-test-secret-0123456789"
 SMTP_PASSWORD = "smtp-pass-9876"
@@ -164,7 +164,7 @@ def test_the_ingress_access_line_is_short_and_names_the_job(restore_root_logging
     from aiohttp import web
     from aiohttp.test_utils import make_mocked_request
 
-    from packager.ingress import AccessLog
+    from packager.http.ingress import AccessLog
 
     out = capture(load_settings({}, secret=SECRET))
     request = make_mocked_request("POST", "/package_url?secret=" + SECRET)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from packager.errors import ConfigurationError
-from packager.events import PackageFailed
-from packager.notify import load_templates, render_completed, render_failed
-from packager.settings import load_settings
+from packager.core.errors import ConfigurationError
+from packager.core.settings import load_settings
+from packager.domain.emails import load_templates, render_completed, render_failed
+from packager.domain.events import PackageFailed
 from tests.unit.samples import completed
 
 SETTINGS = load_settings(

@@ -10,10 +10,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from packager.ingress import create_app
-from packager.kafka_log import InMemoryEventLog
-from packager.openapi import spec
-from packager.settings import load_settings
+from packager.adapters.kafka_log import InMemoryEventLog
+from packager.core.settings import load_settings
+from packager.http.ingress import create_app
+from packager.http.openapi import spec
 from streams.ops import OpsServer
 
 SECRET = "unit-test-secret-0123456789"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from packager import operator_cli as cli
+from packager.cli import operator as cli
 
 JOB = "0232e797-71da-4658-8d92-52080d82db79"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from packager import metrics
+from packager.adapters import metrics
+from packager.adapters.kafka_log import InMemoryEventLog
+from packager.core.settings import load_settings
 from packager.dev.kafka import free_port
-from packager.events import EmailSent, PackageCompleted, PackageFailed, PackageQueued
-from packager.ingress import create_app
-from packager.kafka_log import InMemoryEventLog
-from packager.settings import load_settings
+from packager.domain.events import EmailSent, PackageCompleted, PackageFailed, PackageQueued
+from packager.http.ingress import create_app
 from tests.unit.samples import SECRET, URL_REQUEST
 from tests.unit.samples import completed as completed_payload
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 from jsonschema import Draft202012Validator
 
-from packager.analytics import pseudonymise
-from packager.events import PackageRequested, encode, envelope
-from packager.schemas import SCHEMA_DIRECTORY, all_schemas
+from packager.domain.events import PackageRequested, encode, envelope
+from packager.domain.schemas import SCHEMA_DIRECTORY, all_schemas
+from projections.analytics import pseudonymise
 from tests.unit.samples import completed
 
 SECRET = "unit-test-secret-0123456789"
@@ -16,7 +16,7 @@ SECRET = "unit-test-secret-0123456789"
 def test_committed_schema_files_equal_the_generated_ones() -> None:
     generated = all_schemas()
     committed = {p.name: orjson.loads(p.read_bytes()) for p in SCHEMA_DIRECTORY.glob("*.json")}
-    assert committed == generated, "run `python -m packager.schemas` and commit schemas/"
+    assert committed == generated, "run `python -m packager.domain.schemas` and commit schemas/"
     for schema in generated.values():
         Draft202012Validator.check_schema(schema)
 
@@ -53,7 +53,7 @@ def test_analytics_records_pseudonymise_requesters_and_drop_secrets() -> None:
 def test_a_builds_proposed_outcome_carries_no_address_either() -> None:
     from dataclasses import asdict
 
-    from packager.events import PackageBuilt
+    from packager.domain.events import PackageBuilt
 
     done = completed(email="ann@example.org")
     built = PackageBuilt(cache_key="ck", attempt=1, worker="w", outcome=done.TYPE, result=asdict(done))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from packager.errors import ConfigurationError
-from packager.settings import load_settings
+from packager.core.errors import ConfigurationError
+from packager.core.settings import load_settings
 
 
 def test_defaults_follow_the_original_service() -> None:

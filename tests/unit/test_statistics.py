@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from packager.events import Envelope, PackageFailed, PackageRequested, envelope
-from packager.readside import identity_for
-from packager.settings import load_settings
+from packager.adapters.readside import identity_for
+from packager.core.settings import load_settings
+from packager.domain.events import Envelope, PackageFailed, PackageRequested, envelope
 from projections import statistics as stats_fold
 from projections.readmodel import ReadModel, write_atomically
 from tests.unit.samples import completed as completed_payload

@@ -8,7 +8,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from packager.store import FileStore, safe_file_name, zip_one_file
+from packager.adapters.store import FileStore, safe_file_name, zip_one_file
 
 
 def test_a_zip_is_invisible_until_published(tmp_path: Path) -> None:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from packager.errors import BadRequestError
-from packager.validation import cache_key_for, check_email, check_url, is_public_address, parse_url_request
+from packager.core.errors import BadRequestError
+from packager.domain.validation import (
+    cache_key_for,
+    check_email,
+    check_url,
+    is_public_address,
+    parse_url_request,
+)
 
 SECRET = "unit-test-secret-0123456789"
 

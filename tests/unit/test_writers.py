@@ -21,10 +21,10 @@ import orjson
 import pytest
 from openpyxl.utils.escape import unescape
 
-from packager import writers
-from packager.errors import PackagingError
-from packager.numbers import loads_exact
-from packager.writers import RowLimitExceeded, data_file_name, open_writer
+from packager.core.errors import PackagingError
+from packager.domain import writers
+from packager.domain.numbers import loads_exact
+from packager.domain.writers import RowLimitExceeded, data_file_name, open_writer
 
 TEXT_FORMATS = ("csv", "tsv", "jsonl")
 

@@ -1,0 +1,245 @@
+"""Adapter: appending events to the Kafka log, plus the topic layout every component shares.
+
+`KafkaEventLog` is what the ingress uses in production; `InMemoryEventLog` is its fake for unit tests. The
+contract suite in `tests/integration/test_event_log_contract.py` runs the same assertions against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from packager.core.errors import UnavailableError
+from packager.domain.events import Envelope, encode
+
+log = logging.getLogger(__name__)
+
+LANES = ("fast", "slow")
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Names of the service's topics, all under one prefix so several deployments can share a cluster."""
+
+    prefix: str
+
+    @property
+    def requests(self) -> str:
+        """Accepted requests (`PackageRequested`), keyed by cache key."""
+        return f"{self.prefix}.requests"
+
+    @property
+    def events(self) -> str:
+        """Every lifecycle event after the request, keyed by cache key."""
+        return f"{self.prefix}.events"
+
+    @property
+    def analytics(self) -> str:
+        """Every lifecycle event with pseudonymised requesters, for downstream consumers."""
+        return f"{self.prefix}.analytics"
+
+    @property
+    def dead_letters(self) -> str:
+        """Records that could not be decoded, kept for inspection."""
+        return f"{self.prefix}.dead-letters"
+
+    def lane(self, lane: str) -> str:
+        """The work queue of one lane (`fast` or `slow`)."""
+        return f"{self.prefix}.work.{lane}"
+
+    def all(self) -> list[str]:
+        """Every topic the service needs, in creation order."""
+        return [self.requests, self.events, self.analytics, self.dead_letters, *(self.lane(x) for x in LANES)]
+
+
+# The ingress's deadline for an append, in a record header: a request the broker stores after it is one the
+# ingress already answered 503 for (see RequestAbandoned). The requests topic keeps the broker's append time.
+ANSWER_DEADLINE_HEADER = "answer-deadline"
+LOG_APPEND_TIME = 1  # Kafka's timestamp type for broker-assigned timestamps
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Milliseconds since the epoch as an ISO 8601 UTC timestamp, like the events' `occurred_at`."""
+    return (
+        datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def topic_configs(topics: Topics, name: str) -> dict[str, str]:
+    """Per-topic settings at creation. The requests and events topics are the system of record (the read
+    models and replay are rebuilt from them), so they are kept forever; the others use the broker's default
+    retention. The requests topic keeps the broker's append time (see RequestAbandoned)."""
+    if name == topics.requests:
+        return {"retention.ms": "-1", "message.timestamp.type": "LogAppendTime"}
+    if name == topics.events:
+        return {"retention.ms": "-1"}
+    return {}
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: Topics,
+    partitions: int,
+    *,
+    compacted: Sequence[str] = (),
+    replication_factor: int = 1,
+) -> None:
+    """Create the service's topics (and `compacted` ones, e.g. table changelogs) if they do not exist.
+
+    Existing topics are left as they are: changing a topic's replication is a reassignment, an operator's
+    job, not something a starting process should do.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                name=name,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                topic_configs=topic_configs(topics, name),
+            )
+            for name in topics.all()
+            if name not in existing
+        ]
+        wanted += [
+            NewTopic(
+                name=name,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                topic_configs={"cleanup.policy": "compact"},
+            )
+            for name in compacted
+            if name not in existing
+        ]
+        if wanted:
+            # Another process may win the race to create them; the topics are there either way.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(wanted)
+    finally:
+        await admin.close()
+
+
+class EventLog(Protocol):
+    """Where accepted requests and events are appended."""
+
+    async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
+        """Append one event (to `partition`, else by key); return only once it is durably stored."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass
+class InMemoryEventLog:
+    """A fake log for unit tests: appended records are kept in order per topic."""
+
+    records: dict[str, list[tuple[str, Envelope]]] = field(default_factory=dict)
+    available: bool = True
+
+    async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
+        """Store the event, or fail as an unreachable broker would."""
+        if not self.available:
+            raise UnavailableError("The event log is unavailable; the request was not accepted.")
+        encode(event)  # the same serialisation errors as the real log
+        self.records.setdefault(topic, []).append((key, event))
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class KafkaEventLog:
+    """Appends events with an idempotent, acks=all producer, connecting lazily and reconnecting on demand.
+
+    The ingress must keep answering (503) while the broker is down and recover without a restart, so the
+    producer is created on first use and recreated after a failed start.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Topics,
+        *,
+        partitions: int,
+        send_timeout: float,
+        replication_factor: int = 1,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._topics = topics
+        self._partitions = partitions
+        self._replication_factor = replication_factor
+        self._send_timeout = send_timeout
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ready_producer(self) -> AIOKafkaProducer:
+        if self._producer is not None:  # the common case, without taking the lock on every request
+            return self._producer
+        async with self._lock:
+            if self._producer is not None:
+                return self._producer
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                # No linger: while one produce request awaits the acks, the next requests batch up anyway
+                # (measured: 5-13% more requests/s than 2 ms under load, and less latency when idle).
+                linger_ms=0,
+                request_timeout_ms=int(self._send_timeout * 1000),
+                retry_backoff_ms=200,
+            )
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    await ensure_topics(
+                        self._bootstrap,
+                        self._topics,
+                        self._partitions,
+                        replication_factor=self._replication_factor,
+                    )
+                    await producer.start()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                await producer.stop()
+                log.warning("Kafka is unreachable at %s: %r", self._bootstrap, exc)
+                raise UnavailableError(
+                    "The event log (Kafka) is unreachable; the request was not accepted. Try again later."
+                ) from None
+            self._producer = producer
+            return producer
+
+    async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
+        """Append and wait for the broker's acknowledgement from all in-sync replicas."""
+        producer = await self._ready_producer()
+        deadline_ms = int((time.time() + self._send_timeout) * 1000)
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await producer.send_and_wait(
+                    topic,
+                    value=encode(event),
+                    key=key.encode(),
+                    partition=partition,
+                    headers=[(ANSWER_DEADLINE_HEADER, str(deadline_ms).encode())],
+                )
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("Append to %s failed: %r", topic, exc)
+            raise UnavailableError(
+                "The event log (Kafka) did not acknowledge the request in time; it was not accepted. "
+                "Try again later."
+            ) from None
+
+    async def close(self) -> None:
+        """Flush and stop the producer."""
+        async with self._lock:
+            if self._producer is not None:
+                await self._producer.stop()
+                self._producer = None

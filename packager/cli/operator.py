@@ -1,0 +1,715 @@
+"""The `ckanpackager` operator command: the original service's command line, against this service's HTTP API.
+
+ckanpackager [options] status                          workers, queue length, jobs processed
+ckanpackager [options] clear-cache | cc                empty the cache of built ZIPs
+ckanpackager [options] stats [totals|requests|errors]  statistics (-o OFFSET -l LIMIT -r RESOURCE -e EMAIL)
+ckanpackager [options] queue TASK [PARAM:VALUE ...]    queue a job, e.g. queue package_url email:a@b.org ...
+ckanpackager [options] watch JOB_ID                    follow a job live until it completes or fails
+ckanpackager replay verify|stats|history ...           the audit tool (same as `packager replay`)
+
+Options may come before or after the verb. Exit status: 0 done, 1 failed (the service refused or could
+not be reached, a watched job failed, `-x` found errors), 2 the command line or defaults file is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+PROG = "ckanpackager"
+DEFAULT_HOST = "http://127.0.0.1:8765"
+DEFAULT_DEFAULTS_FILE = Path("/etc/ckanpackager/ckanpackager-cli.json")
+SECRET_ENVIRONMENT_VARIABLE = "CKANPACKAGER_SECRET"
+TASKS = ("package_datastore", "package_dwc_archive", "package_url")
+STATS_KINDS = ("totals", "requests", "errors")
+REQUEST_TIMEOUT = 30.0
+# The events stream is quiet while a job waits; reconnecting after this long costs nothing (the service
+# sends the job's current state first), and a dead connection is noticed.
+EVENTS_READ_TIMEOUT = 60.0
+EVENTS_RECONNECTS = 5
+# A job just accepted appears on the read side within a second or so; wait this long before saying
+# there is no such job.
+JOB_APPEAR_TIMEOUT = 15.0
+TERMINAL_STATES = ("completed", "failed", "abandoned")
+_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class CliError(Exception):
+    """A failure to report in one line on stderr, with the exit status to leave with."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+class RefusedError(CliError):
+    """The service answered with an HTTP error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UsageError(CliError):
+    """The command line or the defaults file is wrong (exit status 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=2)
+
+
+# --- Defaults file and parameters --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a defaults file holds: the service's address and parameters sent with every queued task."""
+
+    host: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def secret(self) -> str | None:
+        """The shared secret the file gives, if any."""
+        return self.params.get("secret")
+
+
+def _as_param(value: Any) -> str:
+    """A JSON value as a form parameter: strings as they are, anything else as JSON text (e.g. filters)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_defaults(path: Path | None, *, use_file: bool = True) -> Defaults:
+    """Read the defaults file: `path` must exist when given; the standard one is used only if present."""
+    if not use_file:
+        return Defaults()
+    explicit = path is not None
+    path = path if path is not None else DEFAULT_DEFAULTS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise UsageError(f"no such defaults file: {path}") from None
+        return Defaults()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read defaults file {path}: {exc}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"defaults file {path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"defaults file {path} must hold a JSON object")
+    host = doc.pop("host", None)
+    if host is not None and not isinstance(host, str):
+        raise UsageError(f"defaults file {path}: host must be a string")
+    return Defaults(host=host or None, params={str(k): _as_param(v) for k, v in doc.items() if v is not None})
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    """`PARAM:VALUE` as (param, value); the value may itself hold colons (URLs do)."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise UsageError(
+            f"malformed parameter {text!r}: expected PARAM:VALUE, e.g. email:someone@example.org"
+        )
+    return name.strip(), value
+
+
+def task_path(task: str) -> str:
+    """The endpoint of a task name, refusing names the service does not serve."""
+    name = task.strip().strip("/")
+    if name not in TASKS:
+        raise UsageError(f"unknown task {task!r}: the service knows {', '.join(TASKS)}")
+    return f"/{name}"
+
+
+def normalise_host(host: str) -> str:
+    """The service's base URL, `http://` assumed when no scheme is given, without a trailing slash."""
+    host = host.strip()
+    if "://" not in host:
+        host = f"http://{host}"
+    parts = urllib.parse.urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"not a service address: {host!r} (expected e.g. {DEFAULT_HOST})")
+    return host.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to send requests and with which secret, once options, environment and defaults are merged."""
+
+    host: str
+    secret: str | None
+    defaults: Defaults
+
+
+def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Target:
+    """Merge, highest first: options, the environment (secret only), the defaults file, built-in defaults."""
+    defaults = load_defaults(Path(args.defaults) if args.defaults else None, use_file=not args.no_defaults)
+    host = normalise_host(args.host or defaults.host or DEFAULT_HOST)
+    secret = args.secret or environ.get(SECRET_ENVIRONMENT_VARIABLE) or defaults.secret
+    return Target(host=host, secret=secret, defaults=defaults)
+
+
+def queue_params(target: Target, pairs: Sequence[str]) -> dict[str, str]:
+    """A task's parameters: the defaults file's, the secret, then PARAM:VALUE pairs (which win)."""
+    params = dict(target.defaults.params)
+    if target.secret:
+        params["secret"] = target.secret
+    for text in pairs:
+        name, value = parse_param(text)
+        params[name] = value
+    return params
+
+
+def stats_request(kind: str, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The endpoint and parameters (without the secret) of a statistics query."""
+    if kind == "totals":
+        return "/statistics", {"resource_id": args.resource} if args.resource else {}
+    params = {"offset": str(args.offset), "limit": str(args.limit)}
+    if args.resource:
+        params["resource_id"] = args.resource
+    if args.email:
+        params["email"] = args.email
+    return f"/statistics/{kind}", params
+
+
+# --- HTTP ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """The ingress's HTTP API, over urllib."""
+
+    host: str
+    timeout: float = REQUEST_TIMEOUT
+
+    def url(self, path: str) -> str:
+        """The absolute URL of an API path (the host may carry a path prefix)."""
+        return f"{self.host}/{path.lstrip('/')}"
+
+    def post(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """POST form-encoded `params` and return the JSON answer."""
+        data = urllib.parse.urlencode(params).encode()
+        request = urllib.request.Request(
+            self.url(path), data=data, headers={"Accept": "application/json"}, method="POST"
+        )
+        return self._json(request)
+
+    def get(self, path: str) -> dict[str, Any]:
+        """GET `path` as JSON."""
+        return self._json(urllib.request.Request(self.url(path), headers={"Accept": "application/json"}))
+
+    def _json(self, request: urllib.request.Request) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise http_failure(self.host, exc.code, exc.reason, exc.read()) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise unreachable(self.host, exc) from None
+        return _decode(self.host, body)
+
+    def events(self, path: str) -> Iterator[tuple[str, str]]:
+        """The (event, data) pairs of a Server-Sent Events stream, until the service closes it."""
+        request = urllib.request.Request(self.url(path), headers={"Accept": "text/event-stream"})
+        try:
+            response = urllib.request.urlopen(request, timeout=EVENTS_READ_TIMEOUT)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise http_failure(self.host, exc.code, exc.reason, exc.read()) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise unreachable(self.host, exc) from None
+        with response:
+            yield from parse_sse(line.decode("utf-8", errors="replace") for line in response)
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """Server-Sent Events from text lines: (event name, data) for each event, `message` when unnamed."""
+    event, data = "", []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+
+
+def _decode(host: str, body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CliError(f"the answer from {host} is not JSON: is it a ckanpackager service?") from None
+    if not isinstance(doc, dict):
+        raise CliError(f"the answer from {host} is not a JSON object: is it a ckanpackager service?")
+    return doc
+
+
+def http_failure(host: str, status: int, reason: str, body: bytes) -> RefusedError:
+    """A refusal by the service as one line, using the message it gave."""
+    try:
+        doc = json.loads(body)
+        message = str(doc.get("message") or doc.get("msg") or reason) if isinstance(doc, dict) else reason
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        message = reason
+    if status == 401:
+        text = (
+            f"{host} refused the secret ({message}): give the right one with -s, "
+            f"${SECRET_ENVIRONMENT_VARIABLE} or the defaults file"
+        )
+    elif status == 400:
+        text = f"{host} rejected the request: {message}"
+    elif status == 404:
+        text = f"{host} has no such thing: {message}"
+    elif status == 503:
+        text = f"{host} is unavailable: {message}"
+    else:
+        text = f"{host} answered {status}: {message}"
+    return RefusedError(text, status)
+
+
+def unreachable(host: str, exc: BaseException) -> CliError:
+    """A connection failure as one line."""
+    reason: Any = getattr(exc, "reason", None) or exc
+    if isinstance(reason, socket.timeout | TimeoutError):
+        text = "no answer in time"
+    elif isinstance(reason, OSError) and reason.strerror:
+        text = reason.strerror
+    else:
+        text = str(reason) or type(reason).__name__
+    return CliError(f"cannot reach the service at {host}: {text}")
+
+
+# --- Output -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Output:
+    """Where results go: human text or JSON on stdout, nothing when quiet; errors always on stderr."""
+
+    quiet: bool = False
+    as_json: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def text(self, line: str = "") -> None:
+        """A line of human output."""
+        if not self.quiet and not self.as_json:
+            print(line, file=self.out, flush=True)
+
+    def document(self, doc: Any) -> None:
+        """A JSON document (with --json)."""
+        if not self.quiet and self.as_json:
+            print(json.dumps(doc, indent=2, ensure_ascii=False), file=self.out, flush=True)
+
+    def json_line(self, doc: Any) -> None:
+        """One JSON document on one line (with --json, for streams)."""
+        if not self.quiet and self.as_json:
+            print(json.dumps(doc, ensure_ascii=False, separators=(",", ":")), file=self.out, flush=True)
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> list[str]:
+    """Left-aligned columns, two spaces apart."""
+    cells = [[str(c) for c in header], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+
+def when(timestamp: Any) -> str:
+    """A UNIX timestamp as UTC ISO 8601 to the second."""
+    try:
+        moment = datetime.fromtimestamp(float(timestamp), tz=UTC)
+    except (TypeError, ValueError, OverflowError):
+        return str(timestamp)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def human_size(size: int | None) -> str:
+    """Bytes in B, KB, MB or GB (powers of 1024)."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def progress_line(job: Mapping[str, Any], width: int = 30) -> str:
+    """One line describing a job's progress: a bar when the percentage is known, counts, and its state."""
+    parts: list[str] = []
+    percent = job.get("percent")
+    if isinstance(percent, int | float):
+        filled = round(width * min(max(percent, 0.0), 100.0) / 100.0)
+        parts.append(f"[{'#' * filled}{'-' * (width - filled)}] {percent:5.1f}%")
+    rows_done, rows_total = job.get("rows_done") or 0, job.get("rows_total")
+    if rows_total:
+        parts.append(f"{rows_done:,} of {rows_total:,} rows")
+    elif rows_done:
+        parts.append(f"{rows_done:,} rows")
+    bytes_done = job.get("bytes_done") or 0
+    if bytes_done:
+        parts.append(human_size(bytes_done))
+    parts.append(str(job.get("state") or "?"))
+    return "  ".join(parts)
+
+
+# --- Verbs --------------------------------------------------------------------------------------------
+
+
+def _with_secret(target: Target, params: Mapping[str, str] | None = None) -> dict[str, str]:
+    merged = dict(params or {})
+    if target.secret:
+        merged["secret"] = target.secret
+    return merged
+
+
+def cmd_status(args: argparse.Namespace, target: Target, out: Output) -> int:
+    """Workers in the consumer group, jobs not finished, jobs finished."""
+    body = Service(target.host).post("/status", _with_secret(target))
+    out.document(body)
+    out.text(f"service             {target.host}")
+    out.text(f"workers             {body.get('worker_count')}")
+    out.text(f"queue length        {body.get('queue_length')}")
+    out.text(f"processed requests  {body.get('processed_requests')}")
+    return 0
+
+
+def cmd_clear_cache(args: argparse.Namespace, target: Target, out: Output) -> int:
+    """Ask the workers to empty the cache of built ZIPs."""
+    body = Service(target.host).post("/clear_caches", _with_secret(target))
+    out.document(body)
+    out.text(f"Cache clearing requested: {body.get('message') or body.get('msg') or 'Done.'}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, target: Target, out: Output) -> int:
+    """Totals, requests or errors, as the service's statistics endpoints give them."""
+    kind = args.kind or "totals"
+    path, params = stats_request(kind, args)
+    body = Service(target.host).post(path, _with_secret(target, params))
+    out.document(body)
+    if kind == "totals":
+        totals: dict[str, dict[str, Any]] = body.get("totals") or {}
+        order = sorted(totals, key=lambda r: (r != "*", r))
+        rows = [
+            (r, totals[r].get("requests"), totals[r].get("errors"), totals[r].get("emails")) for r in order
+        ]
+        header: tuple[str, ...] = ("resource", "requests", "errors", "emails")
+        has_errors = any(row[2] for row in rows)
+    elif kind == "requests":
+        entries = body.get("requests") or []
+        rows = [
+            (when(e.get("timestamp")), e.get("resource_id"), e.get("email"), e.get("count")) for e in entries
+        ]
+        header = ("time (UTC)", "resource", "email", "count")
+        has_errors = False
+    else:
+        entries = body.get("errors") or []
+        rows = [
+            (when(e.get("timestamp")), e.get("resource_id"), e.get("email"), e.get("message"))
+            for e in entries
+        ]
+        header = ("time (UTC)", "resource", "email", "message")
+        has_errors = bool(rows)
+    if rows:
+        for line in table(rows, header):
+            out.text(line)
+    else:
+        out.text("no requests" if kind != "errors" else "no errors")
+    return 1 if args.exit_on_errors and has_errors else 0
+
+
+def cmd_queue(args: argparse.Namespace, target: Target, out: Output) -> int:
+    """Queue a task with the defaults file's parameters, the secret and PARAM:VALUE pairs."""
+    path = task_path(args.task)
+    params = queue_params(target, args.params)
+    body = Service(target.host).post(path, params)
+    out.document(body)
+    job_id = body.get("job_id")
+    out.text(
+        f"Queued {path.lstrip('/')} job {job_id}: {body.get('message') or body.get('msg') or ''}".rstrip()
+    )
+    if args.watch and job_id:
+        return watch(Service(target.host), str(job_id), out)
+    if body.get("status_url"):
+        out.text(f"Follow it: {PROG} watch {job_id}  (or {body['status_url']})")
+    return 0
+
+
+def job_events_path(job: str) -> tuple[str, str]:
+    """(job id, events path) from a job id or a job's status URL."""
+    text = job.strip().rstrip("/")
+    if "/" in text:
+        text = text.rsplit("/", 1)[1]
+    if not _JOB_ID.match(text):
+        raise UsageError(f"not a job id: {job!r} (expected the job_id a queued task answered with)")
+    return text, f"/jobs/{text}/events"
+
+
+def cmd_watch(args: argparse.Namespace, target: Target, out: Output) -> int:
+    """Follow a job live until it completes (exit 0) or fails (exit 1)."""
+    return watch(Service(target.host), args.job, out)
+
+
+def _wait_for_job(service: Service, job_id: str) -> None:
+    """Return once the service knows the job; a job just accepted takes a moment to appear."""
+    deadline = time.monotonic() + JOB_APPEAR_TIMEOUT
+    while True:
+        try:
+            service.get(f"/jobs/{job_id}")
+            return
+        except RefusedError as exc:
+            if exc.status != 404:
+                raise
+            if time.monotonic() > deadline:
+                raise CliError(f"{service.host} knows no job {job_id}") from None
+        time.sleep(0.5)
+
+
+def watch(service: Service, job: str, out: Output) -> int:
+    """Draw the job's progress from its events stream; the exit status says how it ended."""
+    job_id, path = job_events_path(job)
+    _wait_for_job(service, job_id)
+    bar = _ProgressDisplay(out)
+    last: dict[str, Any] = {}
+    failures = 0
+    try:
+        while last.get("state") not in TERMINAL_STATES:
+            error: CliError | None = None
+            try:
+                for event, data in service.events(path):
+                    if event == "job" and isinstance(state := json.loads(data), dict):
+                        last, failures = state, 0
+                        out.json_line(state)
+                        bar.show(state)
+                    if event == "end" or last.get("state") in TERMINAL_STATES:
+                        break
+            except TimeoutError:
+                # A quiet stream (the job waits in its lane): reconnect; the service repeats the state.
+                continue
+            except CliError as exc:
+                error = exc
+            except (OSError, http.client.HTTPException, json.JSONDecodeError):
+                pass  # the connection dropped: reconnect
+            if last.get("state") in TERMINAL_STATES:
+                break
+            failures += 1
+            if failures > EVENTS_RECONNECTS:
+                raise error or CliError(f"lost the events of job {job_id} at {service.host}")
+            time.sleep(1.0)
+    finally:
+        bar.close()
+    return _report_end(last, out)
+
+
+def _report_end(job: Mapping[str, Any], out: Output) -> int:
+    if job.get("state") == "completed":
+        out.text(f"completed: {job.get('download_url')} ({human_size(job.get('size'))})")
+        return 0
+    if not out.quiet:
+        verb = "was abandoned" if job.get("state") == "abandoned" else "failed"
+        reason = job.get("error") or "no reason given"
+        print(f"{PROG}: job {job.get('job_id')} {verb}: {reason}", file=out.err)
+    return 1
+
+
+class _ProgressDisplay:
+    """A bar redrawn in place on a terminal; elsewhere a line per state and per tenth of the way."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self.live = not out.quiet and not out.as_json and out.err.isatty()
+        self.drawn = False
+        self.printed: tuple[Any, Any] | None = None
+
+    def show(self, job: Mapping[str, Any]) -> None:
+        if self.out.quiet or self.out.as_json:
+            return
+        line = progress_line(job)
+        if self.live:
+            width = shutil.get_terminal_size((80, 24)).columns
+            self.out.err.write("\r" + line[: width - 1].ljust(width - 1))
+            self.out.err.flush()
+            self.drawn = True
+            return
+        percent = job.get("percent")
+        key = (job.get("state"), int(percent // 10) if isinstance(percent, int | float) else None)
+        if key != self.printed:
+            self.printed = key
+            print(line, file=self.out.err, flush=True)
+
+    def close(self) -> None:
+        if self.drawn:
+            self.out.err.write("\n")
+            self.out.err.flush()
+            self.drawn = False
+
+
+# --- Command line -------------------------------------------------------------------------------------
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options every verb takes; on verbs they default to SUPPRESS so the top-level values stand."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("service options")
+    group.add_argument("-p", "--host", metavar="HOST", default=default(None), help=f"default {DEFAULT_HOST}")
+    group.add_argument(
+        "-d",
+        "--defaults",
+        metavar="FILE",
+        default=default(None),
+        help=f"JSON file of defaults: host, secret and task parameters (default {DEFAULT_DEFAULTS_FILE}, "
+        "used when present)",
+    )
+    group.add_argument(
+        "-D", "--no-defaults", action="store_true", default=default(False), help="read no defaults file"
+    )
+    group.add_argument(
+        "-s",
+        "--secret",
+        metavar="SECRET",
+        default=default(None),
+        help=f"the shared secret (beats ${SECRET_ENVIRONMENT_VARIABLE} and the defaults file)",
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="print nothing but errors"
+    )
+    group.add_argument("--json", action="store_true", default=default(False), help="print JSON for machines")
+
+
+def _add_stats_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("statistics options")
+    group.add_argument("-o", "--offset", type=_non_negative, default=default(0), help="entries to skip (0)")
+    group.add_argument(
+        "-l", "--limit", type=_non_negative, default=default(100), help="entries to show (100)"
+    )
+    group.add_argument("-r", "--resource", metavar="RESOURCE_ID", default=default(None), help="one resource")
+    group.add_argument("-e", "--email", default=default(None), help="one requester (requests, errors)")
+    group.add_argument(
+        "-x",
+        dest="exit_on_errors",
+        action="store_true",
+        default=default(False),
+        help="exit 1 when the statistics show errors",
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ckanpackager")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    _add_global_options(parser, suppress=False)
+    _add_stats_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_text: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, aliases=list(aliases), description=help_text)
+        _add_global_options(p, suppress=True)
+        return p
+
+    verb("status", "workers, queue length and jobs processed").set_defaults(func=cmd_status)
+    verb("clear-cache", "empty the cache of built ZIPs", aliases=["cc"]).set_defaults(func=cmd_clear_cache)
+    stats = verb("stats", "totals, requests or errors", aliases=["statistics"])
+    stats.add_argument("kind", nargs="?", choices=STATS_KINDS, help="what to show (default: totals)")
+    _add_stats_options(stats, suppress=True)
+    stats.set_defaults(func=cmd_stats)
+    queue = verb("queue", f"queue a task ({', '.join(TASKS)})")
+    queue.add_argument("task", metavar="TASK", help=", ".join(TASKS))
+    queue.add_argument("params", metavar="PARAM:VALUE", nargs="*", help="task parameters, e.g. email:a@b.org")
+    queue.add_argument("-w", "--watch", action="store_true", help="then follow the job until it ends")
+    queue.set_defaults(func=cmd_queue)
+    watch_cmd = verb("watch", "follow a job's progress until it completes or fails")
+    watch_cmd.add_argument("job", metavar="JOB_ID", help="a job id, or a job's status URL")
+    watch_cmd.set_defaults(func=cmd_watch)
+    replay_cmd = sub.add_parser(
+        "replay", help="the audit tool: verify|stats|history (see `ckanpackager replay -h`)", add_help=False
+    )
+    replay_cmd.add_argument("rest", nargs=argparse.REMAINDER)
+    replay_cmd.set_defaults(func=None)
+    return parser
+
+
+def fail(message: str, exit_code: int) -> NoReturn:
+    """Leave with one line on stderr."""
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(exit_code)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of the `ckanpackager` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    if argv[:1] == ["replay"]:
+        from packager.cli import replay
+
+        return replay.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.verb == "replay":
+        from packager.cli import replay
+
+        return replay.main(args.rest)
+    out = Output(quiet=args.quiet, as_json=args.json)
+    try:
+        target = resolve_target(args, environ)
+        return int(args.func(args, target, out))
+    except CliError as exc:
+        fail(exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

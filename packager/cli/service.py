@@ -1,0 +1,328 @@
+"""The `packager` command: run the ingress or a worker, and the development stack.
+
+packager ingress                      serve the HTTP API
+packager worker [--lanes fast,slow]   run a Faust worker (planner, mailer and the given lanes)
+packager dev kafka start|stop|status  a local KRaft broker (or --nodes 3: a cluster) from Maven Central
+packager dev postgres start|stop|status      a throwaway PostgreSQL cluster from Debian's packages
+packager dev real-ckan start|stop|status     a real CKAN 2.12 (PyPI) with its datastore, for tests
+packager dev mailsink                 a local SMTP sink that writes .eml files
+packager dev up                       broker + mail sink + ingress + worker, until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from packager.core.errors import ConfigurationError
+from packager.core.settings import Settings, load_settings
+
+
+def _settings_or_exit(**overrides: object) -> Settings:
+    from packager.domain.dwc import config_from_settings
+    from packager.domain.emails import load_templates
+
+    try:
+        settings = load_settings(**overrides)
+        settings.require_secret()
+        # Checked at start-up, so a bad template or DwC definition stops the service, not a job.
+        load_templates(settings)
+        config_from_settings(settings).schema()
+    except ConfigurationError as exc:
+        _refuse_to_start(exc)
+    return settings
+
+
+def _refuse_to_start(exc: ConfigurationError) -> NoReturn:
+    """Stop with the one-line message of a configuration error (exit status 2)."""
+    print(f"packager: configuration error: {exc.message}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def cmd_ingress(_: argparse.Namespace) -> int:
+    """Serve the HTTP ingress."""
+    from packager.core.logs import configure_logging
+    from packager.http.ingress import run
+
+    settings = _settings_or_exit()
+    configure_logging(settings)
+    run(settings)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a Faust worker serving the planner, the mailer and the chosen lanes."""
+    from packager.adapters.kafka_log import Topics, ensure_topics
+    from packager.core.logs import faust_logging_config, log_handler
+    from streams.app import build_pools, changelog_topics, create_app, roles_for
+    from streams.mailer import Mailer
+    from streams.ops import OpsServer
+    from streams.worker import Worker
+
+    overrides: dict[str, object] = {}
+    if args.lanes:
+        overrides["worker_lanes"] = tuple(x.strip() for x in args.lanes.split(",") if x.strip())
+    settings = _settings_or_exit(**overrides)
+    try:
+        # Refuses a faust-streaming version the offset guard was not tested with, and guarded agents
+        # with more than one actor (streams/offsets.py).
+        app = create_app(settings, roles_for(settings.worker_lanes))
+    except ConfigurationError as exc:
+        _refuse_to_start(exc)
+    # Every topic, table changelogs included, exists before the worker subscribes: a changelog created
+    # after the first assignment makes Faust's co-partitioning check fail once at start-up.
+    asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            Topics(settings.topic_prefix),
+            settings.partitions,
+            compacted=changelog_topics(app),
+            replication_factor=settings.replication_factor,
+        )
+    )
+    # Faust's own handler is replaced by ours: the same line format, job ids and redaction as the ingress.
+    app.conf.loghandlers = [log_handler(settings)]
+    roles = roles_for(settings.worker_lanes)
+    services = [OpsServer(app, settings), *([Mailer(settings)] if "mailer" in roles else [])]
+    worker = Worker(
+        app,
+        *services,
+        pools=build_pools(app),
+        loglevel=settings.log_level.lower(),
+        logging_config=faust_logging_config(settings),
+        # Faust's start-up banner is not a log line; leave it out where lines must be JSON.
+        quiet=settings.log_format == "json",
+    )
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_dev_kafka(args: argparse.Namespace) -> int:
+    """Manage the local development broker."""
+    from packager.dev import kafka
+
+    return kafka.main(args.rest)
+
+
+def cmd_dev_mailsink(args: argparse.Namespace) -> int:
+    """Run the local mail sink."""
+    from packager.dev.mailsink import serve
+
+    serve(Path(args.dir), port=args.port)
+    return 0
+
+
+def cmd_dev_ckan(args: argparse.Namespace) -> int:
+    """Run the CKAN-compatible datastore server used by tests and benchmarks."""
+    from packager.dev import ckan_server
+
+    return int(ckan_server.main(args.rest) or 0)
+
+
+def cmd_dev_mail(args: argparse.Namespace) -> int:
+    """Show the newest message the local mail sink received."""
+    from packager.dev.mailsink import show_latest
+
+    return show_latest(Path(args.dir))
+
+
+def _wait_for_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    """Start broker, mail sink, ingress and worker; stop them all on Ctrl-C or SIGTERM."""
+    from packager.dev import kafka
+
+    var = Path(args.var).resolve()
+    var.mkdir(parents=True, exist_ok=True)
+    secret = os.environ.get("PACKAGER_SECRET")
+    if not secret:
+        secret_file = var / "secret"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(24))
+            secret_file.chmod(0o600)
+        secret = secret_file.read_text().strip()
+
+    started_broker = False
+    bootstrap = os.environ.get("PACKAGER_KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        try:
+            broker = kafka.start(var / "kafka", log=lambda m: print(m, flush=True))
+        except kafka.BrokerError as exc:
+            print(f"packager: cannot start Kafka: {exc}", file=sys.stderr)
+            return 2
+        bootstrap, started_broker = broker.bootstrap_servers, True
+
+    env = dict(os.environ)
+    env.update(
+        {
+            "PACKAGER_SECRET": secret,
+            "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "PACKAGER_SMTP_HOST": "127.0.0.1",
+            "PACKAGER_SMTP_PORT": str(args.mail_port),
+            "PACKAGER_STORE_DIRECTORY": env.get("PACKAGER_STORE_DIRECTORY", str(var / "store")),
+            # The local stack may package files served from this machine (the README's example does).
+            "PACKAGER_ALLOW_PRIVATE_URLS": env.get("PACKAGER_ALLOW_PRIVATE_URLS", "true"),
+        }
+    )
+    settings = load_settings(env)
+    python = sys.executable
+    children: list[subprocess.Popen[bytes]] = []
+    logs = var / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def spawn(name: str, *argv: str) -> None:
+        out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        # A session of its own: Ctrl-C reaches this process only, which stops the children in order below
+        # (a worker that got the terminal's SIGINT and then our SIGTERM would skip its drain).
+        children.append(
+            subprocess.Popen(
+                [python, "-m", "packager", *argv],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        spawn("mailsink", "dev", "mailsink", "--dir", str(var / "mail"), "--port", str(args.mail_port))
+        spawn("ingress", "ingress")
+        spawn("worker", "worker")
+        ready = _wait_for_port(settings.port, 30) and _wait_for_port(args.mail_port, 10)
+        if not ready:
+            print(f"packager: the stack did not come up; see {logs}/", file=sys.stderr)
+            return 1
+        print(
+            "\nckanpackager is up\n"
+            f"  ingress    http://{settings.host}:{settings.port}\n"
+            f"  secret     {var / 'secret'} (or $PACKAGER_SECRET)\n"
+            f"  kafka      {bootstrap}\n"
+            f"  mail sink  {var / 'mail'}/ (SMTP 127.0.0.1:{args.mail_port})\n"
+            f"  zips       {env['PACKAGER_STORE_DIRECTORY']}/\n"
+            f"  logs       {logs}/\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    print(f"packager: a process exited ({child.args}); see {logs}/", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        # Ingress and worker first (the worker drains its builds for up to DRAIN_TIMEOUT and sends their
+        # emails), the mail sink after them, the broker last.
+        mailsink, *services = children or [None]
+        grace = settings.drain_timeout + 15
+        for child in services:
+            if child is not None and child.poll() is None:
+                child.terminate()
+        for child in [*services, mailsink]:
+            if child is None:
+                continue
+            if child is mailsink and child.poll() is None:
+                child.terminate()
+            try:
+                child.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if started_broker:
+            kafka.stop(var / "kafka")
+        print("ckanpackager stopped", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = argparse.ArgumentParser(
+        prog="packager", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ingress", help="serve the HTTP API").set_defaults(func=cmd_ingress)
+    worker = sub.add_parser("worker", help="run a Faust worker")
+    worker.add_argument("--lanes", help="comma-separated lanes to serve (default: PACKAGER_WORKER_LANES)")
+    worker.set_defaults(func=cmd_worker)
+
+    dev = sub.add_parser("dev", help="development helpers").add_subparsers(dest="dev", required=True)
+    kafka_cmd = dev.add_parser(
+        "kafka", help="local KRaft broker or cluster: start|stop|status", add_help=False
+    )
+    kafka_cmd.add_argument("rest", nargs=argparse.REMAINDER)
+    kafka_cmd.set_defaults(func=cmd_dev_kafka)
+    for name, text in (
+        ("postgres", "throwaway PostgreSQL cluster: start|stop|status"),
+        ("real-ckan", "real CKAN 2.12 with its datastore: start|stop|status"),
+    ):
+        dev.add_parser(name, help=text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+    sink = dev.add_parser("mailsink", help="local SMTP sink writing .eml files")
+    sink.add_argument("--dir", default="var/mail")
+    sink.add_argument("--port", type=int, default=8025)
+    sink.set_defaults(func=cmd_dev_mailsink)
+    ckan = dev.add_parser(
+        "ckan", help="CKAN-compatible datastore_search server (tests, benchmarks)", add_help=False
+    )
+    ckan.add_argument("rest", nargs=argparse.REMAINDER)
+    ckan.set_defaults(func=cmd_dev_ckan)
+    mail = dev.add_parser("mail", help="show the newest message in the local mail sink")
+    mail.add_argument("--dir", default="var/mail")
+    mail.set_defaults(func=cmd_dev_mail)
+    up = dev.add_parser("up", help="start the whole stack locally until Ctrl-C")
+    up.add_argument("--var", default="var", help="folder for state, mail, zips and logs")
+    up.add_argument("--mail-port", type=int, default=8025)
+    up.set_defaults(func=cmd_dev_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `packager` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    # These two hand their options to their own parsers (argparse's REMAINDER drops leading `--x` options).
+    if argv[:2] == ["dev", "ckan"]:
+        from packager.dev import ckan_server
+
+        return int(ckan_server.main(argv[2:]) or 0)
+    if argv[:1] == ["replay"]:
+        from packager.cli import replay
+
+        return replay.main(argv[1:])
+    if argv[:2] == ["dev", "kafka"]:
+        from packager.dev import kafka
+
+        return kafka.main(argv[2:])
+    if argv[:2] == ["dev", "postgres"]:
+        from packager.dev import postgres
+
+        return postgres.main(argv[2:])
+    if argv[:2] == ["dev", "real-ckan"]:
+        from packager.dev import real_ckan
+
+        return real_ckan.main(argv[2:])
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,191 @@
+"""Log lines: one JSON object per line (or plain text), tagged with the job they are about, secrets redacted.
+
+The job a line is about comes from a context variable that the agents and the ingress set when they start
+handling a job (`bind_job`), so code deep inside a job needs no extra argument to be traceable. Redaction
+runs on the finished text of every line (message, exception, extra fields): the configured secrets are
+replaced wherever they appear, and so is anything shaped like `secret=...`, `key=...`, `password=...` or an
+`Authorization` header, which covers CKAN API keys that are not known in advance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+
+from packager.core.settings import Settings
+
+JOB_ID: ContextVar[str | None] = ContextVar("job_id", default=None)
+
+REDACTED = "[REDACTED]"
+
+# `name=value`, `name: value`, `"name": "value"`, `'name': 'value'` for names that carry secrets. A name
+# ending in `key` only counts on its own or as `api_key`/`apikey`, so `cache_key=...` stays readable.
+_NAMED_SECRET = re.compile(
+    r"""(?ix)
+    (?<![\w-])
+    (secret|password|passwd|smtp_password|api[_-]?key|key|key_sealed|token|access_token)
+    (["']?\s*[=:]\s*["']?)
+    ([^\s"'&,;}\]]+)
+    """
+)
+# An `Authorization` header in any notation, with or without a scheme word.
+_AUTHORIZATION = re.compile(
+    r"""(?ix)
+    (authorization["']?\s*[=:,]\s*["']?)
+    (?:(bearer|basic|token)\s+)?
+    ([^\s"',;}\]]+)
+    """
+)
+# JSON Web Tokens (CKAN 2.10+ API tokens are JWTs): three base64url parts, the first starting `eyJ`.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is written out.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class Redactor:
+    """Replaces known secrets and secret-shaped values in text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret containing another is replaced whole. Very short values are left out:
+        # replacing every "a" in a log would say nothing and hide everything.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        """The text with every secret replaced by `[REDACTED]`."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        text = _AUTHORIZATION.sub(
+            lambda m: f"{m.group(1)}{m.group(2) + ' ' if m.group(2) else ''}{REDACTED}", text
+        )
+        text = _NAMED_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        return _JWT.sub(REDACTED, text)
+
+    def value(self, value: Any) -> Any:
+        """Redact strings inside a JSON-able value (dicts, lists), leaving other values alone."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if _NAMED_SECRET.fullmatch(f"{k}=x") else self.value(v) for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        return value
+
+
+def redactor_for(settings: Settings) -> Redactor:
+    """A redactor that knows the configured secrets (shared secret, SMTP password)."""
+    return Redactor([settings.secret, settings.smtp_password])
+
+
+def current_job_id() -> str | None:
+    """The job the running code is about, if any."""
+    return JOB_ID.get()
+
+
+def bind_job(job_id: str | None) -> None:
+    """Tag the log lines of the running task (and tasks it starts) with `job_id` from now on."""
+    JOB_ID.set(job_id)
+
+
+@contextlib.contextmanager
+def job_context(job_id: str) -> Iterator[None]:
+    """Tag the log lines written inside the block with `job_id`."""
+    token = JOB_ID.set(job_id)
+    try:
+        yield
+    finally:
+        JOB_ID.reset(token)
+
+
+def _job_id_of(record: logging.LogRecord) -> str | None:
+    explicit = getattr(record, "job_id", None)
+    return str(explicit) if explicit else current_job_id()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, job_id, exception, and `extra` fields."""
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a single line of JSON."""
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": self.redact(record.getMessage()),
+        }
+        job_id = _job_id_of(record)
+        if job_id:
+            line["job_id"] = job_id
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD_ATTRS and name != "job_id" and not name.startswith("_"):
+                line[name] = self.redact.value(value)
+        if record.exc_info:
+            line["exc"] = self.redact(self.formatException(record.exc_info))
+        elif record.exc_text:
+            line["exc"] = self.redact(record.exc_text)
+        if record.stack_info:
+            line["stack"] = self.redact(self.formatStack(record.stack_info))
+        return orjson.dumps(line, default=lambda o: self.redact(str(o))).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger [job_id]: message`, redacted, for people reading a terminal."""
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(job)s: %(message)s")
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as text; a traceback follows on the next lines."""
+        job_id = _job_id_of(record)
+        record.job = f" [job {job_id}]" if job_id else ""
+        try:
+            return self.redact(super().format(record))
+        finally:
+            del record.job
+
+
+def formatter_for(settings: Settings) -> logging.Formatter:
+    """The formatter LOG_FORMAT asks for."""
+    redact = redactor_for(settings)
+    return JsonFormatter(redact) if settings.log_format == "json" else TextFormatter(redact)
+
+
+def log_handler(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
+    """A handler writing to `stream` (standard error by default) in the configured format."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter_for(settings))
+    return handler
+
+
+def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None:
+    """Send every log record of the process through one handler in the configured format and level."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(log_handler(settings, stream))
+    root.setLevel(settings.log_level.upper())
+
+
+def faust_logging_config(settings: Settings) -> dict[str, Any]:
+    """A `logging.config` dictionary for the Faust worker: no handler of its own (ours is added)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": settings.log_level.upper(), "handlers": []},
+    }

@@ -1,0 +1,188 @@
+"""Rendering the requester's email for a terminal event. Pure: no SMTP here (see `packager.adapters.smtp`).
+
+Templates use the original service's placeholders (`{resource_id}`, `{zip_file_name}`, `{ckan_host}`, `{doi}`,
+`{doi_body}`, `{doi_body_html}`) plus `{download_url}`, `{status_url}`, `{row_count}`, `{file_size}`,
+`{expires_at}` and `{job_id}`; failure templates have `{error}` instead of the download ones. Templates come
+from the settings or from files they name, and are checked at start-up: an unknown placeholder, or anything
+but a plain name between braces, stops the service with a message naming the template. Every value is
+HTML-escaped in the HTML part.
+
+Every message carries the job it reports in an `X-Packager-Job` header (a cache hit's download link names the
+job that built the ZIP, not the one being answered), so a mailbox can be checked against the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import string
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from packager.core.errors import ConfigurationError
+from packager.core.settings import Settings
+from packager.domain.events import PackageCompleted, PackageFailed
+
+DOI_PLACEHOLDERS = frozenset(
+    {
+        "resource_id",
+        "zip_file_name",
+        "ckan_host",
+        "doi",
+        "download_url",
+        "status_url",
+        "row_count",
+        "file_size",
+        "expires_at",
+        "job_id",
+    }
+)
+COMPLETED_PLACEHOLDERS = DOI_PLACEHOLDERS | {"doi_body", "doi_body_html"}
+FAILED_PLACEHOLDERS = frozenset({"resource_id", "ckan_host", "error", "job_id", "status_url"})
+# The header naming the job an email reports.
+JOB_HEADER = "X-Packager-Job"
+
+
+@dataclass(frozen=True, slots=True)
+class Templates:
+    """The checked templates of both emails."""
+
+    email_subject: str
+    email_body: str
+    email_body_html: str
+    doi_body: str
+    doi_body_html: str
+    failure_subject: str
+    failure_body: str
+
+
+def _placeholders(name: str, template: str) -> set[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigurationError(f"Template {name.upper()} is malformed: {exc}") from None
+    fields = set()
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            raise ConfigurationError(
+                f"Template {name.upper()} has {{{field}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}}: only plain placeholders like {{resource_id}} are allowed"
+            )
+        fields.add(field)
+    return fields
+
+
+@functools.lru_cache(maxsize=8)
+def load_templates(settings: Settings) -> Templates:
+    """Read the templates (files override settings) and refuse unknown placeholders."""
+    allowed = {
+        "email_subject": COMPLETED_PLACEHOLDERS,
+        "email_body": COMPLETED_PLACEHOLDERS,
+        "email_body_html": COMPLETED_PLACEHOLDERS,
+        "doi_body": DOI_PLACEHOLDERS,
+        "doi_body_html": DOI_PLACEHOLDERS,
+        "failure_subject": FAILED_PLACEHOLDERS,
+        "failure_body": FAILED_PLACEHOLDERS,
+    }
+    texts: dict[str, str] = {}
+    for name, permitted in allowed.items():
+        path = getattr(settings, f"{name}_file")
+        if path:
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"Template file {path} ({name.upper()}_FILE) cannot be read: {exc}"
+                ) from None
+        else:
+            text = getattr(settings, name)
+        unknown = _placeholders(name, text) - permitted
+        if unknown:
+            raise ConfigurationError(
+                f"Template {name.upper()} uses unknown placeholder(s) "
+                f"{', '.join('{' + u + '}' for u in sorted(unknown))}; "
+                f"known: {', '.join('{' + p + '}' for p in sorted(permitted))}"
+            )
+        texts[name] = text
+    return Templates(**texts)
+
+
+def human_size(size: int) -> str:
+    """A byte count as people read it (e.g. 4.2 MB)."""
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} bytes"  # pragma: no cover
+
+
+def _expires_at(finished_at: str, cache_time: int) -> str:
+    try:
+        finished = datetime.fromisoformat(finished_at.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    return (finished + timedelta(seconds=cache_time)).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render_completed(settings: Settings, job_id: str, event: PackageCompleted) -> EmailMessage:
+    """The 'your download is ready' message, plain text with an HTML alternative."""
+    templates = load_templates(settings)
+    values = {
+        "resource_id": event.resource_id,
+        "zip_file_name": event.zip_file_name,
+        "ckan_host": event.ckan_host,
+        "doi": event.doi,
+        "download_url": f"{settings.download_base}/{event.zip_file_name}",
+        "status_url": f"{settings.status_base}/{job_id}",
+        "row_count": f"{event.rows:,}" if event.rows is not None else "",
+        "file_size": human_size(event.size),
+        "expires_at": _expires_at(event.finished_at, settings.cache_time),
+        "job_id": job_id,
+    }
+    escaped = {k: html.escape(v) for k, v in values.items()}
+    text_values = dict(values, doi_body="", doi_body_html="")
+    html_values = dict(escaped, doi_body="", doi_body_html="")
+    if event.doi:
+        text_values["doi_body"] = templates.doi_body.format(**values)
+        html_values["doi_body_html"] = templates.doi_body_html.format(**escaped)
+    msg = EmailMessage()
+    msg["Subject"] = _one_line(templates.email_subject.format(**text_values))
+    msg.set_content(templates.email_body.format(**text_values))
+    msg.add_alternative(templates.email_body_html.format(**html_values), subtype="html")
+    return _addressed(msg, settings, event.email, job_id)
+
+
+def render_failed(settings: Settings, job_id: str, event: PackageFailed) -> EmailMessage:
+    """The 'your download failed' message: what failed, in plain words."""
+    templates = load_templates(settings)
+    values = {
+        "resource_id": event.resource_id,
+        "ckan_host": event.ckan_host,
+        "error": event.error,
+        "job_id": job_id,
+        "status_url": f"{settings.status_base}/{job_id}",
+    }
+    msg = EmailMessage()
+    msg["Subject"] = _one_line(templates.failure_subject.format(**values))
+    msg.set_content(templates.failure_body.format(**values))
+    return _addressed(msg, settings, event.email, job_id)
+
+
+def _one_line(text: str) -> str:
+    """Headers are one line: a template's or a value's line breaks become spaces."""
+    return " ".join(text.split())
+
+
+def _addressed(msg: EmailMessage, settings: Settings, to: str, job_id: str) -> EmailMessage:
+    msg["From"] = settings.email_from
+    msg[JOB_HEADER] = job_id
+    msg["To"] = to
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = make_msgid(domain="ckanpackager")
+    return msg

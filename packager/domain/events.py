@@ -1,0 +1,386 @@
+"""Events: the public contract of the service, and their wire encoding.
+
+Every record on a packager topic is an *envelope* (`event_id`, `type`, `schema_version`, `job_id`,
+`occurred_at`, `payload`) encoded as JSON with orjson. The payload is one of the frozen dataclasses below,
+named in the past tense. Events are never renamed or repurposed: a change of shape gets a new
+`schema_version` and an upcaster in `UPCASTERS` that turns the stored older payload into the current one.
+
+Secrets never travel in clear: the shared secret is not part of any event, and a CKAN API key only appears
+sealed (see `packager.domain.secrets`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import orjson
+
+from packager.core.errors import EventDecodeError
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC timestamp with milliseconds, e.g. 2026-11-26T14:21:00.123Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every payload type. `TYPE` is the wire name, `VERSION` the current schema version."""
+
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageRequested(Event):
+    """The ingress accepted a request; `request` holds its normalised parameters (no secret, sealed key)."""
+
+    TYPE: ClassVar[str] = "PackageRequested"
+    kind: str  # "url", later "datastore" and "dwc"
+    cache_key: str
+    resource_id: str
+    email: str
+    ckan_host: str
+    request: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageQueued(Event):
+    """The job was put on a lane: by the planner (attempt 1), or again after a lost or released build.
+
+    v2 added `attempt`: the number of the build this dispatch starts (1, 2, ...).
+    """
+
+    TYPE: ClassVar[str] = "PackageQueued"
+    VERSION: ClassVar[int] = 2
+    cache_key: str
+    lane: str
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageStarted(Event):
+    """A packer began building the job, holding a lease on it until `lease_until` unless renewed.
+
+    v2 added `attempt` and `lease_until` (ISO 8601 UTC; "" in v1 events, which had no leases).
+    """
+
+    TYPE: ClassVar[str] = "PackageStarted"
+    VERSION: ClassVar[int] = 2
+    cache_key: str
+    lane: str
+    worker: str
+    attempt: int
+    lease_until: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageProgress(Event):
+    """Work done so far; `rows_total`/`bytes_total` are None when not known in advance.
+
+    Also the build's heartbeat: each one renews the lease of build `attempt` (v2 added `attempt`).
+    """
+
+    TYPE: ClassVar[str] = "PackageProgress"
+    VERSION: ClassVar[int] = 2
+    cache_key: str
+    rows_done: int
+    rows_total: int | None
+    bytes_done: int
+    bytes_total: int | None
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageCompleted(Event):
+    """Terminal: the ZIP is in the store under `zip_file_name`.
+
+    v2 added `cached_from`: the job whose ZIP was reused ("" when this job built it).
+    """
+
+    TYPE: ClassVar[str] = "PackageCompleted"
+    VERSION: ClassVar[int] = 2
+    cache_key: str
+    resource_id: str
+    email: str
+    ckan_host: str
+    doi: str
+    lane: str
+    zip_file_name: str
+    size: int
+    sha256: str
+    rows: int | None
+    started_at: str
+    finished_at: str
+    cached_from: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageFailed(Event):
+    """Terminal: the job could not be built; `error` is written for the requester."""
+
+    TYPE: ClassVar[str] = "PackageFailed"
+    cache_key: str
+    resource_id: str
+    email: str
+    ckan_host: str
+    error: str
+    error_type: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageBuilt(Event):
+    """A packer finished build `attempt`: `outcome` is the terminal event it proposes, `result` its payload.
+
+    Not terminal itself: the job's steward (the agent owning the job's partition of the events topic)
+    turns it into that terminal event only if `attempt` still holds the lease, so a build that lost its
+    lease (a worker stopped past its session timeout, say) can never end a job a second time.
+    """
+
+    TYPE: ClassVar[str] = "PackageBuilt"
+    cache_key: str
+    attempt: int
+    worker: str
+    outcome: str  # "PackageCompleted" or "PackageFailed"
+    result: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseExpired(Event):
+    """Build `attempt` sent no heartbeat before `lease_until`: its worker is taken for lost."""
+
+    TYPE: ClassVar[str] = "LeaseExpired"
+    cache_key: str
+    attempt: int
+    worker: str
+    lease_until: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageReleased(Event):
+    """A stopping worker gave build `attempt` back without finishing it, so that another takes it at once."""
+
+    TYPE: ClassVar[str] = "PackageReleased"
+    cache_key: str
+    attempt: int
+    worker: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EmailSent(Event):
+    """The notification for a terminal event was accepted by the SMTP server."""
+
+    TYPE: ClassVar[str] = "EmailSent"
+    cache_key: str
+    about: str  # the terminal event type the email reports
+    message_id: str
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EmailFailed(Event):
+    """The notification could not be delivered after every attempt."""
+
+    TYPE: ClassVar[str] = "EmailFailed"
+    cache_key: str
+    about: str
+    error: str
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CacheCleared(Event):
+    """An operator emptied the cache (`/clear_caches`); one per partition of the events topic."""
+
+    TYPE: ClassVar[str] = "CacheCleared"
+    cache_key: str  # "*": not about one request
+    partition: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PackageExpired(Event):
+    """A stored ZIP passed CACHE_TIME: it leaves the cache index and the store. `job_id` is its builder's."""
+
+    TYPE: ClassVar[str] = "PackageExpired"
+    cache_key: str
+    zip_file_name: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestAbandoned(Event):
+    """Terminal: the request reached the log only after the ingress had stopped waiting and answered 503.
+
+    The requester was told the request was not accepted, so nothing is built and no email is sent. The
+    broker's append time (`appended_at`) is compared with the deadline the ingress gave the append.
+    """
+
+    TYPE: ClassVar[str] = "RequestAbandoned"
+    cache_key: str
+    appended_at: str
+    answer_deadline: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordRejected(Event):
+    """A record on a packager topic was not a valid event: it was copied to the dead-letter topic.
+
+    Not about a job: its `job_id` is always "-". Whatever job id the bad record claimed is kept apart in
+    `claimed_job_id` (anyone able to write to the topic controls it, so it is never trusted).
+    """
+
+    TYPE: ClassVar[str] = "RecordRejected"
+    cache_key: str  # the record's key (at most 200 characters), or "" when it had none
+    source_topic: str
+    partition: int
+    offset: int
+    error: str  # at most 500 characters
+    claimed_job_id: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        PackageRequested,
+        PackageQueued,
+        PackageStarted,
+        PackageProgress,
+        PackageCompleted,
+        PackageFailed,
+        PackageBuilt,
+        LeaseExpired,
+        PackageReleased,
+        EmailSent,
+        EmailFailed,
+        CacheCleared,
+        PackageExpired,
+        RequestAbandoned,
+        RecordRejected,
+    )
+}
+
+TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE, RequestAbandoned.TYPE})
+# Terminal events the requester hears about by email.
+NOTIFIED_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
+
+_ENVELOPE_FIELDS = frozenset({"event_id", "type", "schema_version", "job_id", "occurred_at", "payload"})
+
+# Field names of each payload type, computed once: decoding checks every record against them.
+_PAYLOAD_FIELDS: dict[type[Event], frozenset[str]] = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()
+}
+
+
+def _completed_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """PackageCompleted v1 had no `cached_from`: every v1 completion built its own ZIP."""
+    return {**payload, "cached_from": ""}
+
+
+def _first_attempt(payload: dict[str, Any]) -> dict[str, Any]:
+    """Queued and progress v1 predate attempts: every v1 build was the first."""
+    return {**payload, "attempt": 1}
+
+
+def _started_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """PackageStarted v1 had no lease: attempt 1, no lease deadline."""
+    return {**payload, "attempt": 1, "lease_until": ""}
+
+
+# (type, stored schema_version) -> function turning that payload into the next version's payload.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("PackageCompleted", 1): _completed_v1_to_v2,
+    ("PackageQueued", 1): _first_attempt,
+    ("PackageProgress", 1): _first_attempt,
+    ("PackageStarted", 1): _started_v1_to_v2,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Envelope:
+    """One record on a topic: metadata plus a typed payload."""
+
+    event_id: str
+    type: str
+    schema_version: int
+    job_id: str
+    occurred_at: str
+    payload: Event
+
+    @property
+    def cache_key(self) -> str:
+        """The partitioning key of every packager event."""
+        return str(self.payload.cache_key)  # type: ignore[attr-defined]
+
+
+def envelope(job_id: str, payload: Event, *, occurred_at: str | None = None) -> Envelope:
+    """Wrap a payload in a new envelope with a fresh event id."""
+    return Envelope(
+        event_id=uuid.uuid4().hex,
+        type=payload.TYPE,
+        schema_version=payload.VERSION,
+        job_id=job_id,
+        occurred_at=occurred_at or utc_now(),
+        payload=payload,
+    )
+
+
+def encode(env: Envelope) -> bytes:
+    """Serialise an envelope to its wire form."""
+    return orjson.dumps(
+        {
+            "event_id": env.event_id,
+            "type": env.type,
+            "schema_version": env.schema_version,
+            "job_id": env.job_id,
+            "occurred_at": env.occurred_at,
+            # orjson writes a dataclass's fields in order, as `dataclasses.asdict` would, without a deep copy.
+            "payload": env.payload,
+        }
+    )
+
+
+def decode(raw: bytes | str) -> Envelope:
+    """Parse and validate a wire record, upcasting old payloads; raise EventDecodeError if malformed."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EventDecodeError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EventDecodeError("an event must be a JSON object")
+    if not doc.keys() >= _ENVELOPE_FIELDS:
+        missing = _ENVELOPE_FIELDS - doc.keys()
+        raise EventDecodeError(f"missing envelope field(s): {', '.join(sorted(missing))}")
+    cls = EVENT_TYPES.get(doc["type"])
+    if cls is None:
+        raise EventDecodeError(f"unknown event type {doc['type']!r}")
+    version, payload = doc["schema_version"], doc["payload"]
+    if not isinstance(version, int) or not isinstance(payload, dict):
+        raise EventDecodeError("schema_version must be an integer and payload an object")
+    if version > cls.VERSION:
+        raise EventDecodeError(f"{cls.TYPE} v{version} is newer than this code (v{cls.VERSION})")
+    while version < cls.VERSION:
+        upcast = UPCASTERS.get((cls.TYPE, version))
+        if upcast is None:
+            raise EventDecodeError(f"no upcaster for {cls.TYPE} v{version}")
+        payload, version = upcast(payload), version + 1
+    event_id, job_id, occurred_at = doc["event_id"], doc["job_id"], doc["occurred_at"]
+    if not (
+        type(event_id) is str
+        and type(job_id) is str
+        and type(occurred_at) is str
+        and event_id
+        and job_id
+        and occurred_at
+    ):
+        raise EventDecodeError("envelope fields event_id, job_id and occurred_at must be non-empty strings")
+    names = _PAYLOAD_FIELDS[cls]
+    if payload.keys() != names:
+        raise EventDecodeError(
+            f"{cls.TYPE} payload fields differ: missing {sorted(names - set(payload))}, "
+            f"unexpected {sorted(set(payload) - names)}"
+        )
+    return Envelope(event_id, cls.TYPE, cls.VERSION, job_id, occurred_at, cls(**payload))

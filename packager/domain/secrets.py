@@ -1,0 +1,51 @@
+"""Keeping secrets out of the log: sealed CKAN API keys, keyed hashes and redaction.
+
+A CKAN API key must reach the worker that fetches the data, yet never sit in clear in a topic. The ingress
+seals it with Fernet (AES-128-CBC + HMAC-SHA256) under a key derived from the shared secret; the worker
+unseals it just before the request. Where only identity matters (the cache key), a keyed HMAC is used.
+Rotating the shared secret therefore makes keys sealed in still-pending jobs unreadable: those jobs fail
+with a clear message and can be requested again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from packager.core.errors import PackagingError
+
+
+def _derive(secret: str, purpose: str) -> bytes:
+    """A 32-byte key for one purpose, derived from the shared secret."""
+    return hmac.new(secret.encode(), f"ckanpackager:{purpose}".encode(), hashlib.sha256).digest()
+
+
+def keyed_hash(secret: str, purpose: str, value: str) -> str:
+    """HMAC-SHA256 of `value` under a key derived from the secret for `purpose`, as hex."""
+    return hmac.new(_derive(secret, purpose), value.encode(), hashlib.sha256).hexdigest()
+
+
+def seal(secret: str, value: str) -> str:
+    """Encrypt a value (a CKAN API key) so it can travel in an event."""
+    fernet = Fernet(base64.urlsafe_b64encode(_derive(secret, "seal")))
+    return fernet.encrypt(value.encode()).decode()
+
+
+def unseal(secret: str, token: str) -> str:
+    """Decrypt a sealed value; a token sealed under another secret is a packaging error."""
+    fernet = Fernet(base64.urlsafe_b64encode(_derive(secret, "seal")))
+    try:
+        return fernet.decrypt(token.encode()).decode()
+    except InvalidToken:
+        raise PackagingError(
+            "The CKAN API key of this request cannot be read (the service's secret changed since it "
+            "was accepted); please request the download again."
+        ) from None
+
+
+def constant_time_equal(given: str, expected: str) -> bool:
+    """Compare a presented secret with the configured one without leaking timing."""
+    return hmac.compare_digest(given.encode(), expected.encode())

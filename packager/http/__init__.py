@@ -1,0 +1,1 @@
+"""The HTTP entry points of the ingress: package requests, downloads, read endpoints, health and OpenAPI."""

@@ -1,0 +1,387 @@
+"""The HTTP ingress: authenticates and validates requests, appends them to the log, and answers.
+
+It never packages anything. A request is accepted only once Kafka acknowledged `PackageRequested`
+(acks=all); every rejected request leaves nothing in the log. Answers carry both the keys the original
+service documented (`success`, `msg`) and the ones its CKAN extension reads (`status`, `message`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import BodyPartReader, web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+
+from packager.adapters.kafka_log import EventLog, KafkaEventLog, Topics
+from packager.core.errors import (
+    BadRequestError,
+    NotAuthorizedError,
+    PackagerError,
+    PayloadTooLargeError,
+)
+from packager.core.logs import bind_job
+from packager.core.settings import Settings
+from packager.domain.events import CacheCleared, PackageRequested, envelope
+from packager.domain.secrets import constant_time_equal, seal
+from packager.domain.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
+from packager.http.app_keys import EVENT_LOG, READ_SIDE, RESOLVER, SETTINGS
+
+log = logging.getLogger(__name__)
+
+
+_ZIP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.zip$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def failure_body(error: str, message: str) -> dict[str, Any]:
+    """The error shape of the original service, with the documented `success`/`msg` keys added."""
+    return {"success": False, "msg": message, "status": "failed", "error": error, "message": message}
+
+
+def json_response(body: Mapping[str, Any], status: int = 200) -> web.Response:
+    """A JSON answer encoded with orjson."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to a JSON answer: domain errors to their status, the rest to 500."""
+    try:
+        return await handler(request)
+    except PackagerError as exc:
+        return json_response(failure_body(exc.error_name, exc.message), exc.http_status)
+    except web.HTTPRequestEntityTooLarge:
+        return json_response(failure_body("PayloadTooLargeError", "The request body is too large"), 413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response(failure_body(type(exc).__name__, exc.reason), exc.status)
+    except Exception:
+        log.exception("Unexpected error handling %s %s", request.method, request.path)
+        return json_response(failure_body("InternalError", "An unexpected error occurred"), 500)
+
+
+async def read_params(request: web.Request) -> dict[str, str]:
+    """Parameters from a form-encoded (what the CKAN extension sends) or a JSON body."""
+    settings = request.app[SETTINGS]
+    if request.content_length is not None and request.content_length > settings.max_body_size:
+        raise PayloadTooLargeError(f"The request body is over {settings.max_body_size} bytes")
+    if request.content_type.startswith("multipart/"):
+        return await _multipart_params(request, settings.max_body_size)
+    body = await request.read()
+    if request.content_type == "application/json":
+        try:
+            doc = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            raise BadRequestError("The request body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise BadRequestError("The JSON body must be an object")
+        return {
+            str(k): v if isinstance(v, str) else _as_json_text(k, v) for k, v in doc.items() if v is not None
+        }
+    try:
+        # Percent-escapes are decoded as UTF-8 too: `%ff` is as invalid as a raw 0xff byte.
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequestError("The request body is not valid UTF-8") from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        params.setdefault(name, value)  # the first of repeated parameters wins, as in Flask's form
+    return params
+
+
+def _as_json_text(name: str, value: Any) -> str:
+    """A non-string JSON parameter as JSON text (as a form would carry it)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # orjson writes at most 254 levels, though it reads up to 1,024
+        raise BadRequestError(f"Parameter {name} is nested too deeply") from None
+
+
+async def _multipart_params(request: web.Request, limit: int) -> dict[str, str]:
+    """The text fields of a multipart form; file parts are read (within the limit) and ignored.
+
+    Parsed part by part rather than with `request.post()`, which spools file parts to temporary files it
+    leaves open when the body turns out malformed, and which does not count a chunked body against the limit.
+    """
+    params: dict[str, str] = {}
+    size = 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequestError("Nested multipart bodies are not accepted")
+            raw = bytearray()
+            while chunk := await part.read_chunk():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"The request body is over {limit} bytes")
+                raw += chunk
+            if part.name is None or part.filename is not None:
+                continue
+            params.setdefault(part.name, part.decode(bytes(raw)).decode(part.get_charset("utf-8")))
+    except (ValueError, LookupError, HttpProcessingError):  # also UnicodeDecodeError, unknown charsets
+        raise BadRequestError("The request body is not a valid multipart form") from None
+    return params
+
+
+def authenticate(params: Mapping[str, str], settings: Settings) -> None:
+    """Check the shared secret in constant time."""
+    if not constant_time_equal(str(params.get("secret", "")), settings.secret):
+        raise NotAuthorizedError("Wrong/missing secret")
+
+
+def accepted_body(job_id: str, message: str, status_url: str = "") -> dict[str, Any]:
+    """The success answer: original and extension keys plus the job id and its status link."""
+    return {
+        "success": True,
+        "msg": message,
+        "status": "success",
+        "message": message,
+        "job_id": job_id,
+        "status_url": status_url,
+    }
+
+
+async def _accept(
+    request: web.Request, kind: str, identity: Mapping[str, Any], fields: dict[str, Any], key: str
+) -> web.Response:
+    """Append `PackageRequested` for a validated request and answer once Kafka acknowledged it."""
+    settings = request.app[SETTINGS]
+    cache_key = cache_key_for(kind, identity, settings.secret)
+    job_id = str(uuid.uuid4())
+    bind_job(job_id)
+    event = envelope(
+        job_id,
+        PackageRequested(
+            kind=kind,
+            cache_key=cache_key,
+            resource_id=fields["resource_id"],
+            email=fields["email"],
+            ckan_host=fields["ckan_host"],
+            request={**fields["request"], "key_sealed": seal(settings.secret, key) if key else ""},
+        ),
+    )
+    await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
+    # The access line that follows says the same at INFO (path, 200 and the job id).
+    log.debug("accepted %s job %s", kind, job_id)
+    return json_response(
+        accepted_body(
+            job_id,
+            f"Your download is being prepared; a link will be emailed to {fields['email']} when it is ready.",
+            f"{settings.status_base}/{job_id}",
+        )
+    )
+
+
+async def package_url(request: web.Request) -> web.Response:
+    """POST /package_url: package the file at `resource_url` and email a link to `email`."""
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    req = await parse_url_request(
+        params, resolve=request.app[RESOLVER], allow_private=settings.allow_private_urls
+    )
+    return await _accept(
+        request,
+        "url",
+        req.identity(),
+        {
+            "resource_id": req.resource_id,
+            "email": req.email,
+            "ckan_host": req.ckan_host,
+            "request": {"resource_id": req.resource_id, "resource_url": req.resource_url},
+        },
+        req.key,
+    )
+
+
+async def package_datastore(request: web.Request) -> web.Response:
+    """POST /package_datastore: package the rows of a datastore query and email a link to `email`."""
+    return await _accept_query(request, dwc=False)
+
+
+async def package_dwc_archive(request: web.Request) -> web.Response:
+    """POST /package_dwc_archive: package a datastore query as a Darwin Core Archive."""
+    return await _accept_query(request, dwc=True)
+
+
+async def _accept_query(request: web.Request, *, dwc: bool) -> web.Response:
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    req = await parse_datastore_request(
+        params,
+        resolve=request.app[RESOLVER],
+        allow_private=settings.allow_private_urls,
+        allowed_hosts=settings.allowed_api_hosts,
+        dwc=dwc,
+    )
+    return await _accept(
+        request,
+        "dwc" if dwc else "datastore",
+        req.identity(),
+        {
+            "resource_id": req.resource_id,
+            "email": req.email,
+            "ckan_host": req.ckan_host,
+            "request": req.query(),
+        },
+        req.key,
+    )
+
+
+async def clear_caches(request: web.Request) -> web.Response:
+    """POST /clear_caches: append CacheCleared to every partition; the workers empty the index and files."""
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    topics = Topics(settings.topic_prefix)
+    operation = str(uuid.uuid4())
+    for partition in range(settings.partitions):
+        event = envelope(operation, CacheCleared(cache_key="*", partition=partition))
+        await request.app[EVENT_LOG].append(topics.events, "*", event, partition=partition)
+    log.info("cache clearing %s requested", operation)
+    return json_response({"success": True, "msg": "Done.", "status": "success", "message": "Done."})
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """GET /downloads/{name}: serve a finished ZIP (Range requests supported); 410 once past CACHE_TIME."""
+    name = request.match_info["name"]
+    if not _ZIP_NAME.match(name):
+        raise web.HTTPNotFound(reason="No such download")
+    settings = request.app[SETTINGS]
+    path = Path(settings.store_directory) / name
+    if not path.is_file():
+        raise web.HTTPNotFound(reason="No such download")
+    if time.time() - path.stat().st_mtime > settings.cache_time:
+        raise web.HTTPGone(reason="This download has expired; please request the data again")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": f'attachment; filename="{name}"',
+        },
+    )
+
+
+async def system_resolver(host: str) -> list[str]:
+    """Resolve a host name to its IP addresses with the event loop's resolver."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    event_log: EventLog | None = None,
+    resolver: Resolver = system_resolver,
+    follow_log: bool | None = None,
+) -> web.Application:
+    """Build the ingress application. Connections open in the app's cleanup context, not at import.
+
+    `follow_log` (default: when no `event_log` is given) runs the read side that answers `/status`,
+    `/statistics*` and `/jobs/*` from the log.
+    """
+    from packager.adapters.readside import ReadSide
+    from packager.http import health, read_api
+
+    settings.require_secret()
+    app = web.Application(
+        middlewares=[health.count_requests, errors_as_json], client_max_size=settings.max_body_size
+    )
+    app[SETTINGS] = settings
+    app[RESOLVER] = resolver
+
+    async def event_log_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[EVENT_LOG] = event_log or KafkaEventLog(
+            settings.kafka_bootstrap_servers,
+            Topics(settings.topic_prefix),
+            partitions=settings.partitions,
+            send_timeout=settings.kafka_send_timeout,
+            replication_factor=settings.replication_factor,
+        )
+        yield
+        await app[EVENT_LOG].close()
+
+    app.cleanup_ctx.append(event_log_ctx)
+
+    if event_log is None if follow_log is None else follow_log:
+
+        async def read_side_ctx(app: web.Application) -> AsyncIterator[None]:
+            app[READ_SIDE] = ReadSide(settings)
+            app[READ_SIDE].start()
+            yield
+            await app[READ_SIDE].stop()
+
+        app.cleanup_ctx.append(read_side_ctx)
+    read_api.add_routes(app)
+    app.router.add_post("/package_url", package_url)
+    app.router.add_post("/package_datastore", package_datastore)
+    app.router.add_post("/package_dwc_archive", package_dwc_archive)
+    app.router.add_post("/clear_caches", clear_caches)
+    app.router.add_get("/downloads/{name}", download)
+    health.add_routes(app)
+    return app
+
+
+# Query parameters whose values never reach a log line (GET /status takes the secret in its query string).
+REDACTED_PARAMETERS = frozenset({"secret", "key"})
+
+
+def redacted_path(request: web.BaseRequest) -> str:
+    """The request's path and query, with the values of `REDACTED_PARAMETERS` replaced by `***`."""
+    try:
+        query = [(k, "***" if k.lower() in REDACTED_PARAMETERS else v) for k, v in request.query.items()]
+        return str(request.rel_url.with_query(query)) if query else request.path
+    except ValueError:
+        return request.path
+
+
+class AccessLog(AbstractAccessLogger):
+    """One short access line per answer: `remote method path status bytes ms`, with `status` and
+    `duration_ms` as fields. aiohttp's default logger formats a dozen fields per request, which cost a
+    sixth of the ingress's time under load (docs/benchmarks.md)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write the line (the job id, if any, comes from the request's context)."""
+        ms = round(time * 1000, 1)
+        self.logger.info(
+            "%s %s %s %d %d %sms",
+            request.remote or "-",
+            request.method,
+            redacted_path(request),
+            response.status,
+            response.body_length,
+            ms,
+            extra={"status": response.status, "duration_ms": ms},
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Skip the work when INFO is off."""
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+def run(settings: Settings) -> None:
+    """Serve the ingress until interrupted."""
+    log.info("ingress listening on http://%s:%d", settings.host, settings.port)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log_class=AccessLog,
+    )

@@ -1,0 +1,219 @@
+"""The ingress's read endpoints: status, statistics and job progress, all answered from the read model.
+
+Nothing here touches the work: answers come from `projections` folded over the log by
+`packager.adapters.readside`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from packager.adapters.readside import ReadSide, worker_count
+from packager.core.errors import BadRequestError, UnavailableError
+from packager.core.settings import Settings
+from packager.http.app_keys import READ_SIDE, SETTINGS
+from packager.http.ingress import authenticate, json_response, read_params
+from projections import statistics as stats_fold
+from projections.jobs import COMPLETED, JobState
+
+_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _read_side(request: web.Request) -> ReadSide:
+    side = request.app.get(READ_SIDE)
+    if side is None:
+        raise UnavailableError("This ingress keeps no read model.")
+    return side
+
+
+def _non_negative(params: dict[str, str], name: str, default: int) -> int:
+    raw = str(params.get(name) or "").strip()
+    if not raw:
+        return default
+    # ASCII digits only: str.isdigit() also admits "²", which int() refuses, and 5,000 digits are over the
+    # length int() parses.
+    if not re.fullmatch(r"[0-9]{1,15}", raw):
+        raise BadRequestError(f"Parameter {name} must be a non-negative integer")
+    return int(raw)
+
+
+async def status(request: web.Request) -> web.Response:
+    """`/` and `/status`: workers in the consumer group, jobs not finished, jobs processed."""
+    settings = request.app[SETTINGS]
+    params = await read_params(request) if request.method == "POST" else dict(request.query)
+    authenticate(params, settings)
+    model = _read_side(request).model
+    try:
+        workers = await worker_count(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}-worker")
+    except Exception as exc:  # the broker is down: say so rather than guess
+        raise UnavailableError(f"Kafka cannot be asked for the workers: {type(exc).__name__}") from None
+    body = {
+        "worker_count": workers,
+        "queue_length": model.queue_length,
+        "processed_requests": model.finished,
+    }
+    return json_response({"success": True, "status": "success", **body})
+
+
+async def statistics(request: web.Request) -> web.Response:
+    """`/statistics`: totals per resource and `*` (requests, errors, unique emails)."""
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    model = _read_side(request).model
+    totals = stats_fold.totals(model.stats, str(params.get("resource_id") or "") or None)
+    return json_response({"success": True, "status": True, "totals": totals})
+
+
+async def _listing(request: web.Request, kind: str) -> web.Response:
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    side = _read_side(request)
+    entries = side.model.stats.requests if kind == "requests" else side.model.stats.errors
+    email = str(params.get("email") or "").strip()
+    selected = stats_fold.newest_first(
+        entries,
+        offset=_non_negative(params, "offset", 0),
+        limit=_non_negative(params, "limit", 100),
+        resource_id=str(params.get("resource_id") or "") or None,
+        email=side.model.identity(email) if email else None,
+    )
+    return json_response({"success": True, "status": True, kind: selected})
+
+
+async def statistics_requests(request: web.Request) -> web.Response:
+    """`/statistics/requests`: requests, newest first."""
+    return await _listing(request, "requests")
+
+
+async def statistics_errors(request: web.Request) -> web.Response:
+    """`/statistics/errors`: failures, newest first."""
+    return await _listing(request, "errors")
+
+
+def job_view(job: JobState, settings: Settings) -> dict[str, Any]:
+    """What `/jobs/{id}` shows of a job (no requester address)."""
+    return {
+        "job_id": job.job_id,
+        "state": job.state,
+        "emailed": job.emailed,
+        "email_error": job.email_error or None,
+        "kind": job.kind,
+        "resource_id": job.resource_id,
+        "lane": job.lane or None,
+        "rows_done": job.rows_done,
+        "rows_total": job.rows_total,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "percent": job.percent,
+        "size": job.size,
+        "download_url": f"{settings.download_base}/{job.zip_file_name}" if job.state == COMPLETED else None,
+        "error": job.error or None,
+        "requested_at": job.requested_at or None,
+        "started_at": job.started_at or None,
+        "finished_at": job.finished_at or None,
+        "updated_at": job.updated_at or None,
+    }
+
+
+def _job_id(request: web.Request) -> str:
+    job_id = request.match_info["job_id"]
+    if not _JOB_ID.match(job_id):
+        raise web.HTTPNotFound(reason="No such job")
+    return job_id
+
+
+async def job(request: web.Request) -> web.StreamResponse:
+    """`GET /jobs/{job_id}`: the job as JSON, or its status page for a browser."""
+    job_id = _job_id(request)
+    settings = request.app[SETTINGS]
+    if _wants_html(request):
+        return web.Response(text=_status_page(job_id), content_type="text/html")
+    state = _read_side(request).model.jobs.get(job_id)
+    if state is None:
+        raise web.HTTPNotFound(reason="No such job (a job just accepted appears within a second)")
+    return json_response({"success": True, **job_view(state, settings)})
+
+
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """`GET /jobs/{job_id}/events`: Server-Sent Events with the job's state on every change."""
+    job_id = _job_id(request)
+    settings = request.app[SETTINGS]
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    async for state in _read_side(request).watch(job_id):
+        data = orjson.dumps(job_view(state, settings)).decode()
+        await response.write(f"event: job\ndata: {data}\n\n".encode())
+    await response.write(b"event: end\ndata: {}\n\n")
+    return response
+
+
+def _wants_html(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept and "application/json" not in accept
+
+
+def _status_page(job_id: str) -> str:
+    safe = html.escape(job_id)
+    return _PAGE.replace("{job_id}", safe)
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Download {job_id}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222}
+progress{width:100%;height:1.2rem} dt{font-weight:600} dd{margin:0 0 .6rem 0}
+</style></head>
+<body>
+<h1>Your download</h1>
+<p id="state">Waiting for news of job {job_id}...</p>
+<progress id="bar" max="100"></progress>
+<dl>
+<dt>Rows</dt><dd id="rows">-</dd>
+<dt>Size</dt><dd id="size">-</dd>
+<dt>Download</dt><dd id="link">not ready yet</dd>
+<dt>Email</dt><dd id="email">not sent yet</dd>
+</dl>
+<script>
+const jobId = "{job_id}";
+const text = (id, value) => { document.getElementById(id).textContent = value; };
+const source = new EventSource("./" + encodeURIComponent(jobId) + "/events");
+source.addEventListener("job", (message) => {
+  const job = JSON.parse(message.data);
+  const words = {queued: "Queued", running: "Being prepared", completed: "Ready", failed: "Failed"};
+  text("state", (words[job.state] || job.state) + (job.error ? ": " + job.error : ""));
+  if (job.percent !== null) { document.getElementById("bar").value = job.percent; }
+  text("rows", job.rows_total ? `${job.rows_done.toLocaleString()} of ${job.rows_total.toLocaleString()}`
+                              : job.rows_done.toLocaleString());
+  if (job.size !== null) { text("size", `${(job.size / 1048576).toFixed(1)} MB`); }
+  if (job.download_url) {
+    const a = document.createElement("a"); a.href = job.download_url; a.textContent = job.download_url;
+    const link = document.getElementById("link"); link.textContent = ""; link.appendChild(a);
+  }
+  text("email", job.emailed ? "sent" : (job.email_error ? "failed: " + job.email_error : "not sent yet"));
+});
+source.addEventListener("end", () => source.close());
+</script>
+</body></html>
+"""
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the read endpoints."""
+    for path in ("/", "/status"):
+        app.router.add_post(path, status)
+        app.router.add_get(path, status)
+    app.router.add_post("/statistics", statistics)
+    app.router.add_post("/statistics/requests", statistics_requests)
+    app.router.add_post("/statistics/errors", statistics_errors)
+    app.router.add_get("/jobs/{job_id}", job)
+    app.router.add_get("/jobs/{job_id}/events", job_events)
