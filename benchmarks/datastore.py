@@ -66,10 +66,10 @@ async def _fetch_only(api_url: str, page_size: int, resource_id: str = RESOURCE_
 
 
 async def _packager(api_url: str, page_size: int, workdir: Path, resource_id: str = RESOURCE_ID) -> int:
+    from packager.adapters.resolver import system_resolver
     from packager.adapters.store import FileStore
     from packager.core.settings import load_settings
     from packager.domain.events import PackageCompleted, PackageRequested, envelope
-    from packager.http.ingress import system_resolver
     from packager.service.packaging import JobContext, run_job
 
     settings = load_settings(  # PACKAGER_* variables apply (e.g. PACKAGER_ZIP_COMPRESSLEVEL)

@@ -30,6 +30,7 @@ from faust.types import TP
 from packager.adapters import metrics
 from packager.adapters.http_client import http_session
 from packager.adapters.kafka_log import ANSWER_DEADLINE_HEADER, LANES, LOG_APPEND_TIME, Topics, iso_ms
+from packager.adapters.resolver import system_resolver
 from packager.adapters.store import FileStore
 from packager.core.errors import EventDecodeError
 from packager.core.logs import bind_job
@@ -51,7 +52,6 @@ from packager.domain.events import (
     encode,
     envelope,
 )
-from packager.http.ingress import system_resolver
 from packager.service.packaging import JobContext
 from projections.analytics import pseudonymise
 from streams import leases

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from packager.adapters.resolver import system_resolver
 from packager.adapters.smtp import deliver
 from packager.core.errors import BadRequestError, PackagingError
 from packager.core.settings import Settings
@@ -22,7 +23,6 @@ from packager.domain.events import (
     PackageRequested,
 )
 from packager.domain.validation import check_url
-from packager.http.ingress import system_resolver
 from packager.service.packaging import ckan_client, datastore_query
 
 log = logging.getLogger(__name__)

@@ -7,140 +7,33 @@ service documented (`success`, `msg`) and the ones its CKAN extension reads (`st
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
-import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
 
 from packager.adapters.kafka_log import EventLog, KafkaEventLog, Topics
-from packager.core.errors import (
-    BadRequestError,
-    NotAuthorizedError,
-    PackagerError,
-    PayloadTooLargeError,
-)
+from packager.adapters.readside import ReadSide
+from packager.adapters.resolver import system_resolver
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
 from packager.domain.events import CacheCleared, PackageRequested, envelope
-from packager.domain.secrets import constant_time_equal, seal
+from packager.domain.secrets import seal
 from packager.domain.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
+from packager.http import health, read_api
 from packager.http.app_keys import EVENT_LOG, READ_SIDE, RESOLVER, SETTINGS
+from packager.http.common import authenticate, errors_as_json, json_response, read_params
 
 log = logging.getLogger(__name__)
 
 
 _ZIP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.zip$")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def failure_body(error: str, message: str) -> dict[str, Any]:
-    """The error shape of the original service, with the documented `success`/`msg` keys added."""
-    return {"success": False, "msg": message, "status": "failed", "error": error, "message": message}
-
-
-def json_response(body: Mapping[str, Any], status: int = 200) -> web.Response:
-    """A JSON answer encoded with orjson."""
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every failure to a JSON answer: domain errors to their status, the rest to 500."""
-    try:
-        return await handler(request)
-    except PackagerError as exc:
-        return json_response(failure_body(exc.error_name, exc.message), exc.http_status)
-    except web.HTTPRequestEntityTooLarge:
-        return json_response(failure_body("PayloadTooLargeError", "The request body is too large"), 413)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return json_response(failure_body(type(exc).__name__, exc.reason), exc.status)
-    except Exception:
-        log.exception("Unexpected error handling %s %s", request.method, request.path)
-        return json_response(failure_body("InternalError", "An unexpected error occurred"), 500)
-
-
-async def read_params(request: web.Request) -> dict[str, str]:
-    """Parameters from a form-encoded (what the CKAN extension sends) or a JSON body."""
-    settings = request.app[SETTINGS]
-    if request.content_length is not None and request.content_length > settings.max_body_size:
-        raise PayloadTooLargeError(f"The request body is over {settings.max_body_size} bytes")
-    if request.content_type.startswith("multipart/"):
-        return await _multipart_params(request, settings.max_body_size)
-    body = await request.read()
-    if request.content_type == "application/json":
-        try:
-            doc = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            raise BadRequestError("The request body is not valid JSON") from None
-        if not isinstance(doc, dict):
-            raise BadRequestError("The JSON body must be an object")
-        return {
-            str(k): v if isinstance(v, str) else _as_json_text(k, v) for k, v in doc.items() if v is not None
-        }
-    try:
-        # Percent-escapes are decoded as UTF-8 too: `%ff` is as invalid as a raw 0xff byte.
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError:
-        raise BadRequestError("The request body is not valid UTF-8") from None
-    params: dict[str, str] = {}
-    for name, value in pairs:
-        params.setdefault(name, value)  # the first of repeated parameters wins, as in Flask's form
-    return params
-
-
-def _as_json_text(name: str, value: Any) -> str:
-    """A non-string JSON parameter as JSON text (as a form would carry it)."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:  # orjson writes at most 254 levels, though it reads up to 1,024
-        raise BadRequestError(f"Parameter {name} is nested too deeply") from None
-
-
-async def _multipart_params(request: web.Request, limit: int) -> dict[str, str]:
-    """The text fields of a multipart form; file parts are read (within the limit) and ignored.
-
-    Parsed part by part rather than with `request.post()`, which spools file parts to temporary files it
-    leaves open when the body turns out malformed, and which does not count a chunked body against the limit.
-    """
-    params: dict[str, str] = {}
-    size = 0
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise BadRequestError("Nested multipart bodies are not accepted")
-            raw = bytearray()
-            while chunk := await part.read_chunk():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLargeError(f"The request body is over {limit} bytes")
-                raw += chunk
-            if part.name is None or part.filename is not None:
-                continue
-            params.setdefault(part.name, part.decode(bytes(raw)).decode(part.get_charset("utf-8")))
-    except (ValueError, LookupError, HttpProcessingError):  # also UnicodeDecodeError, unknown charsets
-        raise BadRequestError("The request body is not a valid multipart form") from None
-    return params
-
-
-def authenticate(params: Mapping[str, str], settings: Settings) -> None:
-    """Check the shared secret in constant time."""
-    if not constant_time_equal(str(params.get("secret", "")), settings.secret):
-        raise NotAuthorizedError("Wrong/missing secret")
 
 
 def accepted_body(job_id: str, message: str, status_url: str = "") -> dict[str, Any]:
@@ -277,12 +170,6 @@ async def download(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def system_resolver(host: str) -> list[str]:
-    """Resolve a host name to its IP addresses with the event loop's resolver."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return sorted({str(info[4][0]) for info in infos})
-
-
 def create_app(
     settings: Settings,
     *,
@@ -295,9 +182,6 @@ def create_app(
     `follow_log` (default: when no `event_log` is given) runs the read side that answers `/status`,
     `/statistics*` and `/jobs/*` from the log.
     """
-    from packager.adapters.readside import ReadSide
-    from packager.http import health, read_api
-
     settings.require_secret()
     app = web.Application(
         middlewares=[health.count_requests, errors_as_json], client_max_size=settings.max_body_size

@@ -17,7 +17,7 @@ from packager.adapters.readside import ReadSide, worker_count
 from packager.core.errors import BadRequestError, UnavailableError
 from packager.core.settings import Settings
 from packager.http.app_keys import READ_SIDE, SETTINGS
-from packager.http.ingress import authenticate, json_response, read_params
+from packager.http.common import authenticate, json_response, read_params
 from projections import statistics as stats_fold
 from projections.jobs import COMPLETED, JobState
 

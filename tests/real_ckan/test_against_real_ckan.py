@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from packager.adapters.ckan import CkanError, DatastoreClient, DatastoreQuery
+from packager.adapters.resolver import system_resolver
 from packager.adapters.store import FileStore
 from packager.core.settings import load_settings
 from packager.dev.test_tables import BIG_ROWS, FIELDS
@@ -28,7 +29,6 @@ from packager.domain.events import PackageCompleted, PackageFailed, PackageReque
 from packager.domain.numbers import NumberText, loads_exact
 from packager.domain.secrets import seal
 from packager.domain.writers import open_writer
-from packager.http.ingress import system_resolver
 from packager.service.packaging import JobContext, run_job
 from tests.real_ckan.conftest import Portal
 

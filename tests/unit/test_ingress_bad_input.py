@@ -13,11 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from packager.adapters.kafka_log import InMemoryEventLog
 from packager.adapters.readside import ReadSide
+from packager.adapters.resolver import system_resolver
 from packager.core.errors import BadRequestError
 from packager.core.settings import load_settings
 from packager.domain.validation import parse_url_request
 from packager.http.app_keys import READ_SIDE
-from packager.http.ingress import create_app, system_resolver
+from packager.http.ingress import create_app
 from tests.unit.samples import SECRET, URL_REQUEST
 
 GOOD = URL_REQUEST
