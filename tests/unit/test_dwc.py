@@ -4,6 +4,7 @@ and a 100,000-row archive read back with python-dwca-reader."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import zipfile
@@ -407,7 +408,7 @@ def test_meta_xml_describes_every_file_as_written(tmp_path: Path) -> None:
         for item in summary.files:
             data = zf.read(item.name)
             assert len(data) == item.bytes
-            assert dwc.hashlib.sha256(data).hexdigest() == item.sha256
+            assert hashlib.sha256(data).hexdigest() == item.sha256
 
 
 def test_every_extension_row_points_at_a_core_row(tmp_path: Path) -> None:
