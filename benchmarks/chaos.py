@@ -39,7 +39,7 @@ import aiohttp
 import orjson
 
 from packager.adapters.kafka_log import Topics
-from packager.dev.ckan_server import COUNTRIES, FIRST_YEAR, YEARS
+from packager.dev.ckan_table import COUNTRIES, FIRST_YEAR, YEARS
 
 from .chaos_check import EventFollower, ExpectedRows, Job, building, check, outstanding
 from .chaos_nemesis import FAULT_KINDS, Nemesis, Plan, heal
