@@ -1,7 +1,8 @@
 """The OpenAPI 3 description of the HTTP API, served by the ingress at `GET /openapi.json`.
 
-Written as a Python dict so parameters shared by endpoints are defined once. A test validates it as
-OpenAPI 3.0 and checks that it names exactly the routes the ingress and the worker's ops server register.
+Written as Python dicts so parameters shared by endpoints are defined once: the paths here, the component
+schemas they refer to in `packager.http.openapi_schemas`. A test validates it as OpenAPI 3.0 and checks
+that it names exactly the routes the ingress and the worker's ops server register.
 POST endpoints take a form-encoded body (what the CKAN extension sends), a JSON object, or multipart form
 data, with the same fields; in a JSON body non-string values (e.g. `filters` as an object, `offset` as a
 number) are accepted and read as their JSON text.
@@ -11,116 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from packager.domain.validation import FORMATS, MAX_EML_CHARS
+from packager.http.openapi_schemas import component_schemas, ref
 
 VERSION = "0.1.0"
 
-_REF = "#/components/schemas/"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": _REF + name}
-
-
-def _string(description: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "string", "description": description, **extra}
-
-
-_SECRET = _string("The shared secret (SECRET setting).")
-_EMAIL = _string("Where to send the link.", format="email", example="requester@example.org")
-_KEY = _string(
-    "A CKAN API key, sent in the Authorization header to the CKAN host only. Never logged or stored."
-)
-_NON_NEGATIVE = {
-    "oneOf": [{"type": "string", "pattern": r"^\+?\d{0,15}$"}, {"type": "integer", "minimum": 0}],
-}
-_BOOLEAN_TEXT = {
-    "oneOf": [
-        {"type": "string", "enum": ["", "true", "false", "1", "0", "yes", "no", "t", "f"]},
-        {"type": "boolean"},
-    ],
-}
-
-_URL_REQUEST = {
-    "type": "object",
-    "required": ["secret", "resource_id", "resource_url", "email"],
-    "properties": {
-        "secret": _SECRET,
-        "resource_id": _string("The CKAN resource id (named in the email; the file name falls back to it)."),
-        "resource_url": _string(
-            "An http(s) URL of the file, without credentials; private addresses are refused unless "
-            "ALLOW_PRIVATE_URLS.",
-            format="uri",
-        ),
-        "email": _EMAIL,
-        "key": _KEY,
-    },
-}
-
-
-def _query_request(*, dwc: bool) -> dict[str, Any]:
-    properties: dict[str, Any] = {
-        "secret": _SECRET,
-        "api_url": _string(
-            "The portal's datastore_search URL (http(s), a public host, one of ALLOWED_API_HOSTS when set).",
-            format="uri",
-            example="https://data.example.org/api/3/action/datastore_search",
-        ),
-        "resource_id": _string("The datastore resource.", maxLength=500),
-        "email": _EMAIL,
-        "filters": {
-            "description": "A JSON object of CKAN filters (at most 8 levels deep): JSON text, or an object "
-            "in a JSON body.",
-            "oneOf": [{"type": "string"}, {"type": "object"}],
-            "example": '{"country": ["Kenya", "Peru"]}',
-        },
-        "q": _string("Full-text search."),
-        "plain": {"description": "CKAN's `plain` full-text option.", **_BOOLEAN_TEXT},
-        "language": _string("CKAN's full-text language."),
-        "fields": {
-            "description": "Columns to include, comma-separated or a JSON list, in the order wanted.",
-            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-        },
-        "sort": _string("Sort order, e.g. `year desc` (`_id` is always added last)."),
-        "offset": {"description": "Rows to skip (default 0).", **_NON_NEGATIVE},
-        "limit": {"description": "Most rows to package (default: all).", **_NON_NEGATIVE},
-        "doi": _string("A DOI for the data, mentioned in the email and the manifest."),
-        "key": _KEY,
-    }
-    if dwc:
-        properties["eml"] = _string(
-            "EML metadata, written as eml.xml; must be well-formed XML.", maxLength=MAX_EML_CHARS
-        )
-        properties["for_gbif"] = {"description": "Accepted for compatibility; no effect.", **_BOOLEAN_TEXT}
-    else:
-        properties["format"] = _string("The data file's format.", enum=list(FORMATS), default="csv")
-    return {
-        "type": "object",
-        "required": ["secret", "api_url", "resource_id", "email"],
-        "properties": properties,
-    }
-
-
-def _secret_only() -> dict[str, Any]:
-    return {"type": "object", "required": ["secret"], "properties": {"secret": _SECRET}}
-
-
-def _listing_request() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["secret"],
-        "properties": {
-            "secret": _SECRET,
-            "offset": {"description": "Entries to skip (default 0).", **_NON_NEGATIVE},
-            "limit": {"description": "Most entries to return (default 100).", **_NON_NEGATIVE},
-            "resource_id": _string("Only this resource."),
-            "email": _string("Only this requester (hashed the same way when ANONYMIZE_EMAILS)."),
-        },
-    }
-
 
 def _body(schema_name: str) -> dict[str, Any]:
-    schema = _ref(schema_name)
+    schema = ref(schema_name)
     return {
         "required": True,
         "content": {
@@ -132,7 +30,7 @@ def _body(schema_name: str) -> dict[str, Any]:
 
 
 def _json(schema_name: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(schema_name)}}}
+    return {"description": description, "content": {"application/json": {"schema": ref(schema_name)}}}
 
 
 def _failure(description: str) -> dict[str, Any]:
@@ -199,162 +97,6 @@ _JOB_ID_PARAM = {
     "schema": {"type": "string", "format": "uuid"},
     "description": "The job id from the accepted answer.",
 }
-
-_HEALTH = {
-    "type": "object",
-    "required": ["status"],
-    "properties": {
-        "status": {"type": "string", "enum": ["live", "ready", "not ready"]},
-        "reason": {"type": "string"},
-    },
-    "additionalProperties": True,
-}
-
-_JOB = {
-    "type": "object",
-    "properties": {
-        "success": {"type": "boolean"},
-        "job_id": {"type": "string"},
-        "state": {"type": "string", "enum": ["queued", "running", "completed", "failed"]},
-        "emailed": {"type": "boolean"},
-        "email_error": {"type": "string", "nullable": True},
-        "kind": {"type": "string", "enum": ["url", "datastore", "dwc"]},
-        "resource_id": {"type": "string"},
-        "lane": {"type": "string", "nullable": True},
-        "rows_done": {"type": "integer"},
-        "rows_total": {"type": "integer", "nullable": True},
-        "bytes_done": {"type": "integer"},
-        "bytes_total": {"type": "integer", "nullable": True},
-        "percent": {"type": "number", "nullable": True},
-        "size": {"type": "integer", "nullable": True},
-        "download_url": {"type": "string", "nullable": True},
-        "error": {"type": "string", "nullable": True},
-        "requested_at": {"type": "string", "nullable": True},
-        "started_at": {"type": "string", "nullable": True},
-        "finished_at": {"type": "string", "nullable": True},
-        "updated_at": {"type": "string", "nullable": True},
-    },
-}
-
-_COUNTS = {
-    "type": "object",
-    "properties": {
-        "requests": {"type": "integer"},
-        "errors": {"type": "integer"},
-        "emails": {"type": "integer"},
-    },
-}
-
-
-def _schemas() -> dict[str, Any]:
-    return {
-        "UrlRequest": _URL_REQUEST,
-        "DatastoreRequest": _query_request(dwc=False),
-        "DwcArchiveRequest": _query_request(dwc=True),
-        "SecretOnly": _secret_only(),
-        "StatisticsRequest": {
-            "type": "object",
-            "required": ["secret"],
-            "properties": {"secret": _SECRET, "resource_id": _string("Only this resource's totals.")},
-        },
-        "ListingRequest": _listing_request(),
-        "Accepted": {
-            "type": "object",
-            "required": ["success", "msg", "status", "message", "job_id", "status_url"],
-            "properties": {
-                "success": {"type": "boolean", "enum": [True]},
-                "msg": {"type": "string"},
-                "status": {"type": "string", "enum": ["success"]},
-                "message": {"type": "string"},
-                "job_id": {"type": "string", "format": "uuid"},
-                "status_url": {"type": "string"},
-            },
-        },
-        "Done": {
-            "type": "object",
-            "required": ["success", "status", "message"],
-            "properties": {
-                "success": {"type": "boolean"},
-                "msg": {"type": "string"},
-                "status": {"type": "string"},
-                "message": {"type": "string"},
-            },
-        },
-        "Failure": {
-            "type": "object",
-            "required": ["success", "msg", "status", "error", "message"],
-            "properties": {
-                "success": {"type": "boolean", "enum": [False]},
-                "msg": {"type": "string"},
-                "status": {"type": "string", "enum": ["failed"]},
-                "error": {
-                    "type": "string",
-                    "description": "BadRequestError, NotAuthorizedError, PayloadTooLargeError, "
-                    "ServiceUnavailableError, HTTPNotFound, HTTPGone, HTTPMethodNotAllowed, InternalError...",
-                },
-                "message": {"type": "string"},
-            },
-        },
-        "Status": {
-            "type": "object",
-            "properties": {
-                "success": {"type": "boolean"},
-                "status": {"type": "string"},
-                "worker_count": {"type": "integer"},
-                "queue_length": {"type": "integer"},
-                "processed_requests": {"type": "integer"},
-            },
-        },
-        "Statistics": {
-            "type": "object",
-            "properties": {
-                "success": {"type": "boolean"},
-                "status": {"type": "boolean"},
-                "totals": {"type": "object", "additionalProperties": _COUNTS},
-            },
-        },
-        "RequestList": {
-            "type": "object",
-            "properties": {
-                "success": {"type": "boolean"},
-                "status": {"type": "boolean"},
-                "requests": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "count": {"type": "integer"},
-                            "domain": {"type": "string"},
-                            "email": {"type": "string"},
-                            "resource_id": {"type": "string"},
-                            "timestamp": {"type": "number"},
-                        },
-                    },
-                },
-            },
-        },
-        "ErrorList": {
-            "type": "object",
-            "properties": {
-                "success": {"type": "boolean"},
-                "status": {"type": "boolean"},
-                "errors": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "email": {"type": "string"},
-                            "message": {"type": "string"},
-                            "resource_id": {"type": "string"},
-                            "timestamp": {"type": "number"},
-                        },
-                    },
-                },
-            },
-        },
-        "Job": _JOB,
-        "Health": _HEALTH,
-    }
 
 
 def _paths() -> dict[str, Any]:
@@ -434,7 +176,7 @@ def _paths() -> dict[str, Any]:
                     "200": {
                         "description": "The job.",
                         "content": {
-                            "application/json": {"schema": _ref("Job")},
+                            "application/json": {"schema": ref("Job")},
                             "text/html": {"schema": {"type": "string"}},
                         },
                     },
@@ -523,5 +265,5 @@ def spec() -> dict[str, Any]:
             {"name": "operations"},
         ],
         "paths": _paths(),
-        "components": {"schemas": _schemas()},
+        "components": {"schemas": component_schemas()},
     }
