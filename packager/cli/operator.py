@@ -9,6 +9,7 @@ ckanpackager replay verify|stats|history ...           the audit tool (same as `
 
 Options may come before or after the verb. Exit status: 0 done, 1 failed (the service refused or could
 not be reached, a watched job failed, `-x` found errors), 2 the command line or defaults file is wrong.
+The HTTP side lives in `operator_http`, what is printed in `operator_output`.
 """
 
 from __future__ import annotations
@@ -18,59 +19,36 @@ import http.client
 import json
 import os
 import re
-import shutil
-import socket
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
+
+from packager.cli.operator_http import (
+    SECRET_ENVIRONMENT_VARIABLE,
+    CliError,
+    RefusedError,
+    Service,
+    UsageError,
+)
+from packager.cli.operator_output import Output, ProgressDisplay, human_size, table, when
 
 PROG = "ckanpackager"
 DEFAULT_HOST = "http://127.0.0.1:8765"
 DEFAULT_DEFAULTS_FILE = Path("/etc/ckanpackager/ckanpackager-cli.json")
-SECRET_ENVIRONMENT_VARIABLE = "CKANPACKAGER_SECRET"
 TASKS = ("package_datastore", "package_dwc_archive", "package_url")
 STATS_KINDS = ("totals", "requests", "errors")
-REQUEST_TIMEOUT = 30.0
-# The events stream is quiet while a job waits; reconnecting after this long costs nothing (the service
-# sends the job's current state first), and a dead connection is noticed.
-EVENTS_READ_TIMEOUT = 60.0
 EVENTS_RECONNECTS = 5
 # A job just accepted appears on the read side within a second or so; wait this long before saying
 # there is no such job.
 JOB_APPEAR_TIMEOUT = 15.0
 TERMINAL_STATES = ("completed", "failed", "abandoned")
 _JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-class CliError(Exception):
-    """A failure to report in one line on stderr, with the exit status to leave with."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-
-
-class RefusedError(CliError):
-    """The service answered with an HTTP error status."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class UsageError(CliError):
-    """The command line or the defaults file is wrong (exit status 2)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, exit_code=2)
 
 
 # --- Defaults file and parameters --------------------------------------------------------------------
@@ -191,197 +169,6 @@ def stats_request(kind: str, args: argparse.Namespace) -> tuple[str, dict[str, s
     return f"/statistics/{kind}", params
 
 
-# --- HTTP ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Service:
-    """The ingress's HTTP API, over urllib."""
-
-    host: str
-    timeout: float = REQUEST_TIMEOUT
-
-    def url(self, path: str) -> str:
-        """The absolute URL of an API path (the host may carry a path prefix)."""
-        return f"{self.host}/{path.lstrip('/')}"
-
-    def post(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
-        """POST form-encoded `params` and return the JSON answer."""
-        data = urllib.parse.urlencode(params).encode()
-        request = urllib.request.Request(
-            self.url(path), data=data, headers={"Accept": "application/json"}, method="POST"
-        )
-        return self._json(request)
-
-    def get(self, path: str) -> dict[str, Any]:
-        """GET `path` as JSON."""
-        return self._json(urllib.request.Request(self.url(path), headers={"Accept": "application/json"}))
-
-    def _json(self, request: urllib.request.Request) -> dict[str, Any]:
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                raise http_failure(self.host, exc.code, exc.reason, exc.read()) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise unreachable(self.host, exc) from None
-        return _decode(self.host, body)
-
-    def events(self, path: str) -> Iterator[tuple[str, str]]:
-        """The (event, data) pairs of a Server-Sent Events stream, until the service closes it."""
-        request = urllib.request.Request(self.url(path), headers={"Accept": "text/event-stream"})
-        try:
-            response = urllib.request.urlopen(request, timeout=EVENTS_READ_TIMEOUT)
-        except urllib.error.HTTPError as exc:
-            with exc:
-                raise http_failure(self.host, exc.code, exc.reason, exc.read()) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise unreachable(self.host, exc) from None
-        with response:
-            yield from parse_sse(line.decode("utf-8", errors="replace") for line in response)
-
-
-def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    """Server-Sent Events from text lines: (event name, data) for each event, `message` when unnamed."""
-    event, data = "", []
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-
-
-def _decode(host: str, body: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CliError(f"the answer from {host} is not JSON: is it a ckanpackager service?") from None
-    if not isinstance(doc, dict):
-        raise CliError(f"the answer from {host} is not a JSON object: is it a ckanpackager service?")
-    return doc
-
-
-def http_failure(host: str, status: int, reason: str, body: bytes) -> RefusedError:
-    """A refusal by the service as one line, using the message it gave."""
-    try:
-        doc = json.loads(body)
-        message = str(doc.get("message") or doc.get("msg") or reason) if isinstance(doc, dict) else reason
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        message = reason
-    if status == 401:
-        text = (
-            f"{host} refused the secret ({message}): give the right one with -s, "
-            f"${SECRET_ENVIRONMENT_VARIABLE} or the defaults file"
-        )
-    elif status == 400:
-        text = f"{host} rejected the request: {message}"
-    elif status == 404:
-        text = f"{host} has no such thing: {message}"
-    elif status == 503:
-        text = f"{host} is unavailable: {message}"
-    else:
-        text = f"{host} answered {status}: {message}"
-    return RefusedError(text, status)
-
-
-def unreachable(host: str, exc: BaseException) -> CliError:
-    """A connection failure as one line."""
-    reason: Any = getattr(exc, "reason", None) or exc
-    if isinstance(reason, socket.timeout | TimeoutError):
-        text = "no answer in time"
-    elif isinstance(reason, OSError) and reason.strerror:
-        text = reason.strerror
-    else:
-        text = str(reason) or type(reason).__name__
-    return CliError(f"cannot reach the service at {host}: {text}")
-
-
-# --- Output -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Output:
-    """Where results go: human text or JSON on stdout, nothing when quiet; errors always on stderr."""
-
-    quiet: bool = False
-    as_json: bool = False
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
-
-    def text(self, line: str = "") -> None:
-        """A line of human output."""
-        if not self.quiet and not self.as_json:
-            print(line, file=self.out, flush=True)
-
-    def document(self, doc: Any) -> None:
-        """A JSON document (with --json)."""
-        if not self.quiet and self.as_json:
-            print(json.dumps(doc, indent=2, ensure_ascii=False), file=self.out, flush=True)
-
-    def json_line(self, doc: Any) -> None:
-        """One JSON document on one line (with --json, for streams)."""
-        if not self.quiet and self.as_json:
-            print(json.dumps(doc, ensure_ascii=False, separators=(",", ":")), file=self.out, flush=True)
-
-
-def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> list[str]:
-    """Left-aligned columns, two spaces apart."""
-    cells = [[str(c) for c in header], *[["" if c is None else str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-
-
-def when(timestamp: Any) -> str:
-    """A UNIX timestamp as UTC ISO 8601 to the second."""
-    try:
-        moment = datetime.fromtimestamp(float(timestamp), tz=UTC)
-    except (TypeError, ValueError, OverflowError):
-        return str(timestamp)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def human_size(size: int | None) -> str:
-    """Bytes in B, KB, MB or GB (powers of 1024)."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def progress_line(job: Mapping[str, Any], width: int = 30) -> str:
-    """One line describing a job's progress: a bar when the percentage is known, counts, and its state."""
-    parts: list[str] = []
-    percent = job.get("percent")
-    if isinstance(percent, int | float):
-        filled = round(width * min(max(percent, 0.0), 100.0) / 100.0)
-        parts.append(f"[{'#' * filled}{'-' * (width - filled)}] {percent:5.1f}%")
-    rows_done, rows_total = job.get("rows_done") or 0, job.get("rows_total")
-    if rows_total:
-        parts.append(f"{rows_done:,} of {rows_total:,} rows")
-    elif rows_done:
-        parts.append(f"{rows_done:,} rows")
-    bytes_done = job.get("bytes_done") or 0
-    if bytes_done:
-        parts.append(human_size(bytes_done))
-    parts.append(str(job.get("state") or "?"))
-    return "  ".join(parts)
-
-
 # --- Verbs --------------------------------------------------------------------------------------------
 
 
@@ -499,7 +286,7 @@ def watch(service: Service, job: str, out: Output) -> int:
     """Draw the job's progress from its events stream; the exit status says how it ended."""
     job_id, path = job_events_path(job)
     _wait_for_job(service, job_id)
-    bar = _ProgressDisplay(out)
+    bar = ProgressDisplay(out)
     last: dict[str, Any] = {}
     failures = 0
     try:
@@ -540,38 +327,6 @@ def _report_end(job: Mapping[str, Any], out: Output) -> int:
         reason = job.get("error") or "no reason given"
         print(f"{PROG}: job {job.get('job_id')} {verb}: {reason}", file=out.err)
     return 1
-
-
-class _ProgressDisplay:
-    """A bar redrawn in place on a terminal; elsewhere a line per state and per tenth of the way."""
-
-    def __init__(self, out: Output) -> None:
-        self.out = out
-        self.live = not out.quiet and not out.as_json and out.err.isatty()
-        self.drawn = False
-        self.printed: tuple[Any, Any] | None = None
-
-    def show(self, job: Mapping[str, Any]) -> None:
-        if self.out.quiet or self.out.as_json:
-            return
-        line = progress_line(job)
-        if self.live:
-            width = shutil.get_terminal_size((80, 24)).columns
-            self.out.err.write("\r" + line[: width - 1].ljust(width - 1))
-            self.out.err.flush()
-            self.drawn = True
-            return
-        percent = job.get("percent")
-        key = (job.get("state"), int(percent // 10) if isinstance(percent, int | float) else None)
-        if key != self.printed:
-            self.printed = key
-            print(line, file=self.out.err, flush=True)
-
-    def close(self) -> None:
-        if self.drawn:
-            self.out.err.write("\n")
-            self.out.err.flush()
-            self.drawn = False
 
 
 # --- Command line -------------------------------------------------------------------------------------

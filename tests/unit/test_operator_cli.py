@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from packager.cli import operator as cli
+from packager.cli import operator_http, operator_output
 
 JOB = "0232e797-71da-4658-8d92-52080d82db79"
 
@@ -44,7 +45,7 @@ def test_the_standard_defaults_file_is_used_when_present(no_system_defaults: Pat
 
 
 def test_an_explicit_defaults_file_that_is_missing_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(cli.UsageError, match="no such defaults file"):
+    with pytest.raises(operator_http.UsageError, match="no such defaults file"):
         target_for(["-d", str(tmp_path / "missing.json"), "status"])
 
 
@@ -52,7 +53,7 @@ def test_an_explicit_defaults_file_that_is_missing_is_an_error(tmp_path: Path) -
 def test_a_defaults_file_that_is_not_a_json_object_is_an_error(tmp_path: Path, content: str) -> None:
     path = tmp_path / "defaults.json"
     path.write_text(content)
-    with pytest.raises(cli.UsageError, match=str(path)):
+    with pytest.raises(operator_http.UsageError, match=str(path)):
         target_for(["-d", str(path), "status"])
 
 
@@ -100,7 +101,7 @@ def test_queue_parameters_merge_defaults_secret_and_pairs(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("text", ["email", ":value", " :x"])
 def test_malformed_param_value_pairs_are_refused(text: str) -> None:
-    with pytest.raises(cli.UsageError, match="PARAM:VALUE"):
+    with pytest.raises(operator_http.UsageError, match="PARAM:VALUE"):
         cli.parse_param(text)
 
 
@@ -110,7 +111,7 @@ def test_an_empty_value_is_allowed() -> None:
 
 def test_unknown_tasks_are_refused_before_anything_is_sent() -> None:
     assert cli.task_path("/package_url") == "/package_url"
-    with pytest.raises(cli.UsageError, match="unknown task 'package_zip'"):
+    with pytest.raises(operator_http.UsageError, match="unknown task 'package_zip'"):
         cli.task_path("package_zip")
 
 
@@ -162,23 +163,27 @@ def test_job_ids_and_status_urls_are_both_accepted() -> None:
 
 def test_server_sent_events_are_parsed_into_named_events() -> None:
     lines = iter(["event: job\n", 'data: {"a": 1}\n', "\n", ": a comment\n", "data: x\n", "data: y\n", "\n"])
-    assert list(cli.parse_sse(lines)) == [("job", '{"a": 1}'), ("message", "x\ny")]
+    assert list(operator_http.parse_sse(lines)) == [("job", '{"a": 1}'), ("message", "x\ny")]
 
 
 def test_refusals_are_explained_with_the_services_message() -> None:
     body = json.dumps({"status": "failed", "message": "Wrong/missing secret"}).encode()
-    error = cli.http_failure("http://h", 401, "Unauthorized", body)
+    error = operator_http.http_failure("http://h", 401, "Unauthorized", body)
     assert "refused the secret (Wrong/missing secret)" in error.message and "-s" in error.message
-    error = cli.http_failure("http://h", 400, "Bad Request", b'{"message": "Parameter email is required"}')
+    error = operator_http.http_failure(
+        "http://h", 400, "Bad Request", b'{"message": "Parameter email is required"}'
+    )
     assert error.message == "http://h rejected the request: Parameter email is required"
-    assert "502" in cli.http_failure("http://h", 502, "Bad Gateway", b"<html>").message
+    assert "502" in operator_http.http_failure("http://h", 502, "Bad Gateway", b"<html>").message
 
 
 def test_the_progress_line_shows_a_bar_counts_and_state() -> None:
-    line = cli.progress_line({"state": "running", "percent": 50.0, "rows_done": 1500, "rows_total": 3000}, 10)
+    line = operator_output.progress_line(
+        {"state": "running", "percent": 50.0, "rows_done": 1500, "rows_total": 3000}, 10
+    )
     assert line == "[#####-----]  50.0%  1,500 of 3,000 rows  running"
-    assert cli.progress_line({"state": "queued", "percent": None}) == "queued"
-    assert cli.progress_line({"state": "running", "bytes_done": 3 * 1048576}) == "3.0 MB  running"
+    assert operator_output.progress_line({"state": "queued", "percent": None}) == "queued"
+    assert operator_output.progress_line({"state": "running", "bytes_done": 3 * 1048576}) == "3.0 MB  running"
 
 
 # --- watch against a scripted service -----------------------------------------------------------------
@@ -189,7 +194,7 @@ def job(state: str, **extra: Any) -> dict[str, Any]:
 
 
 @dataclass
-class ScriptedService(cli.Service):
+class ScriptedService(operator_http.Service):
     """A service whose events stream plays scripted connections, one per call."""
 
     connections: list[list[tuple[str, str]] | BaseException] = field(default_factory=list)
@@ -213,9 +218,9 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli.time, "sleep", lambda _: None)
 
 
-def output() -> tuple[cli.Output, io.StringIO, io.StringIO]:
+def output() -> tuple[operator_output.Output, io.StringIO, io.StringIO]:
     out, err = io.StringIO(), io.StringIO()
-    return cli.Output(out=out, err=err), out, err
+    return operator_output.Output(out=out, err=err), out, err
 
 
 def test_watch_ends_with_the_download_link_and_status_0_when_the_job_completes(no_sleep: None) -> None:
@@ -266,10 +271,10 @@ def test_watch_reconnects_when_the_stream_drops_before_the_end(no_sleep: None) -
 
 
 def test_watch_gives_up_after_repeated_failures(no_sleep: None) -> None:
-    lost = cli.CliError("cannot reach the service at http://h: Connection refused")
+    lost = operator_http.CliError("cannot reach the service at http://h: Connection refused")
     service = ScriptedService("http://h", connections=[lost] * (cli.EVENTS_RECONNECTS + 1))
     display, _, _ = output()
-    with pytest.raises(cli.CliError, match="cannot reach"):
+    with pytest.raises(operator_http.CliError, match="cannot reach"):
         cli.watch(service, JOB, display)
 
 
@@ -277,5 +282,5 @@ def test_watch_with_json_prints_one_document_per_state(no_sleep: None) -> None:
     states = [job("running", percent=10.0), job("completed", percent=100.0, download_url="u", size=1)]
     service = ScriptedService("http://h", connections=[as_events(*states)])
     out = io.StringIO()
-    assert cli.watch(service, JOB, cli.Output(as_json=True, out=out, err=io.StringIO())) == 0
+    assert cli.watch(service, JOB, operator_output.Output(as_json=True, out=out, err=io.StringIO())) == 0
     assert [json.loads(line) for line in out.getvalue().splitlines()] == states
