@@ -2,6 +2,6 @@
 
 import sys
 
-from packager.cli.service import main
+from packager.cli.main import main
 
 sys.exit(main())

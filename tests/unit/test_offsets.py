@@ -288,7 +288,7 @@ def test_the_patch_is_not_installed_on_another_faust_version(monkeypatch: pytest
 def test_the_worker_command_refuses_another_faust_version_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from packager.cli import service as cli
+    from packager.cli import main as cli
 
     monkeypatch.setattr(Consumer, "_new_offset", Consumer._new_offset)
     monkeypatch.setattr(faust, "__version__", "0.16.0")
