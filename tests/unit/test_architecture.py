@@ -69,7 +69,7 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "packager.dev": _FAUST,
 }
 
-# The package `__init__` and `python -m packager` sit above the layers.
+# `packager/__init__.py` imports nothing and counts as core; `python -m packager` is the command line.
 LAYER_OF_SPECIAL = {"packager": "packager.core", "packager.__main__": "packager.cli"}
 
 MAX_LINES = 500
@@ -91,6 +91,8 @@ STILL_TOO_LONG: frozenset[str] = frozenset(
 
 @dataclass(frozen=True)
 class Module:
+    """A module of the three packages: its dotted name, its file, and whether it is a package's __init__."""
+
     name: str
     path: Path
     is_package: bool
@@ -130,6 +132,8 @@ def _imported_names(module: Module, tree: ast.AST, known: dict[str, Module]) -> 
 
 @dataclass(frozen=True)
 class Import:
+    """One import statement: the module it is in, the module it imports, and its line."""
+
     source: str
     target: str
     line: int
