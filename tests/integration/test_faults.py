@@ -2,7 +2,7 @@
 
 Each case checks the invariants of DESIGN.md by counting events and emails, not by the absence of an error:
 every accepted request reaches exactly one terminal event and its requester exactly one email, except
-inside the documented windows (README, "Delivery guarantees"), where a duplicate is counted and bounded.
+inside the documented windows (docs/delivery.md, "Windows left"), where a duplicate is counted and bounded.
 """
 
 from __future__ import annotations

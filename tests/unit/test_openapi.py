@@ -73,7 +73,7 @@ def test_post_bodies_are_described_as_form_and_json() -> None:
             assert {"application/x-www-form-urlencoded", "application/json"} <= set(content), path
 
 
-def test_package_parameters_match_the_readme() -> None:
+def test_package_parameters_match_the_http_api_doc() -> None:
     schemas = spec()["components"]["schemas"]
     url = schemas["UrlRequest"]
     assert set(url["required"]) == {"secret", "resource_id", "resource_url", "email"}
