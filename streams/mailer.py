@@ -91,7 +91,10 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_start(self) -> None:
         """Connect and start consuming."""
         bootstrap = self.settings.kafka_bootstrap_servers
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        # Idempotent: an append retried after a lost acknowledgement is stored once, not twice.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+        )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
