@@ -381,8 +381,11 @@ def _add_planner_and_cache(
             await settled_after_freeze()
             if still_assigned(tp):
                 await end_once(job_id, key, terminal, partition)
-            return  # otherwise the partition's new owner appends it (and finds the intent above)
+            else:  # the partition's new owner appends it (and finds the intent above)
+                log.warning("events[%d] moved to another worker; it ends the job", partition)
+            return
         await publish(events_topic, job_id, key, terminal)
+        log.info("job ended: %s appended to events[%d]", terminal.TYPE, partition)
 
     async def dispatch(job_id: str, key: str, lane: str, attempt: int, record: str) -> None:
         """Queue build `attempt` of a job: the event first, so it precedes the build's own events."""
@@ -439,6 +442,17 @@ def _add_planner_and_cache(
             del lease_table[job_id]
         elif after is not None and after != before:
             lease_table[job_id] = {**after, "partition": partition, "key": key}
+        if isinstance(env.payload, PackageBuilt):
+            where = faust.current_event().message  # type: ignore[union-attr]
+            log.info(
+                "build %d proposes %s (events[%d]@%d; lease %s): %s",
+                env.payload.attempt,
+                env.payload.outcome,
+                where.partition,
+                where.offset,
+                before and before["state"],
+                type(action).__name__ if action else "nothing to do",
+            )
         match action:
             case leases.End(terminal=terminal):
                 await end_once(job_id, key, terminal, partition)
