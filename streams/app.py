@@ -55,7 +55,7 @@ from packager.kafka_log import ANSWER_DEADLINE_HEADER, LANES, LOG_APPEND_TIME, T
 from packager.logs import bind_job
 from packager.settings import Settings
 from packager.store import FileStore
-from streams import leases
+from streams import leases, offsets
 from streams.builds import BuildPool
 from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
 from streams.handlers import plan_lane
@@ -220,6 +220,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             skip=lambda tp, offsets: acknowledge_missing(app.consumer, tp, offsets),
         )
         guards.append(guard)
+        offsets.track(guard)
         try:
             async for record in stream.events():
                 message = record.message
@@ -234,6 +235,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                     guard.busy = False
         finally:
             guards.remove(guard)
+            offsets.untrack(guard)
 
     @app.timer(interval=2.0)
     async def stall_watch() -> None:
