@@ -259,7 +259,9 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             client.jobs, follower, stack, time.monotonic() + drain, 3 if args.quick else 10
         )
         settled_s = time.monotonic() - client_start
-        figures, details = check(client.jobs, follower.events, stack.mailbox.snapshot(), stack.store)
+        figures, details = check(
+            client.jobs, follower.events, stack.mailbox.snapshot(), stack.store, follower.where
+        )
         details["unfinished_at_deadline"] = left
         details["fault_log"] = nemesis.record
         figures["faults"] = {kind: nemesis.counts.get(kind, 0) for kind in FAULT_KINDS}

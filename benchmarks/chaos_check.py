@@ -73,6 +73,7 @@ class EventFollower:
     topic: str
     partitions: int
     events: list[Envelope] = field(default_factory=list)
+    where: dict[str, str] = field(default_factory=dict)  # event id -> "partition@offset"
     undecodable: int = 0
     _task: asyncio.Task[None] | None = None
 
@@ -94,9 +95,12 @@ class EventFollower:
                 for messages in batch.values():
                     for m in messages:
                         try:
-                            self.events.append(decode(m.value))
+                            env = decode(m.value)
                         except EventDecodeError:
                             self.undecodable += 1
+                            continue
+                        self.events.append(env)
+                        self.where[env.event_id] = f"{m.partition}@{m.offset}"
         finally:
             await consumer.stop()
 
@@ -190,9 +194,17 @@ def check_zip(path: Path, event: PackageCompleted) -> tuple[int | None, str]:
 
 
 def check(
-    jobs: dict[str, Job], events: list[Envelope], mails: list[Mail], store: Path
+    jobs: dict[str, Job],
+    events: list[Envelope],
+    mails: list[Mail],
+    store: Path,
+    where: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(figures, details) of the campaign: terminal events, emails and ZIPs of every accepted job."""
+    """(figures, details) of the campaign: terminal events, emails and ZIPs of every accepted job.
+
+    `where` (event id -> "partition@offset") places each event of a reported job in the log.
+    """
+    where = where or {}
     by_job: dict[str, list[Envelope]] = defaultdict(list)
     for e in events:
         by_job[e.job_id].append(e)
@@ -265,26 +277,26 @@ def check(
         "events_by_type": dict(sorted(types.items())),
     }
     details = {
-        "lost": {j: _timeline(jobs[j], by_job.get(j, [])) for j in lost},
-        "duplicate_terminal": {j: _timeline(jobs[j], by_job[j]) for j in duplicated},
+        "lost": {j: _timeline(jobs[j], by_job.get(j, []), where) for j in lost},
+        "duplicate_terminal": {j: _timeline(jobs[j], by_job[j], where) for j in duplicated},
         "duplicate_emails": {
-            j: {"emails": emails[j], **_timeline(jobs[j], by_job[j])} for j in jobs if emails[j] > 1
+            j: {"emails": emails[j], **_timeline(jobs[j], by_job[j], where)} for j in jobs if emails[j] > 1
         },
-        "emails_missing": {j: _timeline(jobs[j], by_job[j]) for j in missing_mail},
+        "emails_missing": {j: _timeline(jobs[j], by_job[j], where) for j in missing_mail},
         "zip_bad": zip_bad,
         "unexpected_outcome": unexpected,
     }
     return figures, details
 
 
-def _timeline(job: Job, events: list[Envelope]) -> dict[str, Any]:
+def _timeline(job: Job, events: list[Envelope], where: dict[str, str]) -> dict[str, Any]:
     """A lost or duplicated job's request and every event it has, for the report."""
     return {
         "kind": job.kind,
         "ingress": job.ingress,
         "params": {k: v for k, v in job.params.items() if k != "secret"},
         "events": [
-            {"type": e.type, "at": e.occurred_at, **_brief(e)}
+            {"type": e.type, "at": e.occurred_at, "where": where.get(e.event_id, ""), **_brief(e)}
             for e in sorted(events, key=lambda e: e.occurred_at)
         ],
     }

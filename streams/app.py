@@ -41,6 +41,7 @@ from packager.domain.events import (
     Envelope,
     Event,
     LeaseExpired,
+    PackageBuilt,
     PackageCompleted,
     PackageExpired,
     PackageFailed,
@@ -54,7 +55,7 @@ from packager.domain.events import (
 )
 from packager.service.packaging import JobContext
 from projections.analytics import pseudonymise
-from streams import leases
+from streams import leases, offsets
 from streams.builds import BuildPool
 from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
 from streams.handlers import plan_lane
@@ -68,10 +69,15 @@ from streams.offsets import (
 )
 from streams.pauses import TICK, PauseWatch
 from streams.readahead import LogReader
+from streams.transport import SCHEME
 
 log = logging.getLogger(__name__)
 
 APPEND_TIMEOUT = 30.0  # seconds
+# How long the steward remembers that a job has ended. A record read again after a rebalance comes from the
+# partition's committed offset, which trails the steward by about a commit interval (longer while an append
+# waits): a job's events read again within this time find the mark and change nothing.
+ENDED_KEPT = 3600.0  # seconds
 
 ROLES = ("planner", "mailer", *(f"lane:{x}" for x in LANES))
 
@@ -89,7 +95,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
     topics = Topics(settings.topic_prefix)
     app = faust.App(
         f"{settings.topic_prefix}-worker",
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker=f"{SCHEME}://{settings.kafka_bootstrap_servers}",  # idempotent producer
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -214,6 +220,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             skip=lambda tp, offsets: acknowledge_missing(app.consumer, tp, offsets),
         )
         guards.append(guard)
+        offsets.track(guard)
         try:
             async for record in stream.events():
                 message = record.message
@@ -228,6 +235,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                     guard.busy = False
         finally:
             guards.remove(guard)
+            offsets.untrack(guard)
 
     @app.timer(interval=2.0)
     async def stall_watch() -> None:
@@ -326,11 +334,14 @@ def _add_planner_and_cache(
     kept = app.Table("requests", default=None, partitions=settings.partitions)
     # job id -> the events offset from which its terminal event may already be in the log: written (and
     # flushed) before the append, so that after a crash the append is looked for rather than repeated.
+    # Once the terminal event is read back, the entry becomes the job's end mark, kept for ENDED_KEPT:
+    # records of the job read again after a rebalance must not bring its lease back to life.
     ending = app.Table("ending", default=None, partitions=settings.partitions)
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
     events_name = events_topic.get_topic_name()
     seen: dict[int, int] = {}  # events partition -> the last offset the steward handled
     expiring: set[tuple[str, int]] = set()  # LeaseExpired appended, not yet read back
+    pruned: dict[int, float] = {}  # events partition -> when its old end marks were last dropped
 
     async def end_once(job_id: str, key: str, terminal: Event, partition: int) -> None:
         """Append a job's terminal event once, even when the record asking for it is read again.
@@ -342,6 +353,9 @@ def _add_planner_and_cache(
         tp = TP(events_name, partition)
         where = TopicPartition(events_name, partition)  # aiokafka's own type, for the reader
         intent = ending.get(job_id)
+        if intent is not None and intent.get("ended"):
+            log.info("the job has already ended; its terminal event is not appended again")
+            return
         if intent is not None:
             async with LogReader(settings.kafka_bootstrap_servers) as reader:
                 while True:
@@ -369,8 +383,11 @@ def _add_planner_and_cache(
             await settled_after_freeze()
             if still_assigned(tp):
                 await end_once(job_id, key, terminal, partition)
-            return  # otherwise the partition's new owner appends it (and finds the intent above)
+            else:  # the partition's new owner appends it (and finds the intent above)
+                log.warning("events[%d] moved to another worker; it ends the job", partition)
+            return
         await publish(events_topic, job_id, key, terminal)
+        log.info("job ended: %s appended to events[%d]", terminal.TYPE, partition)
 
     async def dispatch(job_id: str, key: str, lane: str, attempt: int, record: str) -> None:
         """Queue build `attempt` of a job: the event first, so it precedes the build's own events."""
@@ -415,6 +432,9 @@ def _add_planner_and_cache(
     async def follow_lease(env: Envelope, partition: int) -> bool:
         """Fold the event into its job's lease and do what it obliges; True when anything changed."""
         job_id, key = env.job_id, env.cache_key
+        mark = ending.get(job_id)
+        if mark is not None and mark.get("ended"):
+            return after_end(env, mark)
         before = lease_table.get(job_id)
         action = leases.decide(before, env, settings.max_attempts)
         after = leases.apply(before, env, settings.lease_time)
@@ -424,6 +444,17 @@ def _add_planner_and_cache(
             del lease_table[job_id]
         elif after is not None and after != before:
             lease_table[job_id] = {**after, "partition": partition, "key": key}
+        if isinstance(env.payload, PackageBuilt):
+            where = faust.current_event().message  # type: ignore[union-attr]
+            log.info(
+                "build %d proposes %s (events[%d]@%d; lease %s): %s",
+                env.payload.attempt,
+                env.payload.outcome,
+                where.partition,
+                where.offset,
+                before and before["state"],
+                type(action).__name__ if action else "nothing to do",
+            )
         match action:
             case leases.End(terminal=terminal):
                 await end_once(job_id, key, terminal, partition)
@@ -445,12 +476,26 @@ def _add_planner_and_cache(
                 assert isinstance(request, PackageRequested)
                 log.error("the job's build was lost %d times; it fails", lost)
                 await end_once(job_id, key, leases.gave_up(request, lost), partition)
-        if env.type in TERMINAL_TYPES and (job_id in kept or job_id in ending):
-            for table in (kept, ending):
-                if job_id in table:
-                    del table[job_id]
+        if env.type in TERMINAL_TYPES:
+            if job_id in kept:
+                del kept[job_id]
+            mark = {"ended": True, "zip": leases.ended_zip(env), "at": time.time(), "partition": partition}
+            ending[job_id] = mark
             return True
         return action is not None or after != before
+
+    def after_end(env: Envelope, mark: dict[str, Any]) -> bool:
+        """An event of an ended job: read again after a rebalance, or from a build that lost its lease.
+
+        Nothing is appended. A build's ZIP is removed unless it is the one the job ended with (a proposal
+        read again must leave the package its link points to).
+        """
+        if isinstance(env.payload, PackageBuilt):
+            name = leases.proposed_zip(env.payload)
+            if name and name != mark.get("zip"):
+                log.warning("a build finished after its job had ended; its result is dropped")
+                store.discard(store.path_of(name))
+        return False
 
     async def end_waiters(
         key: str, partition: int, terminal: Callable[..., Event], outcome: Any, builder: str
@@ -471,12 +516,23 @@ def _add_planner_and_cache(
         if inflight.get(key) == builder:
             del inflight[key]
 
+    def forget_ended(partition: int, now: float) -> None:
+        """Drop the end marks of `partition` older than ENDED_KEPT (tables change only inside an event)."""
+        if now - pruned.get(partition, 0.0) < 60.0:
+            return
+        pruned[partition] = now
+        for job_id, mark in list(ending.items()):
+            old = mark and mark.get("ended") and now - mark["at"] > ENDED_KEPT
+            if old and mark["partition"] == partition:
+                del ending[job_id]
+
     @app.agent(events_topic, name="steward")
     async def steward(stream: faust.StreamT) -> None:
         async for env in decoded(stream):
             message = faust.current_event().message  # type: ignore[union-attr]
             partition = message.partition
             seen[partition] = message.offset
+            forget_ended(partition, time.time())
             changed = await follow_lease(env, partition)
             key, p = env.cache_key, env.payload
             if isinstance(p, PackageCompleted) and not p.cached_from:

@@ -98,6 +98,12 @@ def renewed_since(lease: dict[str, Any], expiry: LeaseExpired) -> bool:
     return bool(lease["until"] > epoch(expiry.lease_until) + 0.001)
 
 
+def ended_zip(terminal: Envelope) -> str:
+    """The ZIP a job ended with ("" unless it completed): the one file a late proposal must not remove."""
+    p = terminal.payload
+    return p.zip_file_name if isinstance(p, PackageCompleted) else ""
+
+
 def proposed_zip(built: PackageBuilt) -> str:
     """The name of the ZIP a build made ("" when it failed)."""
     name = built.result.get("zip_file_name") if built.outcome == PackageCompleted.TYPE else ""

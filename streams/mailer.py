@@ -48,19 +48,29 @@ REVOKE_GRACE = 5.0  # how long a revoked partition's sends may finish before the
 
 
 class _Gate:
-    """MAIL_CONCURRENCY slots to the SMTP server, shut to sends that outlived a pause of the process."""
+    """MAIL_CONCURRENCY slots to the SMTP server, shut to sends that outlived a pause of the process.
+
+    It knows which sends are talking to the server right now (`talking`): when their partition is
+    revoked, only those get a moment to finish; the others are cancelled at once (see `Mailer._settle`).
+    """
 
     def __init__(self, slots: int, frozen: Callable[[], bool]) -> None:
         self._slots = asyncio.Semaphore(slots)
         self._frozen = frozen
+        self.talking: set[asyncio.Task[Any]] = set()
+        self.shut: set[asyncio.Task[Any]] = set()  # sends of revoked partitions: no new attempt
 
     async def __aenter__(self) -> None:
         await self._slots.acquire()
-        if self._frozen():
+        task = asyncio.current_task()
+        if self._frozen() or task in self.shut:
             self._slots.release()
             raise asyncio.CancelledError  # the group gave this email to another mailer meanwhile
+        if task is not None:
+            self.talking.add(task)
 
     async def __aexit__(self, *exc: object) -> None:
+        self.talking.discard(asyncio.current_task())  # type: ignore[arg-type]
         self._slots.release()
 
 
@@ -91,7 +101,10 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_start(self) -> None:
         """Connect and start consuming."""
         bootstrap = self.settings.kafka_bootstrap_servers
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        # Idempotent: an append retried after a lost acknowledgement is stored once, not twice.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+        )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -322,14 +335,26 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
             self._recent.popitem(last=False)
 
     async def _settle(self, tps: list[TopicPartition], grace: float) -> None:
-        """Wait up to `grace` seconds for the sends of `tps`, then cancel those still waiting."""
+        """Let the sends of `tps` talking to SMTP finish within `grace` seconds; cancel all the others.
+
+        A send waiting for a slot or between two attempts (an SMTP outage) is cancelled at once: the
+        partition's next owner sends it, and one still retrying here would send it a second time.
+        """
         tasks = [t for tp in tps for t in self._sends.get(tp, {}).values() if not t.done()]
-        if tasks:
-            log.info("waiting up to %.0fs for %d email(s) in progress", grace, len(tasks))
-            _, unfinished = await asyncio.wait(tasks, timeout=grace)
+        if not tasks:
+            return
+        self._smtp.shut.update(tasks)
+        talking = [t for t in tasks if t in self._smtp.talking]
+        for task in tasks:
+            if task not in self._smtp.talking:
+                task.cancel()
+        if talking:
+            log.info("waiting up to %.0fs for %d email(s) being sent", grace, len(talking))
+            _, unfinished = await asyncio.wait(talking, timeout=grace)
             for task in unfinished:
                 task.cancel()
-            await asyncio.gather(*unfinished, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._smtp.shut.difference_update(tasks)
 
     async def _commit(self, tps: list[TopicPartition]) -> None:
         """Commit, per partition, up to the first terminal event whose email is not settled."""

@@ -92,6 +92,11 @@ class OffsetGuard:
             self.holding = None
             _holders.discard(self)
 
+    @property
+    def current_generation(self) -> int | None:
+        """The consumer generation the guard's positions (`expected`) belong to."""
+        return self._generation
+
     def _follow_generation(self) -> None:
         generation = self.generation()
         if generation != self._generation:
@@ -278,12 +283,15 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
         committed = start if committed is None else max(committed, start)
     if committed is not None and acked[0] > committed:
         return None  # the record at `committed` is still being processed
-    held = held_offset(tp, self.app.consumer_generation_id)
+    generation = self.app.consumer_generation_id
+    held = held_offset(tp, generation)
+    wanted = next_wanted(tp, generation)
     run = 0
     while (
         run < len(acked)
         and (run == 0 or acked[run] == acked[run - 1] + 1)
         and (held is None or acked[run] < held)
+        and (wanted is None or acked[run] < wanted)
     ):
         run += 1
     if run == 0:
@@ -296,6 +304,29 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
 
 # The guards whose agent holds a record now, process-wide like the patch itself.
 _holders: set[OffsetGuard] = set()
+# Every guard of a running agent stream (see `track`).
+_guards: set[OffsetGuard] = set()
+
+
+def track(guard: OffsetGuard) -> None:
+    """Let `guard` bound commits (`next_wanted`) while its agent's stream runs; `untrack` when it ends."""
+    _guards.add(guard)
+
+
+def untrack(guard: OffsetGuard) -> None:
+    _guards.discard(guard)
+    _holders.discard(guard)
+
+
+def next_wanted(tp: TP, generation: int | None) -> int | None:
+    """The lowest offset of `tp` a guard still waits for in consumer `generation`, if any guard tracks it.
+
+    A record the guard drops to read the partition again (a hole before it) is acknowledged by Faust all
+    the same when the stream moves on; without this bound a commit could pass it before it is read again,
+    and a rebalance or a stop then would lose it.
+    """
+    wanted = [g.expected[tp] for g in _guards if g.current_generation == generation and tp in g.expected]
+    return min(wanted, default=None)
 
 
 def held_offset(tp: TP, generation: int | None) -> int | None:

@@ -6,6 +6,8 @@
   and completes on the other worker; an identical request that waited behind it completes too.
 - SMTP down for 60 s while 50 jobs arrive: jobs, cache hits included, keep completing during the outage;
   each email is sent once afterwards.
+- The steward reads its partition again from an older offset (what a rebalance does when a commit was
+  discarded): the jobs' events, built ones and failed ones, end nothing a second time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
@@ -257,3 +260,80 @@ async def test_an_smtp_outage_holds_only_emails_jobs_and_cache_hits_go_on(
     assert sorted(m["To"] for m in sink.messages) == sorted(
         [f"o{n}@example.org" for n in range(45)] + [f"again{n}@example.org" for n in range(5)]
     )
+
+
+async def test_events_read_again_after_a_rebalance_end_no_job_twice(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    service_env: dict[str, str],
+    smtp: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    table = SyntheticTable("again", 3_000, seed=7)
+    port = int(service_env["PACKAGER_PORT"])
+    topics = Topics(topic_prefix)
+    async with serve_ckan({"again": table}) as api_url:
+        with service(["ingress"], service_env, tmp_path / "logs"):
+            wait_for_port(port)
+            with service(["worker"], service_env, tmp_path / "logs") as first:
+                await first.wait_for_output("[^Worker]: Ready")
+                jobs = [
+                    await submit(
+                        port,
+                        "package_datastore",
+                        SECRET,
+                        api_url=api_url,
+                        resource_id="again",
+                        email=f"r{n}@example.org",
+                        limit=str(100 + n),
+                    )
+                    for n in range(4)
+                ]
+                jobs.append(await submit_datastore(port, api_url, "no-such-table", "missing@example.org"))
+                await smtp.wait_for(len(jobs), timeout=90)
+
+                async def outcomes_recorded() -> bool:
+                    events = await read_events(kafka_bootstrap, topics.events)
+                    return {e.job_id for e in events if e.type == "EmailSent"} >= set(jobs)
+
+                await until(outcomes_recorded, 30, "EmailSent missing")
+                first.stop()
+            before = await read_events(kafka_bootstrap, topics.events)
+            assert terminals(before, jobs) == Counter(dict.fromkeys(jobs, 1))
+            await rewind(kafka_bootstrap, f"{topic_prefix}-worker", topics.events)
+
+            with service(["worker"], service_env, tmp_path / "logs") as second:
+
+                async def read_through() -> bool:
+                    ends = await end_offsets(kafka_bootstrap, topics.events)
+                    done = await committed_offsets(
+                        kafka_bootstrap, f"{topic_prefix}-worker", topics.events, len(ends)
+                    )
+                    return all((done.get(p) or 0) >= end for p, end in ends.items())
+
+                try:
+                    await until(read_through, 60, "the restarted worker did not read the events again")
+                except BaseException:
+                    print(second.log())
+                    raise
+
+    after = await read_events(kafka_bootstrap, topics.events)
+    assert terminals(after, jobs) == Counter(dict.fromkeys(jobs, 1)), "a job ended twice"
+    known = {e.event_id for e in before}
+    appended = [(e.type, e.job_id) for e in after if e.event_id not in known and e.job_id in jobs]
+    assert not appended, f"events appended for ended jobs: {appended}"
+    assert len(smtp.messages) == len(jobs)
+    assert emailed_jobs(smtp) == Counter(dict.fromkeys(jobs[:-1], 1))
+
+
+async def rewind(bootstrap: str, group: str, topic: str) -> None:
+    """Move the (empty) group's committed offsets of `topic` back to the start of every partition."""
+    ends = await end_offsets(bootstrap, topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in ends]
+        consumer.assign(tps)
+        await consumer.commit(dict.fromkeys(tps, 0))
+    finally:
+        await consumer.stop()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from packager.domain.events import (
     Envelope,
@@ -136,3 +139,33 @@ def test_an_expiry_decided_before_a_heartbeat_that_was_still_unread_is_ignored()
     assert leases.decide(renewed, expiry, max_attempts=1) is None
     assert leases.apply(renewed, expiry, LEASE_TIME) == renewed
     assert leases.decide(lease, expiry, max_attempts=1) == leases.GiveUp(1)  # not renewed: it counts
+
+
+async def test_the_worker_appends_through_an_idempotent_producer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A produce retried after a lost acknowledgement must not store a terminal event twice."""
+    from faust.transport.consumer import Consumer
+
+    from packager.core.settings import load_settings
+    from streams import offsets
+    from streams.app import create_app, roles_for
+
+    monkeypatch.setattr(Consumer, "_new_offset", Consumer._new_offset)  # create_app patches these
+    monkeypatch.setattr(offsets, "_resume_points", offsets._resume_points)
+    settings = load_settings({}, secret="unit-test-secret-0123456789abcdef", store_directory=str(tmp_path))
+    app = create_app(settings, roles_for(["fast"]))
+    producer = app.producer._new_producer()  # not started: nothing connects
+    try:
+        assert producer._txn_manager is not None, "the producer is not idempotent"
+        assert producer.client._bootstrap_servers == [settings.kafka_bootstrap_servers]
+    finally:
+        await producer.stop()
+
+
+def test_a_job_that_ended_keeps_the_zip_it_ended_with() -> None:
+    failed = PackageFailed(
+        cache_key="ck", resource_id="r", email="e@example.org", ckan_host="h", error="no", error_type="X"
+    )
+    assert leases.ended_zip(at(completed(zip_file_name="job-1.zip"))) == "job-1.zip"
+    assert leases.ended_zip(at(failed)) == ""

@@ -349,3 +349,27 @@ def test_the_worker_app_is_refused_when_a_guarded_agent_has_several_actors(
     monkeypatch.setattr(faust.App, "agent", with_four_stewards)
     with pytest.raises(offsets.AgentConcurrencyError, match=r"steward \(concurrency 4\)"):
         create_app(settings, roles_for(["fast"]))
+
+
+async def test_records_dropped_for_a_re_read_are_not_committed_before_they_are_read_again() -> None:
+    # After a rebalance Faust may hand over records fetched in the old generation (72, 73) before the
+    # partition's committed offset (64). The guard drops them and reads again from 64, but Faust acks them
+    # anyway: a commit must not pass 72 until 72 is read again, or a stop now would lose 72 and 73.
+    log = Partition({0: 64})
+    guard = log.guard()
+    offsets.track(guard)
+    try:
+        assert await admitted(guard, [(0, 72), (0, 73)]) == []
+        assert log.seeks == [(0, 64)]
+        re_read = [(0, o) for o in range(64, 72)]
+        assert await admitted(guard, re_read) == re_read
+        guard.busy = False  # the agent finished 71
+        state = consumer(64, [72, 73, *range(64, 72)])
+        assert _new_offset(state, TP(TOPIC, 0)) == 72
+        state._committed_offset[TP(TOPIC, 0)] = 72
+        assert _new_offset(state, TP(TOPIC, 0)) is None  # 72 and 73 are acked, not read again yet
+        assert await admitted(guard, [(0, 72), (0, 73)]) == [(0, 72), (0, 73)]
+        guard.busy = False
+        assert _new_offset(state, TP(TOPIC, 0)) == 74
+    finally:
+        offsets.untrack(guard)
