@@ -84,7 +84,6 @@ STILL_TOO_LONG: frozenset[str] = frozenset(
         "packager/adapters/ckan.py",  # 579: CKAN client; seams: page parsing, paging modes, retries
         "packager/domain/writers.py",  # 650: one writer per format; seams: text formats, JSON lines, XLSX
         "packager/dev/kafka.py",  # 772: the local broker; seams: Maven classpath, one node, the cluster
-        "streams/app.py",  # 664: the Faust app; seams: the planner, the packers, the steward, the wiring
     }
 )
 

@@ -19,8 +19,8 @@ from packager.domain.events import (
     envelope,
 )
 from projections.jobs import ABANDONED, COMPLETED, RUNNING, JobState, apply
-from streams.app import abandoned
 from streams.handlers import lane_for_rows, plan_lane
+from streams.steward import abandoned
 from tests.unit.samples import completed
 
 REQ = PackageRequested(
