@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from packager import retrying
 from packager.archive import DwcPacker, ZipPacker
 from packager.ckan import DatastoreClient, DatastoreQuery
 from packager.dwc import config_from_settings
@@ -216,8 +217,10 @@ async def _within_job_timeout(build: Awaitable[PackageCompleted], settings: Sett
     files) and fails with a message for the requester."""
     deadline = asyncio.timeout(settings.job_timeout)
     try:
-        async with deadline:
-            return await build
+        # The retries inside (CKAN, URL fetches) know the deadline: they give up rather than wait past it.
+        with retrying.job_deadline(settings.job_timeout):
+            async with deadline:
+                return await build
     except TimeoutError:
         if not deadline.expired():
             raise  # not ours: the unexpected-error path reports it

@@ -20,9 +20,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from packager import retrying
 from packager.errors import EventDecodeError
 from packager.events import decode
 from packager.kafka_log import Topics, ensure_topics
+from packager.retrying import Backoff
 from packager.secrets import keyed_hash
 from packager.settings import Settings
 from projections.jobs import JobState
@@ -151,14 +153,13 @@ class ReadSide:
         write_atomically(self.path, self.model.snapshot())
 
     async def _follow_forever(self) -> None:
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except (KafkaError, OSError) as exc:
-                log.warning("read side lost Kafka (%r); retrying in 2s", exc)
-                await asyncio.sleep(2)
+        # `_follow` returns only by failing; the policy starts it again, for as long as the ingress runs.
+        await retrying.call(
+            "the read side's reading of Kafka",
+            self._follow,
+            backoff=Backoff(first=1.0, cap=5.0),
+            retry_on=(KafkaError, OSError),
+        )
 
     async def _follow(self) -> None:
         topics = Topics(self.settings.topic_prefix)
