@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from packager import retrying
+from packager import metrics, retrying
 from packager.archive import DwcPacker, ZipPacker
 from packager.ckan import DatastoreClient, DatastoreQuery
 from packager.dwc import config_from_settings
@@ -43,6 +43,8 @@ from packager.validation import Resolver, check_url
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Event], Awaitable[None]]
+# What the requester reads when a bug stopped the build: the details are for the operator's log only.
+INTERNAL_FAILURE = "The service failed while preparing this package."
 
 
 @dataclass
@@ -181,8 +183,16 @@ class Build:
         except asyncio.CancelledError:
             raise  # the worker is stopping: the build is released and runs again elsewhere.
         except Exception as exc:
-            log.exception("job failed unexpectedly", extra={"job_id": request.job_id})
-            return _failed(req, f"An internal error stopped the job ({type(exc).__name__}).", "InternalError")
+            # A bug: the operator gets the traceback and a metric; the requester (the failure email, the job's
+            # events) only hears that the service failed, never the exception's text.
+            log.error(
+                "a build failed on an unexpected error: %s",
+                type(exc).__name__,
+                exc_info=exc,
+                extra={"job_id": request.job_id, "lane": self.lane},
+            )
+            metrics.INTERNAL_ERRORS.labels(self.lane).inc()
+            return _failed(req, INTERNAL_FAILURE, "InternalError")
 
     async def _package(self) -> PackageCompleted:
         if self.req.kind == "url":
