@@ -16,8 +16,12 @@ from packager import retrying
 from packager.ckan import DatastoreClient
 from packager.dev.ckan_server import ACTION_PATH, serve_app
 from packager.errors import PackagingError
+from packager.events import Event, PackageFailed, PackageRequested, envelope
 from packager.fetch import download_file
+from packager.jobs import JobContext, run_job
 from packager.retrying import Backoff, GaveUp, Retryable, retry_after_seconds
+from packager.settings import load_settings
+from packager.store import FileStore
 
 CKAN_OK = {"success": True, "result": {"fields": [{"id": "_id", "type": "int"}], "total": 0, "records": []}}
 
@@ -169,3 +173,45 @@ async def test_a_retry_after_past_the_jobs_deadline_fails_the_job_at_once() -> N
     assert time.monotonic() - started < 5.0
     assert "asked to be retried after 600 seconds" in caught.value.message
     assert "HTTP 503" in caught.value.message
+
+
+async def test_a_build_gives_up_at_once_when_ckan_asks_to_wait_past_job_timeout(tmp_path: Path) -> None:
+    async def maintenance(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="maintenance", headers={"Retry-After": "120"})
+
+    settings = load_settings(
+        {},
+        secret="retry-test-secret-0123456789",
+        store_directory=str(tmp_path),
+        allow_private_urls=True,
+        job_timeout=60,
+    )
+    store = FileStore(Path(settings.store_directory), settings.partial_directory)
+    emitted: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        emitted.append(event)
+
+    async def loopback(host: str) -> list[str]:
+        return ["127.0.0.1"]
+
+    app = web.Application()
+    app.router.add_post(ACTION_PATH, maintenance)
+    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+        req = PackageRequested(
+            kind="datastore",
+            cache_key="retry-after-ds",
+            resource_id="r1",
+            email="someone@example.org",
+            ckan_host="127.0.0.1",
+            request={"api_url": url, "resource_id": "r1", "format": "csv", "key_sealed": ""},
+        )
+        ctx = JobContext(
+            settings=settings, session=session, store=store, resolve=loopback, emit=emit, worker="test"
+        )
+        started = time.monotonic()
+        outcome = await run_job(envelope("6a0f5b52-1f7e-4d0c-9a43-3d2b7c1e0f11", req), "fast", ctx)
+    assert time.monotonic() - started < 10.0, "it did not sit out the wait it could never finish"
+    assert isinstance(outcome, PackageFailed)
+    assert outcome.error.startswith(f"CKAN at {url} kept failing (HTTP 503)")
+    assert "asked to be retried after 120 seconds, past the time allowed" in outcome.error
