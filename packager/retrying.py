@@ -107,10 +107,9 @@ def job_deadline(seconds: float) -> Iterator[float]:
         _deadline.reset(token)
 
 
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:  # pragma: no cover - tenacity only retries after a failure
-        return "no error"
-    return str(exc) or type(exc).__name__
+def _describe(exc: BaseException) -> str:
+    """Our own failures read as sentences; a library's (a KafkaError, an OSError) keep their type."""
+    return str(exc) if isinstance(exc, Retryable) else repr(exc)
 
 
 def attempts(
