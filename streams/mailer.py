@@ -31,8 +31,10 @@ from mode import Service
 
 from packager.adapters import metrics
 from packager.adapters.kafka_log import Topics
+from packager.core import retrying
 from packager.core.errors import EventDecodeError
 from packager.core.logs import bind_job
+from packager.core.retrying import Backoff
 from packager.core.settings import Settings
 from packager.domain.events import NOTIFIED_TYPES, EmailFailed, EmailSent, Envelope, decode, encode, envelope
 from streams.handlers import notify
@@ -258,16 +260,18 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         if outcome is None:
             return  # failure notices are turned off
         record = encode(envelope(env.job_id, outcome))
-        delay = 0.5
-        while True:  # the email is out: its outcome must reach the log, however long the broker is away
-            try:
-                assert self._producer is not None
-                await self._producer.send_and_wait(self.topic, record, key=env.cache_key.encode())
-                break
-            except KafkaError as exc:
-                log.warning("email outcome not recorded yet: %r", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+        async def append() -> None:
+            assert self._producer is not None
+            await self._producer.send_and_wait(self.topic, record, key=env.cache_key.encode())
+
+        # The email is out: its outcome must reach the log, however long the broker is away.
+        await retrying.call(
+            "recording the email's outcome",
+            append,
+            backoff=Backoff(first=0.5, cap=10.0),
+            retry_on=(KafkaError,),
+        )
         metrics.record_published(outcome)
 
     async def _read_ahead(self, tp: TopicPartition, start: int) -> None:

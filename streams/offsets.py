@@ -36,7 +36,9 @@ from aiokafka.errors import KafkaError
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
+from packager.core import retrying
 from packager.core.errors import ConfigurationError
+from packager.core.retrying import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +114,17 @@ class OffsetGuard:
 
         Keeps asking while the broker does not answer: the agent cannot get further without it anyway.
         """
-        delay = 0.5
-        while True:
-            try:
-                async with asyncio.timeout(SWEEP_TIMEOUT * 2):
-                    starts = await self.starts(topic, partitions)
-                break
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("cannot read the committed offsets of %s yet: %r", topic, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+        async def committed() -> dict[int, int]:
+            async with asyncio.timeout(SWEEP_TIMEOUT * 2):
+                return await self.starts(topic, partitions)
+
+        starts = await retrying.call(
+            f"read the committed offsets of {topic}",
+            committed,
+            backoff=Backoff(first=0.5, cap=10.0),
+            retry_on=(KafkaError, OSError, TimeoutError),
+        )
         now = time.monotonic()
         for partition, start in starts.items():
             tp = TP(topic, partition)

@@ -7,7 +7,6 @@ agent looks further on in the partition its append goes to: if the event is ther
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,7 +15,9 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from packager.core import retrying
 from packager.core.errors import EventDecodeError
+from packager.core.retrying import Backoff
 from packager.domain.events import Envelope, decode
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,17 @@ class LogReader:
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt` until the brokers answer: the caller cannot go on without the answer."""
-        delay = 0.5
-        while True:
+
+        async def once() -> T:
             try:
                 return await attempt()
-            except (KafkaError, OSError) as exc:
-                log.warning("cannot %s yet: %r", what, exc)
-                await self.close()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            except (KafkaError, OSError):
+                await self.close()  # the next try opens a fresh consumer
+                raise
+
+        return await retrying.call(
+            what, once, backoff=Backoff(first=0.5, cap=5.0), retry_on=(KafkaError, OSError)
+        )
 
     async def end_offset(self, tp: TopicPartition) -> int:
         """The offset the next record appended to `tp` will get."""

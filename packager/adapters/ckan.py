@@ -9,8 +9,10 @@ The client follows the behaviour CKAN documents for `datastore_search`:
   is by `_id`; `cursor`/`next_cursor` when `_backend` is `solr`; `after` when it is `versioned-datastore`;
   otherwise offset paging with a stable sort (`_id` unless the user gave one, with `_id` as tie-break);
 - the API key goes raw in the `Authorization` header;
-- timeouts, connection errors, cut bodies and 5xx are retried with backoff, resuming at the page that
-  failed: a page is only handed on once parsed whole, so no row is written twice or skipped;
+- timeouts, connection errors, cut bodies, 429 and 5xx are retried under the service's retry policy
+  (packager.core.retrying: backoff with jitter, `Retry-After` honoured, within the job's deadline),
+  resuming at the page that failed: a page is only handed on once parsed whole, so no row is written twice
+  or skipped;
 - `success: false`, 403, 404 and 409 raise `CkanError` carrying CKAN's own message;
 - an answer larger than `max_page_bytes` fails the job (a page is held in memory while it is parsed).
 - `records_format=lists` (compact, in column order) except with `q`: CKAN 2.12 refuses `q` together with
@@ -33,7 +35,6 @@ The client follows the behaviour CKAN documents for `datastore_search`:
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import csv
 import gc
@@ -48,21 +49,28 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from packager.core import retrying
 from packager.core.errors import PackagingError
+from packager.core.retrying import Backoff, Retryable, retry_after_seconds
 from packager.domain.emails import human_size
 from packager.domain.numbers import loads_exact, needs_exact_numbers
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Longest wait between two tries, unless the server asks for a longer one with Retry-After.
+BACKOFF_CAP = 30.0
+
+
+def _gave_up(source: str, exc: retrying.GaveUp) -> str:
+    """The requester's explanation of a source that kept failing."""
+    if exc.at_deadline:
+        return f"{source} kept failing ({exc.last}); {exc.reason}"
+    return f"{source} kept failing after {exc.attempts} attempts: {exc.last}"
 
 
 class CkanError(PackagingError):
     """CKAN refused the query; `message` is CKAN's own explanation."""
-
-
-class _Retryable(Exception):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +167,9 @@ class DatastoreClient:
         self._headers = {"Authorization": key} if key else {}
         self._page_size = page_size
         self._attempts = attempts
-        self._backoff = backoff
+        # `backoff` is the first wait; later ones double, up to BACKOFF_CAP, with jitter
+        # (packager.core.retrying).
+        self._backoff = Backoff(first=backoff, cap=max(backoff, BACKOFF_CAP))
         self.retries = 0
 
     async def call(
@@ -170,36 +180,38 @@ class DatastoreClient:
         With `exact_numbers` the answer is parsed by `loads_exact`, keeping every number's digits.
         """
         body = orjson.dumps(params)
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return await self._call_once(api_url, body, exact_numbers)
-            except _Retryable as exc:
-                if attempt == self._attempts:
-                    raise PackagingError(
-                        f"CKAN at {api_url} kept failing after {attempt} attempts: {exc}"
-                    ) from None
-                self.retries += 1
-                delay = self._backoff * 2 ** (attempt - 1)
-                log.warning("datastore_search failed (%s); retry %d in %.1fs", exc, attempt, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return await retrying.call(
+                "datastore_search",
+                lambda: self._call_once(api_url, body, exact_numbers),
+                backoff=self._backoff,
+                max_attempts=self._attempts,
+                deadline=retrying.current_deadline(),
+                on_retry=self._retrying,
+            )
+        except retrying.GaveUp as exc:
+            raise PackagingError(_gave_up(f"CKAN at {api_url}", exc)) from None
+
+    def _retrying(self, exc: BaseException, attempt: int, delay: float) -> None:
+        self.retries += 1
+        log.warning("CKAN request failed (%s); retry %d in %.1fs", exc, attempt, delay)
 
     async def _call_once(self, api_url: str, body: bytes, exact_numbers: bool) -> dict[str, Any]:
         headers = {**self._headers, "Content-Type": "application/json"}
         try:
             async with self._session.post(api_url, data=body, headers=headers) as resp:
                 raw = await self._read_capped(resp)
-                status = resp.status
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise _Retryable(type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
+            raise Retryable(type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
         if status in RETRYABLE_STATUS:
-            raise _Retryable(f"HTTP {status}")
+            raise Retryable(f"HTTP {status}", retry_after=retry_after_seconds(retry_after))
         try:
             doc = loads_exact(raw) if exact_numbers else orjson.loads(raw)
         except ValueError:  # orjson.JSONDecodeError and json.JSONDecodeError are ValueErrors
             if status >= 400:
                 raise CkanError(f"CKAN answered HTTP {status}") from None
-            raise _Retryable(f"HTTP {status} with a body that is not JSON") from None
+            raise Retryable(f"HTTP {status} with a body that is not JSON") from None
         if not isinstance(doc, dict):
             raise CkanError("CKAN's answer is not a JSON object")
         if status >= 400 or doc.get("success") is not True:
@@ -284,41 +296,37 @@ class DatastoreClient:
         columns = info.columns
         converters = [_dump_converter(str(f.get("type") or "")) for f in info.fields]
         done = 0
-        for attempt in range(1, self._attempts + 1):
-            params = _dump_params(query, query.offset + done, wanted - done)
-            try:
-                async with self._session.get(url, params=params, headers=self._headers) as resp:
-                    if resp.status in RETRYABLE_STATUS:
-                        raise _Retryable(f"HTTP {resp.status}")
-                    # CKAN 2.12 sends the CSV as application/octet-stream, named in Content-Disposition.
-                    kind = resp.headers.get("Content-Type", "")
-                    named = resp.headers.get("Content-Disposition", "")
-                    if resp.status != 200 or not ("csv" in kind or '.csv"' in named):
-                        raise _NoDump(f"HTTP {resp.status} {kind}")
-                    async for page in _csv_pages(resp.content, columns, converters, self._page_size):
-                        page = page[: wanted - done]
-                        done += len(page)
-                        if page:
-                            yield page
-                        if done >= wanted:
-                            return
-                return  # a body cut short raises ClientPayloadError; a clean end is the table's end
-            except (
-                aiohttp.ClientConnectionError,
-                aiohttp.ClientPayloadError,
-                TimeoutError,
-                _Retryable,
-            ) as exc:
-                if attempt == self._attempts:
-                    raise PackagingError(
-                        f"CKAN's dump kept failing after {attempt} attempts: {exc}"
-                    ) from None
-                self.retries += 1
-                delay = self._backoff * 2 ** (attempt - 1)
-                log.warning(
-                    "datastore dump failed (%s); retry %d from row %d in %.1fs", exc, attempt, done, delay
-                )
-                await asyncio.sleep(delay)
+        try:
+            async for attempt in retrying.attempts(
+                "CKAN's dump",
+                backoff=self._backoff,
+                retry_on=(aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError, Retryable),
+                max_attempts=self._attempts,
+                deadline=retrying.current_deadline(),
+                on_retry=self._retrying,
+            ):
+                with attempt:
+                    params = _dump_params(query, query.offset + done, wanted - done)
+                    async with self._session.get(url, params=params, headers=self._headers) as resp:
+                        if resp.status in RETRYABLE_STATUS:
+                            asked = retry_after_seconds(resp.headers.get("Retry-After"))
+                            raise Retryable(f"HTTP {resp.status}", retry_after=asked)
+                        # CKAN 2.12 sends the CSV as application/octet-stream, named in Content-Disposition.
+                        kind = resp.headers.get("Content-Type", "")
+                        named = resp.headers.get("Content-Disposition", "")
+                        if resp.status != 200 or not ("csv" in kind or '.csv"' in named):
+                            raise _NoDump(f"HTTP {resp.status} {kind}")
+                        # A retry resumes at row `done`: a page is only handed on once parsed whole.
+                        async for page in _csv_pages(resp.content, columns, converters, self._page_size):
+                            page = page[: wanted - done]
+                            done += len(page)
+                            if page:
+                                yield page
+                            if done >= wanted:
+                                return
+                    return  # a body cut short raises ClientPayloadError; a clean end is the table's end
+        except retrying.GaveUp as exc:
+            raise PackagingError(_gave_up("CKAN's dump", exc)) from None
 
     def _page_limit(self, remaining: int) -> int:
         return min(self._page_size, remaining)

@@ -18,14 +18,18 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from packager.core import retrying
 from packager.core.errors import BadRequestError, PackagingError
+from packager.core.retrying import Backoff, Retryable, retry_after_seconds
 from packager.domain.emails import human_size
 from packager.domain.validation import Resolver, check_url
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+# 429 and 503 may carry a Retry-After, which the retry policy honours (within the job's deadline).
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+BACKOFF = Backoff(first=0.5, cap=30.0)
 
 ProgressCallback = Callable[[int, int | None], Awaitable[None]]
 
@@ -56,13 +60,14 @@ async def download_file(
     max_bytes: int = 0,
     progress: ProgressCallback = _noop_progress,
 ) -> Downloaded:
-    """Stream `url` into `destination`, retrying connection errors and 5xx; fail with a readable message.
+    """Stream `url` into `destination`, retrying connection errors, 429 and 5xx; fail with a readable message.
 
     `max_bytes` (0: no cap) fails the download once the file is known to be larger.
     """
-    for attempt in range(1, attempts + 1):
-        try:
-            return await _download_once(
+    try:
+        return await retrying.call(
+            f"fetch of {url}",
+            lambda: _download_once(
                 session,
                 url,
                 destination,
@@ -72,18 +77,14 @@ async def download_file(
                 max_redirects=max_redirects,
                 max_bytes=max_bytes,
                 progress=progress,
-            )
-        except _Retryable as exc:
-            if attempt == attempts:
-                raise PackagingError(f"The file at {url} could not be fetched: {exc}") from None
-            delay = 0.5 * 2 ** (attempt - 1)
-            log.warning("fetch of %s failed (%s); retry %d in %.1fs", url, exc, attempt, delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-class _Retryable(Exception):
-    pass
+            ),
+            backoff=BACKOFF,
+            max_attempts=attempts,
+            deadline=retrying.current_deadline(),
+        )
+    except retrying.GaveUp as exc:
+        reason = f"; {exc.reason}" if exc.at_deadline else ""
+        raise PackagingError(f"The file at {url} could not be fetched: {exc.last}{reason}") from None
 
 
 async def _download_once(
@@ -112,7 +113,8 @@ async def _download_once(
                     current = current.join(URL(resp.headers["Location"]))
                     continue
                 if resp.status in RETRYABLE_STATUS:
-                    raise _Retryable(f"HTTP {resp.status} {resp.reason}")
+                    asked = retry_after_seconds(resp.headers.get("Retry-After"))
+                    raise Retryable(f"HTTP {resp.status} {resp.reason}", retry_after=asked)
                 if resp.status >= 400:
                     raise PackagingError(
                         f"The file at {url} could not be fetched: HTTP {resp.status} {resp.reason}"
@@ -135,13 +137,13 @@ async def _download_once(
                 finally:
                     await asyncio.to_thread(out.close)
                 if total is not None and done != total:
-                    raise _Retryable(f"connection closed after {done} of {total} bytes")
+                    raise Retryable(f"connection closed after {done} of {total} bytes")
                 return Downloaded(size=done, sha256=digest.hexdigest(), file_name=current.name)
         except aiohttp.SocketTimeoutError:
             # aiohttp's sock_read (FETCH_READ_TIMEOUT): no byte arrived for that long.
-            raise _Retryable(f"the server sent nothing for {session.timeout.sock_read:g} seconds") from None
+            raise Retryable(f"the server sent nothing for {session.timeout.sock_read:g} seconds") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise _Retryable(type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
+            raise Retryable(type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
     raise PackagingError(f"The file at {url} redirects more than {max_redirects} times")
 
 

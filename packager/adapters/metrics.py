@@ -99,6 +99,12 @@ CONSUMER_LAG = Gauge(
     "Records after the worker consumer's position, per assigned topic partition (highwater - position).",
     ["topic", "partition"],
 )
+INTERNAL_ERRORS = Counter(
+    "packager_internal_errors",
+    "Builds stopped by an unexpected error (a bug, not a PackagingError); each is logged at ERROR with its "
+    "traceback, and the requester is told only that the service failed.",
+    ["lane"],
+)
 WORKER_READY = Gauge("packager_worker_ready", "1 while the worker is started, assigned and not rebalancing.")
 
 PACKAGE_ENDPOINTS = frozenset({"/package_url", "/package_datastore", "/package_dwc_archive"})

@@ -21,7 +21,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from packager.adapters.kafka_log import Topics, ensure_topics
+from packager.core import retrying
 from packager.core.errors import EventDecodeError
+from packager.core.retrying import Backoff
 from packager.core.settings import Settings
 from packager.domain.events import decode
 from packager.domain.secrets import keyed_hash
@@ -151,14 +153,13 @@ class ReadSide:
         write_atomically(self.path, self.model.snapshot())
 
     async def _follow_forever(self) -> None:
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except (KafkaError, OSError) as exc:
-                log.warning("read side lost Kafka (%r); retrying in 2s", exc)
-                await asyncio.sleep(2)
+        # `_follow` returns only by failing; the policy starts it again, for as long as the ingress runs.
+        await retrying.call(
+            "the read side's reading of Kafka",
+            self._follow,
+            backoff=Backoff(first=1.0, cap=5.0),
+            retry_on=(KafkaError, OSError),
+        )
 
     async def _follow(self) -> None:
         topics = Topics(self.settings.topic_prefix)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -13,6 +11,8 @@ from typing import Any
 
 import aiosmtplib
 
+from packager.core import retrying
+from packager.core.retrying import Backoff, Retryable
 from packager.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,24 +34,31 @@ async def deliver(
     first_delay: float = 1.0,
     slot: contextlib.AbstractAsyncContextManager[Any] | None = None,
 ) -> Delivery:
-    """Send `message`; retry connection errors and 4xx answers with backoff for `SMTP_RETRY_FOR` seconds.
+    """Send `message`; retry connection errors and 4xx answers for SMTP_RETRY_FOR seconds (core.retrying).
 
     Each attempt holds `slot` (when given) only while it talks to the server, never while it waits to
     retry: one address the server keeps deferring does not hold up the other emails.
     """
-    deadline = time.monotonic() + settings.smtp_retry_for
-    delay, attempt, error = first_delay, 0, ""
-    while True:
-        attempt += 1
-        async with slot or contextlib.nullcontext():
-            error, permanent = await _attempt(settings, message)
-        if not error:
-            return Delivery(ok=True, attempts=attempt)
-        if permanent or time.monotonic() + delay > deadline:
-            return Delivery(ok=False, attempts=attempt, error=error)
-        log.warning("email delivery failed (%s); attempt %d, retry in %.1fs", error, attempt, delay)
-        await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # jitter: retries of many emails spread out
-        delay = min(delay * 2, settings.smtp_retry_max_delay)
+    try:
+        async for attempt in retrying.attempts(
+            "email delivery",
+            # Waits start at `first_delay` and double up to SMTP_RETRY_MAX_DELAY, with jitter: the retries of
+            # many emails spread out.
+            backoff=Backoff(first=first_delay, cap=max(first_delay, settings.smtp_retry_max_delay)),
+            deadline=time.monotonic() + settings.smtp_retry_for,
+        ):
+            with attempt:
+                count = attempt.retry_state.attempt_number
+                async with slot or contextlib.nullcontext():
+                    error, permanent = await _attempt(settings, message)
+                if not error:
+                    return Delivery(ok=True, attempts=count)
+                if permanent:
+                    return Delivery(ok=False, attempts=count, error=error)
+                raise Retryable(error)
+    except retrying.GaveUp as exc:
+        return Delivery(ok=False, attempts=exc.attempts, error=str(exc.last))
+    raise AssertionError("unreachable")  # pragma: no cover - every attempt returns or raises
 
 
 async def _attempt(settings: Settings, message: EmailMessage) -> tuple[str, bool]:

@@ -303,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `packager` command."""
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _dispatch(argv)
+    except ConfigurationError as exc:  # any command (replay, dev up) stops on bad settings in one line
+        _refuse_to_start(exc)
+
+
+def _dispatch(argv: list[str]) -> int:
     # These two hand their options to their own parsers (argparse's REMAINDER drops leading `--x` options).
     if argv[:2] == ["dev", "ckan"]:
         from packager.dev import ckan_server

@@ -9,7 +9,9 @@ then `PACKAGER_<NAME>` environment variables.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 import types
 from collections.abc import Mapping
@@ -144,8 +146,8 @@ class Settings:
     # Largest body of one CKAN `datastore_search` answer, bytes (0: no cap). A page of PAGE_SIZE rows
     # is held in memory while it is parsed, so this bounds a worker's memory per job.
     max_page_bytes: int = 256 * 1024**2
-    # Deflate level of the ZIPs, 1 (fastest) to 9 (smallest). Level 1 packages datastore rows about 30%
-    # faster than 6 for archives about a third larger (docs/benchmarks.md).
+    # Deflate level of the ZIPs, 1 (fastest) to 9 (smallest; 0 stores). Level 1 packages datastore rows about
+    # 30% faster than 6 for archives about a third larger (docs/benchmarks.md).
     zip_compresslevel: int = 1
 
     # Email.
@@ -297,32 +299,118 @@ def load_settings(
 
     values.update(overrides)
     settings = Settings(**values)
+    problems = settings_problems(settings)
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+    return settings
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Range:
+    """The values a numeric setting accepts: `low` to `high` (None: unbounded), `low` excluded if `above`."""
+
+    low: float
+    high: float | None = None
+    above: bool = False
+    unit: str = ""
+    note: str = ""  # what a special value means, e.g. "0: no cap"
+
+    def allows(self, value: float) -> bool:
+        """True when `value` is in the range (NaN and infinities never are)."""
+        if not math.isfinite(value):
+            return False
+        if value <= self.low if self.above else value < self.low:
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        """The range in words, e.g. `1 to 65535`, `more than 0 seconds`, `at least 0 bytes`."""
+        unit = f" {self.unit}" if self.unit else ""
+        note = f"; {self.note}" if self.note else ""
+        if self.high is None:
+            return f"{'more than' if self.above else 'at least'} {_number(self.low)}{unit}{note}"
+        return f"{_number(self.low)} to {_number(self.high)}{unit}{note}"
+
+
+def _number(value: float) -> str:
+    """A bound as an operator would write it: 1000000, not 1e+06."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+POSITIVE_SECONDS = Range(0, above=True, unit="seconds")
+TCP_PORT = Range(1, 65535)
+
+# Every numeric setting and the values it accepts (a test checks that none is missing). A value outside
+# stops the service at start-up, before it serves or builds anything.
+RANGES: dict[str, Range] = {
+    "port": TCP_PORT,
+    "max_body_size": Range(1024, 2**30, unit="bytes"),
+    "partitions": Range(1, 10_000),
+    "replication_factor": Range(1, 100),
+    "kafka_send_timeout": POSITIVE_SECONDS,
+    "cache_time": Range(0, unit="seconds"),
+    "janitor_interval": POSITIVE_SECONDS,
+    # Kafka's group.min/max.session.timeout.ms defaults.
+    "session_timeout": Range(6, 300, unit="seconds"),
+    "lease_time": Range(3, 3600, unit="seconds"),
+    "max_attempts": Range(1, 100),
+    "worker_concurrency": Range(1, 256),
+    "drain_timeout": Range(0, 3600, unit="seconds"),
+    "mail_concurrency": Range(1, 1024),
+    "page_size": Range(1, 1_000_000, unit="rows"),
+    "slow_request": Range(0, unit="rows"),
+    "fetch_connect_timeout": POSITIVE_SECONDS,
+    "fetch_read_timeout": POSITIVE_SECONDS,
+    "fetch_max_redirects": Range(0, 50),
+    "job_timeout": POSITIVE_SECONDS,
+    "max_download_bytes": Range(0, unit="bytes", note="0: no cap"),
+    "max_page_bytes": Range(0, unit="bytes", note="0: no cap"),
+    # zlib's levels: 0 stores, 9 compresses most.
+    "zip_compresslevel": Range(0, 9, note="0 stores without compressing"),
+    "smtp_port": TCP_PORT,
+    "smtp_timeout": POSITIVE_SECONDS,
+    "smtp_retry_for": Range(0, unit="seconds"),
+    "smtp_retry_max_delay": POSITIVE_SECONDS,
+    "metrics_port": Range(0, 65535, note="0: any free port"),
+}
+
+# Kafka's legal topic name characters; the prefix starts every topic's and the consumer group's name.
+_TOPIC_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def settings_problems(settings: Settings) -> list[str]:
+    """Every way `settings` is unusable: one sentence each, naming the setting, its value and the range."""
+    problems = []
+    for name, allowed in RANGES.items():
+        value = getattr(settings, name)
+        if not allowed.allows(value):
+            problems.append(
+                f"Setting {name.upper()}={value!r} is out of range (allowed: {allowed.describe()})"
+            )
     if settings.log_format not in LOG_FORMATS:
-        raise ConfigurationError(f"Setting LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+        problems.append(f"Setting LOG_FORMAT={settings.log_format!r} must be one of {', '.join(LOG_FORMATS)}")
     if settings.log_level.upper() not in LOG_LEVELS:
-        raise ConfigurationError(f"Setting LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-    if not 0 <= settings.metrics_port <= 65535:
-        raise ConfigurationError("Setting METRICS_PORT must be a TCP port (0: any free port)")
+        problems.append(f"Setting LOG_LEVEL={settings.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
     unknown_lanes = set(settings.worker_lanes) - {"fast", "slow"}
     if unknown_lanes:
-        raise ConfigurationError(f"Unknown worker lane(s): {', '.join(sorted(unknown_lanes))}")
-    if settings.job_timeout <= 0:
-        raise ConfigurationError("Setting JOB_TIMEOUT must be a positive number of seconds")
-    for name in ("max_download_bytes", "max_page_bytes"):
-        if getattr(settings, name) < 0:
-            raise ConfigurationError(f"Setting {name.upper()} must be a number of bytes (0: no cap)")
-    if settings.replication_factor < 1:
-        raise ConfigurationError("Setting REPLICATION_FACTOR must be at least 1")
-    if not 6 <= settings.session_timeout <= 300:
-        raise ConfigurationError("Setting SESSION_TIMEOUT must be between 6 and 300 seconds")
-    if not 3 <= settings.lease_time <= 3600:
-        raise ConfigurationError("Setting LEASE_TIME must be between 3 and 3600 seconds")
-    if not 1 <= settings.max_attempts <= 100:
-        raise ConfigurationError("Setting MAX_ATTEMPTS must be between 1 and 100")
-    if not 1 <= settings.worker_concurrency <= 256:
-        raise ConfigurationError("Setting WORKER_CONCURRENCY must be between 1 and 256")
-    if not 0 <= settings.drain_timeout <= 3600:
-        raise ConfigurationError("Setting DRAIN_TIMEOUT must be between 0 and 3600 seconds")
-    if not 1 <= settings.mail_concurrency <= 1024:
-        raise ConfigurationError("Setting MAIL_CONCURRENCY must be between 1 and 1024")
-    return settings
+        problems.append(
+            f"Setting WORKER_LANES names unknown worker lane(s): {', '.join(sorted(unknown_lanes))} "
+            "(allowed: fast, slow)"
+        )
+    for name in ("host", "metrics_host", "kafka_bootstrap_servers", "store_directory", "email_from"):
+        if not getattr(settings, name).strip():
+            problems.append(f"Setting {name.upper()} is empty (allowed: any non-empty value)")
+    if not _TOPIC_PREFIX.fullmatch(settings.topic_prefix):
+        problems.append(
+            f"Setting TOPIC_PREFIX={settings.topic_prefix!r} is not a Kafka topic name "
+            "(allowed: 1 to 200 of the characters A-Z a-z 0-9 . _ -)"
+        )
+    for name in ("download_url_base", "status_url_base"):
+        value = getattr(settings, name)
+        if value and not value.startswith(("http://", "https://")):
+            problems.append(
+                f"Setting {name.upper()}={value!r} is not a URL (allowed: http:// or https://...)"
+            )
+    if settings.smtp_starttls and settings.smtp_tls:
+        problems.append("Settings SMTP_STARTTLS and SMTP_TLS are both on (allowed: one of them at most)")
+    return problems

@@ -19,9 +19,11 @@ from typing import Any
 
 import aiohttp
 
+from packager.adapters import metrics
 from packager.adapters.ckan import DatastoreClient, DatastoreQuery
 from packager.adapters.fetch import download_file
 from packager.adapters.store import FileStore, PublishedFile, safe_file_name, zip_one_file
+from packager.core import retrying
 from packager.core.errors import BadRequestError, PackagingError
 from packager.core.settings import Settings
 from packager.domain.archive import DwcPacker, ZipPacker
@@ -42,6 +44,8 @@ from packager.domain.validation import Resolver, check_url
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Event], Awaitable[None]]
+# What the requester reads when a bug stopped the build: the details are for the operator's log only.
+INTERNAL_FAILURE = "The service failed while preparing this package."
 
 
 @dataclass
@@ -180,8 +184,16 @@ class Build:
         except asyncio.CancelledError:
             raise  # the worker is stopping: the build is released and runs again elsewhere.
         except Exception as exc:
-            log.exception("job failed unexpectedly", extra={"job_id": request.job_id})
-            return _failed(req, f"An internal error stopped the job ({type(exc).__name__}).", "InternalError")
+            # A bug: the operator gets the traceback and a metric; the requester (the failure email, the job's
+            # events) only hears that the service failed, never the exception's text.
+            log.error(
+                "a build failed on an unexpected error: %s",
+                type(exc).__name__,
+                exc_info=exc,
+                extra={"job_id": request.job_id, "lane": self.lane},
+            )
+            metrics.INTERNAL_ERRORS.labels(self.lane).inc()
+            return _failed(req, INTERNAL_FAILURE, "InternalError")
 
     async def _package(self) -> PackageCompleted:
         if self.req.kind == "url":
@@ -216,8 +228,10 @@ async def _within_job_timeout(build: Awaitable[PackageCompleted], settings: Sett
     files) and fails with a message for the requester."""
     deadline = asyncio.timeout(settings.job_timeout)
     try:
-        async with deadline:
-            return await build
+        # The retries inside (CKAN, URL fetches) know the deadline: they give up rather than wait past it.
+        with retrying.job_deadline(settings.job_timeout):
+            async with deadline:
+                return await build
     except TimeoutError:
         if not deadline.expired():
             raise  # not ours: the unexpected-error path reports it

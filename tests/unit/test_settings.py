@@ -1,13 +1,18 @@
-"""Settings: defaults, TOML, environment precedence, and the refusal to run without a secret."""
+"""Settings: defaults, TOML, environment precedence, ranges checked at start-up, a secret required."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
 from packager.core.errors import ConfigurationError
-from packager.core.settings import load_settings
+from packager.core.settings import RANGES, Range, Settings, load_settings
 
 
 def test_defaults_follow_the_original_service() -> None:
@@ -93,3 +98,100 @@ def test_deadlines_and_caps_have_documented_defaults_and_read_their_environment_
 def test_deadlines_and_caps_out_of_range_stop_the_service_naming_the_setting(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=name):
         load_settings({f"PACKAGER_{name}": value})
+
+
+def numeric_settings() -> list[str]:
+    hints = get_type_hints(Settings)
+    return [f.name for f in dataclasses.fields(Settings) if hints[f.name] in (int, float)]
+
+
+def test_every_numeric_setting_has_a_range() -> None:
+    assert sorted(RANGES) == sorted(numeric_settings())
+
+
+def outside(allowed: Range) -> list[float]:
+    """Values just outside `allowed`, on each side it has."""
+    below = allowed.low if allowed.above else allowed.low - 1
+    return [below] + ([allowed.high + 1] if allowed.high is not None else [])
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_each_range_refuses_values_outside_it_and_accepts_its_bounds(name: str) -> None:
+    allowed = RANGES[name]
+    is_int = get_type_hints(Settings)[name] is int
+    for value in outside(allowed):
+        raw = str(int(value)) if is_int else str(value)
+        with pytest.raises(ConfigurationError) as refused:
+            load_settings({f"PACKAGER_{name.upper()}": raw})
+        message = refused.value.message
+        assert message.startswith(f"Setting {name.upper()}=") and raw.removesuffix(".0") in message
+        assert f"(allowed: {allowed.describe()})" in message
+        assert "\n" not in message
+    inside = [allowed.low + 1 if allowed.above else allowed.low]
+    if allowed.high is not None:
+        inside.append(allowed.high)
+    for value in inside:
+        raw = str(int(value)) if is_int else str(value)
+        assert getattr(load_settings({f"PACKAGER_{name.upper()}": raw}), name) == value
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"PACKAGER_ZIP_COMPRESSLEVEL": "42"},
+            "Setting ZIP_COMPRESSLEVEL=42 is out of range (allowed: 0 to 9;",
+        ),
+        ({"PACKAGER_PARTITIONS": "0"}, "Setting PARTITIONS=0 is out of range (allowed: 1 to 10000)"),
+        ({"PACKAGER_PAGE_SIZE": "0"}, "Setting PAGE_SIZE=0 is out of range (allowed: 1 to 1000000 rows)"),
+        ({"PACKAGER_PORT": "99999"}, "Setting PORT=99999 is out of range (allowed: 1 to 65535)"),
+        ({"PACKAGER_SMTP_TIMEOUT": "0"}, "Setting SMTP_TIMEOUT=0.0 is out of range (allowed: more than 0"),
+        ({"PACKAGER_FETCH_READ_TIMEOUT": "inf"}, "Setting FETCH_READ_TIMEOUT=inf is out of range"),
+        ({"PACKAGER_JOB_TIMEOUT": "nan"}, "Setting JOB_TIMEOUT=nan is out of range"),
+        (
+            {"PACKAGER_TOPIC_PREFIX": "my topics"},
+            "Setting TOPIC_PREFIX='my topics' is not a Kafka",
+        ),
+        ({"PACKAGER_KAFKA_BOOTSTRAP_SERVERS": " "}, "Setting KAFKA_BOOTSTRAP_SERVERS is empty"),
+        (
+            {"PACKAGER_STATUS_URL_BASE": "x.org/jobs"},
+            "Setting STATUS_URL_BASE='x.org/jobs' is not",
+        ),
+        (
+            {"PACKAGER_SMTP_TLS": "1", "PACKAGER_SMTP_STARTTLS": "1"},
+            "Settings SMTP_STARTTLS and SMTP_TLS are both on",
+        ),
+        ({"PACKAGER_LOG_FORMAT": "xml"}, "Setting LOG_FORMAT='xml' must be one of json, text"),
+    ],
+)
+def test_bad_values_are_named_with_the_value_and_what_is_allowed(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(env)
+    assert refused.value.message.startswith(expected)
+
+
+def test_every_bad_setting_is_named_at_once() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings({"PACKAGER_PORT": "0", "PACKAGER_MAX_ATTEMPTS": "0"})
+    assert "PORT=0" in refused.value.message and "MAX_ATTEMPTS=0" in refused.value.message
+
+
+@pytest.mark.parametrize("command", ["worker", "ingress"])
+def test_a_bad_setting_stops_the_service_with_one_line_and_no_traceback(command: str, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PACKAGER_SECRET": "unit-test-secret-0123456789abcdef",
+        "PACKAGER_STORE_DIRECTORY": str(tmp_path),
+        # Nothing listens there: the service must stop before it talks to a broker.
+        "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "PACKAGER_ZIP_COMPRESSLEVEL": "42",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "packager", command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "packager: configuration error: Setting ZIP_COMPRESSLEVEL=42 is out of range "
+        "(allowed: 0 to 9; 0 stores without compressing)"
+    ]
