@@ -214,7 +214,7 @@ class Trickle:
 
 @pytest.mark.parametrize("step", [1, 3, 7, 64, 10_000])
 async def test_the_dumps_csv_is_parsed_whole_however_it_is_cut(step: int) -> None:
-    from packager.adapters.ckan import _csv_pages, _dump_converter
+    from packager.adapters.ckan_dump import _csv_pages, _dump_converter
 
     body = (
         '_id,note,ok,tags\r\n1,"two\nlines, and ""quotes""",t,"[""a,b""]"\n2,Zoë 東京 \u2028 x,f,null\n'

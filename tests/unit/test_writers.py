@@ -22,7 +22,7 @@ import pytest
 from openpyxl.utils.escape import unescape
 
 from packager.core.errors import PackagingError
-from packager.domain import writers
+from packager.domain import writers, xlsx_writer
 from packager.domain.numbers import loads_exact
 from packager.domain.writers import RowLimitExceeded, data_file_name, open_writer
 
@@ -446,7 +446,8 @@ def test_writes_to_a_sink_that_only_has_write(fmt: str, sink_type: type[WriteOnl
 def test_xlsx_refuses_more_rows_than_a_worksheet_holds(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(writers, "XLSX_MAX_ROWS", 5)  # the header and four rows of data
+    # The xlsx writer reads its own module's limit; `writers` only re-exports it.
+    monkeypatch.setattr(xlsx_writer, "XLSX_MAX_ROWS", 5)  # the header and four rows of data
     out = io.BytesIO()
     writer = open_writer("xlsx", ["_id"], out, spool_dir=tmp_path)
     writer.write_rows([[1], [2], [3]])
