@@ -1,8 +1,8 @@
 """The chaos campaign in its quick form: every fault kind thrown at the real stack, nothing lost or doubled.
 
-It starts its own 3-node cluster, ingresses, workers, SMTP and CKAN servers (see `benchmarks/chaos.py`),
-runs for at most 5 minutes and is deselected by default; run it with
-`pytest -m chaos tests/integration/test_chaos.py`.
+It starts its own 3-node cluster, ingresses, workers, SMTP and CKAN servers (see `benchmarks/chaos.py`) and
+runs for at most 5 minutes, as part of the normal run (CI included); `pytest -m 'not chaos'` leaves it out,
+`pytest -m chaos tests/integration/test_chaos.py` runs it alone.
 """
 
 from __future__ import annotations
