@@ -27,13 +27,15 @@ JOB_ID: ContextVar[str | None] = ContextVar("job_id", default=None)
 REDACTED = "[REDACTED]"
 
 # `name=value`, `name: value`, `"name": "value"`, `'name': 'value'` for names that carry secrets. A name
-# ending in `key` only counts on its own or as `api_key`/`apikey`, so `cache_key=...` stays readable.
+# ending in `key` only counts on its own or as `api_key`/`apikey`, so `cache_key=...` stays readable. A value
+# already replaced (a configured secret goes first) is matched whole, with whatever follows it: the `]` would
+# otherwise end the value and leave `[REDACTED]]`.
 _NAMED_SECRET = re.compile(
     r"""(?ix)
     (?<![\w-])
     (secret|password|passwd|smtp_password|api[_-]?key|key|key_sealed|token|access_token)
     (["']?\s*[=:]\s*["']?)
-    ([^\s"'&,;}\]]+)
+    (\[REDACTED\][^\s"'&,;}\]]*|[^\s"'&,;}\]]+)
     """
 )
 # An `Authorization` header in any notation, with or without a scheme word.

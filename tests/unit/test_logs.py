@@ -176,3 +176,30 @@ def test_the_ingress_access_line_is_short_and_names_the_job(restore_root_logging
     assert re.fullmatch(r"\S+ POST /package_url\?secret=\[REDACTED\] 200 \d+ 12\.3ms", str(line["msg"]))
     assert SECRET not in str(line)
     assert (line["job_id"], line["status"], line["duration_ms"]) == ("job-42", 200, 12.3)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [f"password={SMTP_PASSWORD}", f"password={SMTP_PASSWORD}tail", "password=not-a-known-one"],
+)
+def test_a_redacted_password_in_the_access_log_reads_exactly_redacted(
+    query: str, restore_root_logging: None
+) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from packager.ingress import AccessLog
+
+    out = capture(load_settings({}, secret=SECRET, smtp_password=SMTP_PASSWORD))
+    request = make_mocked_request("GET", f"/status?{query}&resource_id=r1")
+    AccessLog(logging.getLogger("aiohttp.access"), "").log(request, web.Response(status=200), 0.01)
+    [line] = json_lines(out)
+    assert f"password={REDACTED}&resource_id=r1 200" in str(line["msg"])
+    assert SMTP_PASSWORD not in out.getvalue() and "tail" not in out.getvalue()
+
+
+def test_redacting_twice_changes_nothing() -> None:
+    redact = Redactor([SECRET])
+    once = redact(f"password={SECRET} secret: {SECRET} key='k-123'")
+    assert redact(once) == once
+    assert "]]" not in once
