@@ -29,6 +29,8 @@ DEFAULT_EMAIL_BODY = """Hello,
 The data you requested from {ckan_host} (resource {resource_id}) is ready. Download it here:
 {download_url}
 
+This was job {job_id}; its status page is {status_url}
+
 {doi_body}
 Best wishes,
 The Data Portal Bot
@@ -39,6 +41,7 @@ DEFAULT_EMAIL_BODY_HTML = """<html lang="en">
 <p>Hello,</p>
 <p>The data you requested from {ckan_host} (resource {resource_id}) is ready.
 <a href="{download_url}">Download it here</a>.</p>
+<p>This was job {job_id}; <a href="{status_url}">its status page</a>.</p>
 {doi_body_html}
 <p>Best wishes,<br>The Data Portal Bot</p>
 </body>
@@ -165,7 +168,8 @@ class Settings:
     doi_body_html_file: str = ""
     failure_subject_file: str = ""
     failure_body_file: str = ""
-    # Base of the job status links (`{status_url}`); empty means http://{host}:{port}/jobs.
+    # Base of the job status links (`{status_url}`); empty means DOWNLOAD_URL_BASE with its `/downloads`
+    # replaced by `/jobs` when it ends so (the ingress's own public address), else http://{host}:{port}/jobs.
     status_url_base: str = ""
     smtp_host: str = "localhost"
     smtp_port: int = 25
@@ -206,7 +210,13 @@ class Settings:
     @property
     def status_base(self) -> str:
         """Base URL of job status links, without a trailing slash."""
-        return (self.status_url_base or f"http://{self.host}:{self.port}/jobs").rstrip("/")
+        if self.status_url_base:
+            return self.status_url_base.rstrip("/")
+        download_base = self.download_url_base.rstrip("/")
+        if download_base.endswith("/downloads"):
+            # The ingress's public address serves both (a store behind another server serves only ZIPs).
+            return download_base.removesuffix("/downloads") + "/jobs"
+        return f"http://{self.host}:{self.port}/jobs"
 
     @property
     def partial_directory(self) -> Path:
