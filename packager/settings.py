@@ -196,6 +196,9 @@ class Settings:
     # Operations. LOG_LEVEL is a standard level name; LOG_FORMAT is `json` (one object per line) or `text`.
     log_level: str = "INFO"
     log_format: str = "json"
+    # Identical WARNING and ERROR lines (a client's connection errors while the broker is down) are written
+    # once, then at most once per this many seconds with the count of those left out; 0 writes them all.
+    log_repeat_interval: float = 10.0
     # The worker's metrics and health server (the ingress serves /metrics and /health/* on its own port).
     # Port 0 picks a free port, logged at start.
     metrics_host: str = "127.0.0.1"
@@ -310,6 +313,8 @@ def load_settings(
         raise ConfigurationError(f"Setting LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
     if settings.log_level.upper() not in LOG_LEVELS:
         raise ConfigurationError(f"Setting LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    if not 0 <= settings.log_repeat_interval <= 3600:
+        raise ConfigurationError("Setting LOG_REPEAT_INTERVAL must be between 0 and 3600 seconds")
     if not 0 <= settings.metrics_port <= 65535:
         raise ConfigurationError("Setting METRICS_PORT must be a TCP port (0: any free port)")
     unknown_lanes = set(settings.worker_lanes) - {"fast", "slow"}
