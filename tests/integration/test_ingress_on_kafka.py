@@ -5,6 +5,8 @@ Also: with the broker unreachable the ingress answers 503 JSON quickly instead o
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from packager.dev.kafka import free_port
 from packager.ingress import create_app
-from packager.kafka_log import Topics
+from packager.kafka_log import KafkaEventLog, Topics
+from packager.logs import current_job_id
 from packager.settings import load_settings
+from packager.web_keys import EVENT_LOG
 from tests.integration.support import end_offsets, read_topic
 
 pytestmark = pytest.mark.kafka
@@ -114,3 +118,45 @@ async def test_an_unreachable_broker_is_a_quick_503_and_nothing_hangs(store_dir:
     assert resp.status == 503
     assert body["status"] == "failed" and body["error"] == "ServiceUnavailableError"
     assert elapsed < 15, f"the ingress took {elapsed:.1f}s to give up"
+
+
+class ContextCapture(logging.Handler):
+    """Keeps (logger, message, the job id bound where the line was written) of every record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.name, record.getMessage(), current_job_id()))
+
+
+async def test_the_kafka_clients_tasks_do_not_carry_the_first_jobs_id(client: TestClient) -> None:
+    """The first request starts the producer; its background tasks must not inherit that job's id."""
+    capture = ContextCapture()
+    kafka_logger = logging.getLogger("aiokafka")
+    level = kafka_logger.level
+    kafka_logger.addHandler(capture)
+    kafka_logger.setLevel(logging.DEBUG)
+    try:
+        resp = await client.post("/package_url", data=GOOD)
+        job_id = (await resp.json())["job_id"]
+        assert resp.status == 200
+        after_request = len(capture.seen)
+        # Wake the producer's metadata task (started during the request) from outside any job, and wait for
+        # the line it writes.
+        event_log = client.server.app[EVENT_LOG]
+        assert isinstance(event_log, KafkaEventLog)
+        producer = event_log._producer
+        assert producer is not None
+        await producer.client.force_metadata_update()
+        deadline = time.monotonic() + 10
+        while not any("metadata request" in m for _, m, _ in capture.seen[after_request:]):
+            assert time.monotonic() < deadline, "the producer's metadata task wrote nothing"
+            await asyncio.sleep(0.05)
+    finally:
+        kafka_logger.removeHandler(capture)
+        kafka_logger.setLevel(level)
+    # Lines written by the request itself (its send) are about the job; the client's tasks' lines are not.
+    leaked = [(name, m) for name, m, bound in capture.seen[after_request:] if bound is not None]
+    assert not leaked, f"the client's lines carry job {job_id}: {leaked[:3]}"
