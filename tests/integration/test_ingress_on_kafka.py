@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from packager.dev import kafka as dev_kafka
 from packager.dev.kafka import free_port
 from packager.ingress import create_app
 from packager.kafka_log import KafkaEventLog, Topics
@@ -160,3 +161,57 @@ async def test_the_kafka_clients_tasks_do_not_carry_the_first_jobs_id(client: Te
     # Lines written by the request itself (its send) are about the job; the client's tasks' lines are not.
     leaked = [(name, m) for name, m, bound in capture.seen[after_request:] if bound is not None]
     assert not leaked, f"the client's lines carry job {job_id}: {leaked[:3]}"
+
+
+async def timed_post(client: TestClient) -> tuple[int, float]:
+    started = time.monotonic()
+    resp = await client.post("/package_url", data=GOOD)
+    await resp.read()
+    return resp.status, time.monotonic() - started
+
+
+async def test_with_the_broker_known_down_requests_get_503_within_2s_and_200_once_it_is_back(
+    tmp_path: Path, store_dir: Path, topic_prefix: str
+) -> None:
+    state_dir = tmp_path / "own-broker"  # its own broker, stopped mid-test: the session's is shared
+    broker = await asyncio.to_thread(dev_kafka.start, state_dir, partitions=2)
+    try:
+        send_timeout = 6.0  # over 2 s, so a request that waited for it could not pass
+        settings = load_settings(
+            {},
+            secret=SECRET,
+            kafka_bootstrap_servers=broker.bootstrap_servers,
+            topic_prefix=topic_prefix,
+            partitions=2,
+            store_directory=str(store_dir),
+            kafka_send_timeout=send_timeout,
+        )
+        client = TestClient(TestServer(create_app(settings, resolver=resolver, follow_log=False)))
+        await client.start_server()
+        try:
+            assert (await timed_post(client))[0] == 200
+            await asyncio.to_thread(dev_kafka.halt, state_dir)
+            # The first request after the broker went away finds out (within KAFKA_SEND_TIMEOUT) ...
+            status, seconds = await timed_post(client)
+            assert status == 503 and seconds < send_timeout + 5
+            # ... and from then on the broker is known down: no request waits for it.
+            answers = [await timed_post(client) for _ in range(5)]
+            assert all(s == 503 and t < 2 for s, t in answers), answers
+            await asyncio.to_thread(dev_kafka.resume, state_dir)
+            deadline = time.monotonic() + 60
+            while (status := (await timed_post(client))[0]) != 200:
+                assert status == 503
+                assert time.monotonic() < deadline, "the ingress did not accept requests again"
+                await asyncio.sleep(0.5)
+            records = await read_topic(broker.bootstrap_servers, Topics(topic_prefix).requests)
+            assert len(records) >= 2  # the one before and the one after the outage
+            # Down again, with a record the broker never acknowledged: the ingress still stops.
+            await asyncio.to_thread(dev_kafka.halt, state_dir)
+            assert (await timed_post(client))[0] == 503
+        finally:
+            started = time.monotonic()
+            await client.close()
+            closed_in = time.monotonic() - started
+        assert closed_in < send_timeout + 5, f"the ingress took {closed_in:.1f}s to stop"
+    finally:
+        await asyncio.to_thread(dev_kafka.stop, state_dir)
