@@ -164,7 +164,9 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     bootstrap = os.environ.get("PACKAGER_KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         try:
-            broker = kafka.start(var / "kafka", log=lambda m: print(m, flush=True))
+            # The broker's data outlives the stack (halted below, resumed here), so the jobs, statistics
+            # and ZIP links of an earlier run stay true; `packager dev kafka stop --wipe` empties it.
+            broker, _ = kafka.start_or_resume(var / "kafka", log=lambda m: print(m, flush=True))
         except kafka.BrokerError as exc:
             print(f"packager: cannot start Kafka: {exc}", file=sys.stderr)
             return 2
@@ -255,7 +257,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
                 child.kill()
                 child.wait()
         if started_broker:
-            kafka.stop(var / "kafka")
+            kafka.halt(var / "kafka")
         print("ckanpackager stopped", flush=True)
 
 
