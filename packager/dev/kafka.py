@@ -103,7 +103,7 @@ def classpath_dir(version: str | None = None, *, log: Callable[[str], None] = pr
         f"-DoutputDirectory={staging}",
         "-DincludeScope=runtime",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = _run_saying_progress(cmd, log, "resolving")
     if done.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
         shutil.rmtree(staging, ignore_errors=True)
         raise BrokerError(
@@ -113,6 +113,21 @@ def classpath_dir(version: str | None = None, *, log: Callable[[str], None] = pr
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+def _run_saying_progress(
+    cmd: list[str], log: Callable[[str], None], doing: str, every: float = 10.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` to its end, capturing its output, and say every `every` seconds that it is still going."""
+    started = time.monotonic()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=every)
+                break
+            except subprocess.TimeoutExpired:
+                log(f"  ... still {doing} ({time.monotonic() - started:.0f}s)")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def free_port() -> int:
