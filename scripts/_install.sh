@@ -56,7 +56,9 @@ pip_with_progress() {
           fi
           ;;
         "Installing collected packages"*)
-          echo "  installing $n packages into .venv ($((SECONDS - started))s)..." >&2
+          if [ "$n" -gt 1 ]; then
+            echo "  installing $n packages into .venv ($((SECONDS - started))s)..." >&2
+          fi
           ;;
       esac
     done
