@@ -35,6 +35,12 @@ class ReadModel:
     finished: int = 0
     # Called with every job whose state changed (live progress streams subscribe here).
     on_change: Callable[[JobState], None] | None = None
+    # Names of every ZIP a job completed with, derived from `jobs` (not state of its own): a download that
+    # is gone but was once built was removed (expired, swept or cleared), not never there.
+    zip_names: set[str] = field(default_factory=set, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.zip_names.update(job.zip_file_name for job in self.jobs.values() if job.zip_file_name)
 
     def apply(self, topic: str, partition: int, offset: int, event: Envelope) -> None:
         """Fold one record in and advance the position of its partition."""
@@ -47,6 +53,8 @@ class ReadModel:
         before = self.jobs.get(event.job_id)
         after = job_fold.apply(before, event)
         self.jobs[event.job_id] = after
+        if after.zip_file_name:
+            self.zip_names.add(after.zip_file_name)
         if event.type == "PackageRequested" and (before is None or not before.requested_at):
             self.accepted += 1
         if event.type in TERMINAL_TYPES and (before is None or not before.terminal):

@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packager.domain.zip_entries import PackageZipFile
+
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 COPY_CHUNK = 1024 * 1024
@@ -99,7 +101,7 @@ class FileStore:
 def zip_one_file(source: Path, arcname: str, destination: Path) -> None:
     """Write `source` into a new deflated, ZIP64-capable archive at `destination`, streaming in chunks."""
     with (
-        zipfile.ZipFile(destination, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf,
+        PackageZipFile(destination, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf,
         open(source, "rb") as src,
         zf.open(arcname, "w", force_zip64=True) as dst,
     ):

@@ -16,7 +16,6 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -135,20 +134,10 @@ def cmd_dev_mail(args: argparse.Namespace) -> int:
     return show_latest(Path(args.dir))
 
 
-def _wait_for_port(port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.2)
-    return False
-
-
 def cmd_dev_up(args: argparse.Namespace) -> int:
     """Start broker, mail sink, ingress and worker; stop them all on Ctrl-C or SIGTERM."""
     from packager.dev import kafka
+    from packager.dev.readiness import StackAddresses, StackNotReady, stack_problem, wait_for_stack
 
     var = Path(args.var).resolve()
     var.mkdir(parents=True, exist_ok=True)
@@ -164,7 +153,9 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     bootstrap = os.environ.get("PACKAGER_KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
         try:
-            broker = kafka.start(var / "kafka", log=lambda m: print(m, flush=True))
+            # The broker's data outlives the stack (halted below, resumed here), so the jobs, statistics
+            # and ZIP links of an earlier run stay true; `packager dev kafka stop --wipe` empties it.
+            broker, _ = kafka.start_or_resume(var / "kafka", log=lambda m: print(m, flush=True))
         except kafka.BrokerError as exc:
             print(f"packager: cannot start Kafka: {exc}", file=sys.stderr)
             return 2
@@ -210,13 +201,47 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    names: list[str] = []
+
+    def exited() -> str | None:
+        """The first child that ended, with the end of its log."""
+        for name, child in zip(names, children, strict=True):
+            if child.poll() is not None:
+                tail = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-5:]
+                return f"the {name} exited with status {child.returncode}; the end of its log:\n" + "\n".join(
+                    tail
+                )
+        return None
+
     try:
-        spawn("mailsink", "dev", "mailsink", "--dir", str(var / "mail"), "--port", str(args.mail_port))
-        spawn("ingress", "ingress")
-        spawn("worker", "worker")
-        ready = _wait_for_port(settings.port, 30) and _wait_for_port(args.mail_port, 10)
-        if not ready:
-            print(f"packager: the stack did not come up; see {logs}/", file=sys.stderr)
+        for name, *argv in (
+            ("mailsink", "dev", "mailsink", "--dir", str(var / "mail"), "--port", str(args.mail_port)),
+            ("ingress", "ingress"),
+            ("worker", "worker"),
+        ):
+            spawn(name, *argv)
+            names.append(name)
+        print("Starting the ingress and the worker (they join Kafka's consumer group)...", flush=True)
+        stack = StackAddresses(
+            ingress=f"http://{settings.host}:{settings.port}",
+            secret=secret,
+            worker_health=(
+                f"http://{settings.metrics_host}:{settings.metrics_port}/health/ready"
+                if settings.metrics_port
+                else None
+            ),
+            mail_port=args.mail_port,
+        )
+        try:
+            # "up" means a request would succeed now, not merely that ports are open.
+            wait_for_stack(
+                lambda: stack_problem(stack),
+                exited,
+                timeout=args.ready_timeout,
+                say=lambda m: print(f"  {m}", flush=True),
+            )
+        except StackNotReady as exc:
+            print(f"packager: the stack did not come up: {exc}\nSee {logs}/", file=sys.stderr)
             return 1
         print(
             "\nckanpackager is up\n"
@@ -230,10 +255,9 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             flush=True,
         )
         while not stopping:
-            for child in children:
-                if child.poll() is not None:
-                    print(f"packager: a process exited ({child.args}); see {logs}/", file=sys.stderr)
-                    return 1
+            if (ended := exited()) is not None:
+                print(f"packager: {ended}\nSee {logs}/", file=sys.stderr)
+                return 1
             time.sleep(0.5)
         return 0
     finally:
@@ -255,7 +279,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
                 child.kill()
                 child.wait()
         if started_broker:
-            kafka.stop(var / "kafka")
+            kafka.halt(var / "kafka")
         print("ckanpackager stopped", flush=True)
 
 
@@ -296,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = dev.add_parser("up", help="start the whole stack locally until Ctrl-C")
     up.add_argument("--var", default="var", help="folder for state, mail, zips and logs")
     up.add_argument("--mail-port", type=int, default=8025)
+    up.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for the stack to answer requests (default 180)",
+    )
     up.set_defaults(func=cmd_dev_up)
     return parser
 

@@ -5,6 +5,9 @@ handling a job (`bind_job`), so code deep inside a job needs no extra argument t
 runs on the finished text of every line (message, exception, extra fields): the configured secrets are
 replaced wherever they appear, and so is anything shaped like `secret=...`, `key=...`, `password=...` or an
 `Authorization` header, which covers CKAN API keys that are not known in advance.
+
+Identical warnings and errors are rate-limited (`RepeatFilter`): a Kafka client that cannot reach its broker
+writes the same few lines dozens of times a second, which would bury everything else.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -27,13 +32,15 @@ JOB_ID: ContextVar[str | None] = ContextVar("job_id", default=None)
 REDACTED = "[REDACTED]"
 
 # `name=value`, `name: value`, `"name": "value"`, `'name': 'value'` for names that carry secrets. A name
-# ending in `key` only counts on its own or as `api_key`/`apikey`, so `cache_key=...` stays readable.
+# ending in `key` only counts on its own or as `api_key`/`apikey`, so `cache_key=...` stays readable. A value
+# already replaced (a configured secret goes first) is matched whole, with whatever follows it: the `]` would
+# otherwise end the value and leave `[REDACTED]]`.
 _NAMED_SECRET = re.compile(
     r"""(?ix)
     (?<![\w-])
     (secret|password|passwd|smtp_password|api[_-]?key|key|key_sealed|token|access_token)
     (["']?\s*[=:]\s*["']?)
-    ([^\s"'&,;}\]]+)
+    (\[REDACTED\][^\s"'&,;}\]]*|[^\s"'&,;}\]]+)
     """
 )
 # An `Authorization` header in any notation, with or without a scheme word.
@@ -160,6 +167,59 @@ class TextFormatter(logging.Formatter):
             del record.job
 
 
+class RepeatFilter(logging.Filter):
+    """Lets the first of identical WARNING-or-worse lines through, then at most one per `interval` seconds.
+
+    Lines are identical when logger, level and finished message are. A line let through after others were
+    left out says how many: `... (repeated 57 times)`, also as the field `repeated`. Lower levels (the access
+    log, job progress) always pass.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        *,
+        level: int = logging.WARNING,
+        clock: Callable[[], float] = time.monotonic,
+        max_kinds: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.level = level
+        self._clock = clock
+        self._max_kinds = max_kinds
+        # (logger, level, message) -> [when one was last let through, how many were left out since]
+        self._seen: dict[tuple[str, int, str], list[float]] = {}
+        self._lock = threading.Lock()  # Faust's consumer thread logs too
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """True to write the record (annotated with the count it stands for), False to leave it out."""
+        if record.levelno < self.level or self.interval <= 0:
+            return True
+        message = record.getMessage()
+        key = (record.name, record.levelno, message)
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.interval:
+                seen[1] += 1
+                return False
+            left_out = int(seen[1]) if seen is not None else 0
+            if seen is None and len(self._seen) >= self._max_kinds:
+                self._forget_quiet(now)
+            self._seen[key] = [now, 0]
+        if left_out:
+            record.msg, record.args = f"{message} (repeated {left_out} times)", None
+            record.repeated = left_out
+        return True
+
+    def _forget_quiet(self, now: float) -> None:
+        """Drop the kinds not seen for an interval (or all, if none is), so memory stays bounded."""
+        quiet = [k for k, (at, _) in self._seen.items() if now - at >= self.interval]
+        for k in quiet or list(self._seen):
+            del self._seen[k]
+
+
 def formatter_for(settings: Settings) -> logging.Formatter:
     """The formatter LOG_FORMAT asks for."""
     redact = redactor_for(settings)
@@ -170,6 +230,7 @@ def log_handler(settings: Settings, stream: IO[str] | None = None) -> logging.Ha
     """A handler writing to `stream` (standard error by default) in the configured format."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter_for(settings))
+    handler.addFilter(RepeatFilter(settings.log_repeat_interval))
     return handler
 
 

@@ -31,6 +31,8 @@ DEFAULT_EMAIL_BODY = """Hello,
 The data you requested from {ckan_host} (resource {resource_id}) is ready. Download it here:
 {download_url}
 
+This was job {job_id}; its status page is {status_url}
+
 {doi_body}
 Best wishes,
 The Data Portal Bot
@@ -41,6 +43,7 @@ DEFAULT_EMAIL_BODY_HTML = """<html lang="en">
 <p>Hello,</p>
 <p>The data you requested from {ckan_host} (resource {resource_id}) is ready.
 <a href="{download_url}">Download it here</a>.</p>
+<p>This was job {job_id}; <a href="{status_url}">its status page</a>.</p>
 {doi_body_html}
 <p>Best wishes,<br>The Data Portal Bot</p>
 </body>
@@ -167,7 +170,8 @@ class Settings:
     doi_body_html_file: str = ""
     failure_subject_file: str = ""
     failure_body_file: str = ""
-    # Base of the job status links (`{status_url}`); empty means http://{host}:{port}/jobs.
+    # Base of the job status links (`{status_url}`); empty means DOWNLOAD_URL_BASE with its `/downloads`
+    # replaced by `/jobs` when it ends so (the ingress's own public address), else http://{host}:{port}/jobs.
     status_url_base: str = ""
     smtp_host: str = "localhost"
     smtp_port: int = 25
@@ -195,6 +199,9 @@ class Settings:
     # Operations. LOG_LEVEL is a standard level name; LOG_FORMAT is `json` (one object per line) or `text`.
     log_level: str = "INFO"
     log_format: str = "json"
+    # Identical WARNING and ERROR lines (a client's connection errors while the broker is down) are written
+    # once, then at most once per this many seconds with the count of those left out; 0 writes them all.
+    log_repeat_interval: float = 10.0
     # The worker's metrics and health server (the ingress serves /metrics and /health/* on its own port).
     # Port 0 picks a free port, logged at start.
     metrics_host: str = "127.0.0.1"
@@ -209,7 +216,13 @@ class Settings:
     @property
     def status_base(self) -> str:
         """Base URL of job status links, without a trailing slash."""
-        return (self.status_url_base or f"http://{self.host}:{self.port}/jobs").rstrip("/")
+        if self.status_url_base:
+            return self.status_url_base.rstrip("/")
+        download_base = self.download_url_base.rstrip("/")
+        if download_base.endswith("/downloads"):
+            # The ingress's public address serves both (a store behind another server serves only ZIPs).
+            return download_base.removesuffix("/downloads") + "/jobs"
+        return f"http://{self.host}:{self.port}/jobs"
 
     @property
     def partial_directory(self) -> Path:
@@ -372,6 +385,7 @@ RANGES: dict[str, Range] = {
     "smtp_retry_for": Range(0, unit="seconds"),
     "smtp_retry_max_delay": POSITIVE_SECONDS,
     "metrics_port": Range(0, 65535, note="0: any free port"),
+    "log_repeat_interval": Range(0, 3600, unit="seconds", note="0: every line is written"),
 }
 
 # Kafka's legal topic name characters; the prefix starts every topic's and the consumer group's name.

@@ -6,7 +6,9 @@ The broker's classpath comes from `$KAFKA_HOME/libs` when `KAFKA_HOME` is set; o
 
 `start` formats a fresh storage directory, launches the broker in its own process group, waits until it
 answers a metadata request and records its pid and address in `<state_dir>/broker.json`; `stop` ends it and
-removes its data.
+removes its data. `halt` ends it keeping its data and `resume` starts it again on that data and the same
+ports; `start_or_resume` resumes kept data when there is some. The command line keeps data by default:
+`packager dev kafka stop` halts, `start` resumes, and `--wipe` on either removes the data.
 
 `start_cluster` runs several combined broker+controller nodes from the same jars (replication factor = the
 node count for every topic and internal topic, `min.insync.replicas` = 2 by default), recorded in
@@ -101,7 +103,7 @@ def classpath_dir(version: str | None = None, *, log: Callable[[str], None] = pr
         f"-DoutputDirectory={staging}",
         "-DincludeScope=runtime",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = _run_saying_progress(cmd, log, "resolving")
     if done.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
         shutil.rmtree(staging, ignore_errors=True)
         raise BrokerError(
@@ -111,6 +113,21 @@ def classpath_dir(version: str | None = None, *, log: Callable[[str], None] = pr
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+def _run_saying_progress(
+    cmd: list[str], log: Callable[[str], None], doing: str, every: float = 10.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` to its end, capturing its output, and say every `every` seconds that it is still going."""
+    started = time.monotonic()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=every)
+                break
+            except subprocess.TimeoutExpired:
+                log(f"  ... still {doing} ({time.monotonic() - started:.0f}s)")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def free_port() -> int:
@@ -294,7 +311,8 @@ def halt(state_dir: Path, *, timeout: float = 30.0) -> Broker:
     if not record.exists():
         raise BrokerError(f"no broker is recorded in {state_dir}")
     broker = Broker(**json.loads(record.read_text()))
-    _terminate(broker.pid, timeout)
+    if status(state_dir) is not None:
+        _terminate(broker.pid, timeout)
     return broker
 
 
@@ -327,11 +345,82 @@ def status(state_dir: Path) -> Broker | None:
     if not record.exists():
         return None
     broker = Broker(**json.loads(record.read_text()))
-    try:
-        os.kill(broker.pid, 0)
-    except ProcessLookupError:
+    if not _runs_broker(broker.pid, Path(broker.state_dir) / "server.properties"):
         return None
     return broker
+
+
+def _runs_broker(pid: int, props: Path) -> bool:
+    """Whether `pid` is alive and (where /proc tells) the broker started on `props`.
+
+    A halted broker's pid stays in its record; by the time it is read again the system may have given that
+    number to another process, which must not be taken for the broker, let alone signalled.
+    """
+    if pid <= 0:
+        return False
+    proc = _STARTED.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # another user's process: not a broker this module started
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        return str(props).encode() in cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc here: the pid alone has to do
+
+
+def kept_data(state_dir: Path) -> Broker | None:
+    """The stopped broker whose data `state_dir` keeps (formatted storage), or None."""
+    record = Path(state_dir) / "broker.json"
+    if not record.exists():
+        return None
+    broker = Broker(**json.loads(record.read_text()))
+    if not (Path(broker.data_dir) / "meta.properties").exists():
+        return None
+    return broker
+
+
+def start_or_resume(
+    state_dir: Path,
+    *,
+    port: int | None = None,
+    partitions: int = 8,
+    wipe: bool = False,
+    timeout: float = 90.0,
+    log: Callable[[str], None] = print,
+) -> tuple[Broker, bool]:
+    """The running broker, else the kept one resumed, else a fresh one: (broker, whether data was reused).
+
+    `wipe` removes kept data first (a fresh broker then takes the kept port unless `port` names another).
+    """
+    state_dir = Path(state_dir).resolve()
+    if (running := status(state_dir)) is not None:
+        if wipe:
+            raise BrokerError(f"the broker in {state_dir} is running: stop it before wiping its data")
+        return running, True
+    kept = kept_data(state_dir)
+    if kept is not None and not wipe:
+        if port is not None and port != kept.port:
+            raise BrokerError(
+                f"the data kept in {state_dir} belongs to a broker on port {kept.port}; start without "
+                "--port, or with --wipe to start an empty broker"
+            )
+        log(f"Resuming the Kafka broker on the data kept in {state_dir} (--wipe starts an empty one)")
+        try:
+            return resume(state_dir, timeout=timeout), True
+        except BrokerError as exc:
+            raise BrokerError(f"{exc}\n(--wipe removes the kept data and starts an empty broker)") from None
+    record = state_dir / "broker.json"
+    if record.exists():
+        previous = Broker(**json.loads(record.read_text()))
+        port = port or previous.port
+        _forget(state_dir, Path(previous.data_dir))
+    return start(state_dir, port=port, partitions=partitions, timeout=timeout, log=log), False
 
 
 def _forget(state_dir: Path, data_dir: Path) -> None:
@@ -346,7 +435,7 @@ def stop(state_dir: Path, *, timeout: float = 30.0) -> bool:
     if not record.exists():
         return False
     broker = Broker(**json.loads(record.read_text()))
-    was_running = _terminate(broker.pid, timeout)
+    was_running = status(state_dir) is not None and _terminate(broker.pid, timeout)
     _forget(Path(state_dir), Path(broker.data_dir))
     return was_running
 
@@ -713,7 +802,11 @@ def _parse_metadata(data: bytes) -> tuple[set[int], dict[str, dict[int, int]]]:
 
 
 def main(argv: list[str]) -> int:
-    """`packager dev kafka ACTION [--state-dir D] [--port N] [--nodes N] [--node ID]` (see the choices)."""
+    """`packager dev kafka ACTION [--state-dir D] [--port N] [--wipe] [--nodes N] [--node ID]`.
+
+    A single broker keeps its data across `stop` and `start` unless `--wipe` is given; a cluster's `stop`
+    always removes its data.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="packager dev kafka")
@@ -724,6 +817,11 @@ def main(argv: list[str]) -> int:
         "--nodes", type=int, default=1, help="start a cluster of this many nodes (default 1: one broker)"
     )
     parser.add_argument("--node", type=int, default=None, help="node id for kill-node and restart-node")
+    parser.add_argument(
+        "--wipe",
+        action="store_true",
+        help="start: remove kept data and start an empty broker; stop: remove the data after stopping",
+    )
     args = parser.parse_args(argv)
     state_dir = Path(args.state_dir)
     quiet: Callable[[str], None] = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -734,7 +832,7 @@ def main(argv: list[str]) -> int:
                     raise BrokerError("--port applies to a single broker; a cluster takes free ports")
                 print(start_cluster(state_dir, nodes=args.nodes, log=quiet).bootstrap_servers)
             else:
-                broker = start(state_dir, port=args.port, log=quiet)
+                broker, _ = start_or_resume(state_dir, port=args.port, wipe=args.wipe, log=quiet)
                 print(broker.bootstrap_servers)
         elif args.action in ("kill-node", "restart-node"):
             if args.node is None:
@@ -748,8 +846,21 @@ def main(argv: list[str]) -> int:
         elif args.action == "stop":
             if stop_cluster(state_dir):
                 print("stopped")
+            elif not (state_dir / "broker.json").exists():
+                print("no broker was running")
+            elif args.wipe:
+                was_running = status(state_dir) is not None
+                # The record stays: the next `start` takes the same port, so running clients find the new
+                # (empty) broker where the old one was.
+                shutil.rmtree(halt(state_dir).data_dir, ignore_errors=True)
+                print(f"{'stopped' if was_running else 'no broker was running'}; data removed")
             else:
-                print("stopped" if stop(state_dir) else "no broker was running")
+                was_running = status(state_dir) is not None
+                halt(state_dir)
+                print(
+                    f"{'stopped' if was_running else 'no broker was running'}; its data is kept in "
+                    f"{state_dir} (`start` resumes it, `stop --wipe` removes it)"
+                )
         else:
             cluster = cluster_status(state_dir)
             if cluster is not None:
@@ -763,7 +874,7 @@ def main(argv: list[str]) -> int:
                 return 0
             broker_or_none = status(state_dir)
             if broker_or_none is None:
-                print("not running")
+                print("not running (data kept)" if kept_data(state_dir) else "not running")
                 return 1
             print(broker_or_none.bootstrap_servers)
     except BrokerError as exc:

@@ -16,6 +16,7 @@ import orjson
 
 from packager.domain.dwc import DwcArchiveBuilder, DwcConfig
 from packager.domain.writers import RowWriter, data_file_name, open_writer
+from packager.domain.zip_entries import PackageZipFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,7 @@ class ZipPacker:
     def __init__(
         self, path: Path, fmt: str, columns: Sequence[str], *, spool_dir: Path, compresslevel: int = 6
     ) -> None:
-        self._zip = zipfile.ZipFile(
+        self._zip = PackageZipFile(
             path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=compresslevel
         )
         self.name = data_file_name(fmt)
@@ -90,7 +91,7 @@ class DwcPacker:
         eml: str,
         compresslevel: int = 6,
     ) -> None:
-        self._zip = zipfile.ZipFile(
+        self._zip = PackageZipFile(
             path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=compresslevel
         )
         self._eml = eml

@@ -151,13 +151,22 @@ async def clear_caches(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    """GET /downloads/{name}: serve a finished ZIP (Range requests supported); 410 once past CACHE_TIME."""
+    """GET /downloads/{name}: serve a finished ZIP (Range requests supported).
+
+    410 once past CACHE_TIME, and for a ZIP that was built but is gone (expired and swept, or removed by
+    `/clear_caches`): the requester's link worked once and they need to ask again. 404 for a name never built.
+    """
     name = request.match_info["name"]
     if not _ZIP_NAME.match(name):
         raise web.HTTPNotFound(reason="No such download")
     settings = request.app[SETTINGS]
     path = Path(settings.store_directory) / name
     if not path.is_file():
+        side = request.app.get(READ_SIDE)
+        if side is not None and name in side.model.zip_names:
+            raise web.HTTPGone(
+                reason="This download has expired or was removed; please request the data again"
+            )
         raise web.HTTPNotFound(reason="No such download")
     if time.time() - path.stat().st_mtime > settings.cache_time:
         raise web.HTTPGone(reason="This download has expired; please request the data again")

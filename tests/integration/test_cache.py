@@ -28,6 +28,14 @@ async def post(port: int, path: str, **params: str) -> dict[str, str]:
     return body
 
 
+async def download_status(port: int, name: str) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/downloads/{name}") as resp,
+    ):
+        return resp.status
+
+
 def zips(store_dir: Path) -> list[str]:
     return sorted(p.name for p in store_dir.glob("*.zip"))
 
@@ -80,6 +88,10 @@ async def test_identical_requests_reuse_one_zip_and_clearing_empties_the_cache(
         while zips(store_dir):
             assert time.monotonic() < deadline, "clear_caches left files in the store"
             await asyncio.sleep(0.3)
+        # A cleared link is gone, like an expired one; a name never built is not found.
+        cleared = {name: await download_status(port, name) for name in zips_before}
+        assert cleared == dict.fromkeys(zips_before, 410)
+        assert await download_status(port, "never-built.zip") == 404
         third = (await post(port, "/package_url", email="eve@example.org", **one))["job_id"]
         await smtp.wait_for(5)
 
@@ -132,5 +144,6 @@ async def test_the_janitor_expires_old_packages(
         while (store_dir / f"{job}.zip").exists():
             assert time.monotonic() < deadline, "the janitor did not remove the expired ZIP"
             await asyncio.sleep(0.5)
+        assert await download_status(port, f"{job}.zip") == 410
     expired = [e for e in await events(kafka_bootstrap, topic_prefix) if e.type == "PackageExpired"]
     assert expired and all(e.job_id == job for e in expired)

@@ -36,6 +36,39 @@ def test_completed_email_links_to_the_download() -> None:
     assert "doi.org" not in text
 
 
+def test_completed_email_names_the_job_and_its_status_page() -> None:
+    settings = load_settings(
+        {}, secret="unit-test-secret-0123456789", download_url_base="https://pkg.example.org/downloads/"
+    )
+    job_id = "0b7c6f1e-1d2c-4a52-9e57-5d1f7a9c0b11"
+    text, html = parts(render_completed(settings, job_id, completed()))
+    status_url = f"https://pkg.example.org/jobs/{job_id}"
+    assert f"job {job_id}" in text and status_url in text
+    assert f"job {job_id}" in html and f'href="{status_url}"' in html
+
+
+@pytest.mark.parametrize(
+    ("env", "status_base"),
+    [
+        ({}, "http://127.0.0.1:8765/jobs"),
+        ({"PACKAGER_DOWNLOAD_URL_BASE": "https://pkg.example.org/downloads"}, "https://pkg.example.org/jobs"),
+        # Downloads served by another server (a store behind a CDN): status pages stay on the ingress.
+        ({"PACKAGER_DOWNLOAD_URL_BASE": "https://cdn.example.org/zips"}, "http://127.0.0.1:8765/jobs"),
+        (
+            {
+                "PACKAGER_DOWNLOAD_URL_BASE": "https://pkg.example.org/downloads",
+                "PACKAGER_STATUS_URL_BASE": "https://status.example.org/j/",
+            },
+            "https://status.example.org/j",
+        ),
+    ],
+)
+def test_status_links_follow_the_public_address_of_the_downloads(
+    env: dict[str, str], status_base: str
+) -> None:
+    assert load_settings(env, secret="unit-test-secret-0123456789").status_base == status_base
+
+
 def test_doi_text_appears_only_with_a_doi() -> None:
     text, html = parts(render_completed(SETTINGS, "job-1", completed(doi="10.5072/abc")))
     assert "https://doi.org/10.5072/abc" in text

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import re
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -176,3 +177,98 @@ def test_the_ingress_access_line_is_short_and_names_the_job(restore_root_logging
     assert re.fullmatch(r"\S+ POST /package_url\?secret=\[REDACTED\] 200 \d+ 12\.3ms", str(line["msg"]))
     assert SECRET not in str(line)
     assert (line["job_id"], line["status"], line["duration_ms"]) == ("job-42", 200, 12.3)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [f"password={SMTP_PASSWORD}", f"password={SMTP_PASSWORD}tail", "password=not-a-known-one"],
+)
+def test_a_redacted_password_in_the_access_log_reads_exactly_redacted(
+    query: str, restore_root_logging: None
+) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from packager.http.ingress import AccessLog
+
+    out = capture(load_settings({}, secret=SECRET, smtp_password=SMTP_PASSWORD))
+    request = make_mocked_request("GET", f"/status?{query}&resource_id=r1")
+    AccessLog(logging.getLogger("aiohttp.access"), "").log(request, web.Response(status=200), 0.01)
+    [line] = json_lines(out)
+    assert f"password={REDACTED}&resource_id=r1 200" in str(line["msg"])
+    assert SMTP_PASSWORD not in out.getvalue() and "tail" not in out.getvalue()
+
+
+def test_redacting_twice_changes_nothing() -> None:
+    redact = Redactor([SECRET])
+    once = redact(f"password={SECRET} secret: {SECRET} key='k-123'")
+    assert redact(once) == once
+    assert "]]" not in once
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_repeated_errors_are_written_once_per_interval_with_a_count() -> None:
+    from packager.core.logs import RepeatFilter
+
+    clock = FakeClock()
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(RepeatFilter(10.0, clock=clock))
+    log = logging.getLogger("test.repeats")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        for _ in range(80):  # a second of a client that cannot reach its broker
+            log.error("Unable connect to node with id %d: %s", 1, "Connect call failed")
+            log.error("Unable to update metadata from [1]")
+            log.info("GET /status 200")  # below WARNING: never held back
+            clock.now += 0.0125
+        assert out.getvalue().splitlines() == [
+            "ERROR Unable connect to node with id 1: Connect call failed",
+            "ERROR Unable to update metadata from [1]",
+            *["INFO GET /status 200"] * 80,
+        ]
+        out.truncate(0), out.seek(0)
+        clock.now += 10
+        log.error("Unable connect to node with id %d: %s", 1, "Connect call failed")
+        log.error("Unable connect to node with id %d: %s", 2, "Connect call failed")  # another message
+        assert out.getvalue().splitlines() == [
+            "ERROR Unable connect to node with id 1: Connect call failed (repeated 79 times)",
+            "ERROR Unable connect to node with id 2: Connect call failed",
+        ]
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+        log.setLevel(logging.NOTSET)
+
+
+def test_the_service_handler_holds_back_a_burst_and_says_how_many(restore_root_logging: None) -> None:
+    out = capture(load_settings({}, secret=SECRET, log_repeat_interval=0.2))
+    log = logging.getLogger("aiokafka")
+    for _ in range(500):
+        log.error("Unable to update metadata from [1]")
+    first = json_lines(out)
+    assert len(first) == 1 and first[0]["msg"] == "Unable to update metadata from [1]"
+    deadline = time.monotonic() + 5
+    while len(json_lines(out)) == 1:
+        assert time.monotonic() < deadline, "the held-back line never came through"
+        log.error("Unable to update metadata from [1]")
+    last = json_lines(out)[-1]
+    assert str(last["msg"]).startswith("Unable to update metadata from [1] (repeated ")
+    assert int(last["repeated"]) >= 499  # type: ignore[call-overload]
+
+
+def test_a_zero_interval_writes_every_line(restore_root_logging: None) -> None:
+    out = capture(load_settings({}, secret=SECRET, log_repeat_interval=0))
+    for _ in range(5):
+        logging.getLogger("aiokafka").error("Unable to update metadata from [1]")
+    assert len(json_lines(out)) == 5

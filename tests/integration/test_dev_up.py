@@ -1,0 +1,89 @@
+"""`packager dev up` prints "ckanpackager is up" only once a request would succeed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from packager.dev.kafka import free_port
+from tests.integration.conftest import SECRET
+from tests.integration.support import ROOT
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_up_is_printed_only_when_status_and_requests_succeed(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, file_server: tuple[str, Path]
+) -> None:
+    base_url, folder = file_server
+    (folder / "f.csv").write_bytes(b"a,b\n1,2\n")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PACKAGER_SECRET": SECRET,
+        "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,  # the session's broker: dev up starts none
+        "PACKAGER_TOPIC_PREFIX": topic_prefix,
+        "PACKAGER_PARTITIONS": "2",
+        "PACKAGER_PORT": str(port),
+        "PACKAGER_METRICS_PORT": str(free_port()),
+        "PACKAGER_DRAIN_TIMEOUT": "3",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "packager",
+        "dev",
+        "up",
+        "--var",
+        str(tmp_path / "var"),
+        "--mail-port",
+        str(free_port()),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    printed: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while "ckanpackager is up" not in printed:
+            assert time.monotonic() < deadline, "dev up never said it was up:\n" + "\n".join(printed)
+            line = await asyncio.wait_for(proc.stdout.readline(), deadline - time.monotonic())
+            assert line, "dev up ended:\n" + "\n".join(printed)
+            printed.append(line.decode().rstrip())
+        # Right after "up", as a new user would: the status and a package request both succeed.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/status", params={"secret": SECRET}) as resp:
+                status_body = await resp.json()
+                assert resp.status == 200, status_body
+            assert status_body["worker_count"] >= 1
+            data = {
+                "secret": SECRET,
+                "resource_id": "r1",
+                "resource_url": f"{base_url}/f.csv",
+                "email": "a@example.org",
+            }
+            async with http.post(f"http://127.0.0.1:{port}/package_url", data=data) as resp:
+                assert resp.status == 200, await resp.text()
+        assert any("Starting the ingress and the worker" in line for line in printed)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)  # dev up stops its children, then itself
+            try:
+                await asyncio.wait_for(proc.wait(), 90)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+    rest = (await proc.stdout.read()).decode()
+    assert "ckanpackager stopped" in rest, rest
