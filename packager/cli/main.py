@@ -149,6 +149,20 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             secret_file.chmod(0o600)
         secret = secret_file.read_text().strip()
 
+    env = dict(os.environ)
+    env.update(
+        {
+            "PACKAGER_SECRET": secret,
+            "PACKAGER_SMTP_HOST": "127.0.0.1",
+            "PACKAGER_SMTP_PORT": str(args.mail_port),
+            "PACKAGER_STORE_DIRECTORY": env.get("PACKAGER_STORE_DIRECTORY", str(var / "store")),
+            # The local stack may package files served from this machine (the README's example does).
+            "PACKAGER_ALLOW_PRIVATE_URLS": env.get("PACKAGER_ALLOW_PRIVATE_URLS", "true"),
+        }
+    )
+    # A bad setting stops the stack here, before a broker is started that nothing would stop.
+    load_settings({"PACKAGER_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", **env})
+
     started_broker = False
     bootstrap = os.environ.get("PACKAGER_KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
@@ -161,18 +175,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             return 2
         bootstrap, started_broker = broker.bootstrap_servers, True
 
-    env = dict(os.environ)
-    env.update(
-        {
-            "PACKAGER_SECRET": secret,
-            "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "PACKAGER_SMTP_HOST": "127.0.0.1",
-            "PACKAGER_SMTP_PORT": str(args.mail_port),
-            "PACKAGER_STORE_DIRECTORY": env.get("PACKAGER_STORE_DIRECTORY", str(var / "store")),
-            # The local stack may package files served from this machine (the README's example does).
-            "PACKAGER_ALLOW_PRIVATE_URLS": env.get("PACKAGER_ALLOW_PRIVATE_URLS", "true"),
-        }
-    )
+    env["PACKAGER_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
     settings = load_settings(env)
     python = sys.executable
     children: list[subprocess.Popen[bytes]] = []

@@ -195,3 +195,21 @@ def test_a_bad_setting_stops_the_service_with_one_line_and_no_traceback(command:
         "packager: configuration error: Setting ZIP_COMPRESSLEVEL=42 is out of range "
         "(allowed: 0 to 9; 0 stores without compressing)"
     ]
+
+
+def test_a_bad_setting_stops_the_local_stack_before_it_starts_a_broker(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACKAGER_")}
+    env["PACKAGER_SESSION_TIMEOUT"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "packager", "dev", "up", "--var", str(tmp_path / "var")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "packager: configuration error: Setting SESSION_TIMEOUT=1.0 is out of range "
+        "(allowed: 6 to 300 seconds)"
+    ]
+    assert not (tmp_path / "var" / "kafka").exists(), "a broker was started for a stack that cannot run"
