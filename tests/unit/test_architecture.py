@@ -75,16 +75,6 @@ LAYER_OF_SPECIAL = {"packager": "packager.core", "packager.__main__": "packager.
 MAX_LINES = 500
 """What counts: physical lines (`wc -l`), blank lines, comments and docstrings included; data files aside."""
 
-# Modules still over MAX_LINES. This set may only shrink: split a module along its seams, then remove it
-# here (a test fails while a module listed is no longer too long). Each was being edited for other work
-# when the layout was drawn (the retry policy, the first-hour fixes, the streams engineer's changes), so
-# it is split once that work has landed; the numbers are their lengths then.
-STILL_TOO_LONG: frozenset[str] = frozenset(
-    {
-        "packager/dev/kafka.py",  # 772: the local broker; seams: Maven classpath, one node, the cluster
-    }
-)
-
 
 @dataclass(frozen=True)
 class Module:
@@ -298,16 +288,8 @@ def line_counts() -> dict[str, int]:
 
 
 def test_no_module_is_over_500_lines() -> None:
-    too_long = {path: n for path, n in line_counts().items() if n > MAX_LINES and path not in STILL_TOO_LONG}
+    too_long = {path: n for path, n in line_counts().items() if n > MAX_LINES}
     assert not too_long, (
         f"Modules over {MAX_LINES} lines: {too_long}. Split them along their seams "
         "(docs/architecture.md, 'Module size')."
     )
-
-
-def test_the_list_of_modules_still_too_long_only_shrinks() -> None:
-    counts = line_counts()
-    missing = sorted(path for path in STILL_TOO_LONG if path not in counts)
-    assert not missing, f"STILL_TOO_LONG names modules that no longer exist: {missing}; remove them."
-    fixed = sorted(path for path in STILL_TOO_LONG if counts[path] <= MAX_LINES)
-    assert not fixed, f"{fixed} are now at most {MAX_LINES} lines: remove them from STILL_TOO_LONG."

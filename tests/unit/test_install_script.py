@@ -92,7 +92,7 @@ def test_a_failed_install_shows_the_end_of_pips_output_and_fails(tmp_path: Path)
 
 
 def test_resolving_kafka_from_maven_says_it_is_still_going() -> None:
-    from packager.dev.kafka import _run_saying_progress
+    from packager.dev.kafka_jars import _run_saying_progress
 
     said: list[str] = []
     done = _run_saying_progress(
