@@ -18,8 +18,9 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
+from packager.core import retrying
 from packager.core.errors import UnavailableError
 from packager.domain.events import Envelope, encode
 
@@ -94,6 +95,9 @@ def topic_configs(topics: Topics, name: str) -> dict[str, str]:
     return {}
 
 
+TOPICS_READY_WITHIN = 60.0  # seconds for created topics to be listed by the broker
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     topics: Topics,
@@ -104,37 +108,47 @@ async def ensure_topics(
 ) -> None:
     """Create the service's topics (and `compacted` ones, e.g. table changelogs) if they do not exist.
 
-    Existing topics are left as they are: changing a topic's replication is a reassignment, an operator's
-    job, not something a starting process should do.
+    Returns only once the broker lists every one of them: a worker that subscribed to a changelog the
+    broker does not know yet would see it with 0 partitions, and Faust's co-partitioning check would crash
+    its planner until the worker restarts. A creation the controller did not finish in time (its answer
+    carries the error per topic, it raises nothing) is asked again. Existing topics are left as they are:
+    changing a topic's replication is a reassignment, an operator's job, not a starting process's.
     """
+    configs = {name: topic_configs(topics, name) for name in topics.all()}
+    configs.update({name: {"cleanup.policy": "compact"} for name in compacted})
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()
+
+    async def create_missing() -> None:
+        missing = [name for name in configs if name not in set(await admin.list_topics())]
+        if not missing:
+            return
+        answer = await admin.create_topics(
+            [
+                NewTopic(
+                    name=name,
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    topic_configs=configs[name],
+                )
+                for name in missing
+            ]
+        )
+        # Another process may win the race to create them (TOPIC_ALREADY_EXISTS, 36): there either way.
+        failed = {error[0]: error[1] for error in answer.topic_errors if error[1] not in (0, 36)}
+        listed = set(await admin.list_topics())
+        if failed or not listed.issuperset(missing):
+            still = sorted(set(missing) - listed)
+            raise retrying.Retryable(f"topics not created yet: {still} (error codes {failed})")
+
     try:
-        existing = set(await admin.list_topics())
-        wanted = [
-            NewTopic(
-                name=name,
-                num_partitions=partitions,
-                replication_factor=replication_factor,
-                topic_configs=topic_configs(topics, name),
-            )
-            for name in topics.all()
-            if name not in existing
-        ]
-        wanted += [
-            NewTopic(
-                name=name,
-                num_partitions=partitions,
-                replication_factor=replication_factor,
-                topic_configs={"cleanup.policy": "compact"},
-            )
-            for name in compacted
-            if name not in existing
-        ]
-        if wanted:
-            # Another process may win the race to create them; the topics are there either way.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(wanted)
+        await retrying.call(
+            "creating the topics",
+            create_missing,
+            backoff=retrying.Backoff(first=0.5, cap=5.0),
+            retry_on=(retrying.Retryable, KafkaError),
+            deadline=time.monotonic() + TOPICS_READY_WITHIN,
+        )
     finally:
         await admin.close()
 
