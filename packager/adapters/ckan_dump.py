@@ -1,10 +1,11 @@
 """Reading a query through CKAN's own streaming export, `/datastore/dump/{id}`, for the csv and tsv writers.
 
 A real CKAN 2.12 serves it about five times faster than `datastore_search` pages (PostgreSQL's COPY, no JSON).
-Its cells are handed on as the text those writers write for the pages' values (see `packager.adapters.ckan`);
-the CSV body is parsed a chunk at a time, so memory stays flat. A portal without the dump (404, not CSV,
-another header) raises `NoDump` before the first row, and the client reads pages instead; a dump cut mid-way
-resumes at the row it reached (its sort is stable, `_id` last), under the service's retry policy.
+Its cells are handed on as the text those writers write for the pages' values (see `packager.adapters.ckan`),
+all strings, so the writers render nothing again; the CSV body is parsed a chunk at a time, so memory stays
+flat. A portal without the dump (404, not CSV, another header) raises `NoDump` before the first row, and the
+client reads pages instead; a dump cut mid-way resumes at the row it reached (its sort is stable, `_id`
+last), under the service's retry policy.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from packager.core import retrying
 from packager.core.errors import PackagingError
 from packager.core.retrying import Backoff, Retryable, retry_after_seconds
 from packager.domain.numbers import loads_exact
+from packager.domain.value_text import column_texts
 
 
 async def dump_pages(
@@ -67,8 +69,7 @@ async def dump_pages(
                     if resp.status != 200 or not ("csv" in kind or '.csv"' in named):
                         raise NoDump(f"HTTP {resp.status} {kind}")
                     # A retry resumes at row `done`: a page is only handed on once parsed whole.
-                    async for page in _csv_pages(resp.content, columns, converters, page_size):
-                        page = page[: wanted - done]
+                    async for page in _csv_pages(resp.content, columns, converters, page_size, wanted - done):
                         done += len(page)
                         if page:
                             yield page
@@ -121,36 +122,43 @@ def _dump_params(query: DatastoreQuery, offset: int, limit: int) -> dict[str, st
 _BOOLEAN_TEXT: dict[str, str] = {"t": "true", "f": "false", "": ""}
 
 
-def _json_values(texts: Sequence[str]) -> list[Any]:
-    # One parse of the whole column as a JSON array: a parse per cell costs several times more.
-    return list(loads_exact("[" + ",".join([t or "null" for t in texts]) + "]"))
+def _boolean_texts(texts: Sequence[str]) -> list[str]:
+    return list(map(_BOOLEAN_TEXT.__getitem__, texts))
 
 
-def _dump_converter(column_type: str) -> Callable[[Sequence[str]], Sequence[Any]] | None:
-    """How one column of the dump's CSV becomes cells the csv and tsv writers write as the pages' values.
+def _json_texts(texts: Sequence[str]) -> Sequence[str]:
+    # One exact parse of the whole column as a JSON array (a parse per cell costs several times more), then
+    # the writers' own rendering of those values: compact JSON, a JSON string as its text, null as "".
+    return column_texts(loads_exact("[" + ",".join([t or "null" for t in texts]) + "]"))
 
-    None: the dump's text as it is, which is already what the writers write for the pages' value: PostgreSQL's
-    text of integers, numerics and floats (the same digits as in `datastore_search`'s JSON), dates, times and
-    text (an empty cell is "" where the pages may hold a null: written alike).
+
+def _dump_converter(column_type: str) -> Callable[[Sequence[str]], Sequence[str]] | None:
+    """How one column of the dump's CSV becomes the texts the csv and tsv writers write for the pages' values.
+
+    None: the dump's text as it is, which is already that text: PostgreSQL's text of integers, numerics and
+    floats (the same digits as in `datastore_search`'s JSON), dates, times and text (an empty cell is "" where
+    the pages may hold a null: written alike). Booleans and JSON (and arrays, which CKAN sends as JSON) are
+    rewritten, as texts too: every cell is a string, which the writers use as it is (building Python values
+    for the writers to render again cost more than the parse).
     """
     kind = column_type.strip().lower()
     if kind in ("bool", "boolean"):
-        return lambda texts: list(map(_BOOLEAN_TEXT.__getitem__, texts))
+        return _boolean_texts
     if kind.startswith("_") or kind in ("json", "jsonb"):
-        # Parsed exactly, so the writer writes them as compact JSON as it does the pages' values.
-        return _json_values
+        return _json_texts
     return None
 
 
 async def _csv_pages(
-    stream: aiohttp.StreamReader, columns: list[str], converters: list[Any], page_size: int
-) -> AsyncIterator[list[list[Any]]]:
-    """Pages of converted rows from the dump's CSV body, read a chunk at a time (memory stays flat)."""
+    stream: aiohttp.StreamReader, columns: list[str], converters: list[Any], page_size: int, most: int
+) -> AsyncIterator[list[list[str]]]:
+    """At most `most` converted rows from the dump's CSV body, in pages, read a chunk at a time (memory stays
+    flat)."""
     pending = ""
     header: list[str] | None = None
     rows: list[list[str]] = []
     decoder = codecs.getincrementaldecoder("utf-8")()
-    while True:
+    while most > 0:
         chunk = await stream.read(_DUMP_READ)
         text = pending + decoder.decode(chunk, final=not chunk)
         if chunk:
@@ -163,10 +171,14 @@ async def _csv_pages(
             header = records.pop(0)
             if header != columns:
                 raise NoDump(f"the dump's columns {header} are not the query's {columns}")
+        records = records[:most]
+        most -= len(records)
         rows.extend(records)
-        while len(rows) >= page_size or (not chunk and rows):
-            page, rows = rows[:page_size], rows[page_size:]
-            yield _without_gc(_convert, page, converters)
+        # Whole pages only, until the last: a page is sliced off once, not the rest of the rows each time.
+        whole = len(rows) if not chunk or most <= 0 else len(rows) - len(rows) % page_size
+        for start in range(0, whole, page_size):
+            yield _without_gc(_convert, rows[start : start + page_size], converters)
+        del rows[:whole]
         if not chunk:
             return
 
@@ -202,11 +214,11 @@ def _last_record_end(text: str) -> int:
         end = newline
 
 
-def _convert(rows: list[list[str]], converters: list[Any]) -> list[list[Any]]:
-    if all(convert is None for convert in converters):
-        return rows
-    columns = [
-        column if convert is None else convert(column)
-        for column, convert in zip(zip(*rows, strict=True), converters, strict=True)
-    ]
-    return list(map(list, zip(*columns, strict=True)))
+def _convert(rows: list[list[str]], converters: list[Any]) -> list[list[str]]:
+    """The rows with the columns that have a converter rewritten in place (most have none)."""
+    for index, convert in enumerate(converters):
+        if convert is not None:
+            texts = convert([row[index] for row in rows])
+            for row, text in zip(rows, texts, strict=True):
+                row[index] = text
+    return rows

@@ -9,16 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, BinaryIO
 
 from packager.domain.row_writer import RowWriter
-from packager.domain.value_text import (
-    JSON_OR_NONE,
-    NONE_TYPE,
-    NUMBER_OR_NONE,
-    TEXT_OR_NONE,
-    json_texts,
-    number_texts,
-    text_of,
-    utf8,
-)
+from packager.domain.value_text import column_texts, utf8
 
 
 def _csv_needs_quotes(text: str) -> bool:
@@ -57,15 +48,7 @@ class DelimitedWriter(RowWriter):
         self._sink.write(utf8(line_end.join(map(self.delimiter.join, lines)) + line_end))
 
     def _column_texts(self, column: Sequence[Any]) -> Sequence[str]:
-        types = set(map(type, column))
-        if types <= NUMBER_OR_NONE:  # digits, true, false, nan: never quoted nor escaped
-            return number_texts(column, types)
-        if types <= TEXT_OR_NONE:
-            texts = ["" if value is None else value for value in column] if NONE_TYPE in types else column
-        elif types <= JSON_OR_NONE:
-            texts = json_texts(column)
-        else:
-            texts = list(map(text_of, column))
+        texts = column_texts(column)
         if self.needs_encoding("".join(texts)):
             return self.encode_fields(texts)
         return texts

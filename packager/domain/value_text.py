@@ -3,8 +3,8 @@
 It owns the rules the module docstring of `packager.domain.writers` lists for every text format (None empty,
 numbers as given, booleans `true`/`false`, lists and dicts as compact JSON, lone surrogates as U+FFFD), and
 the fast paths that apply them a column at a time: a column of numbers through one orjson call
-(`number_texts`), a column of lists and dicts through another (`json_texts`). The csv, tsv, JSON lines and
-xlsx writers all use it, so a value is written alike in every format.
+(`number_texts`), a column of lists and dicts through another (`json_texts`), `column_texts` picking one. The
+csv, tsv, JSON lines and xlsx writers all use it, so a value is written alike in every format.
 """
 
 from __future__ import annotations
@@ -152,6 +152,18 @@ def number_texts(column: Sequence[Any], types: set[type]) -> Sequence[str]:
             for text, value in zip(split, column, strict=True)
         ]
     return split
+
+
+def column_texts(column: Sequence[Any]) -> Sequence[str]:
+    """The texts of a column of values in the csv and tsv formats, before any quoting or escaping."""
+    types = set(map(type, column))
+    if types <= NUMBER_OR_NONE:
+        return number_texts(column, types)
+    if types <= TEXT_OR_NONE:
+        return ["" if value is None else value for value in column] if NONE_TYPE in types else column
+    if types <= JSON_OR_NONE:
+        return json_texts(column)
+    return list(map(text_of, column))
 
 
 def json_texts(column: Sequence[Any]) -> Sequence[str]:
