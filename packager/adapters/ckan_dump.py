@@ -171,6 +171,8 @@ async def _csv_pages(
             header = records.pop(0)
             if header != columns:
                 raise NoDump(f"the dump's columns {header} are not the query's {columns}")
+        if len(columns) == 1:  # a one-column row holding null or "" is a blank line, which csv reads as []
+            records = [record or [""] for record in records]
         records = records[:most]
         most -= len(records)
         rows.extend(records)

@@ -232,3 +232,15 @@ async def test_the_dumps_csv_is_parsed_whole_however_it_is_cut(step: int) -> Non
         ["3", "", "", "[]"],
         ["4", "", "true", '["x"]'],
     ]
+
+
+async def test_a_one_column_dump_keeps_its_empty_rows() -> None:
+    # PostgreSQL writes a one-column row holding null as a blank line; it is a row, with one empty cell.
+    from packager.adapters.ckan_dump import _csv_pages, _dump_converter
+
+    body = b"ok\nt\n\nf\n"
+    pages = [
+        page
+        async for page in _csv_pages(Trickle(body, 2), ["ok"], [_dump_converter("bool")], 10, 10)  # type: ignore[arg-type]
+    ]
+    assert [row for page in pages for row in page] == [["true"], [""], ["false"]]
