@@ -205,7 +205,10 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 if left_to_others():
                     await settled_after_freeze()
                     if not still_assigned(message.tp):
-                        continue  # its new owner handles it; this member's offsets for it are refused
+                        # Its new owner handles it. Faust acknowledges it all the same; should the partition
+                        # come back to this member, no commit may pass it before it is read again.
+                        offsets.dropped(message.tp, message.offset)
+                        continue
                 if await guard.admit(message.tp, message.offset):
                     guard.busy = True
                     yield record

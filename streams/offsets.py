@@ -131,6 +131,7 @@ class OffsetGuard:
             if tp not in self.expected:
                 self.expected[tp] = start
                 self.progress_at[tp] = now
+                _handled_below(tp, start)  # the group's commit passed them: another member handled them
 
     def _assigned(self, topic: str) -> list[int]:
         return sorted(tp.partition for tp in self.assigned() if tp.topic == topic)
@@ -177,6 +178,7 @@ class OffsetGuard:
                 self.seeking[tp] = (since, seeks, lowest)
                 return False  # waiting for the re-read partition to reach the missing record
         self.seeking.pop(tp, None)
+        _handled(tp, offset)
         self.expected[tp] = offset + 1
         self.progress_at[tp] = time.monotonic()
         self.holding = (self._generation, tp, offset)
@@ -289,6 +291,8 @@ def _new_offset(self: Consumer, tp: TP) -> int | None:
     generation = self.app.consumer_generation_id
     held = held_offset(tp, generation)
     wanted = next_wanted(tp, generation)
+    if (unhandled := first_dropped(tp)) is not None:
+        wanted = unhandled if wanted is None else min(wanted, unhandled)
     run = 0
     while (
         run < len(acked)
@@ -319,6 +323,35 @@ def track(guard: OffsetGuard) -> None:
 def untrack(guard: OffsetGuard) -> None:
     _guards.discard(guard)
     _holders.discard(guard)
+
+
+# Offsets of records an agent was handed after a freeze for a partition no longer its own (see
+# `streams.app`): acknowledged by Faust, never handled here.
+_dropped: dict[TP, set[int]] = {}
+
+
+def dropped(tp: TP, offset: int) -> None:
+    """Record that the record at `offset` of `tp` was left unhandled; commits stay below it until it is."""
+    _dropped.setdefault(tp, set()).add(offset)
+
+
+def _handled(tp: TP, offset: int) -> None:
+    if (left := _dropped.get(tp)) is not None:
+        left.discard(offset)
+        if not left:
+            del _dropped[tp]
+
+
+def _handled_below(tp: TP, start: int) -> None:
+    if (left := _dropped.get(tp)) is not None:
+        left.difference_update([o for o in left if o < start])
+        if not left:
+            del _dropped[tp]
+
+
+def first_dropped(tp: TP) -> int | None:
+    """The lowest offset of `tp` left unhandled and not read again since, if any."""
+    return min(_dropped.get(tp, ()), default=None)
 
 
 def next_wanted(tp: TP, generation: int | None) -> int | None:

@@ -373,3 +373,29 @@ async def test_records_dropped_for_a_re_read_are_not_committed_before_they_are_r
         assert _new_offset(state, TP(TOPIC, 0)) == 74
     finally:
         offsets.untrack(guard)
+
+
+async def test_a_record_left_to_a_new_owner_is_not_committed_if_the_partition_comes_back() -> None:
+    # After a freeze, a record of a partition no longer this member's is left unhandled (Faust acks it).
+    # If the partition comes back, commits stay below it until it is read again; if the group's commit
+    # already passed it (another member handled it), it no longer holds anything.
+    log = Partition({0: 10})
+    guard = log.guard()
+    offsets.track(guard)
+    try:
+        offsets.dropped(TP(TOPIC, 0), 12)
+        assert await admitted(guard, [(0, 10), (0, 11)]) == [(0, 10), (0, 11)]
+        guard.busy = False
+        state = consumer(10, [10, 11, 12, 13])
+        assert _new_offset(state, TP(TOPIC, 0)) == 12
+        assert await admitted(guard, [(0, 12)]) == [(0, 12)]  # read again, and handled
+        guard.busy = False
+        state._committed_offset[TP(TOPIC, 0)] = 12
+        assert _new_offset(state, TP(TOPIC, 0)) == 13
+        offsets.dropped(TP(TOPIC, 0), 20)
+        log.committed[0] = 30
+        log.generation = 2
+        assert await admitted(guard, [(0, 30)]) == [(0, 30)]
+        assert offsets.first_dropped(TP(TOPIC, 0)) is None
+    finally:
+        offsets.untrack(guard)
