@@ -1,7 +1,7 @@
 """The chaos campaign in its quick form: every fault kind thrown at the real stack, nothing lost or doubled.
 
 It starts its own 3-node cluster, ingresses, workers, SMTP and CKAN servers (see `benchmarks/chaos.py`) and
-runs for at most 5 minutes. It is deselected by default (one lost job in 8 runs since the last fixes, see
+runs for at most 5 minutes. It is deselected by default (one lost job in 10 runs since the last fixes, see
 docs/benchmarks.md); run it with `pytest -m chaos tests/integration/test_chaos.py`.
 """
 
