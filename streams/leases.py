@@ -14,6 +14,11 @@ and when build n is lost (its worker died or stopped answering) or given back (a
     ... -> LeaseExpired(n) or PackageReleased(n) -> PackageQueued(n + 1) -> ...
     ... -> LeaseExpired(n), n lost builds in all = MAX_ATTEMPTS -> PackageFailed
 
+A build can also be lost before it starts: its lane record was read and passed (the worker group's
+committed offset is beyond it) with no PackageStarted, say by a worker frozen in the middle of it. The
+watchdog then appends a LeaseExpired with no `lease_until` for the queued attempt (`stalled_in_queue`
+picks the candidates; the committed offset decides), and the job is dispatched again like a lost build.
+
 Only the steward appends a built job's terminal event, and only for the build that holds the lease, so a
 build that carries on after losing it (a worker resumed after SIGSTOP) cannot end the job a second time.
 Deadlines come from event time (`occurred_at`, `lease_until`): a replay of the log rebuilds the same leases.
@@ -66,6 +71,7 @@ def apply(lease: dict[str, Any] | None, env: Envelope, lease_time: float) -> dic
                     "worker": "",
                     "until": 0.0,
                     "lost": lost,
+                    "since": epoch(env.occurred_at),
                 }
         case PackageStarted(attempt=attempt, worker=worker, lease_until=until):
             if lease is not None and attempt == lease["attempt"] and lease["state"] in (QUEUED, BUILDING):
@@ -75,12 +81,7 @@ def apply(lease: dict[str, Any] | None, env: Envelope, lease_time: float) -> dic
             if lease is not None and attempt == lease["attempt"] and lease["state"] == BUILDING:
                 return {**lease, "until": max(lease["until"], epoch(env.occurred_at) + lease_time)}
         case LeaseExpired(attempt=attempt):
-            if (
-                lease is not None
-                and attempt == lease["attempt"]
-                and lease["state"] == BUILDING
-                and not renewed_since(lease, p)
-            ):
+            if lease is not None and attempt == lease["attempt"] and expires(lease, p):
                 return {**lease, "state": LOST, "lost": lease["lost"] + 1}
         case PackageReleased(attempt=attempt):
             if lease is not None and attempt == lease["attempt"] and lease["state"] in (QUEUED, BUILDING):
@@ -91,10 +92,20 @@ def apply(lease: dict[str, Any] | None, env: Envelope, lease_time: float) -> dic
     return lease
 
 
+def expires(lease: dict[str, Any], expiry: LeaseExpired) -> bool:
+    """True when `expiry` ends the lease's attempt.
+
+    With a `lease_until`, the watchdog saw a build go silent: it holds unless a heartbeat read since moved
+    the deadline on. Without, it saw the queued attempt's lane record passed with no start: it holds
+    unless the build's PackageStarted was read since after all (the build then goes on normally).
+    """
+    if not expiry.lease_until:
+        return bool(lease["state"] == QUEUED)
+    return lease["state"] == BUILDING and not renewed_since(lease, expiry)
+
+
 def renewed_since(lease: dict[str, Any], expiry: LeaseExpired) -> bool:
     """True when a heartbeat read after the watchdog decided moved the deadline past the one it saw."""
-    if not expiry.lease_until:
-        return False
     return bool(lease["until"] > epoch(expiry.lease_until) + 0.001)
 
 
@@ -162,10 +173,8 @@ def decide(before: dict[str, Any] | None, env: Envelope, max_attempts: int) -> A
             if state in (QUEUED, BUILDING) or (state == BUILT and before.get("zip") == proposed_zip(p)):
                 return End(proposed_terminal(p))
             return Discard(proposed_zip(p))
-        case LeaseExpired(attempt=attempt) if state == LOST or (
-            state == BUILDING and not renewed_since(before, p)
-        ):
-            lost = before["lost"] + (1 if state == BUILDING else 0)
+        case LeaseExpired(attempt=attempt) if state == LOST or expires(before, p):
+            lost = before["lost"] + (0 if state == LOST else 1)
             return GiveUp(lost) if lost >= max_attempts else Dispatch(before["lane"], attempt + 1)
         case PackageReleased(attempt=attempt) if state in (QUEUED, BUILDING, RELEASED):
             return Dispatch(before["lane"], attempt + 1)
@@ -194,6 +203,15 @@ def proposed_terminal(built: PackageBuilt) -> Event:
 def expired(lease: dict[str, Any], now: float) -> bool:
     """True when a build holds the lease and sent no heartbeat before its deadline."""
     return lease["state"] == BUILDING and now > lease["until"]
+
+
+def stalled_in_queue(lease: dict[str, Any], now: float, after: float) -> bool:
+    """True when the attempt has been queued for more than `after` seconds with no build started.
+
+    Only a candidate: a long queue is normal on a busy lane. The watchdog asks the worker group's
+    committed offset whether the lane record was passed before it expires the attempt.
+    """
+    return lease["state"] == QUEUED and now - float(lease.get("since", 0.0)) > after
 
 
 def gave_up(request: PackageRequested, lost: int) -> PackageFailed:

@@ -108,3 +108,24 @@ class LogReader:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+async def committed_offsets(
+    bootstrap: str, group: str, tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The offsets `group` has committed on `tps` (partitions with no commit are left out).
+
+    One try, with a consumer that asks the group's coordinator without joining the group: a caller on a
+    timer asks again at its next tick rather than wait here while the brokers are away.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        found = {}
+        for tp in tps:
+            offset = await consumer.committed(TopicPartition(tp.topic, tp.partition))
+            if offset is not None:
+                found[tp] = int(offset)
+        return found
+    finally:
+        await consumer.stop()

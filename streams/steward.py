@@ -46,7 +46,7 @@ from streams import leases
 from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
 from streams.handlers import plan_lane
 from streams.packers import ATTEMPT_HEADER
-from streams.readahead import LogReader
+from streams.readahead import LogReader, committed_offsets
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,14 @@ def add_planner_and_steward(
     # Once the terminal event is read back, the entry becomes the job's end mark, kept for ENDED_KEPT:
     # records of the job read again after a rebalance must not bring its lease back to life.
     ending = app.Table("ending", default=None, partitions=settings.partitions)
+    # job id -> where its current attempt's lane record is (attempt, topic, partition, offset): the watchdog
+    # compares it with the worker group's committed offset to find builds lost before they started.
+    lane_records = app.Table("lane_records", default=None, partitions=settings.partitions)
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
     events_name = events_topic.get_topic_name()
     seen: dict[int, int] = {}  # events partition -> the last offset the steward handled
     expiring: set[tuple[str, int]] = set()  # LeaseExpired appended, not yet read back
+    stalled: dict[tuple[str, int], float] = {}  # queued attempts whose lane record looked passed, since when
     pruned: dict[int, float] = {}  # events partition -> when its old end marks were last dropped
 
     async def end_once(job_id: str, key: str, terminal: Event, partition: int) -> None:
@@ -146,7 +150,13 @@ def add_planner_and_steward(
         fut = await lane_topics[lane].send(
             key=key.encode(), value=record.encode(), headers={ATTEMPT_HEADER: str(attempt).encode()}
         )
-        await fut
+        where = await fut
+        lane_records[job_id] = {
+            "attempt": attempt,
+            "topic": lane_topics[lane].get_topic_name(),
+            "partition": where.partition,
+            "offset": where.offset,
+        }
 
     @app.agent(requests_topic, name="planner")
     async def planner(stream: faust.StreamT) -> None:
@@ -230,6 +240,8 @@ def add_planner_and_steward(
         if env.type in TERMINAL_TYPES:
             if job_id in kept:
                 del kept[job_id]
+            if job_id in lane_records:
+                del lane_records[job_id]
             mark = {"ended": True, "zip": leases.ended_zip(env), "at": time.time(), "partition": partition}
             ending[job_id] = mark
             return True
@@ -305,23 +317,51 @@ def add_planner_and_steward(
                 continue
             await app.producer.flush()
 
-    def caught_up(partition: int) -> bool:
-        """True when the steward has read its partition to (nearly) the end: its leases are current."""
+    async def caught_up(partitions: set[int]) -> set[int]:
+        """Those of `partitions` (assigned here) the steward has read to (nearly) the end: leases are current.
+
+        A partition it has read nothing of since this worker started resumed at the group's committed
+        offset, so it is caught up when that offset is at the end (a quiet partition taken over).
+        """
+        ends: dict[int, int] = {}
+        for partition in partitions:
+            try:
+                end = app.consumer.highwater(TP(events_name, partition))
+            except (AssertionError, KafkaError):
+                continue
+            if end is not None:
+                ends[partition] = end
+        unseen = [TopicPartition(events_name, p) for p in ends if p not in seen]
         try:
-            end = app.consumer.highwater(TP(events_name, partition))
-        except (AssertionError, KafkaError):
-            return False
-        return end is not None and seen.get(partition, -1) >= end - 20
+            resumed = (
+                await committed_offsets(settings.kafka_bootstrap_servers, app.conf.id, unseen)
+                if unseen
+                else {}
+            )
+        except (KafkaError, OSError) as exc:
+            log.warning("could not read the worker group's committed offsets: %r", exc)
+            resumed = {}
+        position = {p: seen[p] for p in ends if p in seen} | {
+            tp.partition: at - 1 for tp, at in resumed.items()
+        }
+        return {p for p, end in ends.items() if p in position and position[p] >= end - 20}
 
     @app.timer(interval=min(2.0, settings.lease_time / 6))
     async def watchdog() -> None:
         """Append LeaseExpired for every build of this worker's partitions that went silent."""
         now = time.time()
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_name}
-        for job_id, lease in list(lease_table.items()):
-            if not lease or not leases.expired(lease, now) or (job_id, lease["attempt"]) in expiring:
-                continue
-            if lease["partition"] not in assigned or not caught_up(lease["partition"]):
+        silent = {
+            job_id: lease
+            for job_id, lease in list(lease_table.items())
+            if lease
+            and leases.expired(lease, now)
+            and (job_id, lease["attempt"]) not in expiring
+            and lease["partition"] in assigned
+        }
+        current = await caught_up({lease["partition"] for lease in silent.values()}) if silent else set()
+        for job_id, lease in silent.items():
+            if lease["partition"] not in current:
                 continue
             bind_job(job_id)
             log.warning("build %d on %s sent no heartbeat in time", lease["attempt"], lease["worker"])
@@ -336,6 +376,68 @@ def add_planner_and_steward(
                 continue
             expiring.add((job_id, lease["attempt"]))
         bind_job(None)
+
+    @app.timer(interval=max(2.0, min(10.0, settings.lease_time / 3)))
+    async def queue_watch() -> None:
+        """Expire queued attempts whose lane record the worker group passed without starting the build.
+
+        A candidate (`leases.stalled_in_queue`) whose lane record is behind the group's committed offset,
+        or was never recorded, at two ticks in a row gets a LeaseExpired with no `lease_until`; the
+        steward then dispatches it again. Asking twice leaves time for a PackageStarted already in the
+        log to be read (the packer appends it before it moves past the record).
+        """
+        now = time.time()
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_name}
+        candidates = {
+            job_id: lease
+            for job_id, lease in list(lease_table.items())
+            if lease
+            and leases.stalled_in_queue(lease, now, settings.lease_time)
+            and lease["partition"] in assigned
+        }
+        current = (
+            await caught_up({lease["partition"] for lease in candidates.values()}) if candidates else set()
+        )
+        candidates = {job_id: lease for job_id, lease in candidates.items() if lease["partition"] in current}
+        if not candidates:
+            stalled.clear()
+            return
+        records = {job_id: lane_records.get(job_id) for job_id in candidates}
+        known = {
+            job_id: TopicPartition(at["topic"], at["partition"])
+            for job_id, at in records.items()
+            if at is not None and at["attempt"] == candidates[job_id]["attempt"]
+        }
+        try:
+            group = app.conf.id
+            committed = await committed_offsets(
+                settings.kafka_bootstrap_servers, group, sorted(set(known.values()))
+            )
+        except (KafkaError, OSError) as exc:  # a timer that raises stops the worker: ask at the next tick
+            log.warning("could not read the worker group's committed offsets: %r", exc)
+            return
+        passed: dict[tuple[str, int], float] = {}
+        for job_id, lease in candidates.items():
+            at = records[job_id]
+            if job_id in known and committed.get(known[job_id], -1) <= at["offset"]:  # type: ignore[index]
+                continue  # still ahead of its lane's consumers: the lane is busy, not stuck
+            attempt = lease["attempt"]
+            first = stalled.get((job_id, attempt))
+            passed[(job_id, attempt)] = first or now
+            if first is None or (job_id, attempt) in expiring:
+                continue  # seen passed once: ask again at the next tick
+            bind_job(job_id)
+            log.warning("build %d was passed in its lane without starting; queueing it again", attempt)
+            lost = LeaseExpired(cache_key=lease["key"], attempt=attempt, worker="", lease_until="")
+            try:
+                await publish(events_topic, job_id, lease["key"], lost)
+            except KafkaError as exc:
+                log.warning("LeaseExpired not appended yet: %r", exc)
+                continue
+            expiring.add((job_id, attempt))
+        bind_job(None)
+        stalled.clear()
+        stalled.update(passed)
 
     @app.task
     async def sweep_at_start() -> None:

@@ -151,7 +151,11 @@ class PackageBuilt(Event):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LeaseExpired(Event):
-    """Build `attempt` sent no heartbeat before `lease_until`: its worker is taken for lost."""
+    """Build `attempt` sent no heartbeat before `lease_until`: its worker is taken for lost.
+
+    With `lease_until` and `worker` empty, the attempt never started: its lane record was passed (the
+    worker group committed beyond it) with no PackageStarted, so it is queued again all the same.
+    """
 
     TYPE: ClassVar[str] = "LeaseExpired"
     cache_key: str

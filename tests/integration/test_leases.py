@@ -6,6 +6,8 @@
   and completes on the other worker; an identical request that waited behind it completes too.
 - SMTP down for 60 s while 50 jobs arrive: jobs, cache hits included, keep completing during the outage;
   each email is sent once afterwards.
+- A queued build whose lane record the worker group passed without starting it (what a worker frozen in
+  the middle of a record can leave): the watchdog queues it again and it completes once.
 - The steward reads its partition again from an older offset (what a rebalance does when a commit was
   discarded): the jobs' events, built ones and failed ones, end nothing a second time.
 """
@@ -188,6 +190,77 @@ async def test_a_builder_killed_for_good_loses_its_lease_and_another_attempt_com
     [shared] = of_job(events, second, "PackageCompleted")
     assert shared.payload.cached_from == first  # type: ignore[attr-defined]
     assert sorted(m["To"] for m in smtp.messages) == ["first@example.org", "second@example.org"]
+
+
+async def pass_lane_records(bootstrap: str, group: str, topic: str) -> None:
+    """Commit `group`'s offsets on every partition of `topic` at its end, as if its records were handled.
+
+    Only possible while the group has no members: tried until the stopped worker has left it.
+    """
+    ends = await end_offsets(bootstrap, topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = {TopicPartition(topic, p): end for p, end in ends.items()}
+        consumer.assign(list(tps))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await consumer.commit(tps)
+                return
+            except Exception:  # the group is not empty yet (the worker is still leaving it)
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1)
+    finally:
+        await consumer.stop()
+
+
+async def test_a_queued_build_passed_in_its_lane_without_starting_is_queued_again_and_completes_once(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    service_env: dict[str, str],
+    smtp: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    table = SyntheticTable("passed", 300, seed=9)
+    env = {**service_env, "PACKAGER_LEASE_TIME": "6"}
+    port = int(env["PACKAGER_PORT"])
+    topics = Topics(topic_prefix)
+    async with serve_ckan({"passed": table}) as api_url:
+        with service(["ingress"], env, tmp_path / "logs"):
+            wait_for_port(port)
+            # A worker that plans but builds nothing on the fast lane: the job's lane record waits there.
+            with service(["worker"], {**env, "PACKAGER_WORKER_LANES": "slow"}, tmp_path / "logs") as planner:
+                await planner.wait_for_output("[^Worker]: Ready")
+                job = await submit_datastore(port, api_url, "passed", "passed@example.org")
+                await wait_for_event(
+                    kafka_bootstrap, topic_prefix, lambda e: e.job_id == job and e.type == "PackageQueued"
+                )
+
+                async def dispatched() -> bool:
+                    return sum((await end_offsets(kafka_bootstrap, topics.lane("fast"))).values()) == 1
+
+                await until(dispatched, 30, "the job's lane record was not written")
+            # The record is passed with no PackageStarted: nothing but the watchdog can bring the job back.
+            await pass_lane_records(kafka_bootstrap, f"{topic_prefix}-worker", topics.lane("fast"))
+            with service(["worker"], env, tmp_path / "logs") as builder:
+                try:
+                    await smtp.wait_for(1, timeout=120)
+                except TimeoutError:
+                    pytest.fail(f"the passed build was not queued again.\n{builder.log()}")
+                await until(
+                    lambda: _has_email_outcome(kafka_bootstrap, topic_prefix, job), 30, "no EmailSent"
+                )
+
+    events = await read_events(kafka_bootstrap, topics.events)
+    assert terminals(events, [job]) == {job: 1}
+    [expired] = of_job(events, job, "LeaseExpired")
+    assert (expired.payload.attempt, expired.payload.lease_until) == (1, "")  # type: ignore[attr-defined]
+    assert [e.payload.attempt for e in of_job(events, job, "PackageStarted")] == [2]  # type: ignore[attr-defined]
+    [done] = of_job(events, job, "PackageCompleted")
+    assert done.payload.rows == 300  # type: ignore[attr-defined]
+    assert emailed_jobs(smtp) == {job: 1}
 
 
 async def test_an_smtp_outage_holds_only_emails_jobs_and_cache_hits_go_on(

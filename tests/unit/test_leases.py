@@ -40,6 +40,16 @@ def started(attempt: int = 1, until: str = "2026-12-01T10:00:30.000Z") -> Envelo
     return at(PackageStarted(cache_key="ck", lane="slow", worker="w1", attempt=attempt, lease_until=until))
 
 
+def silent(attempt: int) -> LeaseExpired:
+    """What the watchdog appends for a build that sent no heartbeat before the deadline it saw."""
+    return LeaseExpired(cache_key="ck", attempt=attempt, worker="w1", lease_until="2026-12-01T10:00:30.000Z")
+
+
+def passed_in_lane(attempt: int) -> LeaseExpired:
+    """What the watchdog appends for a queued attempt whose lane record was passed with no start."""
+    return LeaseExpired(cache_key="ck", attempt=attempt, worker="", lease_until="")
+
+
 def built(attempt: int = 1, zip_name: str = "job.zip") -> Envelope:
     done = completed(zip_file_name=zip_name)
     return at(
@@ -76,11 +86,11 @@ def test_the_proposal_of_the_lease_holder_ends_the_job_and_the_terminal_event_en
 
 def test_a_lost_build_is_dispatched_again_until_max_attempts_then_the_job_fails() -> None:
     lease = fold(queued(), started())
-    expiry = at(LeaseExpired(cache_key="ck", attempt=1, worker="w1", lease_until=""))
+    expiry = at(silent(1))
     assert leases.decide(lease, expiry, max_attempts=2) == leases.Dispatch("slow", 2)
     lease = fold(queued(), started(), expiry, queued(2), started(2))
     assert lease is not None and (lease["attempt"], lease["lost"]) == (2, 1)
-    second = at(LeaseExpired(cache_key="ck", attempt=2, worker="w1", lease_until=""))
+    second = at(silent(2))
     assert leases.decide(lease, second, max_attempts=2) == leases.GiveUp(2)
     request = PackageRequested("url", "ck", "r", "a@example.org", "h", {})
     failure = leases.gave_up(request, 2)
@@ -90,7 +100,7 @@ def test_a_lost_build_is_dispatched_again_until_max_attempts_then_the_job_fails(
 
 
 def test_a_build_that_lost_its_lease_cannot_end_the_job_and_its_zip_is_dropped() -> None:
-    expiry = at(LeaseExpired(cache_key="ck", attempt=1, worker="w1", lease_until=""))
+    expiry = at(silent(1))
     lease = fold(queued(), started(), expiry, queued(2))
     assert leases.decide(lease, built(1, "old.zip"), max_attempts=3) == leases.Discard("old.zip")
     assert leases.decide(lease, started(1), max_attempts=3) is None
@@ -111,7 +121,7 @@ def test_an_event_read_again_after_a_crash_asks_for_the_same_action() -> None:
     assert leases.decide(holder, built(), max_attempts=3) == leases.End(completed(zip_file_name="job.zip"))
     # A second build of the same attempt (a redelivered lane record) made another ZIP: dropped.
     assert leases.decide(holder, built(1, "job-1-ab.zip"), max_attempts=3) == leases.Discard("job-1-ab.zip")
-    expiry = at(LeaseExpired(cache_key="ck", attempt=1, worker="w1", lease_until=""))
+    expiry = at(silent(1))
     lost = fold(queued(), started(), expiry)
     assert leases.decide(lost, expiry, max_attempts=3) == leases.Dispatch("slow", 2)
 
@@ -139,6 +149,36 @@ def test_an_expiry_decided_before_a_heartbeat_that_was_still_unread_is_ignored()
     assert leases.decide(renewed, expiry, max_attempts=1) is None
     assert leases.apply(renewed, expiry, LEASE_TIME) == renewed
     assert leases.decide(lease, expiry, max_attempts=1) == leases.GiveUp(1)  # not renewed: it counts
+
+
+def test_a_queued_attempt_passed_in_its_lane_is_queued_again_and_counts_as_lost() -> None:
+    lease = fold(queued())
+    assert lease is not None and lease["since"] == leases.epoch(T0)
+    assert not leases.stalled_in_queue(lease, leases.epoch(T0) + 10, after=LEASE_TIME)
+    assert leases.stalled_in_queue(lease, leases.epoch(T0) + 31, after=LEASE_TIME)
+    expiry = at(passed_in_lane(1))
+    assert leases.decide(lease, expiry, max_attempts=2) == leases.Dispatch("slow", 2)
+    lost = leases.apply(lease, expiry, LEASE_TIME)
+    assert lost is not None and (lost["state"], lost["lost"]) == (leases.LOST, 1)
+    assert leases.apply(lost, started(1), LEASE_TIME) == lost  # a late start of that attempt takes nothing
+    again = fold(queued(), expiry, queued(2))
+    assert leases.decide(again, at(passed_in_lane(2)), max_attempts=2) == leases.GiveUp(2)
+
+
+def test_a_queued_expiry_read_after_the_build_started_is_ignored() -> None:
+    """The watchdog saw the record passed; the build's PackageStarted was already in the log, unread."""
+    building = fold(queued(), started())
+    expiry = at(passed_in_lane(1))
+    assert leases.decide(building, expiry, max_attempts=1) is None
+    assert leases.apply(building, expiry, LEASE_TIME) == building
+    assert not leases.stalled_in_queue(building, leases.epoch(T0) + 3600, after=LEASE_TIME)
+
+
+def test_a_build_expiry_does_not_apply_to_an_attempt_still_queued() -> None:
+    lease = fold(queued())
+    expiry = at(silent(1))
+    assert leases.decide(lease, expiry, max_attempts=1) is None
+    assert leases.apply(lease, expiry, LEASE_TIME) == lease
 
 
 async def test_the_worker_appends_through_an_idempotent_producer(
