@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import platform
@@ -263,6 +264,10 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             client.jobs, follower.events, stack.mailbox.snapshot(), stack.store, follower.where
         )
         details["unfinished_at_deadline"] = left
+        if figures["lost"] or figures["duplicate_terminal"]:
+            # The workers' logs are what explains a failure: the folder outlives the run then.
+            stack.config = dataclasses.replace(stack.config, keep=True)
+            details["kept"] = str(stack.root)
         details["fault_log"] = nemesis.record
         figures["faults"] = {kind: nemesis.counts.get(kind, 0) for kind in FAULT_KINDS}
         figures.update(
