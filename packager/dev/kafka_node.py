@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -19,8 +18,8 @@ from pathlib import Path
 
 from packager.dev.kafka_jars import classpath_dir
 from packager.dev.kafka_process import (
-    STARTED,
     BrokerError,
+    alive,
     find_java,
     format_storage,
     free_port,
@@ -187,22 +186,7 @@ def _runs_broker(pid: int, props: Path) -> bool:
     A halted broker's pid stays in its record; by the time it is read again the system may have given that
     number to another process, which must not be taken for the broker, let alone signalled.
     """
-    if pid <= 0:
-        return False
-    proc = STARTED.get(pid)
-    if proc is not None:
-        return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False  # another user's process: not a broker this module started
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    try:
-        return str(props).encode() in cmdline.read_bytes().split(b"\0")
-    except OSError:
-        return True  # no /proc here: the pid alone has to do
+    return alive(pid, running=str(props))
 
 
 def kept_data(state_dir: Path) -> Broker | None:

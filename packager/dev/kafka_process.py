@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from packager.dev.processes import free_port
+from packager.dev.processes import STARTED, alive, free_port
 
 __all__ = [
     "STARTED",
@@ -32,9 +32,6 @@ __all__ = [
     "spawn",
     "terminate",
 ]
-
-# Brokers started by this process, so `stop` can reap them (and Popen does not warn they outlive it).
-STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class BrokerError(RuntimeError):
@@ -142,16 +139,4 @@ def terminate(pid: int, timeout: float) -> bool:
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    return True
-
-
-def alive(pid: int) -> bool:
-    """Whether the process `pid` is still running."""
-    proc = STARTED.get(pid)
-    if proc is not None:
-        return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     return True

@@ -23,7 +23,7 @@ class ServiceError(RuntimeError):
 
 
 # Processes started by this interpreter, so stopping them also reaps them.
-_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def free_port() -> int:
@@ -81,13 +81,20 @@ def spawn(
             user=user,
             cwd=cwd,
         )
-    _STARTED[proc.pid] = proc
+    STARTED[proc.pid] = proc
     return proc.pid
 
 
-def alive(pid: int) -> bool:
-    """Whether the process is still running (a zombie child of ours counts as ended)."""
-    proc = _STARTED.get(pid)
+def alive(pid: int, *, running: str | None = None) -> bool:
+    """Whether the process `pid` is still running (a zombie child of ours counts as ended).
+
+    With `running`, also whether its command line holds that argument, where /proc tells: a pid read back
+    from a record may have been given to another process since, which must not be taken for the one
+    recorded, let alone signalled (another user's process is then not it either).
+    """
+    if pid <= 0:
+        return False
+    proc = STARTED.get(pid)
     if proc is not None:
         return proc.poll() is None
     try:
@@ -95,8 +102,13 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        return running is None
+    if running is None:
         return True
-    return True
+    try:
+        return running.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc here: the pid alone has to do
 
 
 def wait_until(
@@ -133,7 +145,7 @@ def port_open(port: int) -> bool:
 
 def terminate(pid: int, *, timeout: float = 30.0, sig: int = signal.SIGTERM) -> bool:
     """Stop the process `pid` (SIGTERM, then SIGKILL after `timeout`); True if it was running."""
-    proc = _STARTED.pop(pid, None)
+    proc = STARTED.pop(pid, None)
     if proc is not None:
         if proc.poll() is not None:
             return False
