@@ -264,7 +264,7 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             client.jobs, follower.events, stack.mailbox.snapshot(), stack.store, follower.where
         )
         details["unfinished_at_deadline"] = left
-        if figures["lost"] or figures["duplicate_terminal"]:
+        if figures["lost"] or figures["duplicate_terminal"] or figures["emails_missing"]:
             # The workers' logs are what explains a failure: the folder outlives the run then.
             stack.config = dataclasses.replace(stack.config, keep=True)
             details["kept"] = str(stack.root)
