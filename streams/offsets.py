@@ -321,8 +321,15 @@ def track(guard: OffsetGuard) -> None:
 
 
 def untrack(guard: OffsetGuard) -> None:
+    """The agent's stream ended. A record it still held keeps bounding commits (`held_offset`).
+
+    At a stop Faust cancels the agents, closes their streams (acknowledging the record each was working
+    on) and only then makes its last commit: a planner stopped in the middle of a request must leave that
+    request to the partition's next owner, not commit past it.
+    """
     _guards.discard(guard)
-    _holders.discard(guard)
+    if guard.holding is None:
+        _holders.discard(guard)
 
 
 # Offsets of records an agent was handed after a freeze for a partition no longer its own (see

@@ -1,5 +1,7 @@
 """Completion owned by the log: a job ends once and is emailed once however its worker stops.
 
+- SIGTERM to the only worker while its planner waits on CKAN: the request is left to the next worker
+  (the last commit at the stop does not pass it), planned and built once.
 - SIGTERM to the only worker mid-build: the build is released (PackageReleased), the worker exits within
   DRAIN_TIMEOUT, and a worker started later builds it again; one terminal event, one email.
 - kill -9 of a builder that never comes back: its lease runs out, the job is dispatched again as attempt 2
@@ -23,7 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from packager.adapters.kafka_log import Topics
-from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
+from packager.dev.ckan_server import STATS, Faults, SyntheticTable, create_ckan_app, serve_app, serve_ckan
 from packager.dev.kafka import free_port
 from packager.domain.events import TERMINAL_TYPES, Envelope
 from tests.integration.conftest import SECRET
@@ -107,6 +109,45 @@ async def test_sigterm_to_the_only_worker_mid_build_releases_the_job_and_it_comp
     assert done.payload.rows == 20_000  # type: ignore[attr-defined]
     assert [e.payload.attempt for e in of_job(events, job, "PackageStarted")] == [1, 2]  # type: ignore[attr-defined]
     assert len(of_job(events, job, "EmailSent")) == 1
+    assert emailed_jobs(smtp) == {job: 1}
+
+
+async def test_sigterm_while_the_planner_waits_on_ckan_leaves_the_request_to_the_next_worker(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    service_env: dict[str, str],
+    smtp: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    env = {**service_env, "PACKAGER_DRAIN_TIMEOUT": "1"}
+    port = int(env["PACKAGER_PORT"])
+    # Every CKAN answer takes 6 s: the planner is in the middle of the request when the worker stops.
+    ckan = create_ckan_app({"plan": SyntheticTable("plan", 300, seed=11)}, faults=Faults(slow_page_delay=6))
+    async with serve_app(ckan) as api_url:
+        with service(["ingress"], env, tmp_path / "logs"):
+            wait_for_port(port)
+            with service(["worker"], env, tmp_path / "logs") as first:
+                await first.wait_for_output("[^Worker]: Ready")
+                job = await submit_datastore(port, api_url, "plan", "plan@example.org")
+
+                async def planner_asking() -> bool:
+                    return bool(ckan[STATS]["requests"] >= 1)
+
+                await until(planner_asking, 60, "the planner never asked CKAN")
+                first.stop()  # SIGTERM
+            assert first.proc.returncode is not None
+            events = await read_events(kafka_bootstrap, Topics(topic_prefix).events)
+            assert not of_job(events, job, "PackageQueued"), "the request was planned before the stop"
+            with service(["worker"], env, tmp_path / "logs") as second:
+                try:
+                    await smtp.wait_for(1, timeout=120)
+                except TimeoutError:
+                    pytest.fail(f"the request was never planned again.\n{second.log()}")
+
+    events = await read_events(kafka_bootstrap, Topics(topic_prefix).events)
+    assert terminals(events, [job]) == {job: 1}
+    [done] = of_job(events, job, "PackageCompleted")
+    assert done.payload.rows == 300  # type: ignore[attr-defined]
     assert emailed_jobs(smtp) == {job: 1}
 
 

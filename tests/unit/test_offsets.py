@@ -252,6 +252,16 @@ async def test_no_commit_past_a_record_an_agent_holds_even_once_faust_acked_it()
     assert _new_offset(state, TP(TOPIC, 0)) == 6
 
 
+async def test_a_record_held_when_the_agent_is_stopped_is_not_committed_by_the_last_commit() -> None:
+    """SIGTERM: Faust cancels the agent in the middle of a record, closes the stream, then commits."""
+    guard = Partition({0: 3}).guard()
+    offsets.track(guard)
+    assert await admitted(guard, [(0, 3), (0, 4)]) == [(0, 3), (0, 4)]  # 3 finished, 4 in hand
+    guard.busy = True
+    offsets.untrack(guard)  # the stream's generator closes with the record in hand
+    assert _new_offset(consumer(3, [3, 4, 5]), TP(TOPIC, 0)) == 4  # 4 is read again by the next owner
+
+
 async def test_a_hold_limits_only_its_own_partition_and_generation() -> None:
     log = Partition({0: 0, 1: 0})
     guard = log.guard()
