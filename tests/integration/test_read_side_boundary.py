@@ -16,7 +16,9 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from packager.adapters.kafka_log import Topics
+from packager.adapters.kafka_log import Topics, ensure_topics
 from packager.core.errors import EventDecodeError
 from packager.dev import kafka as dev_kafka
 from packager.domain.events import (
@@ -41,9 +43,20 @@ from packager.domain.events import (
     envelope,
 )
 from tests.integration.conftest import SECRET
-from tests.integration.support import ROOT, SmtpSink, read_events, read_topic, service, submit, wait_for_port
+from tests.integration.support import (
+    ROOT,
+    ServiceProcess,
+    SmtpSink,
+    read_events,
+    read_topic,
+    service,
+    submit,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.kafka
+
+URL = "http://127.0.0.1:9/data.csv"
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 90) -> None:  # noqa: ASYNC109
@@ -206,28 +219,66 @@ async def test_wrongly_typed_events_are_dead_lettered_while_later_jobs_still_app
             assert "rejected record at" in ingress.log()
 
 
-async def test_a_read_model_from_a_wiped_broker_is_rebuilt_from_the_new_log(
-    topic_prefix: str, store_dir: Path, tmp_path: Path
-) -> None:
-    kafka_port = dev_kafka.free_port()
-    bootstrap = f"127.0.0.1:{kafka_port}"
-    port = dev_kafka.free_port()
-    env = {
-        "PACKAGER_SECRET": SECRET,
-        "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "PACKAGER_TOPIC_PREFIX": topic_prefix,
-        "PACKAGER_PARTITIONS": "2",
-        "PACKAGER_STORE_DIRECTORY": str(store_dir),
-        "PACKAGER_ALLOW_PRIVATE_URLS": "true",
-        "PACKAGER_PORT": str(port),
-        "PACKAGER_LOG_LEVEL": "INFO",
-    }
-    topics = Topics(topic_prefix)
-    logs = tmp_path / "logs"
+@dataclass
+class OneAddress:
+    """Brokers started one after another on one address, an ingress's settings, and a worker's part."""
 
-    async def finish(jobs: dict[str, str]) -> None:
+    prefix: str
+    store_dir: Path
+    tmp_path: Path
+    kafka_port: int = field(default_factory=dev_kafka.free_port)
+    port: int = field(default_factory=dev_kafka.free_port)
+    started: list[Path] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.prefix)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "PACKAGER_SECRET": SECRET,
+            "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "PACKAGER_TOPIC_PREFIX": self.prefix,
+            "PACKAGER_PARTITIONS": "2",
+            "PACKAGER_STORE_DIRECTORY": str(self.store_dir),
+            "PACKAGER_ALLOW_PRIVATE_URLS": "true",
+            "PACKAGER_PORT": str(self.port),
+            "PACKAGER_LOG_LEVEL": "INFO",
+        }
+
+    async def new_broker(self) -> None:
+        """Stop the broker running on the address (removing its data) and start an empty one there."""
+        if self.started:
+            await asyncio.to_thread(dev_kafka.stop, self.started[-1])
+        state_dir = self.tmp_path / f"kafka-{len(self.started) + 1}"
+        self.started.append(state_dir)
+        await asyncio.to_thread(dev_kafka.start, state_dir, port=self.kafka_port, partitions=2, heap="256m")
+
+    async def stop_brokers(self) -> None:
+        for state_dir in self.started:
+            await asyncio.to_thread(dev_kafka.stop, state_dir)
+
+    def ingress(self) -> contextlib.AbstractContextManager[ServiceProcess]:
+        return service(["ingress"], self.env, self.tmp_path / "logs")
+
+    async def request(self, resource_id: str, email: str) -> str:
+        """Append a job's PackageRequested, as the ingress does; its job id."""
+        job_id = str(uuid.uuid4())
+        payload = PackageRequested(
+            "url", f"ck-{job_id}", resource_id, email, "", {"resource_id": resource_id}
+        )
+        record = (self.topics.requests, payload.cache_key.encode(), encode(envelope(job_id, payload)))
+        await produce(self.bootstrap, [record])
+        return job_id
+
+    async def finish(self, jobs: dict[str, str]) -> None:
         """Append each job's terminal event, as a worker would (job id -> "completed" or "failed")."""
-        requested = {e.job_id: e.payload for e in await read_events(bootstrap, topics.requests)}
+        requested = {e.job_id: e.payload for e in await read_events(self.bootstrap, self.topics.requests)}
         records = []
         for job_id, outcome in jobs.items():
             p = requested[job_id]
@@ -248,56 +299,66 @@ async def test_a_read_model_from_a_wiped_broker_is_rebuilt_from_the_new_log(
                 if outcome == "completed"
                 else PackageFailed(**common, error="gone", error_type="FetchError")
             )
-            records.append((topics.events, p.cache_key.encode(), encode(envelope(job_id, terminal))))
-        await produce(bootstrap, records)
+            records.append((self.topics.events, p.cache_key.encode(), encode(envelope(job_id, terminal))))
+        await produce(self.bootstrap, records)
 
-    async def settled(count: int) -> None:
+    async def settled(self, count: int) -> None:
+        """Wait until /status counts `count` finished jobs and none queued."""
+
         async def check() -> bool:
-            body = await post(port, "/status")
-            return body.get("processed_requests") == count and body.get("queue_length") == 0
+            with contextlib.suppress(aiohttp.ClientError):
+                body = await post(self.port, "/status")
+                return body.get("processed_requests") == count and body.get("queue_length") == 0
+            return False
 
         await eventually(check, f"the read model to see {count} finished job(s)")
 
-    url = "http://127.0.0.1:9/data.csv"
-    first_broker, second_broker = tmp_path / "kafka-1", tmp_path / "kafka-2"
+    async def answers_for_the_new_log_only(self, new: str, old: list[str], rebuilds: float) -> None:
+        """/jobs, /status and /statistics describe the one job of the new log, nothing of the old one."""
+        await self.settled(1)
+        assert await job_state(self.port, new) == "completed"
+        for job_id in old:
+            assert await job_state(self.port, job_id) is None
+        totals = (await post(self.port, "/statistics"))["totals"]
+        assert totals == {
+            "*": {"requests": 1, "errors": 0, "emails": 1},
+            "new": {"requests": 1, "errors": 0, "emails": 1},
+        }
+        requests = (await post(self.port, "/statistics/requests"))["requests"]
+        assert [r["resource_id"] for r in requests] == ["new"]
+        assert await metric(self.port, "packager_read_model_rebuilds_total") == rebuilds
+
+
+async def test_a_read_model_from_a_wiped_broker_is_rebuilt_from_the_new_log(
+    topic_prefix: str, store_dir: Path, tmp_path: Path
+) -> None:
+    site = OneAddress(topic_prefix, store_dir, tmp_path)
     try:
-        await asyncio.to_thread(dev_kafka.start, first_broker, port=kafka_port, partitions=2, heap="256m")
-        with service(["ingress"], env, logs):
-            wait_for_port(port)
+        await site.new_broker()
+        with site.ingress():
+            wait_for_port(site.port)
             old = [
-                await submit(port, "package_url", SECRET, resource_id="old", resource_url=url, email=email)
-                for email in ("ann@example.org", "bob@example.org", "cat@example.org")
+                await submit(site.port, "package_url", SECRET, resource_id="old", resource_url=URL, email=e)
+                for e in ("ann@example.org", "bob@example.org", "cat@example.org")
             ]
-            await finish({old[0]: "completed", old[1]: "completed", old[2]: "failed"})
-            await settled(3)
+            await site.finish({old[0]: "completed", old[1]: "completed", old[2]: "failed"})
+            await site.settled(3)
         assert (store_dir / ".readmodel" / f"{topic_prefix}.json").exists()
 
-        # A new, empty broker on the same address, the saved read model kept.
-        await asyncio.to_thread(dev_kafka.stop, first_broker)
-        await asyncio.to_thread(dev_kafka.start, second_broker, port=kafka_port, partitions=2, heap="256m")
-        with service(["ingress"], env, logs) as ingress:
-            wait_for_port(port)
-            new = await submit(
-                port, "package_url", SECRET, resource_id="new", resource_url=url, email="dan@x.org"
-            )
-            await finish({new: "completed"})
-            await settled(1)
-            assert await job_state(port, new) == "completed"
-            assert await job_state(port, old[0]) is None
-            totals = (await post(port, "/statistics"))["totals"]
-            assert totals == {
-                "*": {"requests": 1, "errors": 0, "emails": 1},
-                "new": {"requests": 1, "errors": 0, "emails": 1},
-            }
-            requests = (await post(port, "/statistics/requests"))["requests"]
-            assert [r["resource_id"] for r in requests] == ["new"]
-            assert await metric(port, "packager_read_model_rebuilds_total") == 1.0
+        # What restarting `packager dev up` on a kept var/ does: an empty broker, the saved read model kept.
+        await site.new_broker()
+        with site.ingress() as ingress:
+            wait_for_port(site.port)
+            params = {"resource_id": "new", "resource_url": URL, "email": "dan@example.org"}
+            new = await submit(site.port, "package_url", SECRET, **params)
+            await site.finish({new: "completed"})
+            await site.answers_for_the_new_log_only(new, old, rebuilds=1.0)
             assert "rebuilding it from the start" in ingress.log()
 
         audit = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "packager", "replay", "verify"],
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, **site.env, "PYTHONPATH": str(ROOT)},
             capture_output=True,
             text=True,
             timeout=120,
@@ -305,5 +366,26 @@ async def test_a_read_model_from_a_wiped_broker_is_rebuilt_from_the_new_log(
         )
         assert audit.returncode == 0, audit.stdout + audit.stderr
     finally:
-        for state_dir in (first_broker, second_broker):
-            await asyncio.to_thread(dev_kafka.stop, state_dir)
+        await site.stop_brokers()
+
+
+async def test_a_running_ingress_whose_broker_is_replaced_rebuilds_from_the_new_log(
+    topic_prefix: str, store_dir: Path, tmp_path: Path
+) -> None:
+    site = OneAddress(topic_prefix, store_dir, tmp_path)
+    try:
+        await site.new_broker()
+        with site.ingress() as ingress:
+            wait_for_port(site.port)
+            old = [await site.request("old", "ann@example.org"), await site.request("old", "bob@example.org")]
+            await site.finish({old[0]: "completed", old[1]: "failed"})
+            await site.settled(2)
+
+            await site.new_broker()  # under the running ingress
+            await ensure_topics(site.bootstrap, site.topics, 2)
+            new = await site.request("new", "dan@example.org")
+            await site.finish({new: "completed"})
+            await site.answers_for_the_new_log_only(new, old, rebuilds=1.0)
+            assert "LogReplaced" in ingress.log()
+    finally:
+        await site.stop_brokers()
