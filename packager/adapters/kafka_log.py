@@ -223,6 +223,10 @@ async def log_identity(bootstrap_servers: str, topics: Sequence[str], *, within:
     return LogIdentity(answer.cluster_id or "", ids)
 
 
+class LogReplaced(Exception):
+    """The log a view was built from is not the one the broker holds now (see `identity_mismatch`)."""
+
+
 def identity_mismatch(saved: LogIdentity | None, current: LogIdentity) -> str | None:
     """Why a view built from `saved` does not belong to `current`, or None when it does (or is unknown)."""
     if saved is None:

@@ -13,6 +13,7 @@ projector that folds the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from aiokafka.errors import KafkaError
 
 from packager.adapters import metrics
+from packager.adapters.kafka_log import LogReplaced
 from packager.core import retrying
 from packager.core.errors import EventDecodeError
 from packager.domain.events import Envelope, decode
@@ -97,20 +99,31 @@ class FoldHealth:
 
 
 async def supervise(what: str, run: Callable[[], Awaitable[None]], health: FoldHealth) -> None:
-    """Await `run()` again whenever it fails (it is not meant to return), with backoff and a log line."""
+    """Await `run()` again whenever it fails (it is not meant to return), with backoff and a log line.
 
-    def restarting(exc: BaseException, attempt: int, wait: float) -> None:
-        health.stopped = f"{type(exc).__name__}: {str(exc)[:200]}"
-        health.restarts += 1
-        metrics.READ_SIDE_RESTARTS.inc()
-        # A broker that went away is an operations matter; anything else is a bug: its traceback is logged.
-        log.error(
-            "%s stopped (%s); restarting it in %.1fs (restart %d)",
-            what,
-            health.stopped,
-            wait,
-            health.restarts,
-            exc_info=None if isinstance(exc, KafkaError | OSError) else exc,
-        )
-
-    await retrying.call(what, run, backoff=RESTART_BACKOFF, retry_on=(Exception,), on_retry=restarting)
+    The backoff (the project's policy: exponential, jittered, capped) starts again from its first step once
+    a run got as far as reading the log (`health.running()`), so a failure after hours of good work is
+    retried at once, and only a loop that keeps failing waits longer and longer.
+    """
+    attempt = 0
+    while True:
+        try:
+            await run()
+            raise RuntimeError("it returned")  # a reading loop never ends by itself
+        except Exception as exc:  # anything, so the read side never dies silently; cancellation passes
+            attempt = attempt + 1 if health.stopped else 1
+            wait = RESTART_BACKOFF.delay(attempt)
+            health.stopped = f"{type(exc).__name__}: {str(exc)[:200]}"
+            health.restarts += 1
+            metrics.READ_SIDE_RESTARTS.inc()
+            # A lost broker or a replaced log is an operations matter; anything else is a bug: its traceback.
+            expected = isinstance(exc, KafkaError | OSError | LogReplaced)
+            log.error(
+                "%s stopped (%s); restarting it in %.1fs (restart %d)",
+                what,
+                health.stopped,
+                wait,
+                health.restarts,
+                exc_info=None if expected else exc,
+            )
+        await asyncio.sleep(wait)

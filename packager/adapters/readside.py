@@ -25,7 +25,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from packager.adapters import metrics
-from packager.adapters.kafka_log import LogIdentity, Topics, ensure_topics, identity_mismatch, log_identity
+from packager.adapters.kafka_log import (
+    LogIdentity,
+    LogReplaced,
+    Topics,
+    ensure_topics,
+    identity_mismatch,
+    log_identity,
+)
 from packager.adapters.read_guard import FoldHealth, decode_record, supervise
 from packager.core.settings import Settings
 from packager.domain.secrets import keyed_hash
@@ -89,10 +96,6 @@ async def broker_reachable(bootstrap: str) -> None:
         await admin.list_topics()
     finally:
         await admin.close()
-
-
-class LogReplaced(Exception):
-    """The log the read model was built from is not the one the broker now holds."""
 
 
 class ReadSide:
