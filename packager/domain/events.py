@@ -419,7 +419,7 @@ def decode(raw: bytes | str) -> Envelope:
         raise EventDecodeError(f"not JSON: {exc}", reason="not_json") from None
     cls = EVENT_TYPES.get(wire.type)
     if cls is None:
-        raise EventDecodeError(f"unknown event type {wire.type!r}", reason="unknown_type")
+        raise EventDecodeError(f"unknown event type {wire.type[:80]!r}", reason="unknown_type")
     version = wire.schema_version
     try:
         if version == cls.VERSION:
