@@ -31,6 +31,8 @@ class ReadModel:
     jobs: dict[str, JobState] = field(default_factory=dict)
     stats: stats_fold.Statistics = field(default_factory=stats_fold.Statistics)
     positions: dict[str, int] = field(default_factory=dict)
+    # Which log the positions are in (`packager.adapters.kafka_log.LogIdentity.to_dict()`), None if unknown.
+    log_identity: dict[str, Any] | None = None
     accepted: int = 0
     finished: int = 0
     # Called with every job whose state changed (live progress streams subscribe here).
@@ -43,15 +45,21 @@ class ReadModel:
         self.zip_names.update(job.zip_file_name for job in self.jobs.values() if job.zip_file_name)
 
     def apply(self, topic: str, partition: int, offset: int, event: Envelope) -> None:
-        """Fold one record in and advance the position of its partition."""
+        """Fold one record in and advance the position of its partition.
+
+        All or nothing: what can raise (the folds) runs before anything is changed, so a fold that raises
+        leaves the model, its position included, as it was (the caller decides to skip the event).
+        """
         key = f"{topic}:{partition}"
         if offset < self.positions.get(key, 0):
             return  # already folded (a replayed or re-read record)
-        self.positions[key] = offset + 1
         if event.type == "RecordRejected":
+            self.positions[key] = offset + 1
             return  # about a bad record, not a job
         before = self.jobs.get(event.job_id)
         after = job_fold.apply(before, event)
+        stats_fold.apply(self.stats, event, self.identity)  # all or nothing too (see its docstring)
+        self.positions[key] = offset + 1
         self.jobs[event.job_id] = after
         if after.zip_file_name:
             self.zip_names.add(after.zip_file_name)
@@ -59,7 +67,6 @@ class ReadModel:
             self.accepted += 1
         if event.type in TERMINAL_TYPES and (before is None or not before.terminal):
             self.finished += 1
-        stats_fold.apply(self.stats, event, self.identity)
         if self.on_change is not None and after != before:
             self.on_change(after)
 
@@ -79,7 +86,14 @@ class ReadModel:
 
     def snapshot(self) -> bytes:
         """State and positions together, serialised."""
-        return orjson.dumps({"version": SNAPSHOT_VERSION, "positions": self.positions, **self.state()})
+        return orjson.dumps(
+            {
+                "version": SNAPSHOT_VERSION,
+                "positions": self.positions,
+                "log_identity": self.log_identity,
+                **self.state(),
+            }
+        )
 
     @classmethod
     def load(cls, path: Path, identity: Callable[[str], str]) -> ReadModel:
@@ -94,6 +108,7 @@ class ReadModel:
             jobs={k: JobState.from_dict(v) for k, v in doc["jobs"].items()},
             stats=stats_fold.Statistics.from_dict(doc["stats"]),
             positions=dict(doc["positions"]),
+            log_identity=doc.get("log_identity"),  # absent from snapshots written before it was kept
             accepted=int(doc["accepted"]),
             finished=int(doc["finished"]),
         )

@@ -74,13 +74,25 @@ class Statistics:
 
 
 def apply(stats: Statistics, event: Envelope, identity: Identity) -> Statistics:
-    """Fold one event in (mutating and returning `stats`). Replayed events of a job count once."""
+    """Fold one event in (mutating and returning `stats`). Replayed events of a job count once.
+
+    All or nothing: everything that can raise (the identity, the timestamp) is computed before `stats`
+    changes, so a failing event leaves it as it was.
+    """
     p = event.payload
     if isinstance(p, PackageRequested):
         if event.job_id in stats.counted_jobs:
             return stats
-        stats.counted_jobs.add(event.job_id)
         who = identity(p.email)
+        entry = {
+            "count": 1,
+            "domain": email_domain(p.email),
+            "email": who,
+            "resource_id": p.resource_id,
+            "timestamp": unix_time(event.occurred_at),
+            "job_id": event.job_id,
+        }
+        stats.counted_jobs.add(event.job_id)
         stats._total(p.resource_id)["requests"] += 1
         stats._total(ALL)["requests"] += 1
         if who not in stats.identities:
@@ -89,33 +101,21 @@ def apply(stats: Statistics, event: Envelope, identity: Identity) -> Statistics:
         if (who, p.resource_id) not in stats.pairs:
             stats.pairs.add((who, p.resource_id))
             stats._total(p.resource_id)["emails"] += 1
-        _insert(
-            stats.requests,
-            {
-                "count": 1,
-                "domain": email_domain(p.email),
-                "email": who,
-                "resource_id": p.resource_id,
-                "timestamp": unix_time(event.occurred_at),
-                "job_id": event.job_id,
-            },
-        )
+        _insert(stats.requests, entry)
     elif isinstance(p, PackageFailed):
         if event.job_id in stats.failed_jobs:
             return stats
+        entry = {
+            "email": identity(p.email),
+            "message": p.error,
+            "resource_id": p.resource_id,
+            "timestamp": unix_time(event.occurred_at),
+            "job_id": event.job_id,
+        }
         stats.failed_jobs.add(event.job_id)
         stats._total(p.resource_id)["errors"] += 1
         stats._total(ALL)["errors"] += 1
-        _insert(
-            stats.errors,
-            {
-                "email": identity(p.email),
-                "message": p.error,
-                "resource_id": p.resource_id,
-                "timestamp": unix_time(event.occurred_at),
-                "job_id": event.job_id,
-            },
-        )
+        _insert(stats.errors, entry)
     return stats
 
 

@@ -18,8 +18,11 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 
+from packager.adapters.kafka_metadata import TopicIdsRequest
 from packager.core import retrying
 from packager.core.errors import UnavailableError
 from packager.domain.events import Envelope, encode
@@ -165,6 +168,78 @@ async def broker_answers(bootstrap_servers: str, within: float) -> bool:
     finally:
         await admin.close()
     return True
+
+
+# --- the log's identity ------------------------------------------------------------------------------
+# A view built from one log must not be carried over to another (a wiped dev broker, recreated topics): the
+# same names and offsets would then mean other records. Kafka names a log by its cluster id and each topic's
+# id (a UUID given at creation, KIP-516). aiokafka 0.14 speaks Metadata only up to v5, which has the cluster
+# id but no topic ids, so `kafka_metadata` spells v12 (Kafka 2.8 and later, Kafka 4 included) with aiokafka's
+# own protocol types, and it is sent through aiokafka's client (which negotiates the version).
+
+
+@dataclass(frozen=True, slots=True)
+class LogIdentity:
+    """Which log records came from: the cluster's id and each topic's id ("" where the broker has none)."""
+
+    cluster_id: str
+    topic_ids: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, stored with a view's positions."""
+        return {"cluster_id": self.cluster_id, "topic_ids": dict(self.topic_ids)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LogIdentity:
+        """Inverse of `to_dict`."""
+        return cls(str(data.get("cluster_id") or ""), {str(k): str(v) for k, v in data["topic_ids"].items()})
+
+
+async def log_identity(bootstrap_servers: str, topics: Sequence[str], *, within: float = 10.0) -> LogIdentity:
+    """The cluster id and the ids of `topics` (topics that do not exist are left out).
+
+    A broker older than Kafka 2.8 has no topic ids: the identity is then the cluster id alone (and a
+    recreated topic on the same cluster goes unnoticed), with a warning.
+    """
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(within * 1000))
+    try:
+        async with asyncio.timeout(within):
+            await client.bootstrap()
+            node = client.get_random_node()
+            try:
+                answer = await client.send(node, TopicIdsRequest(list(topics)))
+            except (IncompatibleBrokerVersion, NotImplementedError):
+                log.warning(
+                    "the broker at %s has no topic ids (Kafka < 2.8): the cluster id alone names the log",
+                    bootstrap_servers,
+                )
+                old = await client.send(node, MetadataRequest(list(topics), False))
+                # (error_code, name, is_internal, partitions) in every version aiokafka knows
+                named = {topic[1]: "" for topic in old.topics if topic[0] == 0}
+                return LogIdentity(getattr(old, "cluster_id", None) or "", named)
+    finally:
+        await client.close()
+    ids = {name: topic_id for error, name, topic_id, *_ in answer.topics if error == 0 and name in topics}
+    return LogIdentity(answer.cluster_id or "", ids)
+
+
+class LogReplaced(Exception):
+    """The log a view was built from is not the one the broker holds now (see `identity_mismatch`)."""
+
+
+def identity_mismatch(saved: LogIdentity | None, current: LogIdentity) -> str | None:
+    """Why a view built from `saved` does not belong to `current`, or None when it does (or is unknown)."""
+    if saved is None:
+        return None
+    if saved.cluster_id and current.cluster_id and saved.cluster_id != current.cluster_id:
+        return f"the cluster id changed ({saved.cluster_id} -> {current.cluster_id})"
+    for name, old in sorted(saved.topic_ids.items()):
+        new = current.topic_ids.get(name)
+        if new is None:
+            return f"topic {name} no longer exists"
+        if old and new and old != new:
+            return f"topic {name} was recreated (id {old} -> {new})"
+    return None
 
 
 class EventLog(Protocol):

@@ -4,6 +4,10 @@
 that folds each record into `projections.readmodel.ReadModel`. It starts from the positions stored in the
 model's snapshot (or from the beginning when there is none), saves a snapshot every few seconds and when it
 stops, and wakes live progress streams as jobs change.
+
+The snapshot records which log its positions are in (`kafka_log.log_identity`): a model from another log (a
+wiped broker, recreated topics) is dropped and rebuilt from the start. Records that are not valid events and
+folds that raise are skipped, logged and counted, and the reading loop is supervised (`read_guard`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from packager.adapters.kafka_log import Topics, ensure_topics
-from packager.core import retrying
-from packager.core.errors import EventDecodeError
-from packager.core.retrying import Backoff
+from packager.adapters import metrics
+from packager.adapters.kafka_log import (
+    LogIdentity,
+    LogReplaced,
+    Topics,
+    ensure_topics,
+    identity_mismatch,
+    log_identity,
+)
+from packager.adapters.read_guard import FoldHealth, decode_record, supervise
 from packager.core.settings import Settings
-from packager.domain.events import decode
 from packager.domain.secrets import keyed_hash
 from projections.jobs import JobState
 from projections.readmodel import ReadModel, write_atomically
@@ -102,6 +111,7 @@ class ReadSide:
         self.caught_up = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._ends: dict[TopicPartition, int] = {}
+        self.health = FoldHealth()
 
     def _changed(self, job: JobState) -> None:
         for queue in self._watchers.get(job.job_id, ()):
@@ -142,7 +152,9 @@ class ReadSide:
 
     def start(self) -> None:
         """Begin following the log in the background."""
-        self._task = asyncio.create_task(self._follow_forever(), name="read-side")
+        self._task = asyncio.create_task(
+            supervise("the read side's reading of Kafka", self._follow, self.health), name="read-side"
+        )
 
     async def stop(self) -> None:
         """Stop following and save a snapshot."""
@@ -152,14 +164,20 @@ class ReadSide:
                 await self._task
         write_atomically(self.path, self.model.snapshot())
 
-    async def _follow_forever(self) -> None:
-        # `_follow` returns only by failing; the policy starts it again, for as long as the ingress runs.
-        await retrying.call(
-            "the read side's reading of Kafka",
-            self._follow,
-            backoff=Backoff(first=1.0, cap=5.0),
-            retry_on=(KafkaError, OSError),
-        )
+    async def _same_log(self, followed: list[str], *, at_start: bool) -> None:
+        """Check the model was built from the log the broker holds; at start, rebuild it if not."""
+        current = await log_identity(self.settings.kafka_bootstrap_servers, followed)
+        saved = self.model.log_identity
+        why = identity_mismatch(LogIdentity.from_dict(saved) if saved else None, current)
+        if why is not None:
+            if not at_start:
+                raise LogReplaced(why)
+            log.warning("the read model was built from another log (%s): rebuilding it from the start", why)
+            metrics.READ_MODEL_REBUILDS.inc()
+            self.model = ReadModel(identity=identity_for(self.settings))
+            self.model.on_change = self._changed
+            self.caught_up.clear()
+        self.model.log_identity = current.to_dict()
 
     async def _follow(self) -> None:
         topics = Topics(self.settings.topic_prefix)
@@ -167,6 +185,7 @@ class ReadSide:
         await ensure_topics(
             bootstrap, topics, self.settings.partitions, replication_factor=self.settings.replication_factor
         )
+        await self._same_log([topics.requests, topics.events], at_start=True)
         partitions = await topic_partitions(bootstrap, [topics.requests, topics.events])
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
@@ -182,29 +201,22 @@ class ReadSide:
                     consumer.seek(tp, position)
             ends = await consumer.end_offsets(partitions)
             self._consumer, self._ends = consumer, dict(ends)
+            self.health.running()
             saved_at = time.monotonic()
             while True:
                 batch = await consumer.getmany(timeout_ms=500)
                 for tp, records in batch.items():
                     for record in records:
-                        try:
-                            event = decode(record.value)
-                        except EventDecodeError as exc:
-                            log.error(
-                                "undecodable record at %s:%d@%d: %s",
-                                tp.topic,
-                                tp.partition,
-                                record.offset,
-                                exc.message,
-                            )
-                            self.model.positions[f"{tp.topic}:{tp.partition}"] = record.offset + 1
-                            continue
-                        self.model.apply(tp.topic, tp.partition, record.offset, event)
+                        self._fold(tp, record.offset, record.value)
                 if not self.caught_up.is_set() and all(
                     self.model.positions.get(f"{tp.topic}:{tp.partition}", 0) >= ends[tp] for tp in partitions
                 ):
                     self.caught_up.set()
                 if time.monotonic() - saved_at > SNAPSHOT_EVERY:
+                    # Never save positions of one log under another's identity (a broker replaced while
+                    # this runs): LogReplaced restarts the loop, which rebuilds the model.
+                    with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                        await self._same_log([topics.requests, topics.events], at_start=False)
                     # Serialised here, between folds, so the snapshot is consistent; written in a thread.
                     data = self.model.snapshot()
                     await asyncio.to_thread(write_atomically, self.path, data)
@@ -212,3 +224,15 @@ class ReadSide:
         finally:
             self._consumer = None
             await consumer.stop()
+
+    def _fold(self, tp: TopicPartition, offset: int, value: bytes | None) -> None:
+        """Fold one record; a record that is no valid event, or whose fold raises, is skipped and reported."""
+        event = decode_record(tp.topic, tp.partition, offset, value)
+        if event is not None:
+            try:
+                self.model.apply(tp.topic, tp.partition, offset, event)
+                return
+            except Exception as exc:  # a fold's bug must not stop the read side: logged, and degraded
+                self.health.fold_failed(tp.topic, tp.partition, offset, event, exc)
+        key = f"{tp.topic}:{tp.partition}"
+        self.model.positions[key] = max(self.model.positions.get(key, 0), offset + 1)

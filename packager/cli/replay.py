@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from packager.adapters.kafka_log import Topics
+from packager.adapters.kafka_log import LogIdentity, Topics, identity_mismatch, log_identity
 from packager.adapters.readside import identity_for, snapshot_path, topic_partitions
 from packager.core.errors import EventDecodeError
 from packager.core.settings import Settings, load_settings
@@ -88,7 +88,13 @@ async def rebuild(
         if until is not None and event.occurred_at > until:
             model.positions[f"{topic}:{partition}"] = offset + 1
             continue
-        model.apply(topic, partition, offset, event)
+        try:
+            model.apply(topic, partition, offset, event)
+        except Exception as exc:  # skipped, as the live read side skips it (packager.adapters.read_guard)
+            where = f"{topic}:{partition}@{offset}"
+            print(f"the fold of {event.type} at {where} raised {exc!r}; skipped", file=sys.stderr)
+            model.positions[f"{topic}:{partition}"] = offset + 1
+            continue
         folded += 1
     return model, folded
 
@@ -114,6 +120,15 @@ def differences(live: Any, rebuilt: Any, path: str = "") -> list[str]:
 
 async def verify(settings: Settings, live: ReadModel) -> int:
     """Rebuild to the live model's positions and compare; 0 when equal, 1 on any difference."""
+    if live.log_identity:
+        topics = Topics(settings.topic_prefix)
+        now = await log_identity(settings.kafka_bootstrap_servers, [topics.requests, topics.events])
+        why = identity_mismatch(LogIdentity.from_dict(live.log_identity), now)
+        if why is not None:
+            print(
+                f"the live model was built from another log: {why} (the ingress rebuilds it when it starts)"
+            )
+            return 1
     started = time.perf_counter()
     rebuilt, folded = await rebuild(settings, stop_at=live.positions)
     seconds = time.perf_counter() - started

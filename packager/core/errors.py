@@ -47,7 +47,11 @@ class UnavailableError(PackagerError):
 
 
 class EventDecodeError(PackagerError):
-    """A record on a topic is not a valid event envelope."""
+    """A record on a topic is not a valid event: `reason` names why, in a word fit for a metric label."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class PackagingError(PackagerError):

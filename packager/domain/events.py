@@ -12,11 +12,14 @@ sealed (see `packager.domain.secrets`).
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, get_type_hints
 
+import msgspec
+import msgspec.structs
 import orjson
 
 from packager.core.errors import EventDecodeError
@@ -271,13 +274,6 @@ TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE, RequestAb
 # Terminal events the requester hears about by email.
 NOTIFIED_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
 
-_ENVELOPE_FIELDS = frozenset({"event_id", "type", "schema_version", "job_id", "occurred_at", "payload"})
-
-# Field names of each payload type, computed once: decoding checks every record against them.
-_PAYLOAD_FIELDS: dict[type[Event], frozenset[str]] = {
-    cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()
-}
-
 
 def _completed_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     """PackageCompleted v1 had no `cached_from`: every v1 completion built its own ZIP."""
@@ -347,44 +343,104 @@ def encode(env: Envelope) -> bytes:
     )
 
 
-def decode(raw: bytes | str) -> Envelope:
-    """Parse and validate a wire record, upcasting old payloads; raise EventDecodeError if malformed."""
+# --- the typed wire boundary ------------------------------------------------------------------------
+# Every record is checked against the payload dataclasses' annotations before a fold or an agent sees it: a
+# msgspec Struct mirrors each dataclass (derived from it, so the two cannot drift), decoding checks every
+# field's type in C, and the result is turned into the dataclass the code works with. 3-4 us an event,
+# faster than the untyped checks it replaced (docs/events.md, "The typed boundary").
+
+# RFC 3339 with an upper-case `T` and `Z`, as the schemas' `date-time` format is checked (rfc3339-validator),
+# and real dates (`datetime.fromisoformat`): what `projections.statistics.unix_time` can read.
+# The schemas carry the pattern too: their format checker (jsonschema) would accept a lower-case `t` or `z`.
+RFC3339_PATTERN = (
+    r"^\d{4}-(?:0[1-9]|1[0-2])-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN, re.ASCII)
+
+
+class _WireEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    """The envelope as it travels; the payload is kept raw until its type (and version) is known."""
+
+    event_id: Annotated[str, msgspec.Meta(min_length=1)]
+    type: str
+    schema_version: int
+    job_id: Annotated[str, msgspec.Meta(min_length=1)]
+    occurred_at: str
+    payload: msgspec.Raw
+
+
+def _wire_struct(cls: type[Event]) -> type[msgspec.Struct]:
+    """A Struct with the dataclass's fields, in order, all required, no others allowed (like the schema)."""
+    hints = get_type_hints(cls)
+    fields = [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
+    return msgspec.defstruct(f"{cls.__name__}Wire", fields, forbid_unknown_fields=True)
+
+
+_WIRE_STRUCTS: dict[type[Event], type[msgspec.Struct]] = {
+    cls: _wire_struct(cls) for cls in EVENT_TYPES.values()
+}
+_ENVELOPE_DECODER = msgspec.json.Decoder(_WireEnvelope)
+_PAYLOAD_DECODERS = {cls: msgspec.json.Decoder(struct) for cls, struct in _WIRE_STRUCTS.items()}
+_astuple = msgspec.structs.astuple
+
+
+def is_timestamp(text: str) -> bool:
+    """True for an RFC 3339 date-time with an offset (`2026-11-26T14:21:00.123Z`) naming a real moment."""
+    if _RFC3339.fullmatch(text) is None:
+        return False
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise EventDecodeError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise EventDecodeError("an event must be a JSON object")
-    if not doc.keys() >= _ENVELOPE_FIELDS:
-        missing = _ENVELOPE_FIELDS - doc.keys()
-        raise EventDecodeError(f"missing envelope field(s): {', '.join(sorted(missing))}")
-    cls = EVENT_TYPES.get(doc["type"])
-    if cls is None:
-        raise EventDecodeError(f"unknown event type {doc['type']!r}")
-    version, payload = doc["schema_version"], doc["payload"]
-    if not isinstance(version, int) or not isinstance(payload, dict):
-        raise EventDecodeError("schema_version must be an integer and payload an object")
-    if version > cls.VERSION:
-        raise EventDecodeError(f"{cls.TYPE} v{version} is newer than this code (v{cls.VERSION})")
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _upcast(cls: type[Event], version: int, raw: msgspec.Raw) -> msgspec.Struct:
+    """An older payload brought to the current version by the upcasters, then type-checked."""
+    payload = orjson.loads(memoryview(raw))
+    if not isinstance(payload, dict):
+        raise EventDecodeError(f"{cls.TYPE} payload must be an object", reason="bad_payload")
     while version < cls.VERSION:
         upcast = UPCASTERS.get((cls.TYPE, version))
         if upcast is None:
-            raise EventDecodeError(f"no upcaster for {cls.TYPE} v{version}")
+            raise EventDecodeError(f"no upcaster for {cls.TYPE} v{version}", reason="unsupported_version")
         payload, version = upcast(payload), version + 1
-    event_id, job_id, occurred_at = doc["event_id"], doc["job_id"], doc["occurred_at"]
-    if not (
-        type(event_id) is str
-        and type(job_id) is str
-        and type(occurred_at) is str
-        and event_id
-        and job_id
-        and occurred_at
-    ):
-        raise EventDecodeError("envelope fields event_id, job_id and occurred_at must be non-empty strings")
-    names = _PAYLOAD_FIELDS[cls]
-    if payload.keys() != names:
+    return msgspec.convert(payload, _WIRE_STRUCTS[cls])
+
+
+def decode(raw: bytes | str) -> Envelope:
+    """Parse a wire record, checking every field's type and upcasting old payloads.
+
+    Raises EventDecodeError (with a `reason`: not_json, bad_envelope, unknown_type, unsupported_version or
+    bad_payload) for anything the schemas in `schemas/` would refuse.
+    """
+    try:
+        wire = _ENVELOPE_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise EventDecodeError(f"not an event envelope: {exc}", reason="bad_envelope") from None
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(f"not JSON: {exc}", reason="not_json") from None
+    cls = EVENT_TYPES.get(wire.type)
+    if cls is None:
+        raise EventDecodeError(f"unknown event type {wire.type[:80]!r}", reason="unknown_type")
+    version = wire.schema_version
+    try:
+        if version == cls.VERSION:
+            fields = _PAYLOAD_DECODERS[cls].decode(wire.payload)
+        elif version > cls.VERSION or version < 1:
+            raise EventDecodeError(
+                f"{cls.TYPE} v{version} is not a version this code knows (v1 to v{cls.VERSION})",
+                reason="unsupported_version",
+            )
+        else:
+            fields = _upcast(cls, version, wire.payload)
+    except msgspec.DecodeError as exc:  # ValidationError is one: a wrong type, a missing or unknown field
+        raise EventDecodeError(f"{cls.TYPE} v{version} payload: {exc}", reason="bad_payload") from None
+    if not is_timestamp(wire.occurred_at):
         raise EventDecodeError(
-            f"{cls.TYPE} payload fields differ: missing {sorted(names - set(payload))}, "
-            f"unexpected {sorted(set(payload) - names)}"
+            f"occurred_at {wire.occurred_at[:40]!r} is not an RFC 3339 date-time", reason="bad_envelope"
         )
-    return Envelope(event_id, cls.TYPE, cls.VERSION, job_id, occurred_at, cls(**payload))
+    return Envelope(
+        wire.event_id, cls.TYPE, cls.VERSION, wire.job_id, wire.occurred_at, cls(*_astuple(fields))
+    )

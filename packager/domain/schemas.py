@@ -17,7 +17,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import orjson
 
-from packager.domain.events import EVENT_TYPES, Event
+from packager.domain.events import EVENT_TYPES, RFC3339_PATTERN, Event
 
 SCHEMA_DIRECTORY = Path(__file__).resolve().parents[2] / "schemas"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -62,7 +62,7 @@ def schema_for(cls: type[Event]) -> dict[str, Any]:
             "type": {"const": cls.TYPE},
             "schema_version": {"const": cls.VERSION},
             "job_id": {"type": "string", "minLength": 1},
-            "occurred_at": {"type": "string", "format": "date-time"},
+            "occurred_at": {"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN},
             "payload": {
                 "type": "object",
                 "required": payload_fields,

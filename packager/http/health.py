@@ -61,7 +61,12 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def readiness(app: web.Application) -> tuple[bool, Mapping[str, object]]:
-    """Ready when the broker answers and the read model has reached the log end it saw at start."""
+    """Ready when the broker answers and the read model has reached the log end it saw at start.
+
+    Ready but "degraded" (still 200: the ingress accepts requests, and one bad event must not take every
+    ingress out of service) when the read model lacks events whose fold raised, or its reading loop is
+    being restarted after an error; the reason says which.
+    """
     settings = app[SETTINGS]
     try:
         async with asyncio.timeout(BROKER_PROBE_TIMEOUT):
@@ -69,12 +74,17 @@ async def readiness(app: web.Application) -> tuple[bool, Mapping[str, object]]:
     except Exception as exc:  # any failure to reach the broker makes the ingress unready
         return False, {"reason": f"Kafka is unreachable ({type(exc).__name__})"}
     side = app.get(READ_SIDE)
-    if side is not None and not side.caught_up.is_set():
+    if side is None:
+        return True, {}
+    problem = side.health.problem()
+    if not side.caught_up.is_set():
         lag = side.lag()
         return False, {
-            "reason": "The read model has not caught up with the log yet",
+            "reason": problem or "The read model has not caught up with the log yet",
             "lag": sum(lag.values()) if lag else None,
         }
+    if problem:
+        return True, {"status": "degraded", "reason": problem}
     return True, {}
 
 
@@ -86,6 +96,7 @@ def add_routes(app: web.Application) -> None:
         if side is not None:
             metrics.set_lag(metrics.READ_MODEL_LAG, side.lag())
             metrics.READ_MODEL_CAUGHT_UP.set(1 if side.caught_up.is_set() else 0)
+            metrics.READ_MODEL_DEGRADED.set(1 if side.health.problem() else 0)
 
     async def ready() -> tuple[bool, Mapping[str, object]]:
         return await readiness(app)

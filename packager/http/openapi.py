@@ -225,7 +225,11 @@ def _paths() -> dict[str, Any]:
                 "with the log; on a worker, it started, holds partitions and is not rebalancing.",
                 "tags": ["operations"],
                 "responses": {
-                    "200": _json("Health", "Ready."),
+                    "200": _json(
+                        "Health",
+                        "Ready; on the ingress `degraded` (with a reason) while its read model lacks an "
+                        "event whose fold raised or its reading loop is being restarted.",
+                    ),
                     "503": _json("Health", "Not ready, and why."),
                 },
             }

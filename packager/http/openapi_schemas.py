@@ -118,7 +118,7 @@ _HEALTH = {
     "type": "object",
     "required": ["status"],
     "properties": {
-        "status": {"type": "string", "enum": ["live", "ready", "not ready"]},
+        "status": {"type": "string", "enum": ["live", "ready", "degraded", "not ready"]},
         "reason": {"type": "string"},
     },
     "additionalProperties": True,

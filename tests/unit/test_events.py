@@ -69,20 +69,21 @@ def test_every_event_type_has_a_distinct_wire_name() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "reason"),
+    ("raw", "reason", "message"),
     [
-        (b"not json", "not JSON"),
-        (b"[1, 2]", "JSON object"),
-        (b'{"type": "PackageRequested"}', "missing envelope field"),
-        (STORED_V1.replace(b'"PackageRequested"', b'"PackageExploded"'), "unknown event type"),
-        (STORED_V1.replace(b'"schema_version":1', b'"schema_version":99'), "newer than this code"),
-        (STORED_V1.replace(b'"kind":"url",', b""), "payload fields differ"),
-        (STORED_V1.replace(b'"kind":"url",', b'"kind":"url","extra":1,'), "payload fields differ"),
+        (b"not json", "not_json", "not JSON"),
+        (b"[1, 2]", "bad_envelope", "Expected `object`, got `array`"),
+        (b'{"type": "PackageRequested"}', "bad_envelope", "missing required field"),
+        (STORED_V1.replace(b'"PackageRequested"', b'"PackageExploded"'), "unknown_type", "unknown event"),
+        (STORED_V1.replace(b'"schema_version":1', b'"schema_version":99'), "unsupported_version", "v99"),
+        (STORED_V1.replace(b'"kind":"url",', b""), "bad_payload", "missing required field `kind`"),
+        (STORED_V1.replace(b'"kind":"url",', b'"kind":"url","extra":1,'), "bad_payload", "unknown field"),
     ],
 )
-def test_malformed_records_are_refused_with_a_reason(raw: bytes, reason: str) -> None:
-    with pytest.raises(EventDecodeError, match=reason):
+def test_malformed_records_are_refused_with_a_reason(raw: bytes, reason: str, message: str) -> None:
+    with pytest.raises(EventDecodeError, match=message) as refused:
         decode(raw)
+    assert refused.value.reason == reason
 
 
 def test_a_sealed_ckan_key_never_appears_in_clear_on_the_wire() -> None:
