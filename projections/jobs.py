@@ -28,9 +28,12 @@ from packager.domain.events import (
 QUEUED, RUNNING, COMPLETED, FAILED, ABANDONED = "queued", "running", "completed", "failed", "abandoned"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed in place (`evolve` returns a copy): a frozen dataclass's __init__ sets
+# each of the 19 fields through object.__setattr__, which made it the largest cost of the projector's fold
+# (4.5 against 1.9 microseconds per event).
+@dataclass(slots=True)
 class JobState:
-    """What is known about one job."""
+    """What is known about one job (treat as immutable: `evolve` makes changed copies)."""
 
     job_id: str
     state: str = QUEUED

@@ -59,11 +59,11 @@ REQUESTS_REJECTED = Counter(
 )
 READ_MODEL_LAG = Gauge(
     "packager_read_model_lag",
-    "Records on the log not yet folded into the ingress's read model, per topic partition.",
+    "Records on the log not yet folded into the views by the projector, per topic partition.",
     ["topic", "partition"],
 )
 READ_MODEL_CAUGHT_UP = Gauge(
-    "packager_read_model_caught_up", "1 once the ingress's read model reached the log end it saw at start."
+    "packager_read_model_caught_up", "1 when the views held every record of the log at the last scrape."
 )
 
 # --- workers ---------------------------------------------------------------------------------------------

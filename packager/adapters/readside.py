@@ -1,38 +1,16 @@
-"""Adapter: keeping the ingress's read model up to date from the log, and asking Kafka about workers.
+"""Adapter: what the read side asks Kafka (partitions, workers, reachability) and how it names requesters.
 
-`ReadSide` runs a consumer (no consumer group: it reads every partition of the requests and events topics)
-that folds each record into `projections.readmodel.ReadModel`. It starts from the positions stored in the
-model's snapshot (or from the beginning when there is none), saves a snapshot every few seconds and when it
-stops, and wakes live progress streams as jobs change.
+The views themselves are written by `packager.adapters.projector` and read through
+`packager.adapters.viewreads`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
-from collections import defaultdict
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
-from packager.adapters.kafka_log import Topics, ensure_topics
-from packager.core import retrying
-from packager.core.errors import EventDecodeError
-from packager.core.retrying import Backoff
 from packager.core.settings import Settings
-from packager.domain.events import decode
 from packager.domain.secrets import keyed_hash
-from projections.jobs import JobState
-from projections.readmodel import ReadModel, write_atomically
-
-log = logging.getLogger(__name__)
-
-SNAPSHOT_EVERY = 5.0  # seconds
 
 
 def identity_for(settings: Settings):  # type: ignore[no-untyped-def]
@@ -40,12 +18,6 @@ def identity_for(settings: Settings):  # type: ignore[no-untyped-def]
     if not settings.anonymize_emails:
         return lambda email: email.lower()
     return lambda email: keyed_hash(settings.secret, "email", email.lower())
-
-
-def snapshot_path(settings: Settings) -> Path:
-    """Where the ingress keeps its read model between runs."""
-    base = Path(settings.read_model_directory or Path(settings.store_directory) / ".readmodel")
-    return base / f"{settings.topic_prefix}.json"
 
 
 async def topic_partitions(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
@@ -87,128 +59,3 @@ async def broker_reachable(bootstrap: str) -> None:
         await admin.list_topics()
     finally:
         await admin.close()
-
-
-class ReadSide:
-    """The live read model of one ingress."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.path = snapshot_path(settings)
-        self.model = ReadModel.load(self.path, identity_for(settings))
-        self.model.on_change = self._changed
-        self._watchers: dict[str, set[asyncio.Queue[JobState]]] = defaultdict(set)
-        self._task: asyncio.Task[None] | None = None
-        self.caught_up = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._ends: dict[TopicPartition, int] = {}
-
-    def _changed(self, job: JobState) -> None:
-        for queue in self._watchers.get(job.job_id, ()):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(job)
-
-    async def watch(self, job_id: str) -> AsyncIterator[JobState]:
-        """The job's state now and after every change, until it is terminal and emailed or failed to."""
-        queue: asyncio.Queue[JobState] = asyncio.Queue(maxsize=1000)
-        self._watchers[job_id].add(queue)
-        try:
-            current = self.model.jobs.get(job_id)
-            if current is not None:
-                yield current
-                if current.terminal:
-                    return
-            while True:
-                job = await queue.get()
-                yield job
-                if job.terminal:
-                    return
-        finally:
-            self._watchers[job_id].discard(queue)
-            if not self._watchers[job_id]:
-                del self._watchers[job_id]
-
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Records on each followed partition not yet folded into the model (empty while not following)."""
-        consumer = self._consumer
-        if consumer is None:
-            return {}
-        lag = {}
-        for tp, end in self._ends.items():
-            highwater = consumer.highwater(tp)
-            position = self.model.positions.get(f"{tp.topic}:{tp.partition}", 0)
-            lag[(tp.topic, tp.partition)] = max(0, (end if highwater is None else highwater) - position)
-        return lag
-
-    def start(self) -> None:
-        """Begin following the log in the background."""
-        self._task = asyncio.create_task(self._follow_forever(), name="read-side")
-
-    async def stop(self) -> None:
-        """Stop following and save a snapshot."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        write_atomically(self.path, self.model.snapshot())
-
-    async def _follow_forever(self) -> None:
-        # `_follow` returns only by failing; the policy starts it again, for as long as the ingress runs.
-        await retrying.call(
-            "the read side's reading of Kafka",
-            self._follow,
-            backoff=Backoff(first=1.0, cap=5.0),
-            retry_on=(KafkaError, OSError),
-        )
-
-    async def _follow(self) -> None:
-        topics = Topics(self.settings.topic_prefix)
-        bootstrap = self.settings.kafka_bootstrap_servers
-        await ensure_topics(
-            bootstrap, topics, self.settings.partitions, replication_factor=self.settings.replication_factor
-        )
-        partitions = await topic_partitions(bootstrap, [topics.requests, topics.events])
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        try:
-            consumer.assign(partitions)
-            for tp in partitions:
-                position = self.model.positions.get(f"{tp.topic}:{tp.partition}")
-                if position is None:
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, position)
-            ends = await consumer.end_offsets(partitions)
-            self._consumer, self._ends = consumer, dict(ends)
-            saved_at = time.monotonic()
-            while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                for tp, records in batch.items():
-                    for record in records:
-                        try:
-                            event = decode(record.value)
-                        except EventDecodeError as exc:
-                            log.error(
-                                "undecodable record at %s:%d@%d: %s",
-                                tp.topic,
-                                tp.partition,
-                                record.offset,
-                                exc.message,
-                            )
-                            self.model.positions[f"{tp.topic}:{tp.partition}"] = record.offset + 1
-                            continue
-                        self.model.apply(tp.topic, tp.partition, record.offset, event)
-                if not self.caught_up.is_set() and all(
-                    self.model.positions.get(f"{tp.topic}:{tp.partition}", 0) >= ends[tp] for tp in partitions
-                ):
-                    self.caught_up.set()
-                if time.monotonic() - saved_at > SNAPSHOT_EVERY:
-                    # Serialised here, between folds, so the snapshot is consistent; written in a thread.
-                    data = self.model.snapshot()
-                    await asyncio.to_thread(write_atomically, self.path, data)
-                    saved_at = time.monotonic()
-        finally:
-            self._consumer = None
-            await consumer.stop()

@@ -1,7 +1,7 @@
 """The ingress's operations surface: request metrics, /metrics, /health/live, /health/ready, /openapi.json.
 
-Kept apart from the request handlers: a middleware counts every answer, and the routes here read the read
-side and the broker, never the domain.
+Kept apart from the request handlers: a middleware counts every answer, and the routes here read the views'
+tracking records and the broker, never the domain.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from aiohttp import web
 
 from packager.adapters import metrics
 from packager.adapters.readside import broker_reachable
-from packager.http.app_keys import READ_SIDE, SETTINGS
+from packager.adapters.viewdb import ViewsUnavailable
+from packager.http.app_keys import READ_VIEWS, SETTINGS
 from packager.http.openapi import spec
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 Handler = metrics.Handler
 
 BROKER_PROBE_TIMEOUT = 3.0  # seconds a readiness probe waits for the broker
+VIEWS_PROBE_TIMEOUT = 5.0  # seconds it waits for the views' tracking records and the log's end offsets
 
 
 def _route_of(request: web.Request) -> str:
@@ -61,31 +63,51 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def readiness(app: web.Application) -> tuple[bool, Mapping[str, object]]:
-    """Ready when the broker answers and the read model has reached the log end it saw at start."""
+    """Ready when the broker answers and the views can be read and have been written by a projector.
+
+    The projector's lag (records of the log not yet in the views) is part of the answer: a lagging
+    projector makes answers older, not wrong, so it is reported rather than refused.
+    """
     settings = app[SETTINGS]
     try:
         async with asyncio.timeout(BROKER_PROBE_TIMEOUT):
             await broker_reachable(settings.kafka_bootstrap_servers)
     except Exception as exc:  # any failure to reach the broker makes the ingress unready
         return False, {"reason": f"Kafka is unreachable ({type(exc).__name__})"}
-    side = app.get(READ_SIDE)
-    if side is not None and not side.caught_up.is_set():
-        lag = side.lag()
-        return False, {
-            "reason": "The read model has not caught up with the log yet",
-            "lag": sum(lag.values()) if lag else None,
-        }
-    return True, {}
+    views = app.get(READ_VIEWS)
+    if views is None:
+        return True, {}
+    try:
+        async with asyncio.timeout(VIEWS_PROBE_TIMEOUT):
+            lag = await views.lag()
+            positions = await views.positions()
+    except ViewsUnavailable as exc:
+        return False, {"reason": f"The views cannot be read ({exc}); is `packager projector` running?"}
+    except Exception as exc:  # the log's end offsets could not be had: the lag is unknown
+        return False, {"reason": f"The projector's lag is unknown ({type(exc).__name__})"}
+    behind = sum(lag.values())
+    if not positions and behind:
+        return False, {"reason": "No projector has written the views yet", "lag": behind}
+    return True, {"lag": behind}
 
 
 def add_routes(app: web.Application) -> None:
     """Register /metrics, /health/live, /health/ready and /openapi.json on the ingress."""
 
     async def refresh() -> None:
-        side = app.get(READ_SIDE)
-        if side is not None:
-            metrics.set_lag(metrics.READ_MODEL_LAG, side.lag())
-            metrics.READ_MODEL_CAUGHT_UP.set(1 if side.caught_up.is_set() else 0)
+        views = app.get(READ_VIEWS)
+        if views is None:
+            return
+        try:
+            async with asyncio.timeout(VIEWS_PROBE_TIMEOUT):
+                lag = await views.lag()
+        except Exception:  # unknown lag: leave the series out rather than report a guess
+            log.debug("the views' lag is unknown", exc_info=True)
+            metrics.READ_MODEL_LAG.clear()
+            metrics.READ_MODEL_CAUGHT_UP.set(0)
+            return
+        metrics.set_lag(metrics.READ_MODEL_LAG, lag)
+        metrics.READ_MODEL_CAUGHT_UP.set(1 if not any(lag.values()) else 0)
 
     async def ready() -> tuple[bool, Mapping[str, object]]:
         return await readiness(app)
