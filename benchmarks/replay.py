@@ -130,6 +130,11 @@ async def produce(bootstrap: str, topics: Topics, events: int, partitions: int) 
     return time.perf_counter() - started
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def main() -> None:
     """Produce, then replay and report."""
     parser = argparse.ArgumentParser()
@@ -147,9 +152,9 @@ async def main() -> None:
         url = args.database_url or f"sqlite:///{Path(scratch) / 'views.sqlite3'}"
         db = ViewDatabase(url)
         await asyncio.to_thread(db.reset)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         folded = await run_projector(settings, until_caught_up=True, url=url)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
         conn = db.connect()
         try:
             jobs = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
@@ -164,6 +169,8 @@ async def main() -> None:
                 "database": db.dialect,
                 "projector_seconds": round(seconds, 2),
                 "events_per_s": round(folded / seconds),
+                # Per second of this process's CPU (all threads): what the rate would be on an idle core.
+                "events_per_cpu_s": round(folded / cpu),
                 "produce_seconds": round(produce_seconds, 2),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "totals_all": totals,

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 5000
 BATCH_SECONDS = 0.1
+# Per partition and fetch: catching up on a long log takes fewer round trips than with the 1 MB default.
+FETCH_BYTES = 2 * 1024 * 1024
 
 
 def decode_record(topic: str, partition: int, offset: int, value: bytes | None) -> Envelope | None:
@@ -111,7 +114,10 @@ async def _project(
         # "earliest": a newly assigned partition's position is reset in the background, and a reset to
         # "latest" racing with the seek below was seen to skip a whole partition.
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=FETCH_BYTES,
         )
         await consumer.start()
         try:
@@ -149,26 +155,26 @@ async def _consume(
     def done() -> bool:
         return all(reached[tp] >= limits[tp] for tp in partitions)
 
-    pending: list[tuple[str, int, int, bytes | None]] = []
-    first_at = 0.0
+    # Whole runs of records per partition, in the order they came: the event loop does no per-record work.
+    pending: list[tuple[str, int, Sequence[Any]]] = []
+    count, first_at = 0, 0.0
     while follow or not done():
         # No `max_records`: with aiokafka 0.14 it was seen to leave a partition's tail undelivered.
         batch = await consumer.getmany(timeout_ms=int(BATCH_SECONDS * 1000))
         for tp, records in batch.items():
-            limit = None if follow else limits[tp]
-            for record in records:
-                if limit is not None and record.offset >= limit:
-                    break
-                if not pending:
-                    first_at = time.monotonic()
-                pending.append((tp.topic, tp.partition, record.offset, record.value))
-                reached[tp] = record.offset + 1
-        if pending and (
-            len(pending) >= BATCH_RECORDS or time.monotonic() - first_at >= BATCH_SECONDS or not batch
-        ):
+            if not follow and records and records[-1].offset >= limits[tp]:
+                records = [r for r in records if r.offset < limits[tp]]
+            if not records:
+                continue
+            if not pending:
+                first_at = time.monotonic()
+            pending.append((tp.topic, tp.partition, records))
+            count += len(records)
+            reached[tp] = records[-1].offset + 1
+        if pending and (count >= BATCH_RECORDS or time.monotonic() - first_at >= BATCH_SECONDS or not batch):
             progress.applied += await _apply(db, conn, pending, identity, until)
             progress.batches += 1
-            pending = []
+            pending, count = [], 0
         if not progress.caught_up and not pending and done():
             progress.caught_up = True
             log.info("the views caught up with the log (%d events applied)", progress.applied)
@@ -181,7 +187,7 @@ async def _consume(
 async def _apply(
     db: ViewDatabase,
     conn: object,
-    raw: Sequence[tuple[str, int, int, bytes | None]],
+    raw: Sequence[tuple[str, int, Sequence[Any]]],
     identity: Identity,
     until: str,
 ) -> int:
@@ -199,10 +205,16 @@ async def _apply(
 def _decode_and_apply(
     db: ViewDatabase,
     conn: object,
-    raw: Sequence[tuple[str, int, int, bytes | None]],
+    raw: Sequence[tuple[str, int, Sequence[Any]]],
     identity: Identity,
     until: str,
 ) -> int:
-    """Runs in a thread: decoding and folding are CPU work the event loop need not wait for."""
-    records: list[Decoded] = [(t, p, o, decode_record(t, p, o, v)) for t, p, o, v in raw]
-    return db.apply(conn, records, identity, until=until)
+    """Runs in a thread: decoding and folding are CPU work the event loop need not wait for. One
+    transaction per BATCH_RECORDS records: one fetch may bring many more."""
+    records: list[Decoded] = [
+        (t, p, r.offset, decode_record(t, p, r.offset, r.value)) for t, p, run in raw for r in run
+    ]
+    applied = 0
+    for start in range(0, len(records), BATCH_RECORDS):
+        applied += db.apply(conn, records[start : start + BATCH_RECORDS], identity, until=until)
+    return applied

@@ -34,6 +34,7 @@ from projections.view_fold import Changes, Identity, Known, fold, job_from_row, 
 Decoded = tuple[str, int, int, Envelope | None]
 
 _CHUNK = 10_000  # SQLite allows 32,766 parameters per statement
+_PAGE = 5000  # rows per page when a whole table is read
 _LOCK_KEY = 0x636B616E  # PostgreSQL advisory lock serialising projectors that share a database
 _JOB_NAMES = schema.JOBS.column_names
 
@@ -315,11 +316,21 @@ class ViewDatabase:
         return conn.execute(sql, (name,)).fetchone() is not None
 
     def rows(self, conn: Any, table: schema.Table) -> Iterator[tuple[Any, ...]]:
-        """Every row of a table, in key order (for comparisons)."""
-        sql = f"SELECT {', '.join(table.column_names)} FROM {table.name} ORDER BY {', '.join(table.key)}"
-        cursor = conn.execute(sql)
-        while batch := cursor.fetchmany(5000):
-            yield from (tuple(row) for row in batch)
+        """Every row of a table, in key order (for comparisons), a page at a time: memory stays flat
+        however large the table (keyset paging, so no server-side cursor is needed)."""
+        columns, key = ", ".join(table.column_names), ", ".join(table.key)
+        first = f"SELECT {columns} FROM {table.name} ORDER BY {key} LIMIT {_PAGE}"
+        marks = ", ".join("?" * len(table.key))
+        after = self._sql(
+            f"SELECT {columns} FROM {table.name} WHERE ({key}) > ({marks}) ORDER BY {key} LIMIT {_PAGE}"
+        )
+        page = conn.execute(first).fetchall()
+        width = len(table.key)
+        while page:
+            yield from (tuple(row) for row in page)
+            if len(page) < _PAGE:
+                return
+            page = conn.execute(after, tuple(page[-1][:width])).fetchall()
 
 
 def redacted(url: str) -> str:

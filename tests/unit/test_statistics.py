@@ -6,6 +6,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from packager.adapters.readside import identity_for
 from packager.adapters.viewdb import ViewDatabase
 from packager.core.settings import load_settings
@@ -127,3 +129,15 @@ def test_jobs_counters_and_built_zips(tmp_path: Path) -> None:
 
 def dump(db: ViewDatabase, conn: Any) -> dict[str, list[tuple[Any, ...]]]:
     return {table.name: list(db.rows(conn, table)) for table in view_schema.TABLES}
+
+
+def test_whole_tables_read_a_page_at_a_time_give_every_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from packager.adapters import viewdb
+
+    db, conn = views(tmp_path, [*EVENTS, completed("j1"), completed("j2")])
+    whole = dump(db, conn)
+    monkeypatch.setattr(viewdb, "_PAGE", 2)
+    assert dump(db, conn) == whole
+    assert len(whole["jobs"]) == 4 and len(whole["requester_resources"]) == 3
