@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 POOL_SIZE = 4
 WATCH_INTERVAL = 0.25  # seconds between two looks at a watched job
+WATCH_HEARTBEAT = 15.0  # seconds without news after which a watcher is given a heartbeat (None)
 END_OFFSETS_TTL = 2.0  # seconds the log's end offsets are reused between probes
 
 
@@ -101,16 +102,22 @@ class ReadViews:
         """The projector's tracking records."""
         return await self.run(self.db.positions)
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobState]:
-        """The job's state now and after every change seen, until it is terminal."""
+    async def watch(self, job_id: str) -> AsyncIterator[JobState | None]:
+        """The job's state now and after every change seen, until it is terminal; None after every
+        WATCH_HEARTBEAT seconds without news, so that the caller writes something and notices a client
+        that went away (aiohttp does not cancel a handler when its client disconnects)."""
         last: JobState | None = None
+        quiet_since = time.monotonic()
         while True:
             current = await self.job(job_id)
             if current is not None and current != last:
                 yield current
                 if current.terminal:
                     return
-                last = current
+                last, quiet_since = current, time.monotonic()
+            elif time.monotonic() - quiet_since >= WATCH_HEARTBEAT:
+                yield None
+                quiet_since = time.monotonic()
             await asyncio.sleep(WATCH_INTERVAL)
 
     async def lag(self) -> dict[tuple[str, int], int]:

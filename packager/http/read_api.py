@@ -163,9 +163,15 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     )
     views = _views(request)
     await response.prepare(request)
-    async for state in views.watch(job_id):
-        data = orjson.dumps(job_view(state, settings)).decode()
-        await response.write(f"event: job\ndata: {data}\n\n".encode())
+    try:
+        async for state in views.watch(job_id):
+            if state is None:
+                await response.write(b": still waiting\n\n")  # an SSE comment: clients ignore it
+                continue
+            data = orjson.dumps(job_view(state, settings)).decode()
+            await response.write(f"event: job\ndata: {data}\n\n".encode())
+    except ViewsUnavailable:
+        return response  # the stream ends without `end`: a browser's EventSource connects again
     await response.write(b"event: end\ndata: {}\n\n")
     return response
 
