@@ -7,6 +7,7 @@ idempotent: a redelivered request is not packaged twice, a redelivered terminal 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 from packager.domain.events import (
@@ -77,7 +78,10 @@ class JobState:
 
     def evolve(self, **changes: Any) -> JobState:
         """A copy with `changes` applied (what `dataclasses.replace` does, several times faster)."""
-        return JobState(*[changes[n] if n in changes else getattr(self, n) for n in _FIELDS])
+        values = list(_VALUES(self))
+        for name, value in changes.items():
+            values[_INDEX[name]] = value
+        return JobState(*values)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobState:
@@ -86,6 +90,8 @@ class JobState:
 
 
 _FIELDS = tuple(f.name for f in fields(JobState))
+_VALUES = attrgetter(*_FIELDS)  # every field's value at once, read in C
+_INDEX = {name: i for i, name in enumerate(_FIELDS)}
 
 
 def apply(state: JobState | None, event: Envelope) -> JobState:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 5000
 BATCH_SECONDS = 0.1
+CHECKPOINT_SECONDS = 1.0  # SQLite: how often the WAL is copied into the file beside the writer
 # Per partition and fetch: catching up on a long log takes fewer round trips than with the 1 MB default.
 FETCH_BYTES = 2 * 1024 * 1024
 
@@ -120,9 +121,13 @@ async def _project(
             max_partition_fetch_bytes=FETCH_BYTES,
         )
         await consumer.start()
+        checkpoints = asyncio.create_task(_checkpoint_every(db, CHECKPOINT_SECONDS), name="checkpoints")
         try:
             return await _consume(consumer, partitions, db, conn, identity, stop_at, until, progress, follow)
         finally:
+            checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpoints
             await consumer.stop()
     finally:
         conn.close()
@@ -182,6 +187,26 @@ async def _consume(
         progress.applied += await _apply(db, conn, pending, identity, until)
     progress.caught_up = True
     return progress.applied
+
+
+async def _checkpoint_every(db: ViewDatabase, seconds: float) -> None:
+    """Checkpoint the SQLite WAL on a connection of its own, so commits do not wait for the fsyncs."""
+    conn = await asyncio.to_thread(db.connect)
+    try:
+        while True:
+            await asyncio.sleep(seconds)
+            # Never cancelled half-way: the connection is closed below only once the thread is done with it.
+            work = asyncio.ensure_future(asyncio.to_thread(db.checkpoint, conn))
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await work
+                raise
+            except Exception:  # the writer's automatic checkpoints still bound the WAL
+                log.warning("a checkpoint of the views failed", exc_info=True)
+    finally:
+        await asyncio.to_thread(conn.close)
 
 
 async def _apply(

@@ -35,6 +35,7 @@ Decoded = tuple[str, int, int, Envelope | None]
 
 _CHUNK = 10_000  # SQLite allows 32,766 parameters per statement
 _PAGE = 5000  # rows per page when a whole table is read
+_AUTOCHECKPOINT_PAGES = 25_000  # 100 MB of WAL
 _LOCK_KEY = 0x636B616E  # PostgreSQL advisory lock serialising projectors that share a database
 _JOB_NAMES = schema.JOBS.column_names
 
@@ -101,6 +102,12 @@ class ViewDatabase:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
+            # The projector's connection: 64 MB of page cache for inserts at random places of large indexes
+            # (readers keep the 2 MB default, so an ingress's memory does not grow with the views).
+            conn.execute("PRAGMA cache_size=-65536")
+            # Checkpoints (copying the WAL into the file, with an fsync) were half the time of a commit: the
+            # projector runs them beside the writer (`checkpoint`); this bound is only a fallback.
+            conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
         else:  # a reader never creates the file: no file means no views yet
             uri = f"file:{self.path}?mode=rw"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -119,6 +126,11 @@ class ViewDatabase:
         finally:
             conn.close()
         self.connect(create=True).close()
+
+    def checkpoint(self, conn: Any) -> None:
+        """Copy the WAL into the SQLite file without blocking the writer (nothing to do on PostgreSQL)."""
+        if self.dialect == schema.SQLITE:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _exists(self) -> bool:
         return self.dialect != schema.SQLITE or self.path.exists()
