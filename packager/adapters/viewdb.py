@@ -72,6 +72,15 @@ class ViewDatabase:
             )
         self.mark = "?" if self.dialect == schema.SQLITE else "%s"
 
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """The driver's exceptions: the database failed, as opposed to a bug in the caller."""
+        if self.dialect == schema.SQLITE:
+            return (sqlite3.Error,)
+        import psycopg
+
+        return (psycopg.Error,)
+
     def __repr__(self) -> str:
         return f"ViewDatabase({redacted(self.url)!r})"
 

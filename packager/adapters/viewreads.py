@@ -66,10 +66,13 @@ class ReadViews:
         except ViewsUnavailable:
             conn.close()
             raise
-        except Exception as exc:  # a missing table, a lost server: the views are not usable right now
+        except self.db.errors as exc:  # a missing table, a lost server: the views are not usable now
             with contextlib.suppress(Exception):
                 conn.close()
             raise ViewsUnavailable(f"{type(exc).__name__}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
         self._connections.put(conn)
         return result
 

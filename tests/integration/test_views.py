@@ -3,8 +3,8 @@
 A synthetic history (jobs of six events: requested, queued, started, progress, completed or failed,
 emailed) is written to the topics; the projector folds it. Checked: the numbers it implies, resuming where
 the views end, a projector killed mid-batch and restarted (no event lost, none counted twice), `replay
-verify` catching a row changed by hand, `replay rebuild --into` making an identical copy, and two ingress
-processes on one PostgreSQL answering alike.
+verify` catching a row changed by hand, `replay rebuild --into` making an identical copy, `replay stats
+--until`, and two ingress processes on one PostgreSQL answering alike.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -205,6 +206,10 @@ async def test_replay_verify_catches_a_row_changed_by_hand_and_rebuild_makes_a_c
     await run_projector(settings, until_caught_up=True)
     assert await replay.verify(settings) == 0
     capsys.readouterr()
+    # Statistics as they stood at a moment: jobs 0 to 19 were requested by then, 9 and 19 had failed.
+    assert await replay.stats_until(settings, "2026-11-26T10:00:01.999Z") == 0
+    then = orjson.loads(capsys.readouterr().out)
+    assert then["totals"]["*"] == {"requests": 20, "errors": 2, "emails": 13}
 
     def tamper(db: ViewDatabase, conn: Any) -> None:
         conn.execute(
