@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 
 from packager.adapters.kafka_log import Topics, ensure_topics
 from packager.adapters.readside import identity_for, topic_partitions
-from packager.adapters.viewdb import Decoded, ViewDatabase, database_url
+from packager.adapters.viewdb import Decoded, ViewDatabase, ViewsUnavailable, database_url
 from packager.core import retrying
 from packager.core.errors import EventDecodeError
 from packager.core.retrying import Backoff
@@ -78,12 +78,14 @@ async def run_projector(
     progress = progress if progress is not None else Progress()
     if stop_at is not None or until_caught_up:
         return await _project(settings, db, stop_at, until, progress, follow=False)
-    # Following for ever: a lost broker or database connection is retried, never the end of the projector.
+    # Following for ever: a lost broker or database is retried, never the end of the projector (a batch that
+    # failed rolled back with its positions, so it is read again). A bug in a fold is not retried: it stops
+    # the process, loudly.
     await retrying.call(
-        "the projector's reading of Kafka",
+        "the projector's reading of Kafka and writing of the views",
         lambda: _project(settings, db, None, until, progress, follow=True),
         backoff=Backoff(first=1.0, cap=5.0),
-        retry_on=(KafkaError, OSError),
+        retry_on=(KafkaError, OSError, ViewsUnavailable, *db.errors),
     )
     return progress.applied
 
