@@ -7,6 +7,7 @@ idempotent: a redelivered request is not packaged twice, a redelivered terminal 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 from packager.domain.events import (
@@ -28,9 +29,12 @@ from packager.domain.events import (
 QUEUED, RUNNING, COMPLETED, FAILED, ABANDONED = "queued", "running", "completed", "failed", "abandoned"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed in place (`evolve` returns a copy): a frozen dataclass's __init__ sets
+# each of the 19 fields through object.__setattr__, which made it the largest cost of the projector's fold
+# (4.5 against 1.9 microseconds per event).
+@dataclass(slots=True)
 class JobState:
-    """What is known about one job."""
+    """What is known about one job (treat as immutable: `evolve` makes changed copies)."""
 
     job_id: str
     state: str = QUEUED
@@ -74,7 +78,10 @@ class JobState:
 
     def evolve(self, **changes: Any) -> JobState:
         """A copy with `changes` applied (what `dataclasses.replace` does, several times faster)."""
-        return JobState(*[changes[n] if n in changes else getattr(self, n) for n in _FIELDS])
+        values = list(_VALUES(self))
+        for name, value in changes.items():
+            values[_INDEX[name]] = value
+        return JobState(*values)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobState:
@@ -83,6 +90,8 @@ class JobState:
 
 
 _FIELDS = tuple(f.name for f in fields(JobState))
+_VALUES = attrgetter(*_FIELDS)  # every field's value at once, read in C
+_INDEX = {name: i for i, name in enumerate(_FIELDS)}
 
 
 def apply(state: JobState | None, event: Envelope) -> JobState:

@@ -90,3 +90,36 @@ def store_dir(tmp_path: Path) -> Path:
     path = tmp_path / "store"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for this test session (`packager dev postgres`, Debian's packages, a free
+    loopback port), stopped and removed at the end; yields its URL."""
+    from packager.dev import postgres
+
+    state_dir = tmp_path_factory.mktemp("postgres")
+    server = postgres.start(state_dir, log=lambda m: print(m))
+    try:
+        yield server.url()
+    finally:
+        postgres.stop(state_dir)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def views_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty views database: a SQLite file, or a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'views.sqlite3'}"
+        return
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"views_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

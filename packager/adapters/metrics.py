@@ -59,34 +59,34 @@ REQUESTS_REJECTED = Counter(
 )
 READ_MODEL_LAG = Gauge(
     "packager_read_model_lag",
-    "Records on the log not yet folded into the ingress's read model, per topic partition.",
+    "Records on the log not yet folded into the views by the projector, per topic partition.",
     ["topic", "partition"],
 )
 READ_MODEL_CAUGHT_UP = Gauge(
-    "packager_read_model_caught_up", "1 once the ingress's read model reached the log end it saw at start."
+    "packager_read_model_caught_up", "1 when the views held every record of the log at the last scrape."
 )
 RECORDS_REJECTED = Counter(
     "packager_records_rejected",
-    "Records the read side skipped because they are not valid events (the typed decode refused them), by "
+    "Records the projector skipped because they are not valid events (the typed decode refused them), by "
     "topic and reason (not_json, bad_envelope, unknown_type, unsupported_version, bad_payload).",
     ["topic", "reason"],
 )
 FOLD_FAILURES = Counter(
     "packager_read_model_fold_failures",
-    "Events whose fold raised: the read model kept its state without them (readiness says degraded).",
+    "Events whose fold raised: the views kept their state without them (readiness says degraded).",
     ["topic", "type"],
 )
 READ_SIDE_RESTARTS = Counter(
-    "packager_read_side_restarts", "Times the read side's reading loop stopped on an error and was restarted."
+    "packager_read_side_restarts", "Times the projector's loop stopped on an error and was restarted."
 )
 READ_MODEL_REBUILDS = Counter(
     "packager_read_model_rebuilds",
-    "Times the read model was dropped and rebuilt from the start of the log because the log it was built "
+    "Times the views were dropped and rebuilt from the start of the log because the log they were built "
     "from is gone (another cluster id or topic id: a wiped broker, recreated topics).",
 )
 READ_MODEL_DEGRADED = Gauge(
     "packager_read_model_degraded",
-    "1 while the read model may lack events (a fold raised) or its reading loop is being restarted.",
+    "1 while the projector reports that the views lack events (a fold raised) or its loop is restarting.",
 )
 
 # --- workers ---------------------------------------------------------------------------------------------

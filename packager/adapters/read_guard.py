@@ -5,7 +5,8 @@ projector that folds the log.
   (`packager_records_rejected_total{topic,reason}`) and skipped. The read side never writes to the log: the
   workers' agent owning the topic dead-letters the same record (same decode, same verdict) with one
   `RecordRejected`, however many ingress processes and projectors read it (docs/events.md).
-- `FoldHealth`: what went wrong while folding. A fold that raised is logged with its event (topic,
+- `FoldHealth`: what went wrong while folding (the projector publishes it in the views' `meta` table, where
+  the ingress's readiness reads it). A fold that raised is logged with its event (topic,
   partition, offset, type, job id) and counted, and stays reported (`problem()`, which readiness shows as
   "degraded") for as long as the process runs; the same for the last time the reading loop stopped.
 - `supervise`: run the reading loop for ever, restarting it with backoff and a log line when it fails.
@@ -98,12 +99,19 @@ class FoldHealth:
         return "; ".join(reasons) or None
 
 
-async def supervise(what: str, run: Callable[[], Awaitable[None]], health: FoldHealth) -> None:
+async def supervise(
+    what: str,
+    run: Callable[[], Awaitable[None]],
+    health: FoldHealth,
+    *,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Await `run()` again whenever it fails (it is not meant to return), with backoff and a log line.
 
     The backoff (the project's policy: exponential, jittered, capped) starts again from its first step once
     a run got as far as reading the log (`health.running()`), so a failure after hours of good work is
-    retried at once, and only a loop that keeps failing waits longer and longer.
+    retried at once, and only a loop that keeps failing waits longer and longer. `on_stop` (best effort: its
+    own failure is only logged) publishes the stop, e.g. where readiness reads it.
     """
     attempt = 0
     while True:
@@ -126,4 +134,9 @@ async def supervise(what: str, run: Callable[[], Awaitable[None]], health: FoldH
                 health.restarts,
                 exc_info=None if expected else exc,
             )
+            if on_stop is not None:
+                try:
+                    await on_stop()
+                except Exception:  # what failed may well be the place the stop is published to
+                    log.debug("could not publish that %s stopped", what, exc_info=True)
         await asyncio.sleep(wait)

@@ -2,17 +2,21 @@
 
 packager ingress                      serve the HTTP API
 packager worker [--lanes fast,slow]   run a Faust worker (planner, mailer and the given lanes)
+packager projector [--until-caught-up] [--metrics-port N]
+                                      fold the log into the views database (jobs, statistics)
 packager dev kafka start|stop|status  a local KRaft broker (or --nodes 3: a cluster) from Maven Central
 packager dev postgres start|stop|status      a throwaway PostgreSQL cluster from Debian's packages
 packager dev real-ckan start|stop|status     a real CKAN 2.12 (PyPI) with its datastore, for tests
 packager dev mailsink                 a local SMTP sink that writes .eml files
-packager dev up                       broker + mail sink + ingress + worker, until Ctrl-C
+packager dev up                       broker + mail sink + ingress + projector + worker, until Ctrl-C
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import secrets
 import signal
@@ -55,6 +59,36 @@ def cmd_ingress(_: argparse.Namespace) -> int:
     settings = _settings_or_exit()
     configure_logging(settings)
     run(settings)
+    return 0
+
+
+def cmd_projector(args: argparse.Namespace) -> int:
+    """Fold the log into the views database until stopped (or, with --until-caught-up, its end)."""
+    from packager.adapters.projector import run_projector
+    from packager.core.logs import configure_logging
+
+    settings = _settings_or_exit()
+    configure_logging(settings)
+    if args.metrics_port:
+        import prometheus_client
+
+        # Its own counters (records rejected, folds that raised, restarts, rebuilds), served from a thread.
+        prometheus_client.start_http_server(args.metrics_port, addr=settings.metrics_host)
+
+    async def project() -> int:
+        task = asyncio.create_task(run_projector(settings, until_caught_up=args.until_caught_up))
+        loop = asyncio.get_running_loop()
+        # SIGTERM stops between batches: a batch either committed with its positions or not at all.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return 0
+
+    applied = asyncio.run(project())
+    if args.until_caught_up:
+        print(f"{applied} events applied", flush=True)
     return 0
 
 
@@ -177,6 +211,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 
     env["PACKAGER_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
     settings = load_settings(env)
+    _write_stack_settings(var / "stack.toml", env)
     python = sys.executable
     children: list[subprocess.Popen[bytes]] = []
     logs = var / "logs"
@@ -219,12 +254,16 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     try:
         for name, *argv in (
             ("mailsink", "dev", "mailsink", "--dir", str(var / "mail"), "--port", str(args.mail_port)),
+            ("projector", "projector"),
             ("ingress", "ingress"),
             ("worker", "worker"),
         ):
             spawn(name, *argv)
             names.append(name)
-        print("Starting the ingress and the worker (they join Kafka's consumer group)...", flush=True)
+        print(
+            "Starting the projector, the ingress and the worker (it joins Kafka's consumer group)...",
+            flush=True,
+        )
         stack = StackAddresses(
             ingress=f"http://{settings.host}:{settings.port}",
             secret=secret,
@@ -264,8 +303,8 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         return 0
     finally:
-        # Ingress and worker first (the worker drains its builds for up to DRAIN_TIMEOUT and sends their
-        # emails), the mail sink after them, the broker last.
+        # Projector, ingress and worker first (the worker drains its builds for up to DRAIN_TIMEOUT and
+        # sends their emails), the mail sink after them, the broker last.
         mailsink, *services = children or [None]
         grace = settings.drain_timeout + 15
         for child in services:
@@ -286,6 +325,19 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         print("ckanpackager stopped", flush=True)
 
 
+def _write_stack_settings(path: Path, env: dict[str, str]) -> None:
+    """Record the settings the stack's processes get, so that `packager replay` run later in the same
+    folder uses them without anything exported by hand. Readable by the owner only: it holds the secret."""
+    known = {field.name for field in dataclasses.fields(Settings)}
+    lines = ["# Written by `packager dev up`: the settings of the local stack's processes."]
+    for name, value in sorted(env.items()):
+        setting = name.removeprefix("PACKAGER_").lower()
+        if name.startswith("PACKAGER_") and setting in known:
+            lines.append(f"{setting} = {json.dumps(value)}")
+    path.touch(mode=0o600)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     parser = argparse.ArgumentParser(
@@ -293,6 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ingress", help="serve the HTTP API").set_defaults(func=cmd_ingress)
+    projector = sub.add_parser("projector", help="fold the log into the views database")
+    projector.add_argument(
+        "--until-caught-up", action="store_true", help="stop at the end of the log as it was at start"
+    )
+    projector.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the projector's Prometheus metrics on METRICS_HOST and this port (default: not served)",
+    )
+    projector.set_defaults(func=cmd_projector)
     worker = sub.add_parser("worker", help="run a Faust worker")
     worker.add_argument("--lanes", help="comma-separated lanes to serve (default: PACKAGER_WORKER_LANES)")
     worker.set_defaults(func=cmd_worker)

@@ -1,19 +1,26 @@
-"""Replay tooling for audits: rebuild the read model from the log, compare it, and print histories.
+"""Replay tooling for audits: rebuild the views from the log, compare them, and print histories.
 
-    packager replay verify [--snapshot PATH]    rebuild to the live model's positions; exit 1 if different
-    packager replay stats [--until TIME]        statistics as they stood at TIME (ISO 8601), from the log
+    packager replay verify [--into URL]     rebuild into a fresh database (default: a temporary SQLite
+                                            file) to the live views' positions, compare every view row
+                                            by row; print differences, exit 1 if any
+    packager replay rebuild --into URL      an audit copy of the views, folded from the whole log
+    packager replay stats [--until TIME]    statistics as they stood at TIME (ISO 8601), from the log
     packager replay history (--job ID | --resource ID)    every event of a job or a resource, in order
 
-Everything here runs the same folds (`projections.readmodel.ReadModel.apply`) as the live ingress.
+Everything here runs the projector (`packager.adapters.projector`), so the same folds as the live views.
+Settings come from the environment as for every command; on the Quickstart stack (`packager dev up`),
+from the `var/stack.toml` it writes, so nothing needs exporting by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +29,16 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from packager.adapters.kafka_log import LogIdentity, Topics, identity_mismatch, log_identity
-from packager.adapters.readside import identity_for, snapshot_path, topic_partitions
+from packager.adapters.projector import run_projector
+from packager.adapters.readside import topic_partitions
+from packager.adapters.viewdb import ViewDatabase, ViewsUnavailable, database_url, redacted
 from packager.core.errors import EventDecodeError
 from packager.core.settings import Settings, load_settings
 from packager.domain.events import Envelope, decode, encode
-from projections import statistics as stats_fold
-from projections.readmodel import ReadModel
+from projections import view_schema as schema
+
+# Written by `packager dev up`: the settings the local stack's processes run with.
+STACK_SETTINGS = Path("var") / "stack.toml"
 
 
 async def read_log(
@@ -71,89 +82,141 @@ async def read_log(
 
 
 async def rebuild(
-    settings: Settings, *, stop_at: Mapping[str, int] | None = None, until: str | None = None
-) -> tuple[ReadModel, int]:
-    """A fresh read model folded from the log; returns it and the number of events folded."""
-    topics = Topics(settings.topic_prefix)
-    model = ReadModel(identity=identity_for(settings))
-    folded = 0
-    async for topic, partition, offset, value in read_log(
-        settings.kafka_bootstrap_servers, [topics.requests, topics.events], stop_at=stop_at
-    ):
-        try:
-            event = decode(value)
-        except EventDecodeError:
-            model.positions[f"{topic}:{partition}"] = offset + 1
-            continue
-        if until is not None and event.occurred_at > until:
-            model.positions[f"{topic}:{partition}"] = offset + 1
-            continue
-        try:
-            model.apply(topic, partition, offset, event)
-        except Exception as exc:  # skipped, as the live read side skips it (packager.adapters.read_guard)
-            where = f"{topic}:{partition}@{offset}"
-            print(f"the fold of {event.type} at {where} raised {exc!r}; skipped", file=sys.stderr)
-            model.positions[f"{topic}:{partition}"] = offset + 1
-            continue
-        folded += 1
-    return model, folded
+    settings: Settings,
+    into: str,
+    *,
+    stop_at: Mapping[tuple[str, int], int] | None = None,
+    until: str = "",
+) -> int:
+    """Fold the log into the empty views database `into` (its views are dropped first) with the projector;
+    returns the number of events folded. Without `stop_at`, up to the log's end as it is now."""
+    db = ViewDatabase(into)
+    await asyncio.to_thread(db.reset)
+    return await run_projector(
+        settings, until_caught_up=stop_at is None, url=into, stop_at=stop_at, until=until
+    )
 
 
-def differences(live: Any, rebuilt: Any, path: str = "") -> list[str]:
-    """Human-readable differences between two JSON-like values."""
-    if isinstance(live, dict) and isinstance(rebuilt, dict):
-        out: list[str] = []
-        for key in sorted(set(live) | set(rebuilt), key=str):
-            where = f"{path}.{key}" if path else str(key)
-            if key not in live:
-                out.append(f"{where}: only in the rebuilt model")
-            elif key not in rebuilt:
-                out.append(f"{where}: only in the live model")
+def compare(live: ViewDatabase, live_conn: Any, rebuilt: ViewDatabase, rebuilt_conn: Any) -> Iterator[str]:
+    """Every difference between two views databases, table by table, row by row, in key order."""
+    for table in schema.COMPARED:
+        width = len(table.key)
+        left, right = live.rows(live_conn, table), rebuilt.rows(rebuilt_conn, table)
+        a, b = next(left, None), next(right, None)
+        while a is not None or b is not None:
+            if b is None or (a is not None and a[:width] < b[:width]):
+                yield f"{table.name} {_key(table, a)}: only in the live views"  # type: ignore[arg-type]
+                a = next(left, None)
+            elif a is None or b[:width] < a[:width]:
+                yield f"{table.name} {_key(table, b)}: only in the rebuilt views"
+                b = next(right, None)
             else:
-                out.extend(differences(live[key], rebuilt[key], where))
-        return out
-    if live != rebuilt:
-        shown = (orjson.dumps(v).decode()[:200] for v in (live, rebuilt))
-        return [f"{path}: live {next(shown)} != rebuilt {next(shown)}"]
-    return []
+                for name, x, y in zip(table.column_names, a, b, strict=True):
+                    if x != y:
+                        yield f"{table.name} {_key(table, a)}: {name} live {x!r} != rebuilt {y!r}"
+                a, b = next(left, None), next(right, None)
 
 
-async def verify(settings: Settings, live: ReadModel) -> int:
-    """Rebuild to the live model's positions and compare; 0 when equal, 1 on any difference."""
-    if live.log_identity:
-        topics = Topics(settings.topic_prefix)
-        now = await log_identity(settings.kafka_bootstrap_servers, [topics.requests, topics.events])
-        why = identity_mismatch(LogIdentity.from_dict(live.log_identity), now)
+async def _views_from_another_log(settings: Settings, views: ViewDatabase, conn: Any) -> str | None:
+    """Why the views were not built from the log the broker holds now, or None (also when they do not say)."""
+    saved = await asyncio.to_thread(views.meta, conn, schema.LOG_IDENTITY)
+    if not saved:
+        return None
+    topics = Topics(settings.topic_prefix)
+    now = await log_identity(settings.kafka_bootstrap_servers, [topics.requests, topics.events])
+    return identity_mismatch(LogIdentity.from_dict(orjson.loads(saved)), now)
+
+
+def _key(table: schema.Table, row: tuple[Any, ...]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in zip(table.key, row, strict=False))
+
+
+async def verify(settings: Settings, *, into: str | None = None, show: int = 50) -> int:
+    """Rebuild the views to the live views' positions and compare; 0 when equal, 1 on any difference."""
+    live = ViewDatabase(database_url(settings))
+    try:
+        live_conn = await asyncio.to_thread(live.connect)
+    except ViewsUnavailable as exc:
+        print(f"no live views at {redacted(live.url)}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        why = await _views_from_another_log(settings, live, live_conn)
         if why is not None:
-            print(
-                f"the live model was built from another log: {why} (the ingress rebuilds it when it starts)"
-            )
+            print(f"the live views were built from another log: {why} (the projector rebuilds them)")
             return 1
-    started = time.perf_counter()
-    rebuilt, folded = await rebuild(settings, stop_at=live.positions)
-    seconds = time.perf_counter() - started
-    found = differences(live.state(), rebuilt.state())
-    if rebuilt.positions != {k: v for k, v in live.positions.items() if v > 0}:
-        found.append(f"positions: live {live.positions} != rebuilt {rebuilt.positions}")
-    for line in found:
+        with tempfile.TemporaryDirectory(prefix="packager-verify-") as scratch:
+            target = into or f"sqlite:///{Path(scratch) / 'rebuilt.sqlite3'}"
+            if _same_database(target, live.url):
+                print("refusing to rebuild into the live views", file=sys.stderr)
+                return 2
+            # One read transaction on the live views: a snapshot that the running projector cannot move.
+            with live.transaction(live_conn, write=False):
+                positions = live.positions(live_conn)
+                started = time.perf_counter()
+                folded = await rebuild(settings, target, stop_at=positions)
+                seconds = time.perf_counter() - started
+                rebuilt = ViewDatabase(target)
+                rebuilt_conn = rebuilt.connect()
+                try:
+                    found = await asyncio.to_thread(
+                        lambda: list(compare(live, live_conn, rebuilt, rebuilt_conn))
+                    )
+                    rebuilt_positions = rebuilt.positions(rebuilt_conn)
+                finally:
+                    rebuilt_conn.close()
+    finally:
+        live_conn.close()
+    wanted = {k: v for k, v in positions.items() if v > 0}
+    if rebuilt_positions != wanted:
+        found.append(f"positions: live {_positions(wanted)} != rebuilt {_positions(rebuilt_positions)}")
+    for line in found[:show]:
         print(line)
+    if len(found) > show:
+        print(f"... and {len(found) - show} more")
     rate = folded / seconds if seconds else 0.0
     print(
         f"{'DIFFERENT' if found else 'identical'}: {folded} events replayed in {seconds:.2f}s "
-        f"({rate:,.0f} events/s), {len(rebuilt.jobs)} jobs, {len(found)} difference(s)",
+        f"({rate:,.0f} events/s), {len(found)} difference(s)",
         file=sys.stderr,
     )
     return 1 if found else 0
 
 
+def _positions(positions: Mapping[tuple[str, int], int]) -> str:
+    return "{" + ", ".join(f"{t}:{p}={o}" for (t, p), o in sorted(positions.items())) + "}"
+
+
+def _same_database(a: str, b: str) -> bool:
+    if a.startswith("sqlite:///") and b.startswith("sqlite:///"):
+        return Path(a.removeprefix("sqlite:///")).resolve() == Path(b.removeprefix("sqlite:///")).resolve()
+    return a == b
+
+
+async def rebuild_copy(settings: Settings, into: str) -> int:
+    """`replay rebuild --into URL`: an audit copy of the views, folded from the whole log."""
+    if _same_database(into, database_url(settings)):
+        print("refusing to rebuild into the live views", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    folded = await rebuild(settings, into)
+    print(
+        f"rebuilt {redacted(into)}: {folded} events in {time.perf_counter() - started:.2f}s", file=sys.stderr
+    )
+    return 0
+
+
 async def stats_until(settings: Settings, until: str | None) -> int:
     """Print `/statistics` totals as they stood at `until`."""
-    model, _ = await rebuild(settings, until=until)
-    print(
-        orjson.dumps(
-            {"until": until, "totals": stats_fold.totals(model.stats)}, option=orjson.OPT_INDENT_2
-        ).decode()
-    )
+    with tempfile.TemporaryDirectory(prefix="packager-stats-") as scratch:
+        target = f"sqlite:///{Path(scratch) / 'stats.sqlite3'}"
+        await rebuild(settings, target, until=until or "")
+        db = ViewDatabase(target)
+        conn = db.connect()
+        try:
+            totals = db.totals(conn)
+        finally:
+            conn.close()
+    print(orjson.dumps({"until": until, "totals": totals}, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
@@ -184,14 +247,25 @@ def log_time(text: str) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def stack_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of the environment, over the Quickstart stack's `var/stack.toml` when there is one and
+    no PACKAGER_CONFIG names another file."""
+    env = os.environ if environ is None else environ
+    if not env.get("PACKAGER_CONFIG") and STACK_SETTINGS.exists():
+        return load_settings(env, config_file=STACK_SETTINGS)
+    return load_settings(env)
+
+
 def main(argv: list[str]) -> int:
     """`packager replay verify|stats|history ...`."""
     parser = argparse.ArgumentParser(
         prog="packager replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="action", required=True)
-    check = sub.add_parser("verify", help="rebuild from the log and compare with the live read model")
-    check.add_argument("--snapshot", help="the live model's snapshot (default: the ingress's)")
+    check = sub.add_parser("verify", help="rebuild from the log and compare with the live views")
+    check.add_argument("--into", help="database to rebuild into (emptied first; default: a temporary file)")
+    copy = sub.add_parser("rebuild", help="an audit copy of the views, folded from the whole log")
+    copy.add_argument("--into", required=True, help="sqlite:///path or postgresql://... (emptied first)")
     stats = sub.add_parser("stats", help="statistics as they stood at a moment")
     stats.add_argument("--until", help="ISO 8601 UTC time, e.g. 2026-11-26T12:00:00Z (default: now)")
     hist = sub.add_parser("history", help="the full event history of a job or a resource")
@@ -199,13 +273,11 @@ def main(argv: list[str]) -> int:
     who.add_argument("--job")
     who.add_argument("--resource")
     args = parser.parse_args(argv)
-    settings = load_settings()
+    settings = stack_settings()
     if args.action == "verify":
-        path = Path(args.snapshot) if args.snapshot else snapshot_path(settings)
-        if not path.exists():
-            print(f"no live read model at {path}", file=sys.stderr)
-            return 2
-        return asyncio.run(verify(settings, ReadModel.load(path, identity_for(settings))))
+        return asyncio.run(verify(settings, into=args.into))
+    if args.action == "rebuild":
+        return asyncio.run(rebuild_copy(settings, args.into))
     if args.action == "stats":
         return asyncio.run(stats_until(settings, log_time(args.until) if args.until else None))
     return asyncio.run(history(settings, job_id=args.job, resource_id=args.resource))

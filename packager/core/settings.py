@@ -107,7 +107,11 @@ class Settings:
 
     # Statistics keep a keyed hash of each address (and its domain) instead of the address.
     anonymize_emails: bool = False
-    # Where the ingress keeps its read-model snapshot; empty means `<store_directory>/.readmodel`.
+    # The database of the read side's views (jobs, statistics), written by `packager projector` and read by
+    # every ingress: `postgresql://user:password@host:port/db` to share it between processes and machines,
+    # or `sqlite:///path`; empty means an embedded SQLite file in READ_MODEL_DIRECTORY.
+    database_url: str = ""
+    # Where the embedded SQLite views live; empty means `<store_directory>/.readmodel`.
     read_model_directory: str = ""
 
     # Worker.
@@ -425,6 +429,13 @@ def settings_problems(settings: Settings) -> list[str]:
             problems.append(
                 f"Setting {name.upper()}={value!r} is not a URL (allowed: http:// or https://...)"
             )
+    if settings.database_url and not settings.database_url.startswith(
+        ("sqlite:///", "postgresql://", "postgres://")
+    ):
+        problems.append(
+            "Setting DATABASE_URL is not a database URL "
+            "(allowed: postgresql://user:password@host:port/database, sqlite:///path, or empty)"
+        )
     if settings.smtp_starttls and settings.smtp_tls:
         problems.append("Settings SMTP_STARTTLS and SMTP_TLS are both on (allowed: one of them at most)")
     return problems

@@ -1,7 +1,7 @@
 """The ingress's operations surface: request metrics, /metrics, /health/live, /health/ready, /openapi.json.
 
-Kept apart from the request handlers: a middleware counts every answer, and the routes here read the read
-side and the broker, never the domain.
+Kept apart from the request handlers: a middleware counts every answer, and the routes here read the views'
+tracking records and the broker, never the domain.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from aiohttp import web
 
 from packager.adapters import metrics
 from packager.adapters.readside import broker_reachable
-from packager.http.app_keys import READ_SIDE, SETTINGS
+from packager.adapters.viewdb import ViewsUnavailable
+from packager.http.app_keys import READ_VIEWS, SETTINGS
 from packager.http.openapi import spec
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 Handler = metrics.Handler
 
 BROKER_PROBE_TIMEOUT = 3.0  # seconds a readiness probe waits for the broker
+VIEWS_PROBE_TIMEOUT = 5.0  # seconds it waits for the views' tracking records and the log's end offsets
 
 
 def _route_of(request: web.Request) -> str:
@@ -61,11 +63,13 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def readiness(app: web.Application) -> tuple[bool, Mapping[str, object]]:
-    """Ready when the broker answers and the read model has reached the log end it saw at start.
+    """Ready when the broker answers and the views can be read and have been written by a projector.
 
-    Ready but "degraded" (still 200: the ingress accepts requests, and one bad event must not take every
-    ingress out of service) when the read model lacks events whose fold raised, or its reading loop is
-    being restarted after an error; the reason says which.
+    The projector's lag (records of the log not yet in the views) is part of the answer: a lagging
+    projector makes answers older, not wrong, so it is reported rather than refused. Ready but "degraded"
+    (still 200: the ingress accepts requests, and one bad event must not take every ingress out of service)
+    when the projector reports a problem in its status row: the views lack events whose fold raised, or its
+    loop is being restarted after an error; the reason says which.
     """
     settings = app[SETTINGS]
     try:
@@ -73,30 +77,45 @@ async def readiness(app: web.Application) -> tuple[bool, Mapping[str, object]]:
             await broker_reachable(settings.kafka_bootstrap_servers)
     except Exception as exc:  # any failure to reach the broker makes the ingress unready
         return False, {"reason": f"Kafka is unreachable ({type(exc).__name__})"}
-    side = app.get(READ_SIDE)
-    if side is None:
+    views = app.get(READ_VIEWS)
+    if views is None:
         return True, {}
-    problem = side.health.problem()
-    if not side.caught_up.is_set():
-        lag = side.lag()
-        return False, {
-            "reason": problem or "The read model has not caught up with the log yet",
-            "lag": sum(lag.values()) if lag else None,
-        }
+    try:
+        async with asyncio.timeout(VIEWS_PROBE_TIMEOUT):
+            lag = await views.lag()
+            positions = await views.positions()
+            problem = await views.projector_status()
+    except ViewsUnavailable as exc:
+        return False, {"reason": f"The views cannot be read ({exc}); is `packager projector` running?"}
+    except Exception as exc:  # the log's end offsets could not be had: the lag is unknown
+        return False, {"reason": f"The projector's lag is unknown ({type(exc).__name__})"}
+    behind = sum(lag.values())
+    if not positions and behind:
+        return False, {"reason": "No projector has written the views yet", "lag": behind}
     if problem:
-        return True, {"status": "degraded", "reason": problem}
-    return True, {}
+        return True, {"status": "degraded", "reason": problem, "lag": behind}
+    return True, {"lag": behind}
 
 
 def add_routes(app: web.Application) -> None:
     """Register /metrics, /health/live, /health/ready and /openapi.json on the ingress."""
 
     async def refresh() -> None:
-        side = app.get(READ_SIDE)
-        if side is not None:
-            metrics.set_lag(metrics.READ_MODEL_LAG, side.lag())
-            metrics.READ_MODEL_CAUGHT_UP.set(1 if side.caught_up.is_set() else 0)
-            metrics.READ_MODEL_DEGRADED.set(1 if side.health.problem() else 0)
+        views = app.get(READ_VIEWS)
+        if views is None:
+            return
+        try:
+            async with asyncio.timeout(VIEWS_PROBE_TIMEOUT):
+                lag = await views.lag()
+                problem = await views.projector_status()
+        except Exception:  # unknown lag: leave the series out rather than report a guess
+            log.debug("the views' lag is unknown", exc_info=True)
+            metrics.READ_MODEL_LAG.clear()
+            metrics.READ_MODEL_CAUGHT_UP.set(0)
+            return
+        metrics.set_lag(metrics.READ_MODEL_LAG, lag)
+        metrics.READ_MODEL_CAUGHT_UP.set(1 if not any(lag.values()) else 0)
+        metrics.READ_MODEL_DEGRADED.set(1 if problem else 0)
 
     async def ready() -> tuple[bool, Mapping[str, object]]:
         return await readiness(app)

@@ -19,15 +19,16 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from packager.adapters.kafka_log import EventLog, KafkaEventLog, Topics
-from packager.adapters.readside import ReadSide
 from packager.adapters.resolver import system_resolver
+from packager.adapters.viewdb import ViewsUnavailable
+from packager.adapters.viewreads import ReadViews
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
 from packager.domain.events import CacheCleared, PackageRequested, envelope
 from packager.domain.secrets import seal
 from packager.domain.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
 from packager.http import health, read_api
-from packager.http.app_keys import EVENT_LOG, READ_SIDE, RESOLVER, SETTINGS
+from packager.http.app_keys import EVENT_LOG, READ_VIEWS, RESOLVER, SETTINGS
 from packager.http.common import authenticate, errors_as_json, json_response, read_params
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     path = Path(settings.store_directory) / name
     if not path.is_file():
-        side = request.app.get(READ_SIDE)
-        if side is not None and name in side.model.zip_names:
+        if await _was_built(request, name):
             raise web.HTTPGone(
                 reason="This download has expired or was removed; please request the data again"
             )
@@ -179,17 +179,27 @@ async def download(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def _was_built(request: web.Request, name: str) -> bool:
+    views = request.app.get(READ_VIEWS)
+    if views is None:
+        return False
+    try:
+        return await views.zip_was_built(name)
+    except ViewsUnavailable:
+        return False  # unknown: a 404 is the answer that claims less
+
+
 def create_app(
     settings: Settings,
     *,
     event_log: EventLog | None = None,
     resolver: Resolver = system_resolver,
-    follow_log: bool | None = None,
+    read_views: bool | None = None,
 ) -> web.Application:
     """Build the ingress application. Connections open in the app's cleanup context, not at import.
 
-    `follow_log` (default: when no `event_log` is given) runs the read side that answers `/status`,
-    `/statistics*` and `/jobs/*` from the log.
+    `read_views` (default: when no `event_log` is given) opens the views that answer `/status`,
+    `/statistics*` and `/jobs/*` (written by `packager projector`).
     """
     settings.require_secret()
     app = web.Application(
@@ -211,15 +221,14 @@ def create_app(
 
     app.cleanup_ctx.append(event_log_ctx)
 
-    if event_log is None if follow_log is None else follow_log:
+    if event_log is None if read_views is None else read_views:
 
-        async def read_side_ctx(app: web.Application) -> AsyncIterator[None]:
-            app[READ_SIDE] = ReadSide(settings)
-            app[READ_SIDE].start()
+        async def read_views_ctx(app: web.Application) -> AsyncIterator[None]:
+            app[READ_VIEWS] = ReadViews(settings)
             yield
-            await app[READ_SIDE].stop()
+            await app[READ_VIEWS].close()
 
-        app.cleanup_ctx.append(read_side_ctx)
+        app.cleanup_ctx.append(read_views_ctx)
     read_api.add_routes(app)
     app.router.add_post("/package_url", package_url)
     app.router.add_post("/package_datastore", package_datastore)

@@ -1,34 +1,47 @@
-"""The ingress's read endpoints: status, statistics and job progress, all answered from the read model.
+"""The ingress's read endpoints: status, statistics and job progress, all answered from the views.
 
-Nothing here touches the work: answers come from `projections` folded over the log by
-`packager.adapters.readside`.
+Nothing here touches the work, and the ingress holds no state of its own: answers are queries on the views
+the projector folds from the log (`packager.adapters.viewreads`), so every ingress answers alike.
 """
 
 from __future__ import annotations
 
 import html
 import re
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
-from packager.adapters.readside import ReadSide, worker_count
+from packager.adapters.readside import worker_count
+from packager.adapters.viewdb import ViewsUnavailable
+from packager.adapters.viewreads import ReadViews
 from packager.core.errors import BadRequestError, UnavailableError
 from packager.core.settings import Settings
-from packager.http.app_keys import READ_SIDE, SETTINGS
+from packager.http.app_keys import READ_VIEWS, SETTINGS
 from packager.http.common import authenticate, json_response, read_params
-from projections import statistics as stats_fold
 from projections.jobs import COMPLETED, JobState
+
+T = TypeVar("T")
 
 _JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def _read_side(request: web.Request) -> ReadSide:
-    side = request.app.get(READ_SIDE)
-    if side is None:
-        raise UnavailableError("This ingress keeps no read model.")
-    return side
+def _views(request: web.Request) -> ReadViews:
+    views = request.app.get(READ_VIEWS)
+    if views is None:
+        raise UnavailableError("This ingress reads no views.")
+    return views
+
+
+async def _read(query: Awaitable[T]) -> T:
+    """The query's answer; a 503 when the views cannot be read (no projector has written them yet, or
+    their database does not answer)."""
+    try:
+        return await query
+    except ViewsUnavailable as exc:
+        raise UnavailableError(f"The statistics and job views cannot be read right now ({exc})") from None
 
 
 def _non_negative(params: dict[str, str], name: str, default: int) -> int:
@@ -47,15 +60,15 @@ async def status(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     params = await read_params(request) if request.method == "POST" else dict(request.query)
     authenticate(params, settings)
-    model = _read_side(request).model
+    accepted, finished = await _read(_views(request).counters())
     try:
         workers = await worker_count(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}-worker")
     except Exception as exc:  # the broker is down: say so rather than guess
         raise UnavailableError(f"Kafka cannot be asked for the workers: {type(exc).__name__}") from None
     body = {
         "worker_count": workers,
-        "queue_length": model.queue_length,
-        "processed_requests": model.finished,
+        "queue_length": accepted - finished,
+        "processed_requests": finished,
     }
     return json_response({"success": True, "status": "success", **body})
 
@@ -65,8 +78,7 @@ async def statistics(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     params = await read_params(request)
     authenticate(params, settings)
-    model = _read_side(request).model
-    totals = stats_fold.totals(model.stats, str(params.get("resource_id") or "") or None)
+    totals = await _read(_views(request).totals(str(params.get("resource_id") or "") or None))
     return json_response({"success": True, "status": True, "totals": totals})
 
 
@@ -74,15 +86,16 @@ async def _listing(request: web.Request, kind: str) -> web.Response:
     settings = request.app[SETTINGS]
     params = await read_params(request)
     authenticate(params, settings)
-    side = _read_side(request)
-    entries = side.model.stats.requests if kind == "requests" else side.model.stats.errors
+    views = _views(request)
     email = str(params.get("email") or "").strip()
-    selected = stats_fold.newest_first(
-        entries,
-        offset=_non_negative(params, "offset", 0),
-        limit=_non_negative(params, "limit", 100),
-        resource_id=str(params.get("resource_id") or "") or None,
-        email=side.model.identity(email) if email else None,
+    selected = await _read(
+        views.listing(
+            kind,
+            offset=_non_negative(params, "offset", 0),
+            limit=_non_negative(params, "limit", 100),
+            resource_id=str(params.get("resource_id") or "") or None,
+            email=views.identity(email) if email else None,
+        )
     )
     return json_response({"success": True, "status": True, kind: selected})
 
@@ -135,7 +148,7 @@ async def job(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     if _wants_html(request):
         return web.Response(text=_status_page(job_id), content_type="text/html")
-    state = _read_side(request).model.jobs.get(job_id)
+    state = await _read(_views(request).job(job_id))
     if state is None:
         raise web.HTTPNotFound(reason="No such job (a job just accepted appears within a second)")
     return json_response({"success": True, **job_view(state, settings)})
@@ -148,10 +161,17 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
+    views = _views(request)
     await response.prepare(request)
-    async for state in _read_side(request).watch(job_id):
-        data = orjson.dumps(job_view(state, settings)).decode()
-        await response.write(f"event: job\ndata: {data}\n\n".encode())
+    try:
+        async for state in views.watch(job_id):
+            if state is None:
+                await response.write(b": still waiting\n\n")  # an SSE comment: clients ignore it
+                continue
+            data = orjson.dumps(job_view(state, settings)).decode()
+            await response.write(f"event: job\ndata: {data}\n\n".encode())
+    except ViewsUnavailable:
+        return response  # the stream ends without `end`: a browser's EventSource connects again
     await response.write(b"event: end\ndata: {}\n\n")
     return response
 

@@ -61,6 +61,7 @@ async def test_identical_requests_reuse_one_zip_and_clearing_empties_the_cache(
     two = {"resource_id": "two", "resource_url": f"{base_url}/two.csv"}
     with (
         service(["worker"], service_env, tmp_path / "logs") as worker,
+        service(["projector"], service_env, tmp_path / "logs"),
         service(["ingress"], service_env, tmp_path / "logs"),
     ):
         wait_for_port(port)
@@ -128,7 +129,11 @@ async def test_the_janitor_expires_old_packages(
     (folder / "old.csv").write_bytes(b"x\n")
     env = {**service_env, "PACKAGER_CACHE_TIME": "3", "PACKAGER_JANITOR_INTERVAL": "1"}
     port = int(env["PACKAGER_PORT"])
-    with service(["worker"], env, tmp_path / "logs"), service(["ingress"], env, tmp_path / "logs"):
+    with (
+        service(["worker"], env, tmp_path / "logs"),
+        service(["projector"], env, tmp_path / "logs"),
+        service(["ingress"], env, tmp_path / "logs"),
+    ):
         wait_for_port(port)
         job = (
             await post(

@@ -75,7 +75,27 @@ async def test_up_is_printed_only_when_status_and_requests_succeed(
             }
             async with http.post(f"http://127.0.0.1:{port}/package_url", data=data) as resp:
                 assert resp.status == 200, await resp.text()
-        assert any("Starting the ingress and the worker" in line for line in printed)
+        assert any("Starting the projector, the ingress and the worker" in line for line in printed)
+
+        # The audit on the running stack, from the stack's folder, with no setting exported by hand.
+        async def audit() -> tuple[int, str]:
+            bare = {k: v for k, v in os.environ.items() if not k.startswith("PACKAGER_")}
+            verify = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "packager",
+                "replay",
+                "verify",
+                cwd=tmp_path,
+                env={**bare, "PYTHONPATH": str(ROOT)},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await asyncio.wait_for(verify.communicate(), 120)
+            return verify.returncode or 0, out.decode()
+
+        code, out = await audit()
+        assert code == 0 and "identical" in out, out
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)  # dev up stops its children, then itself

@@ -186,7 +186,7 @@ async def test_with_the_broker_known_down_requests_get_503_within_2s_and_200_onc
             store_directory=str(store_dir),
             kafka_send_timeout=send_timeout,
         )
-        client = TestClient(TestServer(create_app(settings, resolver=resolver, follow_log=False)))
+        client = TestClient(TestServer(create_app(settings, resolver=resolver, read_views=False)))
         await client.start_server()
         try:
             assert (await timed_post(client))[0] == 200

@@ -97,6 +97,7 @@ async def test_every_verb_against_the_running_service(
 
     with (
         service(["worker"], service_env, tmp_path / "logs") as worker,
+        service(["projector"], service_env, tmp_path / "logs"),
         service(["ingress"], service_env, tmp_path / "logs") as ingress,
     ):
         wait_for_port(port)

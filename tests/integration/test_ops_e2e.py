@@ -99,6 +99,7 @@ async def test_metrics_move_health_turns_ready_and_logs_are_json_with_job_ids(
     ingress_url = f"http://127.0.0.1:{port}"
     with (
         service(["worker", "--lanes", "fast"], service_env, tmp_path / "logs") as worker,
+        service(["projector"], service_env, tmp_path / "logs"),
         service(["ingress"], service_env, tmp_path / "logs") as ingress,
     ):
         wait_for_port(port)
@@ -144,7 +145,12 @@ async def test_metrics_move_health_turns_ready_and_logs_are_json_with_job_ids(
                 if emails >= 1 or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
-            ingress_after = await scrape(http, f"{ingress_url}/metrics")
+            # The projector folds the last events within a moment: the views then hold the whole log.
+            while True:
+                ingress_after = await scrape(http, f"{ingress_url}/metrics")
+                if sample(ingress_after, "packager_read_model_caught_up") == 1 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
 
     def moved(before: str, after: str, name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)

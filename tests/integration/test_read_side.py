@@ -1,9 +1,10 @@
 """The read side on real Kafka: statistics, status and job pages projected from the log; restart; replay.
 
 A mix of jobs (successes and failures, two requesters, several resources) runs through the service as
-separate processes. Every statistics endpoint is checked against the numbers the mix implies, the ingress
-is restarted and checked again (from its snapshot, not from zero), and the replay tool rebuilds the read
-model from the log and finds no difference.
+separate processes (worker, projector, ingress). Every statistics endpoint is checked against the numbers
+the mix implies, the ingress and the projector are restarted and answer the same at once (the views are in
+the database, not in the ingress), and the replay tool rebuilds the views from the log and finds no
+difference.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ async def test_statistics_status_and_jobs_come_from_the_log_and_survive_a_restar
 
     async with serve_ckan({table.resource_id: table}) as api_url:
         with service(["worker"], service_env, logs) as worker:
-            with service(["ingress"], service_env, logs):
+            with service(["projector"], service_env, logs), service(["ingress"], service_env, logs):
                 wait_for_port(port)
                 mix = [
                     (
@@ -128,8 +129,8 @@ async def test_statistics_status_and_jobs_come_from_the_log_and_survive_a_restar
                 status, body = await post(port, "/status")
                 assert body["worker_count"] == 1
 
-            # The ingress restarts from its snapshot and answers the same, at once.
-            with service(["ingress"], service_env, logs):
+            # A new ingress and projector answer the same, at once: the views outlive both processes.
+            with service(["projector"], service_env, logs), service(["ingress"], service_env, logs):
                 wait_for_port(port)
 
                 async def same() -> bool:
@@ -140,7 +141,7 @@ async def test_statistics_status_and_jobs_come_from_the_log_and_survive_a_restar
 
                 await eventually(same, "the restarted ingress to give the same answers", timeout=20)
 
-    # An audit: rebuild every projection from the log and compare with the live read model.
+    # An audit: rebuild every view from the log and compare it with the live views, row by row.
     env = {**os.environ, **service_env, "PYTHONPATH": str(ROOT)}
     audit = await asyncio.to_thread(
         subprocess.run,
@@ -274,7 +275,11 @@ async def test_the_event_stream_of_a_running_job_shows_progress_rising_to_100_pe
     env = {**service_env, "PACKAGER_PAGE_SIZE": "2000"}
     port = int(env["PACKAGER_PORT"])
     async with serve_ckan({table.resource_id: table}, faults=Faults(slow_page_delay=0.1)) as api_url:
-        with service(["worker"], env, tmp_path / "logs"), service(["ingress"], env, tmp_path / "logs"):
+        with (
+            service(["worker"], env, tmp_path / "logs"),
+            service(["projector"], env, tmp_path / "logs"),
+            service(["ingress"], env, tmp_path / "logs"),
+        ):
             wait_for_port(port)
             _, body = await post(
                 port, "/package_datastore", resource_id="big", api_url=api_url, email="r@example.org"

@@ -1,10 +1,11 @@
-"""The read side's strict boundary and log identity, on real Kafka.
+"""The read side's strict boundary and log identity, on real Kafka, with a projector beside the ingress.
 
 - Wrongly typed events put on the broker are dead-lettered by the workers, skipped and counted by the
-  ingress's read side, and jobs after them still appear in /jobs, also after a rebuild from the start.
-- A read model saved on one broker, then the broker replaced by a fresh one on the same address (what
-  restarting `packager dev up` on a kept `var/` does), is rebuilt from the new log: /jobs, /status and
-  /statistics answer for the new log and `packager replay verify` agrees.
+  projector, and jobs after them still appear in /jobs, also after the views are rebuilt from the start.
+- Views built on one broker, then the broker replaced by a fresh one on the same address (what restarting
+  `packager dev up` on a kept `var/` does), are rebuilt from the new log by the projector, whether it was
+  restarted or kept running: /jobs, /status and /statistics answer for the new log and `packager replay
+  verify` agrees.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,6 +92,7 @@ async def job_state(port: int, job_id: str) -> str | None:
 
 
 async def metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
+    """A sample of a process's /metrics (0 when absent)."""
     _, text = await get(port, "/metrics")
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -144,8 +147,10 @@ async def test_wrongly_typed_events_are_dead_lettered_while_later_jobs_still_app
     logs = tmp_path / "logs"
     params = {"resource_id": "ok", "resource_url": f"{base_url}/ok.csv"}
 
+    projector_metrics = dev_kafka.free_port()
+    projector_argv = ["projector", "--metrics-port", str(projector_metrics)]
     with service(["worker"], service_env, logs) as worker:
-        with service(["ingress"], service_env, logs):
+        with service(projector_argv, service_env, logs) as projector, service(["ingress"], service_env, logs):
             wait_for_port(port)
             await worker.wait_for_output("[^Worker]: Ready")
             first = await submit(port, "package_url", SECRET, **params, email="ann@example.org")
@@ -180,17 +185,24 @@ async def test_wrongly_typed_events_are_dead_lettered_while_later_jobs_still_app
             assert (status, page["state"], page["emailed"]) == (200, "completed", True)
             status, ready = await get(port, "/health/ready")
             assert (status, ready["status"]) == (200, "ready"), ready
-            rejected = {
-                (topic, reason): await metric(
-                    port, "packager_records_rejected_total", {"topic": topic, "reason": reason}
-                )
-                for topic, reason in [
+            # Skipped and counted by the projector (its log line carries the topic and the reason).
+            rejected = re.findall(
+                r"rejected record at (\S+):\d+@\d+ \((\w+)\)", projector.log_file.read_text()
+            )
+            assert sorted(rejected) == sorted(
+                [
                     (topics.events, "bad_payload"),
                     (topics.events, "bad_envelope"),
                     (topics.requests, "bad_payload"),
                 ]
-            }
-            assert set(rejected.values()) == {1.0}, rejected
+            ), projector.log()
+            for topic, reason, count in [
+                (topics.events, "bad_payload", 1.0),
+                (topics.events, "bad_envelope", 1.0),
+                (topics.requests, "bad_payload", 1.0),
+            ]:
+                labels = {"topic": topic, "reason": reason}
+                assert await metric(projector_metrics, "packager_records_rejected_total", labels) == count
 
             # Dead-lettered by the agents owning the topics: a copy, and one RecordRejected each.
             async def dead_lettered() -> bool:
@@ -205,18 +217,21 @@ async def test_wrongly_typed_events_are_dead_lettered_while_later_jobs_still_app
                 [(topics.events, first), (topics.events, first), (topics.requests, "j-poison")]
             )
 
-        # Rebuilt from the start, through the bad events: ready, and every job there.
+        # Views rebuilt from the start, through the bad events: ready, and every job there.
         shutil.rmtree(store_dir / ".readmodel")
-        with service(["ingress"], service_env, logs) as ingress:
+        with service(["projector"], service_env, logs) as projector, service(["ingress"], service_env, logs):
             wait_for_port(port)
 
-            async def ready_again() -> bool:
-                return (await get(port, "/health/ready"))[0] == 200
+            async def rebuilt() -> bool:
+                return (await get(port, "/health/ready"))[0] == 200 and await job_state(port, second) == (
+                    "completed"
+                )
 
-            await eventually(ready_again, f"the rebuilt ingress to be ready:\n{ingress.log()}")
+            await eventually(rebuilt, f"the rebuilt views to be ready:\n{projector.log()}")
             assert await job_state(port, first) == "completed"
-            assert await job_state(port, second) == "completed"
-            assert "rejected record at" in ingress.log()
+            ready = (await get(port, "/health/ready"))[1]
+            assert ready["status"] == "ready", ready
+            assert "rejected record at" in projector.log_file.read_text()
 
 
 @dataclass
@@ -228,6 +243,7 @@ class OneAddress:
     tmp_path: Path
     kafka_port: int = field(default_factory=dev_kafka.free_port)
     port: int = field(default_factory=dev_kafka.free_port)
+    metrics_port: int = field(default_factory=dev_kafka.free_port)  # the projector's
     started: list[Path] = field(default_factory=list)
 
     @property
@@ -265,6 +281,10 @@ class OneAddress:
 
     def ingress(self) -> contextlib.AbstractContextManager[ServiceProcess]:
         return service(["ingress"], self.env, self.tmp_path / "logs")
+
+    def projector(self) -> contextlib.AbstractContextManager[ServiceProcess]:
+        argv = ["projector", "--metrics-port", str(self.metrics_port)]
+        return service(argv, self.env, self.tmp_path / "logs")
 
     async def request(self, resource_id: str, email: str) -> str:
         """Append a job's PackageRequested, as the ingress does; its job id."""
@@ -311,9 +331,9 @@ class OneAddress:
                 return body.get("processed_requests") == count and body.get("queue_length") == 0
             return False
 
-        await eventually(check, f"the read model to see {count} finished job(s)")
+        await eventually(check, f"the views to show {count} finished job(s)")
 
-    async def answers_for_the_new_log_only(self, new: str, old: list[str], rebuilds: float) -> None:
+    async def answers_for_the_new_log_only(self, new: str, old: list[str]) -> None:
         """/jobs, /status and /statistics describe the one job of the new log, nothing of the old one."""
         await self.settled(1)
         assert await job_state(self.port, new) == "completed"
@@ -326,16 +346,15 @@ class OneAddress:
         }
         requests = (await post(self.port, "/statistics/requests"))["requests"]
         assert [r["resource_id"] for r in requests] == ["new"]
-        assert await metric(self.port, "packager_read_model_rebuilds_total") == rebuilds
 
 
-async def test_a_read_model_from_a_wiped_broker_is_rebuilt_from_the_new_log(
+async def test_views_from_a_wiped_broker_are_rebuilt_from_the_new_log(
     topic_prefix: str, store_dir: Path, tmp_path: Path
 ) -> None:
     site = OneAddress(topic_prefix, store_dir, tmp_path)
     try:
         await site.new_broker()
-        with site.ingress():
+        with site.projector(), site.ingress():
             wait_for_port(site.port)
             old = [
                 await submit(site.port, "package_url", SECRET, resource_id="old", resource_url=URL, email=e)
@@ -343,17 +362,18 @@ async def test_a_read_model_from_a_wiped_broker_is_rebuilt_from_the_new_log(
             ]
             await site.finish({old[0]: "completed", old[1]: "completed", old[2]: "failed"})
             await site.settled(3)
-        assert (store_dir / ".readmodel" / f"{topic_prefix}.json").exists()
+        assert (store_dir / ".readmodel" / f"{topic_prefix}.views.sqlite3").exists()
 
-        # What restarting `packager dev up` on a kept var/ does: an empty broker, the saved read model kept.
+        # What restarting `packager dev up` on a kept var/ does: an empty broker, the views kept.
         await site.new_broker()
-        with site.ingress() as ingress:
+        with site.projector() as projector, site.ingress():
             wait_for_port(site.port)
             params = {"resource_id": "new", "resource_url": URL, "email": "dan@example.org"}
             new = await submit(site.port, "package_url", SECRET, **params)
             await site.finish({new: "completed"})
-            await site.answers_for_the_new_log_only(new, old, rebuilds=1.0)
-            assert "rebuilding it from the start" in ingress.log()
+            await site.answers_for_the_new_log_only(new, old)
+            assert projector.log_file.read_text().count("rebuilding them from the log's start") == 1
+            assert await metric(site.metrics_port, "packager_read_model_rebuilds_total") == 1.0
 
         audit = await asyncio.to_thread(
             subprocess.run,
@@ -369,13 +389,13 @@ async def test_a_read_model_from_a_wiped_broker_is_rebuilt_from_the_new_log(
         await site.stop_brokers()
 
 
-async def test_a_running_ingress_whose_broker_is_replaced_rebuilds_from_the_new_log(
+async def test_a_running_projector_whose_broker_is_replaced_rebuilds_from_the_new_log(
     topic_prefix: str, store_dir: Path, tmp_path: Path
 ) -> None:
     site = OneAddress(topic_prefix, store_dir, tmp_path)
     try:
         await site.new_broker()
-        with site.ingress() as ingress:
+        with site.projector() as projector, site.ingress():
             wait_for_port(site.port)
             old = [await site.request("old", "ann@example.org"), await site.request("old", "bob@example.org")]
             await site.finish({old[0]: "completed", old[1]: "failed"})
@@ -385,7 +405,10 @@ async def test_a_running_ingress_whose_broker_is_replaced_rebuilds_from_the_new_
             await ensure_topics(site.bootstrap, site.topics, 2)
             new = await site.request("new", "dan@example.org")
             await site.finish({new: "completed"})
-            await site.answers_for_the_new_log_only(new, old, rebuilds=1.0)
-            assert "LogReplaced" in ingress.log()
+            await site.answers_for_the_new_log_only(new, old)
+            log_text = projector.log_file.read_text()
+            assert "LogReplaced" in log_text
+            assert log_text.count("rebuilding them from the log's start") == 1
+            assert await metric(site.metrics_port, "packager_read_model_rebuilds_total") == 1.0
     finally:
         await site.stop_brokers()

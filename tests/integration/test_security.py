@@ -193,6 +193,7 @@ async def test_no_secret_leaks_no_file_escapes_the_store_and_the_status_page_esc
     async with serve_ckan({TABLE.resource_id: TABLE}, api_token=CKAN_KEY) as ckan:
         with (
             service(["worker"], env, tmp_path / "logs") as worker,
+            service(["projector"], env, tmp_path / "logs"),
             service(["ingress"], env, tmp_path / "logs") as ingress,
         ):
             wait_for_port(port)
@@ -296,7 +297,7 @@ async def test_no_secret_leaks_no_file_escapes_the_store_and_the_status_page_esc
         for header, data in headers:
             found += leaks(f"header {header} on {topic}", header.encode() + b"\0" + (data or b""))
     logs = sorted((tmp_path / "logs").iterdir())
-    assert len(logs) == 2 and all(p.stat().st_size > 0 for p in logs)
+    assert len(logs) == 3 and all(p.stat().st_size > 0 for p in logs)  # worker, projector, ingress
     for log_file in logs:
         found += leaks(f"the log {log_file.name}", log_file.read_bytes())
     for message in messages:

@@ -296,15 +296,12 @@ async def test_a_zip_downloaded_in_ranges_reassembles_to_the_same_bytes(
 async def test_a_removed_download_answers_410_and_an_unknown_one_404(
     settings: Settings, log: InMemoryEventLog, store_dir: Path
 ) -> None:
-    from packager.adapters.readside import ReadSide
     from packager.domain.events import envelope
-    from packager.http.app_keys import READ_SIDE
-    from tests.unit.samples import completed
+    from tests.unit.samples import attach_views, completed, fill_views
 
     app = create_app(settings, event_log=log, resolver=public_resolver)
-    side = ReadSide(settings)  # not following a log: its model is fed below as the log would
-    app[READ_SIDE] = side
-    side.model.apply("t.events", 0, 0, envelope("job-1", completed(zip_file_name="built.zip")))
+    fill_views(settings, [("t.events", 0, 0, envelope("job-1", completed(zip_file_name="built.zip")))])
+    attach_views(app, settings)
     (store_dir / "built.zip").write_bytes(b"PK")
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/downloads/built.zip")).status == 200
@@ -313,14 +310,3 @@ async def test_a_removed_download_answers_410_and_an_unknown_one_404(
         assert gone.status == 410
         assert "request the data again" in (await gone.json())["message"]
         assert (await client.get("/downloads/never-built.zip")).status == 404
-
-
-def test_the_names_of_built_zips_survive_a_snapshot(settings: Settings, tmp_path: Path) -> None:
-    from packager.domain.events import envelope
-    from projections.readmodel import ReadModel
-    from tests.unit.samples import completed
-
-    model = ReadModel(identity=str)
-    model.apply("t.events", 0, 0, envelope("job-1", completed(zip_file_name="built.zip")))
-    (tmp_path / "snap.json").write_bytes(model.snapshot())
-    assert ReadModel.load(tmp_path / "snap.json", str).zip_names == {"built.zip"}

@@ -12,14 +12,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from packager.adapters.kafka_log import InMemoryEventLog
-from packager.adapters.readside import ReadSide
 from packager.adapters.resolver import system_resolver
 from packager.core.errors import BadRequestError
 from packager.core.settings import load_settings
 from packager.domain.validation import parse_url_request
-from packager.http.app_keys import READ_SIDE
 from packager.http.ingress import create_app
-from tests.unit.samples import SECRET, URL_REQUEST
+from tests.unit.samples import SECRET, URL_REQUEST, attach_views, fill_views
 
 GOOD = URL_REQUEST
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -39,8 +37,9 @@ def log() -> InMemoryEventLog:
 @pytest.fixture
 async def client(store_dir: Path, log: InMemoryEventLog) -> AsyncIterator[TestClient]:
     settings = load_settings({}, secret=SECRET, store_directory=str(store_dir), max_body_size=16_384)
-    app = create_app(settings, event_log=log, resolver=resolver, follow_log=False)
-    app[READ_SIDE] = ReadSide(settings)
+    app = create_app(settings, event_log=log, resolver=resolver, read_views=False)
+    fill_views(settings, [])  # empty views, as a projector leaves them on an empty log
+    attach_views(app, settings)
     async with TestClient(TestServer(app)) as c:
         yield c
 

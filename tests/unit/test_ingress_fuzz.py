@@ -19,11 +19,9 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from packager.adapters.kafka_log import InMemoryEventLog, Topics
-from packager.adapters.readside import ReadSide
 from packager.core.settings import load_settings
 from packager.domain.events import PackageCompleted, PackageFailed, PackageRequested, envelope
 from packager.http import read_api
-from packager.http.app_keys import READ_SIDE
 from packager.http.ingress import create_app
 from tests.fuzz_strategies import (
     KNOWN_JOB_IDS,
@@ -36,6 +34,7 @@ from tests.fuzz_strategies import (
     host_is_private,
     post_calls,
 )
+from tests.unit.samples import attach_views, fill_views
 
 # Cases per test; together they are the 10,000 of the suite.
 EXAMPLES = {"submit": 6_000, "admin": 2_000, "read": 2_000}
@@ -57,8 +56,8 @@ class Harness:
         self.settings = load_settings(
             {}, secret=SECRET, store_directory=str(store), max_body_size=MAX_BODY, partitions=3
         )
-        app = create_app(self.settings, event_log=self.log, resolver=fake_resolver, follow_log=False)
-        side = ReadSide(self.settings)  # not following Kafka: seeded below
+        app = create_app(self.settings, event_log=self.log, resolver=fake_resolver, read_views=False)
+        records = []  # the views are seeded as the projector would fold these records
         for offset, job_id in enumerate(KNOWN_JOB_IDS):
             requested = PackageRequested(
                 kind="url",
@@ -68,7 +67,7 @@ class Harness:
                 ckan_host="data.example.org",
                 request={"resource_id": "r1", "resource_url": "https://data.example.org/f.csv"},
             )
-            side.model.apply("packager.requests", 0, offset, envelope(job_id, requested))
+            records.append(("packager.requests", 0, offset, envelope(job_id, requested)))
         done = PackageCompleted(
             cache_key="ck0",
             resource_id="<b>r1</b>",
@@ -91,9 +90,10 @@ class Harness:
             error="<script>alert(1)</script>",
             error_type="PackagingError",
         )
-        side.model.apply("packager.events", 0, 0, envelope(KNOWN_JOB_IDS[0], done))
-        side.model.apply("packager.events", 0, 1, envelope(KNOWN_JOB_IDS[1], failed))
-        app[READ_SIDE] = side
+        records.append(("packager.events", 0, 0, envelope(KNOWN_JOB_IDS[0], done)))
+        records.append(("packager.events", 0, 1, envelope(KNOWN_JOB_IDS[1], failed)))
+        fill_views(self.settings, records)
+        attach_views(app, self.settings)
         (store / f"{KNOWN_JOB_IDS[0]}.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
         (store / "job.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
         self.client = self.runner.run(self._start(app))

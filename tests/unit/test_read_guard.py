@@ -1,32 +1,35 @@
-"""The read side's boundary without a broker: bad records skipped and counted, a fold that raises changes
-nothing and is reported as degraded, the reading loop restarted when it fails, and log identities compared.
+"""The projector's boundary without a broker, on SQLite views: bad records skipped and counted, a fold that
+raises leaves the views at their last good state (never half a batch) and readiness says degraded, the
+following loop restarted when it fails, and views from another log dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
-from packager.adapters import read_guard
+from packager.adapters import projector, read_guard, viewreads
 from packager.adapters.kafka_log import LogIdentity, identity_mismatch
 from packager.adapters.read_guard import FoldHealth, supervise
-from packager.adapters.readside import ReadSide
+from packager.adapters.readside import identity_for
+from packager.adapters.viewdb import ViewDatabase, database_url
 from packager.core.retrying import Backoff
 from packager.core.settings import Settings, load_settings
 from packager.domain.events import PackageRequested, encode, envelope
 from packager.http import health
-from packager.http.app_keys import READ_SIDE, SETTINGS
+from packager.http.app_keys import SETTINGS
 from projections import jobs as job_fold
-from projections.readmodel import ReadModel
-from tests.unit.samples import SECRET, completed
+from projections.view_schema import JOBS, LOG_IDENTITY, PROJECTOR_STATUS, STAT_TOTALS
+from tests.unit.samples import SECRET, attach_views, completed
 
 TOPIC = "t.events"
 
@@ -45,56 +48,106 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings({}, secret=SECRET, store_directory=str(tmp_path))
 
 
-def test_a_fold_that_raises_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = ReadModel(identity=str.lower)
-    model.apply(TOPIC, 0, 0, envelope("job-1", requested()))
-    before = (model.state(), dict(model.positions))
-
-    def broken_identity(email: str) -> str:
-        raise ValueError("no identity today")
-
-    model.identity = broken_identity  # the statistics fold fails after the job fold succeeded
-    with pytest.raises(ValueError):
-        model.apply(TOPIC, 0, 1, envelope("job-2", requested(resource_id="r2")))
-    assert (model.state(), dict(model.positions)) == before
-
-    def broken_fold(state: Any, event: Any) -> Any:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(job_fold, "apply", broken_fold)
-    with pytest.raises(RuntimeError):
-        model.apply(TOPIC, 0, 1, envelope("job-1", completed()))
-    assert (model.state(), dict(model.positions)) == before
+@pytest.fixture
+def views(settings: Settings) -> Iterator[tuple[ViewDatabase, Any]]:
+    db = ViewDatabase(database_url(settings))
+    conn = db.connect(create=True)
+    try:
+        yield db, conn
+    finally:
+        conn.close()
 
 
-async def test_bad_records_are_skipped_and_counted_and_later_jobs_still_fold(settings: Settings) -> None:
-    side = ReadSide(settings)
-    tp = _tp()
+def project(
+    views: tuple[ViewDatabase, Any], settings: Settings, health_now: FoldHealth, first: int, *values: bytes
+) -> int:
+    """Hand the projector one run of raw records of TOPIC partition 0, offsets from `first`."""
+    db, conn = views
+    run = [SimpleNamespace(offset=first + i, value=v) for i, v in enumerate(values)]
+    return projector._decode_and_apply(db, conn, [(TOPIC, 0, run)], identity_for(settings), "", health_now)
+
+
+def table(views: tuple[ViewDatabase, Any], which: Any) -> list[tuple[Any, ...]]:
+    db, conn = views
+    return list(db.rows(conn, which))
+
+
+def test_a_fold_that_raises_leaves_the_views_as_they_were_never_half_a_batch(
+    settings: Settings, views: tuple[ViewDatabase, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    health_now = FoldHealth()
+    project(views, settings, health_now, 0, encode(envelope("job-1", requested())))
+    before_jobs, before_totals = table(views, JOBS), table(views, STAT_TOTALS)
+    real_fold = job_fold.apply
+
+    def fold_failing_on_job_2(state: Any, event: Any) -> Any:
+        if event.job_id == "job-2":
+            raise RuntimeError("a bug")
+        return real_fold(state, event)
+
+    monkeypatch.setattr(job_fold, "apply", fold_failing_on_job_2)
+    # One batch: job 1 completes, job 2's fold raises, job 3 is requested. The batch is applied again a
+    # record at a time: job 1's completion and job 3 once each, job 2 not at all.
+    applied = project(
+        views,
+        settings,
+        health_now,
+        1,
+        encode(envelope("job-1", completed())),
+        encode(envelope("job-2", requested(resource_id="r2"))),
+        encode(envelope("job-3", requested(resource_id="r3"))),
+    )
+    assert applied == 2
+    jobs = {row[0]: row[1] for row in table(views, JOBS)}
+    assert set(jobs) == {"job-1", "job-3"}
+    assert jobs["job-1"] == "completed" and before_jobs[0][1] != "completed"
+    totals = {row[0]: row[1:] for row in table(views, STAT_TOTALS)}
+    assert totals["*"][0] == 2 and "r2" not in totals and "r3" in totals
+    assert before_totals != table(views, STAT_TOTALS)
+    db, conn = views
+    assert db.positions(conn) == {(TOPIC, 0): 4}
+    assert health_now.fold_failures == 1
+
+
+def test_bad_records_are_skipped_and_counted_and_later_jobs_still_fold(
+    settings: Settings, views: tuple[ViewDatabase, Any]
+) -> None:
+    health_now = FoldHealth()
     good = orjson.loads(encode(envelope("job-1", requested())))
     wrong = {**good, "job_id": "job-bad", "occurred_at": "yesterday"}
     null_email = {**good, "job_id": "job-null", "payload": {**good["payload"], "email": None}}
     counted = rejected_count(TOPIC, "bad_envelope"), rejected_count(TOPIC, "bad_payload")
 
-    side._fold(tp, 0, orjson.dumps(wrong))
-    side._fold(tp, 1, orjson.dumps(null_email))
-    side._fold(tp, 2, b"\xff not json")
-    side._fold(tp, 3, orjson.dumps(good))
+    project(
+        views,
+        settings,
+        health_now,
+        0,
+        orjson.dumps(wrong),
+        orjson.dumps(null_email),
+        b"\xff",
+        orjson.dumps(good),
+    )
 
-    assert set(side.model.jobs) == {"job-1"}
-    assert side.model.positions == {f"{TOPIC}:0": 4}
+    assert [row[0] for row in table(views, JOBS)] == ["job-1"]
+    db, conn = views
+    assert db.positions(conn) == {(TOPIC, 0): 4}
     assert (rejected_count(TOPIC, "bad_envelope"), rejected_count(TOPIC, "bad_payload")) == (
         counted[0] + 1,
         counted[1] + 1,
     )
-    assert side.health.problem() is None  # rejected records are the workers' to dead-letter, not a fault
+    assert health_now.problem() is None  # rejected records are the workers' to dead-letter, not a fault
+    assert not db.meta(conn, PROJECTOR_STATUS)
 
 
 async def test_a_fold_that_raises_is_logged_with_its_event_and_readiness_says_degraded(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    views: tuple[ViewDatabase, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    side = ReadSide(settings)
-    tp = _tp()
-    side._fold(tp, 0, encode(envelope("job-1", requested())))
+    health_now = FoldHealth()
+    project(views, settings, health_now, 0, encode(envelope("job-1", requested())))
     real_fold = job_fold.apply
 
     def fold_failing_on_job_2(state: Any, event: Any) -> Any:
@@ -104,11 +157,10 @@ async def test_a_fold_that_raises_is_logged_with_its_event_and_readiness_says_de
 
     monkeypatch.setattr(job_fold, "apply", fold_failing_on_job_2)
     with caplog.at_level(logging.ERROR, logger="packager.adapters.read_guard"):
-        side._fold(tp, 1, encode(envelope("job-2", requested(resource_id="r2"))))
-    side._fold(tp, 2, encode(envelope("job-3", requested(resource_id="r3"))))
+        project(views, settings, health_now, 1, encode(envelope("job-2", requested(resource_id="r2"))))
+    project(views, settings, health_now, 2, encode(envelope("job-3", requested(resource_id="r3"))))
 
-    assert set(side.model.jobs) == {"job-1", "job-3"}  # job 2 skipped, the ones after it folded
-    assert side.model.positions == {f"{TOPIC}:0": 3}
+    assert [row[0] for row in table(views, JOBS)] == ["job-1", "job-3"]  # job 2 skipped, later ones folded
     line = caplog.records[-1]
     assert (line.topic, line.partition, line.offset, line.type, line.job_id) == (  # type: ignore[attr-defined]
         TOPIC,
@@ -122,12 +174,18 @@ async def test_a_fold_that_raises_is_logged_with_its_event_and_readiness_says_de
     async def broker_answers(bootstrap: str) -> None:
         return None
 
+    async def log_ends(settings: Settings) -> dict[tuple[str, int], int]:
+        return {(TOPIC, 0): 3}
+
     monkeypatch.setattr(health, "broker_reachable", broker_answers)
+    monkeypatch.setattr(viewreads, "log_end_offsets", log_ends)
     app = web.Application()
     app[SETTINGS] = settings
-    app[READ_SIDE] = side
-    side.caught_up.set()
-    ready, details = await health.readiness(app)
+    attach_views(app, settings)
+    try:
+        ready, details = await health.readiness(app)
+    finally:
+        await app.cleanup()
     assert ready
     assert details["status"] == "degraded"
     assert "PackageRequested of job job-2 at t.events:0@1" in str(details["reason"])
@@ -139,6 +197,7 @@ async def test_the_reading_loop_is_restarted_with_a_log_line_when_it_fails(
     monkeypatch.setattr(read_guard, "RESTART_BACKOFF", Backoff(first=0.01, cap=0.02))
     health_now = FoldHealth()
     runs: list[str] = []
+    published: list[str | None] = []
     reading = asyncio.Event()
 
     async def run() -> None:
@@ -149,8 +208,13 @@ async def test_the_reading_loop_is_restarted_with_a_log_line_when_it_fails(
         reading.set()
         await asyncio.Event().wait()  # reads for ever
 
+    async def publish() -> None:
+        published.append(health_now.problem())
+        if len(published) == 1:
+            raise OSError("the status cannot be written either")  # only logged
+
     with caplog.at_level(logging.ERROR, logger="packager.adapters.read_guard"):
-        task = asyncio.create_task(supervise("the test's loop", run, health_now))
+        task = asyncio.create_task(supervise("the test's loop", run, health_now, on_stop=publish))
         try:
             async with asyncio.timeout(10):
                 await reading.wait()
@@ -161,6 +225,7 @@ async def test_the_reading_loop_is_restarted_with_a_log_line_when_it_fails(
     assert len(runs) == 3
     assert health_now.restarts == 2
     assert health_now.problem() is None  # running again
+    assert len(published) == 2 and "bug number 2" in str(published[1])
     stops = [r.getMessage() for r in caplog.records if "stopped" in r.getMessage()]
     assert len(stops) == 2 and "RuntimeError: bug number 2" in stops[1]
 
@@ -180,13 +245,28 @@ def test_a_log_is_told_apart_by_its_cluster_and_topic_ids() -> None:
     assert LogIdentity.from_dict(built.to_dict()) == built
 
 
-def test_the_snapshot_keeps_the_log_identity(tmp_path: Path) -> None:
-    model = ReadModel(identity=str)
-    model.log_identity = LogIdentity("c", {"t.events": "5" * 32}).to_dict()
-    model.apply(TOPIC, 0, 0, envelope("job-1", requested()))
-    (tmp_path / "snap.json").write_bytes(model.snapshot())
-    assert ReadModel.load(tmp_path / "snap.json", str).log_identity == model.log_identity
+async def test_views_record_their_log_and_are_dropped_for_another(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = ViewDatabase(database_url(settings))
+    first = LogIdentity("c1", {TOPIC: "5" * 32})
+    progress = projector.Progress()
+    conn = await projector._same_log(db, db.connect(create=True), first, progress)
+    try:
+        views = (db, conn)
+        project(views, settings, progress.health, 0, encode(envelope("job-1", requested())))
+        assert orjson.loads(db.meta(conn, LOG_IDENTITY) or "") == first.to_dict()
+        conn = await projector._same_log(db, conn, first, progress)
+        assert progress.rebuilds == 0 and table((db, conn), JOBS)  # the same log: kept
 
-
-def _tp() -> TopicPartition:
-    return TopicPartition(TOPIC, 0)
+        rebuilds = REGISTRY.get_sample_value("packager_read_model_rebuilds_total") or 0.0
+        second = LogIdentity("c2", {TOPIC: "6" * 32})
+        with caplog.at_level(logging.WARNING, logger="packager.adapters.projector"):
+            conn = await projector._same_log(db, conn, second, progress)
+        assert progress.rebuilds == 1
+        assert REGISTRY.get_sample_value("packager_read_model_rebuilds_total") == rebuilds + 1
+        assert "cluster id changed" in caplog.text
+        assert table((db, conn), JOBS) == [] and db.positions(conn) == {}  # read again from the start
+        assert orjson.loads(db.meta(conn, LOG_IDENTITY) or "") == second.to_dict()
+    finally:
+        conn.close()

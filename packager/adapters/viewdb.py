@@ -1,0 +1,379 @@
+"""Adapter: the database holding the read side's views, SQLite (embedded default) or PostgreSQL.
+
+`ViewDatabase` is the project's one SQL layer: it opens DB-API connections (stdlib `sqlite3`, or psycopg 3's
+synchronous driver), creates the tables of `projections.view_schema`, applies a batch of records in ONE
+transaction together with the positions it consumed (the tracking records), and runs the ingress's reads.
+Both databases get the same statements; the differences (parameter marks, `IN` lists, locking) are
+handled here. Everything is synchronous and runs in a thread (`asyncio.to_thread`, or the reader pool of
+`packager.adapters.viewreads`): a batch is CPU-bound Python plus one commit, so an async driver would buy
+nothing but a second code path.
+
+Exactly once: a batch's rows and its positions commit together, and the positions are read again inside
+the transaction (under an exclusive write lock: SQLite's `BEGIN IMMEDIATE`, a PostgreSQL advisory lock),
+so records already applied, by this projector before a crash or by another one, are dropped, never folded
+twice; a crash before the commit loses rows and positions together, and they are read again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from packager.core.errors import ConfigurationError
+from packager.core.settings import Settings
+from packager.domain.events import Envelope
+from projections import view_schema as schema
+from projections.jobs import JobState
+from projections.statistics import ALL
+from projections.view_fold import Changes, Identity, Known, fold, job_from_row, job_row, needs, requester_of
+
+# (topic, partition, offset, event or None when the record could not be decoded)
+Decoded = tuple[str, int, int, Envelope | None]
+
+_CHUNK = 10_000  # SQLite allows 32,766 parameters per statement
+_PAGE = 5000  # rows per page when a whole table is read
+_AUTOCHECKPOINT_PAGES = 25_000  # 100 MB of WAL
+_LOCK_KEY = 0x636B616E  # PostgreSQL advisory lock serialising projectors that share a database
+_JOB_NAMES = schema.JOBS.column_names
+
+
+def views_path(settings: Settings) -> Path:
+    """Where the embedded SQLite views live: next to where the ingress kept its read-model snapshot."""
+    base = Path(settings.read_model_directory or Path(settings.store_directory) / ".readmodel")
+    return base / f"{settings.topic_prefix}.views.sqlite3"
+
+
+def database_url(settings: Settings) -> str:
+    """The views' database: DATABASE_URL, or the embedded SQLite file of `views_path`."""
+    return settings.database_url or f"sqlite:///{views_path(settings)}"
+
+
+class ViewsUnavailable(Exception):
+    """The views cannot be read: no database yet, no tables yet, or the server does not answer."""
+
+
+class ViewDatabase:
+    """Connections to one views database and the statements run on them."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            self.dialect = schema.SQLITE
+            self.path = Path(url.removeprefix("sqlite:///"))
+        elif url.startswith(("postgresql://", "postgres://")):
+            self.dialect = schema.POSTGRES
+            self.path = None  # type: ignore[assignment]
+        else:
+            raise ConfigurationError(
+                f"Unsupported views database {url!r} (sqlite:///... or postgresql://...)"
+            )
+        self.mark = "?" if self.dialect == schema.SQLITE else "%s"
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """The driver's exceptions: the database failed, as opposed to a bug in the caller."""
+        if self.dialect == schema.SQLITE:
+            return (sqlite3.Error,)
+        import psycopg
+
+        return (psycopg.Error,)
+
+    def __repr__(self) -> str:
+        return f"ViewDatabase({redacted(self.url)!r})"
+
+    # --- connections -------------------------------------------------------------------------------------
+
+    def connect(self, *, create: bool = False) -> Any:
+        """A new connection in autocommit mode (transactions are explicit); `create` makes the tables."""
+        try:
+            if self.dialect == schema.SQLITE:
+                conn = self._connect_sqlite(create)
+            else:
+                import psycopg
+
+                conn = psycopg.connect(self.url, autocommit=True)
+        except Exception as exc:
+            raise ViewsUnavailable(f"cannot open the views database: {type(exc).__name__}: {exc}") from None
+        if create:
+            for statement in schema.ddl(self.dialect):
+                conn.execute(statement)
+            conn.execute(
+                self._sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
+                ("schema_version", schema.SCHEMA_VERSION),
+            )
+        return conn
+
+    def _connect_sqlite(self, create: bool) -> sqlite3.Connection:
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # The projector's connection: 64 MB of page cache for inserts at random places of large indexes
+            # (readers keep the 2 MB default, so an ingress's memory does not grow with the views).
+            conn.execute("PRAGMA cache_size=-65536")
+            # Checkpoints (copying the WAL into the file, with an fsync) were half the time of a commit: the
+            # projector runs them beside the writer (`checkpoint`); this bound is only a fallback.
+            conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+        else:  # a reader never creates the file: no file means no views yet
+            uri = f"file:{self.path}?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        # NORMAL in WAL mode: a crash of the process loses nothing committed; a power cut may lose the last
+        # transactions, rows and positions together, and they are folded again.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def reset(self) -> None:
+        """Drop and create every table: an empty database for a rebuild."""
+        conn = self.connect(create=False) if self._exists() else self.connect(create=True)
+        try:
+            for statement in schema.drop(self.dialect):
+                conn.execute(statement)
+        finally:
+            conn.close()
+        self.connect(create=True).close()
+
+    def checkpoint(self, conn: Any) -> None:
+        """Copy the WAL into the SQLite file without blocking the writer (nothing to do on PostgreSQL)."""
+        if self.dialect == schema.SQLITE:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _exists(self) -> bool:
+        return self.dialect != schema.SQLITE or self.path.exists()
+
+    def _sql(self, text: str) -> str:
+        return text if self.mark == "?" else text.replace("?", "%s")
+
+    @contextlib.contextmanager
+    def transaction(self, conn: Any, *, write: bool) -> Iterator[None]:
+        """One transaction; a writing one holds the database's write lock from its start."""
+        if self.dialect == schema.SQLITE:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        else:
+            conn.execute("BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if write:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    def apply(self, conn: Any, records: Sequence[Decoded], identity: Identity, *, until: str = "") -> int:
+        """Fold `records` in and store their positions, in one transaction; return the events folded.
+
+        Records before a partition's stored position were applied already and are skipped; undecodable
+        ones (None) and, with `until`, events that occurred after it only advance the position.
+        """
+        with self.transaction(conn, write=True):
+            stored = self.positions(conn)
+            advanced: dict[tuple[str, int], int] = {}
+            events: list[Envelope] = []
+            for topic, partition, offset, event in records:
+                where = (topic, partition)
+                if offset < advanced.get(where, stored.get(where, 0)):
+                    continue
+                advanced[where] = offset + 1
+                if event is not None and not (until and event.occurred_at > until):
+                    events.append(event)
+            if not advanced:
+                return 0
+            requesters = [requester_of(e, identity) for e in events]
+            changes = fold(events, requesters, self._known(conn, needs(events, requesters)))
+            self._write(conn, changes, advanced)
+        return changes.folded
+
+    def _known(self, conn: Any, wanted: Any) -> Known:
+        known = Known()
+        columns = ", ".join(_JOB_NAMES)
+        for row in self._where_in(conn, f"SELECT {columns} FROM jobs", "job_id", wanted.job_ids):
+            job = job_from_row(row)
+            known.jobs[job.job_id] = job
+        for (job_id,) in self._where_in(
+            conn, "SELECT job_id FROM stat_errors", "job_id", wanted.failed_job_ids
+        ):
+            known.failed_job_ids.add(job_id)
+        for (who,) in self._where_in(conn, "SELECT who FROM requesters", "who", wanted.requesters):
+            known.requesters.add(who)
+        sql = "SELECT who, resource_id FROM requester_resources"
+        whos = {who for who, _ in wanted.pairs}
+        known.pairs.update(
+            (who, res) for who, res in self._where_in(conn, sql, "who", whos) if (who, res) in wanted.pairs
+        )
+        return known
+
+    def _where_in(self, conn: Any, select: str, column: str, values: set[str]) -> Iterator[Sequence[Any]]:
+        if not values:
+            return
+        if self.dialect == schema.POSTGRES:
+            yield from conn.execute(f"{select} WHERE {column} = ANY(%s)", (list(values),))
+            return
+        items = list(values)
+        for start in range(0, len(items), _CHUNK):
+            chunk = items[start : start + _CHUNK]
+            yield from conn.execute(f"{select} WHERE {column} IN ({','.join('?' * len(chunk))})", chunk)
+
+    def _write(self, conn: Any, changes: Changes, advanced: dict[tuple[str, int], int]) -> None:
+        many = conn.executemany if self.dialect == schema.SQLITE else conn.cursor().executemany
+        if changes.jobs:
+            marks = ", ".join("?" * len(_JOB_NAMES))
+            updates = ", ".join(f"{c} = excluded.{c}" for c in _JOB_NAMES[1:])
+            many(
+                self._sql(
+                    f"INSERT INTO jobs ({', '.join(_JOB_NAMES)}) VALUES ({marks}) "
+                    f"ON CONFLICT (job_id) DO UPDATE SET {updates}"
+                ),
+                [job_row(job) for job in changes.jobs.values()],
+            )
+        if changes.requests:
+            many(self._sql("INSERT INTO stat_requests VALUES (?, ?, ?, ?, ?)"), changes.requests)
+        if changes.errors:
+            many(self._sql("INSERT INTO stat_errors VALUES (?, ?, ?, ?, ?)"), changes.errors)
+        if changes.requesters:
+            many(self._sql("INSERT INTO requesters VALUES (?)"), [(w,) for w in changes.requesters])
+        if changes.pairs:
+            many(self._sql("INSERT INTO requester_resources VALUES (?, ?)"), changes.pairs)
+        if changes.totals:
+            many(
+                self._sql(
+                    "INSERT INTO stat_totals VALUES (?, ?, ?, ?) ON CONFLICT (resource_id) DO UPDATE SET "
+                    "requests = stat_totals.requests + excluded.requests, "
+                    "errors = stat_totals.errors + excluded.errors, "
+                    "emails = stat_totals.emails + excluded.emails"
+                ),
+                [(res, *deltas) for res, deltas in changes.totals.items()],
+            )
+        counters = [(n, v) for n, v in (("accepted", changes.accepted), ("finished", changes.finished)) if v]
+        if counters:
+            many(
+                self._sql(
+                    "INSERT INTO counters VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
+                ),
+                counters,
+            )
+        if changes.zips:
+            many(
+                self._sql("INSERT INTO built_zips VALUES (?) ON CONFLICT (zip_file_name) DO NOTHING"),
+                [(z,) for z in sorted(changes.zips)],
+            )
+        many(
+            self._sql(
+                "INSERT INTO positions VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, part) DO UPDATE SET next_offset = excluded.next_offset"
+            ),
+            [(topic, partition, offset) for (topic, partition), offset in advanced.items()],
+        )
+
+    def set_meta(self, conn: Any, name: str, value: str) -> None:
+        """Write one row of `meta` (the log identity, the projector's status) in its own transaction."""
+        with self.transaction(conn, write=True):
+            conn.execute(
+                self._sql(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                ),
+                (name, value),
+            )
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def meta(self, conn: Any, name: str) -> str | None:
+        """One row of `meta`, or None."""
+        row = conn.execute(self._sql("SELECT value FROM meta WHERE name = ?"), (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def positions(self, conn: Any) -> dict[tuple[str, int], int]:
+        """The tracking records: (topic, partition) -> next offset to fold."""
+        return {(t, p): o for t, p, o in conn.execute("SELECT topic, part, next_offset FROM positions")}
+
+    def job(self, conn: Any, job_id: str) -> JobState | None:
+        """One job's state, or None."""
+        sql = self._sql(f"SELECT {', '.join(_JOB_NAMES)} FROM jobs WHERE job_id = ?")
+        row = conn.execute(sql, (job_id,)).fetchone()
+        return None if row is None else job_from_row(row)
+
+    def counters(self, conn: Any) -> tuple[int, int]:
+        """(accepted, finished) jobs."""
+        found = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        return int(found.get("accepted", 0)), int(found.get("finished", 0))
+
+    def totals(self, conn: Any, resource_id: str | None = None) -> dict[str, dict[str, int]]:
+        """`/statistics`: every resource and `*`, or only the one asked for (zeros when unknown)."""
+        sql = "SELECT resource_id, requests, errors, emails FROM stat_totals"
+        if resource_id:
+            rows = conn.execute(self._sql(sql + " WHERE resource_id = ?"), (resource_id,)).fetchall()
+            found = {r[0]: {"requests": r[1], "errors": r[2], "emails": r[3]} for r in rows}
+            return {resource_id: found.get(resource_id, {"requests": 0, "errors": 0, "emails": 0})}
+        rows = conn.execute(sql + " ORDER BY resource_id").fetchall()
+        result = {r[0]: {"requests": r[1], "errors": r[2], "emails": r[3]} for r in rows}
+        result.setdefault(ALL, {"requests": 0, "errors": 0, "emails": 0})
+        return result
+
+    def listing(
+        self,
+        conn: Any,
+        kind: str,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        resource_id: str | None = None,
+        email: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """`/statistics/requests` or `/statistics/errors`: filtered, newest first, paged."""
+        if kind == "requests":
+            select = "SELECT domain, email, resource_id, ts FROM stat_requests"
+        else:
+            select = "SELECT email, message, resource_id, ts FROM stat_errors"
+        where, params = [], []
+        if resource_id:
+            where.append("resource_id = ?")
+            params.append(resource_id)
+        if email:
+            where.append("email = ?")
+            params.append(email)
+        sql = select + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY ts DESC, job_id DESC LIMIT ? OFFSET ?"
+        rows = conn.execute(self._sql(sql), (*params, limit, offset)).fetchall()
+        if kind == "requests":
+            return [
+                {"count": 1, "domain": d, "email": e, "resource_id": r, "timestamp": t} for d, e, r, t in rows
+            ]
+        return [{"email": e, "message": m, "resource_id": r, "timestamp": t} for e, m, r, t in rows]
+
+    def zip_was_built(self, conn: Any, name: str) -> bool:
+        """True when a job completed with a ZIP of this name."""
+        sql = self._sql("SELECT 1 FROM built_zips WHERE zip_file_name = ?")
+        return conn.execute(sql, (name,)).fetchone() is not None
+
+    def rows(self, conn: Any, table: schema.Table) -> Iterator[tuple[Any, ...]]:
+        """Every row of a table, in key order (for comparisons), a page at a time: memory stays flat
+        however large the table (keyset paging, so no server-side cursor is needed)."""
+        columns, key = ", ".join(table.column_names), ", ".join(table.key)
+        first = f"SELECT {columns} FROM {table.name} ORDER BY {key} LIMIT {_PAGE}"
+        marks = ", ".join("?" * len(table.key))
+        after = self._sql(
+            f"SELECT {columns} FROM {table.name} WHERE ({key}) > ({marks}) ORDER BY {key} LIMIT {_PAGE}"
+        )
+        page = conn.execute(first).fetchall()
+        width = len(table.key)
+        while page:
+            yield from (tuple(row) for row in page)
+            if len(page) < _PAGE:
+                return
+            page = conn.execute(after, tuple(page[-1][:width])).fetchall()
+
+
+def redacted(url: str) -> str:
+    """The URL with any password replaced by `***` (for log lines and messages)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"

@@ -1,0 +1,172 @@
+"""Fold of a batch of log records into row changes of the SQL views (`projections.view_schema`).
+
+The projector reads a batch of records, asks `needs` which rows the batch depends on, loads them from the
+views (`Known`), and `fold` runs the same per-event folds as ever (`projections.jobs.apply` and the
+statistics rules of `projections.statistics`) over the batch in log order. The result (`Changes`) is what
+the batch changed, coalesced: one row per job however many events it had in the batch, new statistics
+entries, and deltas of the totals and counters. Nothing here touches a database, so the fold is the same
+for SQLite, PostgreSQL and any test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from packager.domain.events import TERMINAL_TYPES, Envelope, PackageFailed, PackageRequested
+from projections import jobs as job_fold
+from projections.jobs import JobState
+from projections.statistics import ALL, email_domain, unix_time
+
+Identity = Callable[[str], str]
+
+# (topic, partition, offset, event): one decoded record of the requests or events topic.
+Record = tuple[str, int, int, Envelope]
+
+
+@dataclass(slots=True)
+class Needs:
+    """The rows of the views a batch depends on."""
+
+    job_ids: set[str] = field(default_factory=set)
+    failed_job_ids: set[str] = field(default_factory=set)
+    requesters: set[str] = field(default_factory=set)
+    pairs: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Known:
+    """Those rows as the views hold them before the batch."""
+
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    failed_job_ids: set[str] = field(default_factory=set)
+    requesters: set[str] = field(default_factory=set)
+    pairs: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Changes:
+    """What one batch changes in the views."""
+
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    requests: list[tuple[str, float, str, str, str]] = field(default_factory=list)
+    errors: list[tuple[str, float, str, str, str]] = field(default_factory=list)
+    requesters: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    # resource id (and `*`) -> [requests, errors, emails] to add
+    totals: dict[str, list[int]] = field(default_factory=dict)
+    accepted: int = 0
+    finished: int = 0
+    zips: set[str] = field(default_factory=set)
+    folded: int = 0
+
+    def _total(self, resource_id: str) -> list[int]:
+        found = self.totals.get(resource_id)
+        if found is None:
+            found = self.totals[resource_id] = [0, 0, 0]
+        return found
+
+
+def requester_of(event: Envelope, identity: Identity) -> str | None:
+    """The identity statistics keep of the requester of a request or a failure (None for other events)."""
+    p = event.payload
+    return identity(p.email) if isinstance(p, PackageRequested | PackageFailed) else None
+
+
+def needs(events: Sequence[Envelope], requesters: Sequence[str | None]) -> Needs:
+    """The rows `fold` will read for these events (`requesters` from `requester_of`, one per event)."""
+    wanted = Needs()
+    for event, who in zip(events, requesters, strict=True):
+        if event.type == "RecordRejected":
+            continue
+        wanted.job_ids.add(event.job_id)
+        if who is not None and event.type == "PackageRequested":
+            wanted.requesters.add(who)
+            wanted.pairs.add((who, event.payload.resource_id))  # type: ignore[attr-defined]
+        elif event.type == "PackageFailed":
+            wanted.failed_job_ids.add(event.job_id)
+    return wanted
+
+
+def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Known) -> Changes:
+    """Fold the events, in order, over the known rows; return the coalesced changes."""
+    out = Changes()
+    jobs = known.jobs  # updated in place: the batch's later events see its earlier ones
+    seen_requesters = known.requesters
+    seen_pairs = known.pairs
+    failed = known.failed_job_ids
+    for event, who in zip(events, requesters, strict=True):
+        if event.type == "RecordRejected":
+            continue  # about a bad record, not a job
+        job_id = event.job_id
+        before = jobs.get(job_id)
+        after = job_fold.apply(before, event)
+        out.folded += 1
+        # The fold returns the state it was given when nothing changed: an identity test is enough.
+        if after is not before and (before is not None or after != JobState(job_id=job_id)):
+            # An event that tells nothing about a job it does not know (a cache clearing) makes no row.
+            jobs[job_id] = out.jobs[job_id] = after
+            if after.zip_file_name:
+                out.zips.add(after.zip_file_name)
+        p = event.payload
+        if isinstance(p, PackageRequested):
+            if before is not None and before.requested_at:
+                continue  # a replayed request counts once
+            assert who is not None
+            out.accepted += 1
+            resource = p.resource_id
+            out.requests.append((job_id, unix_time(event.occurred_at), who, email_domain(p.email), resource))
+            here, overall = out._total(resource), out._total(ALL)
+            here[0] += 1
+            overall[0] += 1
+            if who not in seen_requesters:
+                seen_requesters.add(who)
+                out.requesters.append(who)
+                overall[2] += 1
+            if (who, resource) not in seen_pairs:
+                seen_pairs.add((who, resource))
+                out.pairs.append((who, resource))
+                here[2] += 1
+        elif event.type in TERMINAL_TYPES:
+            if before is None or not before.terminal:
+                out.finished += 1
+            if isinstance(p, PackageFailed) and job_id not in failed:
+                failed.add(job_id)
+                assert who is not None
+                out.errors.append((job_id, unix_time(event.occurred_at), who, p.error, p.resource_id))
+                out._total(p.resource_id)[1] += 1
+                out._total(ALL)[1] += 1
+    return out
+
+
+def job_row(job: JobState) -> tuple[Any, ...]:
+    """A job as a row of the `jobs` table (columns in `view_schema.JOB_COLUMNS` order)."""
+    return (
+        job.job_id,
+        job.state,
+        job.kind,
+        job.resource_id,
+        job.lane,
+        job.attempt,
+        job.rows_done,
+        job.rows_total,
+        job.bytes_done,
+        job.bytes_total,
+        job.zip_file_name,
+        job.size,
+        job.error,
+        1 if job.emailed else 0,
+        job.email_error,
+        job.requested_at,
+        job.started_at,
+        job.finished_at,
+        job.updated_at,
+    )
+
+
+def job_from_row(row: Sequence[Any]) -> JobState:
+    """Inverse of `job_row`."""
+    values = list(row)
+    values[13] = bool(values[13])
+    return JobState(*values)

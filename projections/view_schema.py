@@ -1,0 +1,168 @@
+"""The read side's SQL views: their tables, columns and keys, and the DDL for SQLite and PostgreSQL.
+
+One description serves three readers: the projector creates the tables from it, the ingress reads them, and
+`packager replay verify` compares every table of it, row by row, in key order. Column types are abstract
+(`text`, `int`, `float`) and rendered per dialect; every text column uses the C collation on PostgreSQL,
+so both databases sort keys (job ids) the way Python does and two views can be merged in key order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = "1"
+
+SQLITE, POSTGRES = "sqlite", "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One view table: its name, (column, type) pairs, and the columns of its primary key."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+    # (index name, columns): what keeps the ingress's queries fast at millions of rows.
+    indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """The columns in declaration order."""
+        return tuple(name for name, _ in self.columns)
+
+
+# The fields of `projections.jobs.JobState`, in its order (`emailed` as 0/1).
+JOB_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("job_id", "text"),
+    ("state", "text"),
+    ("kind", "text"),
+    ("resource_id", "text"),
+    ("lane", "text"),
+    ("attempt", "int"),
+    ("rows_done", "int"),
+    ("rows_total", "int?"),
+    ("bytes_done", "int"),
+    ("bytes_total", "int?"),
+    ("zip_file_name", "text"),
+    ("size", "int?"),
+    ("error", "text"),
+    ("emailed", "int"),
+    ("email_error", "text"),
+    ("requested_at", "text"),
+    ("started_at", "text"),
+    ("finished_at", "text"),
+    ("updated_at", "text"),
+)
+
+META = Table("meta", (("name", "text"), ("value", "text")), ("name",))
+# Tracking records: the next offset to read of every topic partition folded in, written in the same
+# transaction as the rows it produced.
+POSITIONS = Table(
+    "positions", (("topic", "text"), ("part", "int"), ("next_offset", "int")), ("topic", "part")
+)
+JOBS = Table(
+    "jobs",
+    JOB_COLUMNS,
+    ("job_id",),
+    # Per-resource history (the `resource_history` view below) reads jobs by resource, oldest first.
+    (("jobs_by_resource", ("resource_id", "requested_at")),),
+)
+# `/statistics/requests` and `/statistics/errors` list newest first, optionally by resource or requester.
+STAT_REQUESTS = Table(
+    "stat_requests",
+    (("job_id", "text"), ("ts", "float"), ("email", "text"), ("domain", "text"), ("resource_id", "text")),
+    ("job_id",),
+    (
+        ("stat_requests_by_time", ("ts", "job_id")),
+        ("stat_requests_by_resource", ("resource_id", "ts", "job_id")),
+        ("stat_requests_by_email", ("email", "ts", "job_id")),
+    ),
+)
+STAT_ERRORS = Table(
+    "stat_errors",
+    (("job_id", "text"), ("ts", "float"), ("email", "text"), ("message", "text"), ("resource_id", "text")),
+    ("job_id",),
+    (
+        ("stat_errors_by_time", ("ts", "job_id")),
+        ("stat_errors_by_resource", ("resource_id", "ts", "job_id")),
+        ("stat_errors_by_email", ("email", "ts", "job_id")),
+    ),
+)
+# Totals per resource id and `*`: requests, errors, unique requesters.
+STAT_TOTALS = Table(
+    "stat_totals",
+    (("resource_id", "text"), ("requests", "int"), ("errors", "int"), ("emails", "int")),
+    ("resource_id",),
+)
+# Who has asked at all, and for which resource: what makes `emails` count each requester once.
+REQUESTERS = Table("requesters", (("who", "text"),), ("who",))
+REQUESTER_RESOURCES = Table(
+    "requester_resources", (("who", "text"), ("resource_id", "text")), ("who", "resource_id")
+)
+# `accepted` and `finished` jobs: `/status` answers queue_length = accepted - finished.
+COUNTERS = Table("counters", (("name", "text"), ("value", "int")), ("name",))
+# Every ZIP name a job completed with: a download gone but once built answers 410, not 404.
+BUILT_ZIPS = Table("built_zips", (("zip_file_name", "text"),), ("zip_file_name",))
+
+TABLES: tuple[Table, ...] = (
+    META,
+    POSITIONS,
+    JOBS,
+    STAT_REQUESTS,
+    STAT_ERRORS,
+    STAT_TOTALS,
+    REQUESTERS,
+    REQUESTER_RESOURCES,
+    COUNTERS,
+    BUILT_ZIPS,
+)
+# What `replay verify` compares row by row: every table but the tracking records (checked on their own) and
+# `meta`, which describes the views (schema version, the log they were built from, the projector's status)
+# rather than holding a fold's result.
+COMPARED: tuple[Table, ...] = tuple(t for t in TABLES if t not in (POSITIONS, META))
+# Rows of `meta`: the log the views were built from (`kafka_log.LogIdentity.to_dict()` as JSON), and what
+# went wrong in the projector that writes them ("" when nothing did), which the ingress's readiness reports.
+LOG_IDENTITY, PROJECTOR_STATUS = "log_identity", "projector_status"
+
+# Per-resource history: every job of a resource with its outcome (reads `jobs_by_resource`).
+RESOURCE_HISTORY = (
+    "CREATE VIEW IF NOT EXISTS resource_history AS SELECT resource_id, requested_at, job_id, kind, state, "
+    "lane, size, error, finished_at FROM jobs WHERE requested_at <> ''"
+)
+
+_TYPES = {
+    SQLITE: {"text": "TEXT NOT NULL", "int": "INTEGER NOT NULL", "int?": "INTEGER", "float": "REAL NOT NULL"},
+    POSTGRES: {
+        "text": 'TEXT COLLATE "C" NOT NULL',
+        "int": "BIGINT NOT NULL",
+        "int?": "BIGINT",
+        "float": "DOUBLE PRECISION NOT NULL",
+    },
+}
+
+
+def ddl(dialect: str) -> list[str]:
+    """The statements creating every table, index and view (idempotent: IF NOT EXISTS)."""
+    types = _TYPES[dialect]
+    statements = []
+    for table in TABLES:
+        columns = ", ".join(f"{name} {types[kind]}" for name, kind in table.columns)
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {table.name} ({columns}, PRIMARY KEY ({', '.join(table.key)}))"
+        )
+        for index, on in table.indexes:
+            statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {table.name} ({', '.join(on)})")
+    statements.append(
+        RESOURCE_HISTORY.replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW")
+        if dialect == POSTGRES
+        else RESOURCE_HISTORY
+    )
+    return statements
+
+
+def drop(dialect: str) -> list[str]:
+    """The statements removing every table and view (to rebuild an audit copy from nothing)."""
+    cascade = " CASCADE" if dialect == POSTGRES else ""
+    return ["DROP VIEW IF EXISTS resource_history"] + [
+        f"DROP TABLE IF EXISTS {table.name}{cascade}" for table in TABLES
+    ]

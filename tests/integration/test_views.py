@@ -1,0 +1,285 @@
+"""The projector and its views on real Kafka, on SQLite and on PostgreSQL (a server the session starts).
+
+A synthetic history (jobs of six events: requested, queued, started, progress, completed or failed,
+emailed) is written to the topics; the projector folds it. Checked: the numbers it implies, resuming where
+the views end, a projector killed mid-batch and restarted (no event lost, none counted twice), `replay
+verify` catching a row changed by hand, `replay rebuild --into` making an identical copy, `replay stats
+--until`, and two ingress processes on one PostgreSQL answering alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from packager.adapters.kafka_log import Topics, ensure_topics
+from packager.adapters.projector import run_projector
+from packager.adapters.viewdb import ViewDatabase
+from packager.cli import replay
+from packager.core.settings import Settings, load_settings
+from packager.domain.events import (
+    EmailSent,
+    PackageCompleted,
+    PackageFailed,
+    PackageProgress,
+    PackageQueued,
+    PackageRequested,
+    PackageStarted,
+    encode,
+    envelope,
+)
+from tests.integration.conftest import SECRET
+from tests.integration.support import ROOT, service, wait_for_port
+
+pytestmark = pytest.mark.kafka
+
+
+def job_records(n: int) -> list[tuple[str, bytes, bytes]]:
+    """The six records of job `n`: (topic suffix, key, value); every tenth job fails."""
+    job_id = str(uuid.UUID(int=n + 1))
+    key, resource_id, email = f"ck{n % 50}", f"res-{n % 7}", f"user{n % 13}@example.org"
+    at = f"2026-11-26T10:{n // 600 % 60:02d}:{n // 10 % 60:02d}.{n % 1000:03d}Z"
+    payloads: list[tuple[str, Any]] = [
+        (
+            "requests",
+            PackageRequested("datastore", key, resource_id, email, "h", {"resource_id": resource_id}),
+        ),
+        ("events", PackageQueued(cache_key=key, lane="fast", attempt=1)),
+        ("events", PackageStarted(cache_key=key, lane="fast", worker="w", attempt=1, lease_until="")),
+        ("events", PackageProgress(key, 5, 10, 90, None, 1)),
+    ]
+    if n % 10 == 9:
+        payloads.append(("events", PackageFailed(key, resource_id, email, "h", "CKAN said no", "CkanError")))
+    else:
+        payloads.append(
+            (
+                "events",
+                PackageCompleted(
+                    key, resource_id, email, "h", "", "fast", f"{job_id}.zip", 9, "0" * 64, 10, "a", "b"
+                ),
+            )
+        )
+    payloads.append(("events", EmailSent(cache_key=key, about="x", message_id="<m>", attempts=1)))
+    return [(topic, key.encode(), encode(envelope(job_id, p, occurred_at=at))) for topic, p in payloads]
+
+
+async def write_history(settings: Settings, first: int, jobs: int) -> None:
+    """Append jobs `first` .. `first + jobs - 1` to the settings' topics."""
+    topics = Topics(settings.topic_prefix)
+    await ensure_topics(settings.kafka_bootstrap_servers, topics, settings.partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=20)
+    await producer.start()
+    try:
+        sent = []
+        for n in range(first, first + jobs):
+            for suffix, key, value in job_records(n):
+                topic = topics.requests if suffix == "requests" else topics.events
+                sent.append(await producer.send(topic, value=value, key=key))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+def settings_for(kafka_bootstrap: str, topic_prefix: str, url: str) -> Settings:
+    return load_settings(
+        {},
+        secret=SECRET,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        partitions=3,
+        database_url=url,
+    )
+
+
+def read(url: str, work: Any) -> Any:
+    db = ViewDatabase(url)
+    conn = db.connect()
+    try:
+        return work(db, conn)
+    finally:
+        conn.close()
+
+
+async def test_the_projector_folds_the_log_and_resumes_where_the_views_end(
+    kafka_bootstrap: str, topic_prefix: str, views_url: str
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
+    await write_history(settings, 0, 100)
+    assert await run_projector(settings, until_caught_up=True) == 600
+    totals = read(views_url, lambda db, c: db.totals(c))
+    assert totals["*"] == {"requests": 100, "errors": 10, "emails": 13}
+    assert read(views_url, lambda db, c: db.counters(c)) == (100, 100)
+
+    await write_history(settings, 100, 20)
+    assert await run_projector(settings, until_caught_up=True) == 120  # only the new records
+    assert read(views_url, lambda db, c: db.totals(c, "*"))["*"] == {
+        "requests": 120,
+        "errors": 12,
+        "emails": 13,
+    }
+    newest = read(views_url, lambda db, c: db.listing(c, "requests", limit=1))[0]
+    assert newest["email"] == f"user{119 % 13}@example.org"
+    job = read(views_url, lambda db, c: db.job(c, str(uuid.UUID(int=120))))
+    assert (job.state, job.emailed, job.rows_done) == ("failed", True, 5)
+    assert await replay.verify(settings) == 0
+
+
+async def test_a_projector_killed_mid_batch_and_restarted_gives_exactly_the_same_views(
+    kafka_bootstrap: str, topic_prefix: str, views_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
+    jobs = 10_000
+    await write_history(settings, 0, jobs)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PACKAGER_SECRET": SECRET,
+        "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "PACKAGER_TOPIC_PREFIX": topic_prefix,
+        "PACKAGER_DATABASE_URL": views_url,
+    }
+    kills = 0
+    for _ in range(3):  # killed up to three times, each time part-way through the history
+        start = await asyncio.to_thread(read_positions, views_url)
+        if start >= jobs * 6:
+            break
+        with service(["projector"], env, tmp_path / "logs") as projector:
+            deadline = time.monotonic() + 60
+            while (applied := await asyncio.to_thread(read_positions, views_url)) <= start:
+                assert time.monotonic() < deadline, projector.log()
+                await asyncio.sleep(0.01)
+            if applied < jobs * 6:
+                # Part-way: SIGKILL lands wherever the projector is, a transaction open or not.
+                await asyncio.sleep(0.05)
+                projector.stop(sig_kill=True)
+                assert projector.proc.returncode == -signal.SIGKILL
+                kills += 1
+    assert kills >= 1, "the projector finished before it could be killed"
+    finish = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "packager", "projector", "--until-caught-up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert finish.returncode == 0, finish.stderr
+    # No event lost and none applied twice: the counts are the history's, and a rebuild equals the views.
+    assert read(views_url, lambda db, c: db.totals(c, "*"))["*"] == {
+        "requests": jobs,
+        "errors": jobs // 10,
+        "emails": 13,
+    }
+    assert read(views_url, lambda db, c: db.counters(c)) == (jobs, jobs)
+    assert await replay.verify(settings) == 0
+
+
+def read_positions(url: str) -> int:
+    try:
+        return sum(read(url, lambda db, c: db.positions(c)).values())
+    except Exception:  # the projector has not created the tables yet
+        return 0
+
+
+async def test_replay_verify_catches_a_row_changed_by_hand_and_rebuild_makes_a_copy(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    views_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
+    await write_history(settings, 0, 30)
+    await run_projector(settings, until_caught_up=True)
+    assert await replay.verify(settings) == 0
+    capsys.readouterr()
+    # Statistics as they stood at a moment: jobs 0 to 19 were requested by then, 9 and 19 had failed.
+    assert await replay.stats_until(settings, "2026-11-26T10:00:01.999Z") == 0
+    then = orjson.loads(capsys.readouterr().out)
+    assert then["totals"]["*"] == {"requests": 20, "errors": 2, "emails": 13}
+
+    def tamper(db: ViewDatabase, conn: Any) -> None:
+        conn.execute(
+            "UPDATE jobs SET state = 'completed' WHERE job_id = ?".replace("?", db.mark),
+            (str(uuid.UUID(int=10)),),
+        )
+
+    read(views_url, tamper)
+    assert await replay.verify(settings) == 1
+    out = capsys.readouterr()
+    assert f"jobs job_id='{uuid.UUID(int=10)}': state live 'completed' != rebuilt 'failed'" in out.out
+    assert "DIFFERENT" in out.err
+
+    copy = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    assert await replay.rebuild_copy(settings, copy) == 0
+    assert read(copy, lambda db, c: db.job(c, str(uuid.UUID(int=10)))).state == "failed"
+    assert read(copy, lambda db, c: db.totals(c)) == read(views_url, lambda db, c: db.totals(c))
+    assert await replay.rebuild_copy(settings, views_url) == 2  # never over the live views
+
+
+async def test_two_ingress_processes_on_one_postgresql_answer_alike(
+    kafka_bootstrap: str, topic_prefix: str, postgres_server: str, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    url = postgres_server  # the server's own database: shared by the projector and both ingresses
+    settings = settings_for(kafka_bootstrap, topic_prefix, url)
+    await asyncio.to_thread(ViewDatabase(url).reset)
+    await write_history(settings, 0, 40)
+    ports = [int(service_env["PACKAGER_PORT"]), free_port_of(service_env)]
+    env = {**service_env, "PACKAGER_DATABASE_URL": url, "PACKAGER_PARTITIONS": "3"}
+    logs = tmp_path / "logs"
+    with (
+        service(["projector"], env, logs),
+        service(["ingress"], {**env, "PACKAGER_PORT": str(ports[0])}, logs),
+        service(["ingress"], {**env, "PACKAGER_PORT": str(ports[1])}, logs),
+    ):
+        for port in ports:
+            wait_for_port(port)
+        deadline = time.monotonic() + 60
+        while (await answers(ports[0]))["status"].get("processed_requests") != 40:
+            assert time.monotonic() < deadline, "the projector never folded the history"
+            await asyncio.sleep(0.3)
+        first, second = await answers(ports[0]), await answers(ports[1])
+    assert first == second
+    assert first["totals"]["*"] == {"requests": 40, "errors": 4, "emails": 13}
+    assert first["job"]["state"] == "failed" and len(first["requests"]) == 5
+
+
+def free_port_of(env: dict[str, str]) -> int:
+    from packager.dev.kafka import free_port
+
+    port = free_port()
+    while str(port) == env["PACKAGER_PORT"]:
+        port = free_port()
+    return port
+
+
+async def answers(port: int) -> dict[str, Any]:
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as http:
+        for name, path, params in (
+            ("status", "/status", {}),
+            ("totals", "/statistics", {}),
+            ("requests", "/statistics/requests", {"limit": "5", "offset": "3"}),
+            ("errors", "/statistics/errors", {"resource_id": "res-2"}),
+        ):
+            async with http.post(base + path, data={"secret": SECRET, **params}) as resp:
+                out[name] = await resp.json() if resp.status == 200 else {"status": resp.status}
+        out["totals"] = out["totals"].get("totals", {})
+        out["requests"] = out["requests"].get("requests", [])
+        async with http.get(f"{base}/jobs/{uuid.UUID(int=10)}") as resp:
+            out["job"] = await resp.json()
+    return out

@@ -1,0 +1,91 @@
+"""The ingress's read endpoints on SQLite views: answers, the live job stream, and views not there yet."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from packager.adapters import viewreads
+from packager.adapters.kafka_log import InMemoryEventLog
+from packager.adapters.resolver import system_resolver
+from packager.core.settings import Settings, load_settings
+from packager.domain.events import PackageQueued, PackageRequested, envelope
+from packager.http.ingress import create_app
+from tests.unit.samples import SECRET, attach_views, completed, fill_views
+
+JOB = "0b5b3c9e-1f0e-4c1a-9d6e-2a7f1c3e5d70"
+
+
+def requested() -> PackageRequested:
+    return PackageRequested(
+        kind="url", cache_key="ck", resource_id="r1", email="Ann@Example.org", ckan_host="h", request={}
+    )
+
+
+@pytest.fixture
+def settings(store_dir: Path) -> Settings:
+    return load_settings({}, secret=SECRET, store_directory=str(store_dir))
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[TestClient]:
+    app = create_app(settings, event_log=InMemoryEventLog(), resolver=system_resolver, read_views=False)
+    attach_views(app, settings)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+async def test_the_endpoints_answer_from_the_views(settings: Settings, client: TestClient) -> None:
+    fill_views(
+        settings,
+        [
+            ("t.requests", 0, 0, envelope(JOB, requested(), occurred_at="2026-01-01T00:00:01.000Z")),
+            ("t.events", 0, 0, envelope(JOB, PackageQueued(cache_key="ck", lane="fast", attempt=1))),
+        ],
+    )
+    job = await (await client.get(f"/jobs/{JOB}")).json()
+    assert (job["state"], job["lane"], job["resource_id"], job["download_url"]) == (
+        "queued",
+        "fast",
+        "r1",
+        None,
+    )
+    totals = await (await client.post("/statistics", data={"secret": SECRET})).json()
+    one = {"requests": 1, "errors": 0, "emails": 1}
+    assert totals["totals"] == {"*": one, "r1": one}
+    listed = await (
+        await client.post("/statistics/requests", data={"secret": SECRET, "email": "ANN@example.org"})
+    ).json()
+    assert [r["email"] for r in listed["requests"]] == ["ann@example.org"]  # the filter is normalised too
+    assert (await client.get("/jobs/00000000-0000-0000-0000-000000000000")).status == 404
+
+
+async def test_the_event_stream_follows_the_job_until_it_is_finished(
+    settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(viewreads, "WATCH_HEARTBEAT", 0.3)
+    fill_views(settings, [("t.requests", 0, 0, envelope(JOB, requested()))])
+    resp = await client.get(f"/jobs/{JOB}/events")
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
+    assert orjson.loads(first.split(b"data: ", 1)[1])["state"] == "queued"
+    assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10) == b": still waiting\n\n"
+    # The projector folds the completion: the stream shows it, then ends.
+    fill_views(settings, [("t.events", 0, 0, envelope(JOB, completed(zip_file_name=f"{JOB}.zip")))])
+    rest = await asyncio.wait_for(resp.content.read(), 10)
+    events = [block for block in rest.split(b"\n\n") if block.startswith(b"event:")]
+    assert orjson.loads(events[0].split(b"data: ", 1)[1])["state"] == "completed"
+    assert events[-1] == b"event: end\ndata: {}"
+
+
+async def test_before_any_projector_ran_the_read_endpoints_answer_503(client: TestClient) -> None:
+    resp = await client.post("/statistics", data={"secret": SECRET})
+    assert resp.status == 503
+    assert "views cannot be read" in (await resp.json())["message"]
+    assert (await client.get(f"/jobs/{JOB}")).status == 503
+    assert (await client.get("/downloads/never-built.zip")).status == 404
