@@ -283,6 +283,17 @@ async def test_a_queued_build_passed_in_its_lane_without_starting_is_queued_agai
                     return sum((await end_offsets(kafka_bootstrap, topics.lane("fast"))).values()) == 1
 
                 await until(dispatched, 30, "the job's lane record was not written")
+
+                async def lease_recorded() -> bool:
+                    """The steward has handled PackageQueued and the group committed past it."""
+                    ends = await end_offsets(kafka_bootstrap, topics.events)
+                    done = await committed_offsets(
+                        kafka_bootstrap, f"{topic_prefix}-worker", topics.events, len(ends)
+                    )
+                    return all((done.get(p) or 0) >= end for p, end in ends.items())
+
+                # Stopped within a moment of planning, the worker may not have recorded the lease yet.
+                await until(lease_recorded, 30, "the steward did not handle PackageQueued")
             # The record is passed with no PackageStarted: nothing but the watchdog can bring the job back.
             await pass_lane_records(kafka_bootstrap, f"{topic_prefix}-worker", topics.lane("fast"))
             with service(["worker"], env, tmp_path / "logs") as builder:
