@@ -156,9 +156,10 @@ async def test_wrongly_typed_events_are_dead_lettered_while_later_jobs_still_app
             first = await submit(port, "package_url", SECRET, **params, email="ann@example.org")
 
             async def first_done() -> bool:
-                return await job_state(port, first) == "completed"
+                status, page = await get(port, f"/jobs/{first}")
+                return status == 200 and page["state"] == "completed" and page["emailed"]
 
-            await eventually(first_done, "the first job to complete")
+            await eventually(first_done, "the first job to complete and be emailed")
             events = await read_events(kafka_bootstrap, topics.events)
             progress = next(e for e in events if e.type == "PackageProgress" and e.job_id == first)
             emailed = next(e for e in events if e.type == "EmailSent" and e.job_id == first)
