@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from streams.offsets import (
 )
 from streams.packers import add_packer
 from streams.pauses import TICK, PauseWatch
+from streams.recovery_watch import add_recovery_watch
 from streams.steward import APPEND_TIMEOUT, add_planner_and_steward
 from streams.transport import SCHEME
 
@@ -228,6 +230,11 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 return None
 
         for guard in list(guards):
+            if app.in_recovery:
+                # Stream partitions are paused while tables are restored: nothing is due to any agent yet
+                # (a stalled recovery is streams.recovery_watch's to handle).
+                guard.behind_since.clear()
+                continue
             await guard.sweep(log_end)
 
     async def decoded(stream: faust.StreamT, *, owner: bool = True) -> AsyncIterator[Envelope]:
@@ -282,6 +289,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             )
     app._packager_pools = pools  # type: ignore[attr-defined]  # drained by the worker on SIGTERM (cli)
 
+    add_recovery_watch(app, clock=time.monotonic)
     require_single_actor(app)  # the guard's order per partition needs one actor per agent
     return app
 

@@ -8,6 +8,8 @@ can force the situations the guard exists for:
 - `hold`: the agent works on the record until the file JOURNAL.release exists (a long build);
 - `skip-ahead:N`: once done, the agent seeks its partition N records past the next one, so Faust never
   delivers those N records (what faust-streaming does to records fetched between assignment and seek);
+- `rejoin`: once done, the agent asks the group to rebalance (streams.recovery_watch.request_rejoin, what
+  the worker does when its table recovery stalls), the first time only (the record may be read again);
 - anything else: done at once.
 
 The agent appends `start <partition> <offset> <value> g<generation> <pid> <time>` and
@@ -37,6 +39,7 @@ from streams.offsets import (
     patch_commit_offsets,
     require_single_actor,
 )
+from streams.recovery_watch import request_rejoin
 
 
 def build(bootstrap: str, topic_name: str, group: str, journal: Path) -> faust.App:
@@ -117,6 +120,9 @@ def build(bootstrap: str, topic_name: str, group: str, journal: Path) -> faust.A
                 while not release.exists():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             write(f"done {where} {stamp()}")
+            if value == b"rejoin" and not (asked := journal.with_suffix(".rejoined")).exists():
+                asked.touch()
+                request_rejoin(app)
             if value.startswith(b"skip-ahead:"):
                 await app.consumer.seek(message.tp, message.offset + 1 + int(value.split(b":")[1]))
 
