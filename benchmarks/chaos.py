@@ -42,7 +42,7 @@ import orjson
 from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_table import COUNTRIES, FIRST_YEAR, YEARS
 
-from .chaos_check import EventFollower, ExpectedRows, Job, building, check, outstanding
+from .chaos_check import EventFollower, ExpectedRows, Job, building, check, outstanding, place_requests
 from .chaos_nemesis import FAULT_KINDS, Nemesis, Plan, heal
 from .chaos_stack import (
     PARTITIONS,
@@ -264,6 +264,11 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             client.jobs, follower.events, stack.mailbox.snapshot(), stack.store, follower.where
         )
         details["unfinished_at_deadline"] = left
+        if lost := set(details["lost"]):
+            with contextlib.suppress(Exception):  # a report aid: never the reason a campaign fails
+                details["lost_requests"] = await place_requests(
+                    stack.bootstrap, Topics(stack.prefix).requests, f"{stack.prefix}-worker", PARTITIONS, lost
+                )
         if figures["lost"] or figures["duplicate_terminal"] or figures["emails_missing"]:
             # The workers' logs are what explains a failure: the folder outlives the run then.
             stack.config = dataclasses.replace(stack.config, keep=True)

@@ -306,3 +306,47 @@ def _brief(e: Envelope) -> dict[str, Any]:
     payload = e.payload
     keep = ("lane", "worker", "error", "zip_file_name", "rows", "cached_from", "about", "attempt")
     return {k: getattr(payload, k) for k in keep if getattr(payload, k, None) not in (None, "")}
+
+
+async def place_requests(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    partitions: int,
+    job_ids: set[str],
+    timeout: float = 30.0,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """Where the requests of `job_ids` sit in `topic`, beside the `group`'s committed offsets and the end.
+
+    For the report of lost jobs: a request past its partition's committed offset was never planned to the
+    group's knowledge (a stuck or paused partition); one before it was read and dropped.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        found: dict[str, str] = {}
+        left = {tp: end for tp, end in ends.items() if end > 0}
+        deadline = asyncio.get_running_loop().time() + timeout
+        while left and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for tp, messages in batch.items():
+                for m in messages:
+                    with contextlib.suppress(EventDecodeError):
+                        if (env := decode(m.value)).job_id in job_ids:
+                            found[env.job_id] = f"{m.partition}@{m.offset}"
+                    if m.offset + 1 >= ends[tp]:
+                        left.pop(tp, None)
+    finally:
+        await consumer.stop()
+    return {
+        "requests": found,
+        "committed": {str(p): committed[p] for p in sorted(committed)},
+        "end": {str(tp.partition): ends[tp] for tp in tps},
+    }
