@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from packager.adapters.kafka_log import ANSWER_DEADLINE_HEADER, LOG_APPEND_TIME, iso_ms
 from packager.adapters.resolver import system_resolver
 from packager.adapters.smtp import deliver
 from packager.core.errors import BadRequestError, PackagingError
@@ -84,3 +85,23 @@ async def notify(
     return EmailFailed(
         cache_key=env.cache_key, about=env.type, error=delivery.error, attempts=delivery.attempts
     )
+
+
+def abandoned(message: Any) -> tuple[str, str] | None:
+    """(appended_at, answer_deadline) when the broker stored the request after the ingress gave up on it.
+
+    The requests topic keeps the broker's append time (LogAppendTime); the ingress puts the deadline of
+    its wait in an `answer-deadline` header (milliseconds since the epoch).
+    """
+    if message.timestamp_type != LOG_APPEND_TIME or message.timestamp is None:
+        return None
+    deadline = dict(message.headers or ()).get(ANSWER_DEADLINE_HEADER)
+    if not deadline:
+        return None
+    try:
+        appended_ms, deadline_ms = int(message.timestamp * 1000), int(deadline)
+    except ValueError:
+        return None  # not a deadline the ingress wrote
+    if appended_ms <= deadline_ms:
+        return None
+    return iso_ms(appended_ms), iso_ms(deadline_ms)

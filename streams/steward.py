@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from packager.adapters.http_client import http_session
-from packager.adapters.kafka_log import ANSWER_DEADLINE_HEADER, LOG_APPEND_TIME, iso_ms
+from packager.adapters.kafka_log import iso_ms
 from packager.adapters.store import FileStore
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
@@ -44,7 +44,7 @@ from packager.domain.events import (
 )
 from streams import leases
 from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
-from streams.handlers import plan_lane
+from streams.handlers import abandoned, plan_lane
 from streams.packers import ATTEMPT_HEADER
 from streams.readahead import LogReader, committed_offsets
 
@@ -107,6 +107,17 @@ def add_planner_and_steward(
         """
         tp = TP(events_name, partition)
         where = TopicPartition(events_name, partition)  # aiokafka's own type, for the reader
+        generation = app.consumer_generation_id
+
+        def moved_away() -> bool:
+            # While this steward waited, the group may have given the partition to another worker, which
+            # reads the record again and ends the job itself (chaos run 46: two stewards, neither the owner
+            # any more, appended the same terminal event after waiting 20 s).
+            if app.consumer_generation_id == generation or still_assigned(tp):
+                return False
+            log.warning("events[%d] moved to another worker while waiting; it ends the job", partition)
+            return True
+
         intent = ending.get(job_id)
         if intent is not None and intent.get("ended"):
             log.info("the job has already ended; its terminal event is not appended again")
@@ -124,6 +135,8 @@ def add_planner_and_steward(
                         break
                     log.info("an earlier append of the job's terminal event may still land; waiting")
                     await asyncio.sleep(min(wait, 5.0))
+                    if moved_away():
+                        return
         else:
             try:
                 since = app.consumer.highwater(tp)  # at most the true end: a later scan only starts earlier
@@ -140,6 +153,8 @@ def add_planner_and_steward(
                 await end_once(job_id, key, terminal, partition)
             else:  # the partition's new owner appends it (and finds the intent above)
                 log.warning("events[%d] moved to another worker; it ends the job", partition)
+            return
+        if moved_away():
             return
         await publish(events_topic, job_id, key, terminal)
         log.info("job ended: %s appended to events[%d]", terminal.TYPE, partition)
@@ -462,26 +477,6 @@ def add_planner_and_steward(
 def _unknown_request(cache_key: str) -> PackageRequested:
     """Stands in for a request the steward no longer has (it cannot happen unless a table was lost)."""
     return PackageRequested(kind="", cache_key=cache_key, resource_id="", email="", ckan_host="", request={})
-
-
-def abandoned(message: Any) -> tuple[str, str] | None:
-    """(appended_at, answer_deadline) when the broker stored the request after the ingress gave up on it.
-
-    The requests topic keeps the broker's append time (LogAppendTime); the ingress puts the deadline of
-    its wait in an `answer-deadline` header (milliseconds since the epoch).
-    """
-    if message.timestamp_type != LOG_APPEND_TIME or message.timestamp is None:
-        return None
-    deadline = dict(message.headers or ()).get(ANSWER_DEADLINE_HEADER)
-    if not deadline:
-        return None
-    try:
-        appended_ms, deadline_ms = int(message.timestamp * 1000), int(deadline)
-    except ValueError:
-        return None  # not a deadline the ingress wrote
-    if appended_ms <= deadline_ms:
-        return None
-    return iso_ms(appended_ms), iso_ms(deadline_ms)
 
 
 async def sweep_partial_files(store: FileStore, settings: Settings) -> None:

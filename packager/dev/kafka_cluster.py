@@ -145,6 +145,41 @@ def start_cluster(
     libs = classpath_dir(log=log)
     java, cp = find_java(), f"{libs}/*"
     state_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        try:
+            return _start_nodes(state_dir, java, cp, nodes, partitions, heap, timeout, log)
+        except BrokerError as exc:
+            # A port found free can be taken by another process before the node binds it (other tests,
+            # other services on the machine): start again on new ports.
+            logs = [state_dir / f"node-{i + 1}" / "broker.log" for i in range(nodes)]
+            if attempt == BIND_ATTEMPTS or not any(_port_taken(f) for f in logs):
+                raise
+            log(f"a port was taken before a node could bind it ({exc}); starting again on new ports")
+            for i in range(nodes):
+                shutil.rmtree(state_dir / f"node-{i + 1}", ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+BIND_ATTEMPTS = 3
+
+
+def _port_taken(log_file: Path) -> bool:
+    try:
+        return "Address already in use" in log_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+def _start_nodes(
+    state_dir: Path,
+    java: str,
+    cp: str,
+    nodes: int,
+    partitions: int,
+    heap: str,
+    timeout: float,
+    log: Callable[[str], None],
+) -> Cluster:
     ports = [(free_port(), free_port()) for _ in range(nodes)]
     voters = ",".join(f"{i + 1}@127.0.0.1:{c}" for i, (_, c) in enumerate(ports))
     cluster_id = new_cluster_id()

@@ -19,8 +19,7 @@ from packager.domain.events import (
     envelope,
 )
 from projections.jobs import ABANDONED, COMPLETED, RUNNING, JobState, apply
-from streams.handlers import lane_for_rows, plan_lane
-from streams.steward import abandoned
+from streams.handlers import abandoned, lane_for_rows, plan_lane
 from tests.unit.samples import completed
 
 REQ = PackageRequested(
