@@ -107,3 +107,129 @@ async def test_up_is_printed_only_when_status_and_requests_succeed(
                 await proc.wait()
     rest = (await proc.stdout.read()).decode()
     assert "ckanpackager stopped" in rest, rest
+
+
+async def _start_up(var: Path, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """`packager dev up --var VAR`, read until it says it is up."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "packager",
+        "dev",
+        "up",
+        "--var",
+        str(var),
+        "--mail-port",
+        str(free_port()),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    printed: list[str] = []
+    deadline = time.monotonic() + 240
+    while "ckanpackager is up" not in printed:
+        if time.monotonic() >= deadline:
+            await _stop_up(proc)
+            raise AssertionError("dev up never said it was up:\n" + "\n".join(printed))
+        line = await asyncio.wait_for(proc.stdout.readline(), deadline - time.monotonic())
+        if not line:
+            raise AssertionError("dev up ended:\n" + "\n".join(printed))
+        printed.append(line.decode().rstrip())
+    return proc, printed
+
+
+async def _stop_up(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM, as Ctrl-C: dev up stops its children and its broker (data kept), then itself."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 120)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    assert proc.stdout is not None
+    return (await proc.stdout.read()).decode()
+
+
+async def test_a_restart_on_a_wiped_broker_with_the_same_var_answers_from_the_new_log(
+    tmp_path: Path, file_server: tuple[str, Path]
+) -> None:
+    """The views outlive the broker in `var/`: after a wipe they are rebuilt from the new, empty log."""
+    base_url, folder = file_server
+    (folder / "f.csv").write_bytes(b"a,b\n1,2\n")
+    port = free_port()
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("PACKAGER_", "KAFKA_"))}
+    env = {
+        **bare,
+        "PACKAGER_SECRET": SECRET,  # no bootstrap servers: dev up starts its own broker in var/kafka
+        "PACKAGER_PARTITIONS": "2",
+        "PACKAGER_PORT": str(port),
+        "PACKAGER_METRICS_PORT": str(free_port()),
+        "PACKAGER_DRAIN_TIMEOUT": "3",
+    }
+    var = tmp_path / "var"
+
+    async def package(http: aiohttp.ClientSession, email: str) -> str:
+        data = {"secret": SECRET, "resource_id": "r1", "resource_url": f"{base_url}/f.csv", "email": email}
+        async with http.post(f"http://127.0.0.1:{port}/package_url", data=data) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+            return str(body["job_id"])
+
+    async def page(http: aiohttp.ClientSession, job_id: str) -> tuple[int, dict[str, object]]:
+        async with http.get(f"http://127.0.0.1:{port}/jobs/{job_id}") as resp:
+            return resp.status, await resp.json()
+
+    async def until_emailed(http: aiohttp.ClientSession, job_id: str) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            status, body = await page(http, job_id)
+            if status == 200 and body["state"] == "completed" and body["emailed"]:
+                return
+            assert time.monotonic() < deadline, f"job {job_id}: {status} {body}"
+            await asyncio.sleep(0.5)
+
+    async def answers(http: aiohttp.ClientSession) -> tuple[dict[str, object], dict[str, object]]:
+        async with http.get(f"http://127.0.0.1:{port}/status", params={"secret": SECRET}) as resp:
+            status = await resp.json()
+        async with http.post(f"http://127.0.0.1:{port}/statistics", data={"secret": SECRET}) as resp:
+            statistics = await resp.json()
+        return status, statistics
+
+    proc, _ = await _start_up(var, env)
+    try:
+        async with aiohttp.ClientSession() as http:
+            first = await package(http, "ann@example.org")
+            await until_emailed(http, first)
+            await package(http, "bob@example.org")
+    finally:
+        out = await _stop_up(proc)
+    assert "ckanpackager stopped" in out, out
+    wipe = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "packager", "dev", "kafka", "stop", "--wipe", "--state-dir", str(var / "kafka")),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    wiped, _ = await asyncio.wait_for(wipe.communicate(), 60)
+    assert wipe.returncode == 0 and b"data removed" in wiped, wiped
+
+    proc, _ = await _start_up(var, env)
+    try:
+        async with aiohttp.ClientSession() as http:
+            second = await package(http, "cat@example.org")
+            await until_emailed(http, second)
+            # Only what the new log holds: the old jobs and counts went with the old log.
+            assert (await page(http, first))[0] == 404
+            status, statistics = await answers(http)
+            assert (status["processed_requests"], status["queue_length"]) == (1, 0), status
+            assert statistics["totals"]["*"] == {"requests": 1, "errors": 0, "emails": 1}, statistics
+    finally:
+        out = await _stop_up(proc)
+    assert "ckanpackager stopped" in out, out
