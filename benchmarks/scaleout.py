@@ -1,0 +1,190 @@
+"""Scale-out: completed jobs per second for the same batch of I/O-bound jobs, by workers and by concurrency.
+
+    python -m benchmarks.scaleout --json [--jobs 48] [--rows 2000] [--delay 0.05] [--bootstrap HOST:PORT]
+
+A batch of `--jobs` distinct `/package_datastore` jobs (distinct `doi`, so none is a cache hit) of `--rows`
+rows each, read from the project's CKAN server (`packager dev ckan`) with `--delay` seconds added to every
+page, as a remote portal has. The same batch runs against:
+
+- 1, 2 and 3 worker processes, each with `WORKER_CONCURRENCY` 1 (one build per lane at a time);
+- one worker with `WORKER_CONCURRENCY` 4.
+
+Each configuration gets fresh topics (6 partitions, so 3 workers get 2 each) and waits until its workers
+have joined; a warm-up job per worker is not counted. The clock runs from the first request of the batch to
+its last email (an aiosmtpd server in this process). `jobs_per_s` is jobs ÷ that time. The one-worker
+concurrency-1 configuration is the baseline of both ratios (`workers_3_vs_1`, `concurrency_4_vs_1`).
+
+Everything but the client and the SMTP server runs as separate processes on one real Kafka broker
+(`--bootstrap`, `KAFKA_BOOTSTRAP_SERVERS`, else one started here and stopped at the end). Prints one JSON
+object: `jobs`, `rows`, `delay_s`, `jobs_per_s` (`workers_1`, `workers_2`, `workers_3`, `concurrency_4`),
+`seconds` (the same keys), `workers_3_vs_1`, `concurrency_4_vs_1`, `machine`, `load_avg_at_start`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .load import SECRET, _broker, _Mailbox, _process, _service_env, _wait_for_url
+
+PARTITIONS = 6
+CONFIGURATIONS = {  # name -> (worker processes, WORKER_CONCURRENCY)
+    "workers_1": (1, 1),
+    "workers_2": (2, 1),
+    "workers_3": (3, 1),
+    "concurrency_4": (1, 4),
+}
+
+
+def _wait_ready(logs: list[Path], procs: list[Any], timeout: float = 180.0) -> None:
+    """Until every worker has said `[^Worker]: Ready`."""
+    deadline = time.monotonic() + timeout
+    for log_file, proc in zip(logs, procs, strict=True):
+        while "[^Worker]: Ready" not in log_file.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"a worker did not start; see {log_file}")
+            time.sleep(0.2)
+
+
+def run_configuration(
+    name: str, bootstrap: str, workdir: Path, api_url: str, args: argparse.Namespace, log: Any
+) -> float:
+    """Seconds from the first request of the batch to its last email, for one configuration."""
+    from aiosmtpd.controller import Controller
+
+    from packager.dev.kafka import free_port
+
+    workers, concurrency = CONFIGURATIONS[name]
+    mailbox = _Mailbox()
+    smtp_port = free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    prefix = f"scale{uuid.uuid4().hex[:8]}"
+    ingress_port = free_port()
+    env = {
+        **_service_env(bootstrap, workdir, prefix, ingress_port, smtp_port),
+        "PACKAGER_PARTITIONS": str(PARTITIONS),
+        "PACKAGER_WORKER_CONCURRENCY": str(concurrency),
+        "PACKAGER_PAGE_SIZE": str(args.page_size),
+    }
+    logs = workdir / "logs" / name
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def request(doi: str) -> str:
+        body = urllib.parse.urlencode(
+            {
+                "secret": SECRET,
+                "api_url": api_url,
+                "resource_id": "synthetic",
+                "email": "someone@example.org",
+                "format": "csv",
+                "limit": str(args.rows),
+                "doi": doi,
+            }
+        ).encode()
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{ingress_port}/package_datastore", data=body, timeout=60
+        ) as resp:
+            return str(json.loads(resp.read())["job_id"])
+
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_process(["-m", "packager", "ingress"], env, logs / "ingress.log"))
+            worker_logs = [logs / f"worker-{n}.log" for n in range(workers)]
+            procs = [
+                stack.enter_context(
+                    _process(["-m", "packager", "worker"], {**env, "PACKAGER_METRICS_PORT": "0"}, path)
+                )
+                for path in worker_logs
+            ]
+            _wait_for_url(f"http://127.0.0.1:{ingress_port}/health/live")
+            _wait_ready(worker_logs, procs)
+            # Warm-up: connections, the first assignment's recovery. One job per partition, not counted.
+            warm = [request(f"10.0/warm.{name}.{n}") for n in range(PARTITIONS)]
+            for job_id in warm:
+                mailbox.wait(job_id, timeout=300)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                jobs = list(pool.map(request, [f"10.0/{name}.{n}" for n in range(args.jobs)]))
+            last = max(mailbox.wait(job_id, timeout=600) for job_id in jobs)
+            seconds = last - started
+            log(json.dumps({"configuration": name, "seconds": round(seconds, 2)}))
+            return seconds
+    finally:
+        controller.stop()
+
+
+def machine() -> str:
+    """CPU count and model, and memory: the machine line of a recorded run."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} x {model or 'CPU'}, {memory:.0f} GB, Python {sys.version.split()[0]}"
+
+
+def main() -> None:
+    """Run every configuration on the same batch and print one JSON object."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=48, help="jobs in the measured batch")
+    parser.add_argument("--rows", type=int, default=2000, help="rows per job")
+    parser.add_argument("--page-size", type=int, default=250, help="rows per CKAN page")
+    parser.add_argument("--delay", type=float, default=0.05, help="seconds added to every CKAN page")
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    parser.add_argument("--json", action="store_true", help="print only the JSON summary")
+    args = parser.parse_args()
+
+    def log(line: str) -> None:
+        if not args.json:
+            print(line, file=sys.stderr, flush=True)
+
+    from packager.dev.kafka import free_port
+
+    load_at_start = round(os.getloadavg()[0], 2)
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="scaleout-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "logs").mkdir()
+        ckan_port = free_port()
+        api_url = f"http://127.0.0.1:{ckan_port}/api/3/action/datastore_search"
+        ckan_argv = ["-m", "packager", "dev", "ckan", "--rows", str(args.rows), "--port", str(ckan_port)]
+        ckan_argv += ["--slow-page-delay", str(args.delay)]
+        with (
+            _broker(args.bootstrap, workdir) as bootstrap,
+            _process(ckan_argv, {}, workdir / "logs" / "ckan.log"),
+        ):
+            _wait_for_url(api_url + "?resource_id=synthetic&limit=0")
+            for name in CONFIGURATIONS:
+                seconds[name] = run_configuration(name, bootstrap, workdir, api_url, args, log)
+    per_s = {name: round(args.jobs / s, 3) for name, s in seconds.items()}
+    result = {
+        "jobs": args.jobs,
+        "rows": args.rows,
+        "delay_s": args.delay,
+        "jobs_per_s": per_s,
+        "seconds": {name: round(s, 2) for name, s in seconds.items()},
+        "workers_3_vs_1": round(per_s["workers_3"] / per_s["workers_1"], 2),
+        "concurrency_4_vs_1": round(per_s["concurrency_4"] / per_s["workers_1"], 2),
+        "machine": machine(),
+        "load_avg_at_start": load_at_start,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()
