@@ -14,7 +14,7 @@ from packager.adapters import viewreads
 from packager.adapters.kafka_log import InMemoryEventLog
 from packager.adapters.resolver import system_resolver
 from packager.core.settings import Settings, load_settings
-from packager.domain.events import PackageQueued, PackageRequested, envelope
+from packager.domain.events import EmailSent, PackageQueued, PackageRequested, envelope
 from packager.http.ingress import create_app
 from tests.unit.samples import SECRET, attach_views, completed, fill_views
 
@@ -75,11 +75,19 @@ async def test_the_event_stream_follows_the_job_until_it_is_finished(
     first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
     assert orjson.loads(first.split(b"data: ", 1)[1])["state"] == "queued"
     assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10) == b": still waiting\n\n"
-    # The projector folds the completion: the stream shows it, then ends.
+    # The projector folds the completion: the stream shows it, and follows on until the email is sent
+    # (a page that stopped at the completion would say "not sent yet" for ever).
+    (Path(settings.store_directory) / f"{JOB}.zip").write_bytes(b"PK")
     fill_views(settings, [("t.events", 0, 0, envelope(JOB, completed(zip_file_name=f"{JOB}.zip")))])
+    done = orjson.loads((await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)).split(b"data: ", 1)[1])
+    assert (done["state"], done["emailed"], done["display"]["state"]) == ("completed", False, "completed")
+    assert done["display"]["email"] == "Being sent…"
+    assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10) == b": still waiting\n\n"
+    sent = EmailSent(cache_key="ck", about="PackageCompleted", message_id="<m@x>", attempts=1)
+    fill_views(settings, [("t.events", 0, 1, envelope(JOB, sent))])
     rest = await asyncio.wait_for(resp.content.read(), 10)
     events = [block for block in rest.split(b"\n\n") if block.startswith(b"event:")]
-    assert orjson.loads(events[0].split(b"data: ", 1)[1])["state"] == "completed"
+    assert orjson.loads(events[0].split(b"data: ", 1)[1])["emailed"] is True
     assert events[-1] == b"event: end\ndata: {}"
 
 
