@@ -121,7 +121,7 @@ def query_text(details: dict[str, Any] | None, kind: str) -> str:
 
 
 # Known failures, from the packer's messages, told for a requester: (pattern, what happened, what to do).
-_TRY_LATER = "Please try again later. If it keeps failing, contact the portal and give them the job number."
+_TRY_LATER = "Please try again later. If it keeps failing, contact the portal and give them the download number."
 _ASK_LESS = "Please ask for less data (fewer rows or columns), or try again later."
 _FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (
@@ -221,7 +221,9 @@ def display(
         if expiry is not None and expiry.at is not None:
             out["expires"] = f"The link works until {time_text(expiry.at)}."
             out["expires_at"] = iso(expiry.at)
-            out["next"] = "Download the file before then; after that, please ask for the data again."
+            out["next"] = (
+                f"Download it before {time_text(expiry.at)}; after that, please ask for the data again."
+            )
     elif state == EXPIRED:
         out["headline"] = "Expired"
         out["message"] = "This download was ready but has expired, and its file was removed."
@@ -255,3 +257,13 @@ def email_text(job: JobState, state: str, expected: bool) -> str:
     if state in (QUEUED, RUNNING, FINISHING):
         return "You can close this page: we will email you when it is ready."
     return "Being sent…"
+
+
+def download_file_name(resource_id: str, finished_at: str, fallback: str) -> str:
+    """The name a download saves under: the resource and the day it was built (`<resource>_<YYYY-MM-DD>.zip`),
+    in characters every file system takes; `fallback` when the resource is not known."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", resource_id).strip("-._")[:80]
+    day = parse_time(finished_at)
+    if not slug:
+        return fallback
+    return f"{slug}_{day:%Y-%m-%d}.zip" if day is not None else f"{slug}.zip"
