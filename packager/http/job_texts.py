@@ -121,7 +121,9 @@ def query_text(details: dict[str, Any] | None, kind: str) -> str:
 
 
 # Known failures, from the packer's messages, told for a requester: (pattern, what happened, what to do).
-_TRY_LATER = "Please try again later. If it keeps failing, contact the portal and give them the download number."
+_TRY_LATER = (
+    "Please try again later. If it keeps failing, contact the portal and give them the download number."
+)
 _ASK_LESS = "Please ask for less data (fewer rows or columns), or try again later."
 _FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (
