@@ -133,7 +133,8 @@ _FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     ),
     (
         re.compile(r"^CKAN (refused the query|cannot be queried)"),
-        "The data portal refused the query for this data (the filters or columns may no longer exist).",
+        "The data portal refused the query for this data (the resource, its filters or its columns may no "
+        "longer exist).",
         "Please go back to the portal, check the filters and ask again.",
     ),
     (

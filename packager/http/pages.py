@@ -152,12 +152,14 @@ def unknown_job_page(
     request: web.BaseRequest, settings: Settings, job_id: str, *, well_formed: bool
 ) -> web.Response:
     """404 for a job id nobody was given (or a link cut short)."""
+    scripts: tuple[str, ...] = ()
     if well_formed:
         detail = (
             f"No download with the number <code>{_e(job_id)}</code> is known here. A request just made "
-            "appears within a few seconds: reload this page in a moment. Otherwise, please check that the "
-            "link was copied in full, or ask for the data again from the portal."
+            "appears within a few seconds (this page looks again by itself for a short while). Otherwise, "
+            "please check that the link was copied in full, or ask for the data again from the portal."
         )
+        scripts = ("wait.js",)
     else:
         detail = (
             "This is not the address of a download: the link may have been cut short. Please open the link "
@@ -165,10 +167,10 @@ def unknown_job_page(
         )
     main = f"""
 <h1>No such download</h1>
-<p class="problem">{detail}</p>
+<p class="problem" id="unknown" data-job-id="{_e(job_id)}">{detail}</p>
 <p><a href="{_static_prefix(request).removesuffix("static/")}">What this service is</a></p>
 """
-    return page(request, settings, title="No such download", main=main, status=404)
+    return page(request, settings, title="No such download", main=main, status=404, scripts=scripts)
 
 
 def job_page(

@@ -275,10 +275,18 @@ async def test_expired_and_never_accepted_jobs_each_say_so(
 
 
 async def test_unknown_jobs_and_broken_links_get_a_404_page_that_says_so(
-    site: TestServer, settings: Settings, tmp_path: Path
+    site: TestServer, settings: Settings, views: Views, tmp_path: Path
 ) -> None:
     fill_views(settings, [])  # the views exist (a projector ran) and know no such job
     async with open_page(tmp_path) as page:
+        # A link opened before the projector folded its request: the page turns into the job's page.
+        late = "2b5b3c9e-1f0e-4c1a-9d6e-2a7f1c3e5d72"
+        first = await page.goto(str(site.make_url(f"/jobs/{late}")))
+        assert first is not None and first.status == 404
+        await expect(page.get_by_role("heading", level=1)).to_have_text("No such download")
+        views.add(late, datastore_request())
+        await expect(page.get_by_role("status")).to_have_text("Waiting to start")
+
         unknown = await page.goto(str(site.make_url("/jobs/00000000-0000-4000-8000-000000000000")))
         assert unknown is not None and unknown.status == 404
         await expect(page.get_by_role("heading", level=1)).to_have_text("No such download")
