@@ -4,12 +4,15 @@ screenshot every test keeps.
 The browser is Debian's `chromium` (installed by `packager.dev.browser` when missing), launched by Playwright
 with the flags a closed network needs and a user-data folder of its own under the test's tmp dir. Each test's
 screenshots are written to its tmp dir (`pytest`'s `--basetemp`, by default under
-/tmp/pytest-of-<user>/), whose path the test prints. Every JavaScript error on a page fails the test.
+/tmp/pytest-of-<user>/), whose path the test prints, and also to `$BROWSER_ARTEFACTS/<test>/` when that
+variable names a folder (CI keeps it). Every JavaScript error on a page fails the test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -79,4 +82,9 @@ async def keep_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
     path = folder / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
+    if artefacts := os.environ.get("BROWSER_ARTEFACTS"):
+        test = os.environ.get("PYTEST_CURRENT_TEST", "test").split("::")[-1].split(" ")[0]
+        kept = Path(artefacts) / test
+        kept.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, kept / path.name)
     return path
