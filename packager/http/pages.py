@@ -196,7 +196,8 @@ def job_page(
         return f'<div data-row{hidden}><dt>{label}</dt><dd id="{ident}">{_e(text)}</dd></div>'
 
     main = f"""
-<div id="job" class="state-{_e(d["state"])}" data-job-id="{_e(job.job_id)}" data-state="{_e(d["state"])}">
+<div id="job" class="state-{_e(d["state"])}" data-job-id="{_e(job.job_id)}" data-state="{_e(d["state"])}"
+ data-title-suffix="{_e(f" · {settings.portal_name}" if settings.portal_name else "")}">
 <h1>Your data download</h1>
 <p id="headline" class="status" role="status" aria-live="polite">{_e(d["headline"])}</p>
 <div id="bar-row"{"" if d["bar"] else " hidden"}>

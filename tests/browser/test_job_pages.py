@@ -177,6 +177,7 @@ async def test_a_job_s_page_follows_it_live_to_the_download_and_the_email(
         await expect(link).to_be_visible()
         assert await link.get_attribute("href") == f"{settings.download_base}/{JOB}.zip"
         await expect(page.get_by_role("status")).to_have_text("Ready")
+        await expect(page).to_have_title("Your data download: Ready · Example Data Portal")
         await expect(bar).to_be_hidden()
         await expect(page.locator("#expires")).to_contain_text("The link works until")
         await expect(page.locator("main")).not_to_contain_text("not ready yet")

@@ -18,6 +18,7 @@
     if (d.state !== shownState) {
       // A change of state is announced once (the live region holds the headline only).
       byId("headline").textContent = d.headline;
+      document.title = "Your data download: " + d.headline + (main.dataset.titleSuffix || "");
       main.className = "state-" + d.state;
       main.dataset.state = shownState = d.state;
     }
