@@ -152,6 +152,18 @@ def _paths() -> dict[str, Any]:
             ),
             "post": _status_post("Service status."),
         },
+        "/docs": {
+            "get": {
+                "summary": "The endpoints and what they do, as a page for people.",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/static/{name}": {
             "get": {
                 "summary": "The pages' style sheet, script and icon.",

@@ -21,6 +21,7 @@ from aiohttp import web
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings
 from packager.http.job_texts import format_text, parse_time, query_text, time_text
+from packager.http.openapi import spec
 from projections.jobs import JobState
 
 HERE = Path(__file__).parent
@@ -28,7 +29,6 @@ STATIC_DIRECTORY = HERE / "static"
 DEFAULT_TEMPLATE = HERE / "templates" / "page.html"
 PLACEHOLDERS = frozenset({"title", "static", "accent", "background", "portal", "main", "footer", "scripts"})
 REQUIRED = frozenset({"title", "main"})
-DOCS_URL = "https://github.com/NaturalHistoryMuseum/ckanpackager#readme"
 
 
 def _e(value: Any) -> str:
@@ -129,17 +129,45 @@ packs them in a ZIP archive and emails you a link. You ask for a download on the
 email and the portal give you a link to a page here that follows your download.</p>
 <h2>For developers</h2>
 <ul>
+<li><a href="docs">The HTTP API's endpoints</a></li>
 <li><a href="openapi.json">The HTTP API's OpenAPI description</a> (JSON)</li>
-<li><a href="{_e(DOCS_URL)}">The service's documentation</a></li>
 </ul>
 """
     return page(request, settings, title="Data download service", main=main)
+
+
+def api_docs(request: web.BaseRequest, settings: Settings) -> web.Response:
+    """`/docs`: every endpoint with its summary, from the OpenAPI description (one source for both)."""
+    document = spec()
+    rows = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if isinstance(operation, dict) and "summary" in operation:
+                rows.append(
+                    f"<tr><td><code>{_e(method.upper())} {_e(path)}</code></td>"
+                    f"<td>{_e(operation['summary'])}</td></tr>"
+                )
+    main = f"""
+<h1>The HTTP API</h1>
+<p>{_e(document["info"]["description"])} The full description, with every parameter and answer, is
+<a href="openapi.json">the OpenAPI document</a>.</p>
+<table>
+<caption>Endpoints</caption>
+<thead><tr><th scope="col">Endpoint</th><th scope="col">What it does</th></tr></thead>
+<tbody>
+{"".join(rows)}
+</tbody>
+</table>
+"""
+    return page(request, settings, title="The HTTP API", main=main)
 
 
 def error_page(request: web.BaseRequest, settings: Settings, status: int, message: str) -> web.Response:
     """An error for a browser: what happened and where to go."""
     titles = {404: "Not found", 403: "Not allowed", 410: "Gone", 503: "Not available right now"}
     title = titles.get(status, "Something went wrong" if status >= 500 else "Cannot do that")
+    if status >= 500:  # the reason (a database's error, an exception) is for the operator's log, not here
+        message = "The service cannot answer this right now. Please try again in a minute."
     main = f"""
 <h1>{_e(title)}</h1>
 <p class="problem">{_e(message)}</p>

@@ -241,6 +241,11 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def api_docs(request: web.Request) -> web.Response:
+    """`GET /docs`: the endpoints and what they do, as a page (the OpenAPI document is `/openapi.json`)."""
+    return pages.api_docs(request, request.app[SETTINGS])
+
+
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
 
@@ -266,4 +271,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/jobs/{job_id}", job)
     app.router.add_get("/jobs/{job_id}/events", job_events)
     app.router.add_get("/static/{name}", static_file)
+    app.router.add_get("/docs", api_docs)
     pages.load_template(app[SETTINGS])  # a bad PAGE_TEMPLATE_FILE stops the service at start

@@ -321,7 +321,12 @@ async def test_the_landing_page_for_people_and_json_for_programs(
         await expect(page.get_by_role("link", name="Back to Example Data Portal")).to_be_visible()
         await assert_accessible(page)
         await keep_screenshot(page, tmp_path, "landing")
-        await openapi.click()
+        await page.get_by_role("link", name="The HTTP API's endpoints").click()
+        await expect(page.get_by_role("heading", level=1)).to_have_text("The HTTP API")
+        await expect(page.get_by_role("table")).to_contain_text("POST /package_datastore")
+        await assert_accessible(page)
+        await keep_screenshot(page, tmp_path, "api-docs")
+        await page.get_by_role("link", name="the OpenAPI document").click()
         await page.wait_for_url("**/openapi.json", timeout=WAIT_MS)
 
     # Programs (no Accept, or JSON) get what they always got.
