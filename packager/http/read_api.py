@@ -67,7 +67,7 @@ async def status(request: web.Request) -> web.Response:
     """`/` and `/status`: workers in the consumer group, jobs not finished, jobs processed; `/` in a
     browser: the landing page."""
     settings = request.app[SETTINGS]
-    if request.method == "GET" and request.path == "/" and wants_html(request):
+    if request.method in ("GET", "HEAD") and request.path == "/" and wants_html(request):
         return pages.landing(request, settings)
     params = await read_params(request) if request.method == "POST" else dict(request.query)
     authenticate(params, settings)
