@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import html
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,11 @@ email and the portal give you a link to a page here that follows your download.<
     return page(request, settings, title="Data download service", main=main)
 
 
+def _markdown_code(text: str) -> str:
+    """Escaped text with its `code spans` as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
+
+
 def api_docs(request: web.BaseRequest, settings: Settings) -> web.Response:
     """`/docs`: every endpoint with its summary, from the OpenAPI description (one source for both)."""
     document = spec()
@@ -144,13 +150,14 @@ def api_docs(request: web.BaseRequest, settings: Settings) -> web.Response:
         for method, operation in item.items():
             if isinstance(operation, dict) and "summary" in operation:
                 rows.append(
-                    f"<tr><td><code>{_e(method.upper())} {_e(path)}</code></td>"
-                    f"<td>{_e(operation['summary'])}</td></tr>"
+                    f"<tr><td><code>{_e(method.upper())}&nbsp;{_e(path)}</code></td>"
+                    f"<td>{_markdown_code(operation['summary'])}</td></tr>"
                 )
     main = f"""
 <h1>The HTTP API</h1>
-<p>{_e(document["info"]["description"])} The full description, with every parameter and answer, is
+<p>{_markdown_code(document["info"]["description"])} The full description, with every parameter and answer, is
 <a href="openapi.json">the OpenAPI document</a>.</p>
+<div class="scroll" tabindex="0" role="region" aria-label="Endpoints">
 <table>
 <caption>Endpoints</caption>
 <thead><tr><th scope="col">Endpoint</th><th scope="col">What it does</th></tr></thead>
@@ -158,6 +165,7 @@ def api_docs(request: web.BaseRequest, settings: Settings) -> web.Response:
 {"".join(rows)}
 </tbody>
 </table>
+</div>
 """
     return page(request, settings, title="The HTTP API", main=main)
 
