@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from packager.adapters.kafka_log import InMemoryEventLog
 from packager.core.errors import ConfigurationError
 from packager.core.settings import load_settings
 from packager.http import pages
+from packager.http.ingress import create_app
 from packager.http.job_texts import (
     Expiry,
     display,
@@ -95,3 +98,26 @@ def test_a_template_with_an_unknown_placeholder_stops_the_service(tmp_path: Path
 def test_colours_must_be_colours() -> None:
     with pytest.raises(ConfigurationError, match="PAGE_ACCENT_COLOUR='blue' is not a colour"):
         load_settings({}, secret=SECRET, page_accent_colour="blue")
+
+
+async def test_the_operator_s_template_and_branding_make_the_pages(tmp_path: Path) -> None:
+    template = tmp_path / "page.html"
+    template.write_text("<html><title>$title</title><body class=custom>$portal $main</body></html>")
+    settings = load_settings(
+        {},
+        secret=SECRET,
+        store_directory=str(tmp_path),
+        page_template_file=str(template),
+        portal_name="Museum <Data>",
+        portal_url="https://data.example.org/",
+        portal_logo_url="https://data.example.org/logo.png",
+    )
+    app = create_app(settings, event_log=InMemoryEventLog(), read_views=False)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/", headers={"Accept": "text/html"})
+        page = await resp.text()
+        programs = await client.get("/")
+    assert resp.status == 200 and "<body class=custom>" in page
+    assert "Museum &lt;Data&gt;" in page and "Museum <Data>" not in page
+    assert '<a href="https://data.example.org/"><img src="https://data.example.org/logo.png" alt="">' in page
+    assert programs.content_type == "application/json"
