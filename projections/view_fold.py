@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from packager.domain.events import TERMINAL_TYPES, Envelope, PackageFailed, PackageRequested
 from projections import jobs as job_fold
 from projections.jobs import JobState
@@ -59,6 +61,8 @@ class Changes:
     accepted: int = 0
     finished: int = 0
     zips: set[str] = field(default_factory=set)
+    # (job id, `request_details` as JSON) of the requests folded for the first time
+    details: list[tuple[str, str]] = field(default_factory=list)
     folded: int = 0
 
     def _total(self, resource_id: str) -> list[int]:
@@ -115,6 +119,7 @@ def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Kn
                 continue  # a replayed request counts once
             assert who is not None
             out.accepted += 1
+            out.details.append((job_id, orjson.dumps(request_details(p)).decode()))
             resource = p.resource_id
             out.requests.append((job_id, unix_time(event.occurred_at), who, email_domain(p.email), resource))
             here, overall = out._total(resource), out._total(ALL)
@@ -138,6 +143,25 @@ def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Kn
                 out._total(p.resource_id)[1] += 1
                 out._total(ALL)[1] += 1
     return out
+
+
+# The request's parameters a requester chose, kept for the job's page (`view_schema.JOB_REQUESTS`).
+_DETAIL_NAMES = ("format", "filters", "q", "fields", "sort", "offset", "limit")
+
+
+def request_details(request: PackageRequested) -> dict[str, Any]:
+    """What the job's page tells of a request: its kind, format and query, or the name of the file at a URL
+    (never the requester's address, the CKAN key or the portal's URL)."""
+    asked = request.request
+    details: dict[str, Any] = {"kind": request.kind}
+    for name in _DETAIL_NAMES:
+        value = asked.get(name)
+        if value not in (None, "", {}, []):
+            details[name] = value
+    url = str(asked.get("resource_url") or "")
+    if url:
+        details["file"] = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1][:200]
+    return details
 
 
 def job_row(job: JobState) -> tuple[Any, ...]:

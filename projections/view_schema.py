@@ -54,6 +54,10 @@ JOB_COLUMNS: tuple[tuple[str, str], ...] = (
     ("updated_at", "text"),
 )
 
+# What each job asked for (its format, the query's filters, text search, columns, sort and range, the file
+# name of a URL), as JSON written once when the request is folded: what the job's page says in words.
+# No address, no key, no portal URL: only what the requester chose.
+JOB_REQUESTS = Table("job_requests", (("job_id", "text"), ("details", "text")), ("job_id",))
 META = Table("meta", (("name", "text"), ("value", "text")), ("name",))
 # Tracking records: the next offset to read of every topic partition folded in, written in the same
 # transaction as the rows it produced.
@@ -108,6 +112,7 @@ TABLES: tuple[Table, ...] = (
     META,
     POSITIONS,
     JOBS,
+    JOB_REQUESTS,
     STAT_REQUESTS,
     STAT_ERRORS,
     STAT_TOTALS,

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings
 from packager.domain.events import Envelope
@@ -231,6 +233,11 @@ class ViewDatabase:
                 ),
                 [job_row(job) for job in changes.jobs.values()],
             )
+        if changes.details:
+            many(
+                self._sql("INSERT INTO job_requests VALUES (?, ?) ON CONFLICT (job_id) DO NOTHING"),
+                changes.details,
+            )
         if changes.requests:
             many(self._sql("INSERT INTO stat_requests VALUES (?, ?, ?, ?, ?)"), changes.requests)
         if changes.errors:
@@ -297,6 +304,13 @@ class ViewDatabase:
         sql = self._sql(f"SELECT {', '.join(_JOB_NAMES)} FROM jobs WHERE job_id = ?")
         row = conn.execute(sql, (job_id,)).fetchone()
         return None if row is None else job_from_row(row)
+
+    def job_request(self, conn: Any, job_id: str) -> dict[str, Any] | None:
+        """What the job asked for (`view_fold.request_details`), or None (a job folded before the views
+        kept it, or none of that id)."""
+        sql = self._sql("SELECT details FROM job_requests WHERE job_id = ?")
+        row = conn.execute(sql, (job_id,)).fetchone()
+        return None if row is None else orjson.loads(row[0])
 
     def counters(self, conn: Any) -> tuple[int, int]:
         """(accepted, finished) jobs."""

@@ -17,6 +17,7 @@ import queue
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -87,6 +88,10 @@ class ReadViews:
         """One job's state."""
         return await self.run(lambda conn: self.db.job(conn, job_id))
 
+    async def job_request(self, job_id: str) -> dict[str, Any] | None:
+        """What the job asked for (its format and query), or None."""
+        return await self.run(lambda conn: self.db.job_request(conn, job_id))
+
     async def counters(self) -> tuple[int, int]:
         """(accepted, finished)."""
         return await self.run(self.db.counters)
@@ -112,17 +117,20 @@ class ReadViews:
         found = await self.run(lambda conn: self.db.meta(conn, PROJECTOR_STATUS))
         return found or ""
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobState | None]:
-        """The job's state now and after every change seen, until it is terminal; None after every
-        WATCH_HEARTBEAT seconds without news, so that the caller writes something and notices a client
-        that went away (aiohttp does not cancel a handler when its client disconnects)."""
+    async def watch(
+        self, job_id: str, until: Callable[[JobState], bool] = attrgetter("terminal")
+    ) -> AsyncIterator[JobState | None]:
+        """The job's state now and after every change seen, until `until(state)` (by default: until it is
+        terminal); None after every WATCH_HEARTBEAT seconds without news, so that the caller writes
+        something and notices a client that went away (aiohttp does not cancel a handler when its client
+        disconnects)."""
         last: JobState | None = None
         quiet_since = time.monotonic()
         while True:
             current = await self.job(job_id)
             if current is not None and current != last:
                 yield current
-                if current.terminal:
+                if until(current):
                     return
                 last, quiet_since = current, time.monotonic()
             elif time.monotonic() - quiet_since >= WATCH_HEARTBEAT:

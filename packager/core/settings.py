@@ -177,6 +177,15 @@ class Settings:
     # Base of the job status links (`{status_url}`); empty means DOWNLOAD_URL_BASE with its `/downloads`
     # replaced by `/jobs` when it ends so (the ingress's own public address), else http://{host}:{port}/jobs.
     status_url_base: str = ""
+    # The requester's pages (`/`, `/jobs/{id}`, errors in a browser): the portal they belong to, a link back
+    # to it, its logo, two colours (#rrggbb: the band and links, and the page's background; pick colours with
+    # a contrast of 4.5:1 to white and to the text) and a file replacing the pages' template.
+    portal_name: str = ""
+    portal_url: str = ""
+    portal_logo_url: str = ""
+    page_accent_colour: str = "#1d4f91"
+    page_background_colour: str = "#ffffff"
+    page_template_file: str = ""
     smtp_host: str = "localhost"
     smtp_port: int = 25
     smtp_login: str = ""
@@ -423,7 +432,11 @@ def settings_problems(settings: Settings) -> list[str]:
             f"Setting TOPIC_PREFIX={settings.topic_prefix!r} is not a Kafka topic name "
             "(allowed: 1 to 200 of the characters A-Z a-z 0-9 . _ -)"
         )
-    for name in ("download_url_base", "status_url_base"):
+    for name in ("page_accent_colour", "page_background_colour"):
+        value = getattr(settings, name)
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+            problems.append(f"Setting {name.upper()}={value!r} is not a colour (allowed: #rrggbb)")
+    for name in ("download_url_base", "status_url_base", "portal_url", "portal_logo_url"):
         value = getattr(settings, name)
         if value and not value.startswith(("http://", "https://")):
             problems.append(

@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from packager.core.errors import BadRequestError, NotAuthorizedError, PackagerError, PayloadTooLargeError
 from packager.core.settings import Settings
 from packager.domain.secrets import constant_time_equal
+from packager.http import pages
 from packager.http.app_keys import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -37,20 +38,27 @@ def json_response(body: Mapping[str, Any], status: int = 200) -> web.Response:
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every failure to a JSON answer: domain errors to their status, the rest to 500."""
+    """Map every failure to a JSON answer (a page for a browser's GET): domain errors to their status, the
+    rest to 500."""
     try:
         return await handler(request)
     except PackagerError as exc:
-        return json_response(failure_body(exc.error_name, exc.message), exc.http_status)
+        return _failure(request, exc.error_name, exc.message, exc.http_status)
     except web.HTTPRequestEntityTooLarge:
-        return json_response(failure_body("PayloadTooLargeError", "The request body is too large"), 413)
+        return _failure(request, "PayloadTooLargeError", "The request body is too large", 413)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_response(failure_body(type(exc).__name__, exc.reason), exc.status)
+        return _failure(request, type(exc).__name__, exc.reason, exc.status)
     except Exception:
         log.exception("Unexpected error handling %s %s", request.method, request.path)
-        return json_response(failure_body("InternalError", "An unexpected error occurred"), 500)
+        return _failure(request, "InternalError", "An unexpected error occurred", 500)
+
+
+def _failure(request: web.Request, error: str, message: str, status: int) -> web.Response:
+    if request.method in ("GET", "HEAD") and pages.wants_html(request):
+        return pages.error_page(request, request.app[SETTINGS], status, message)
+    return json_response(failure_body(error, message), status)
 
 
 async def read_params(request: web.Request) -> dict[str, str]:

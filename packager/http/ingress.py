@@ -30,6 +30,7 @@ from packager.domain.validation import Resolver, cache_key_for, parse_datastore_
 from packager.http import health, read_api
 from packager.http.app_keys import EVENT_LOG, READ_VIEWS, RESOLVER, SETTINGS
 from packager.http.common import authenticate, errors_as_json, json_response, read_params
+from packager.http.job_texts import download_file_name
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +171,33 @@ async def download(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(reason="No such download")
     if time.time() - path.stat().st_mtime > settings.cache_time:
         raise web.HTTPGone(reason="This download has expired; please request the data again")
+    saved_as = await _saved_name(request, name)
     return web.FileResponse(
         path,
         headers={
             "Content-Type": "application/zip",
-            "Content-Disposition": f'attachment; filename="{name}"',
+            "Content-Disposition": f'attachment; filename="{saved_as}"',
         },
     )
+
+
+_BUILT_BY = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(-[0-9a-f-]+)?\.zip$")
+
+
+async def _saved_name(request: web.Request, name: str) -> str:
+    """The name the browser saves the ZIP under: its resource and the day it was built, from the job that
+    built it (the store name is the job id); the store name when that job is not known here."""
+    views = request.app.get(READ_VIEWS)
+    built_by = _BUILT_BY.match(name)
+    if views is None or built_by is None:
+        return name
+    try:
+        job = await views.job(built_by.group(1))
+    except ViewsUnavailable:
+        return name
+    if job is None:
+        return name
+    return download_file_name(job.resource_id, job.finished_at, name)
 
 
 async def _was_built(request: web.Request, name: str) -> bool:

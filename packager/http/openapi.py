@@ -146,7 +146,37 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
-        "/": {"get": _status_get("Service status (as /status)."), "post": _status_post("Service status.")},
+        "/": {
+            "get": _status_get(
+                "Service status (as /status); a browser (Accept: text/html, not JSON) gets the landing page.",
+            ),
+            "post": _status_post("Service status."),
+        },
+        "/docs": {
+            "get": {
+                "summary": "The endpoints and what they do, as a page for people.",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/static/{name}": {
+            "get": {
+                "summary": "The pages' style sheet, script and icon.",
+                "tags": ["jobs"],
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}},
+                    "404": _failure("No such file."),
+                },
+            }
+        },
         "/status": {"get": _status_get("Service status."), "post": _status_post("Service status.")},
         "/statistics": {
             "post": _secret_post(
@@ -169,7 +199,8 @@ def _paths() -> dict[str, Any]:
         },
         "/jobs/{job_id}": {
             "get": {
-                "summary": "A job's state as JSON, or a live status page for a browser (Accept: text/html).",
+                "summary": "A job's state as JSON, or a live status page for a browser (Accept: text/html, "
+                "not JSON); 404 as a page for a browser too.",
                 "tags": ["jobs"],
                 "parameters": [_JOB_ID_PARAM],
                 "responses": {
@@ -188,7 +219,8 @@ def _paths() -> dict[str, Any]:
         "/jobs/{job_id}/events": {
             "get": {
                 "summary": "Server-Sent Events: `event: job` with the Job JSON on every change, then "
-                "`event: end`.",
+                "`event: end` once the job is finished and its email's outcome (sent, failed, none due) "
+                "is known.",
                 "tags": ["jobs"],
                 "parameters": [_JOB_ID_PARAM],
                 "responses": {

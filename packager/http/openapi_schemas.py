@@ -129,7 +129,7 @@ _JOB = {
     "properties": {
         "success": {"type": "boolean"},
         "job_id": {"type": "string"},
-        "state": {"type": "string", "enum": ["queued", "running", "completed", "failed"]},
+        "state": {"type": "string", "enum": ["queued", "running", "completed", "failed", "abandoned"]},
         "emailed": {"type": "boolean"},
         "email_error": {"type": "string", "nullable": True},
         "kind": {"type": "string", "enum": ["url", "datastore", "dwc"]},
@@ -147,6 +147,15 @@ _JOB = {
         "started_at": {"type": "string", "nullable": True},
         "finished_at": {"type": "string", "nullable": True},
         "updated_at": {"type": "string", "nullable": True},
+        "display": {
+            "type": "object",
+            "description": "What the job's page shows now, in words (its script reads these): `state` "
+            "(queued, running, finishing, completed, expired, failed, cancelled), `headline`, `progress`, "
+            "`message` and `next` (a failure told for a requester, and what to do), `download` "
+            "(`url`, `text`), `size` (binary units), `expires`/`expires_at`, `finished`, `email`, "
+            "`percent`, `bar`.",
+            "additionalProperties": True,
+        },
     },
 }
 

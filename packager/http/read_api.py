@@ -6,9 +6,12 @@ the projector folds from the log (`packager.adapters.viewreads`), so every ingre
 
 from __future__ import annotations
 
-import html
+import logging
 import re
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -19,9 +22,14 @@ from packager.adapters.viewdb import ViewsUnavailable
 from packager.adapters.viewreads import ReadViews
 from packager.core.errors import BadRequestError, UnavailableError
 from packager.core.settings import Settings
+from packager.http import pages
 from packager.http.app_keys import READ_VIEWS, SETTINGS
 from packager.http.common import authenticate, json_response, read_params
-from projections.jobs import COMPLETED, JobState
+from packager.http.job_texts import Expiry, display, parse_time
+from packager.http.pages import wants_html
+from projections.jobs import ABANDONED, COMPLETED, FAILED, JobState
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -56,8 +64,11 @@ def _non_negative(params: dict[str, str], name: str, default: int) -> int:
 
 
 async def status(request: web.Request) -> web.Response:
-    """`/` and `/status`: workers in the consumer group, jobs not finished, jobs processed."""
+    """`/` and `/status`: workers in the consumer group, jobs not finished, jobs processed; `/` in a
+    browser: the landing page."""
     settings = request.app[SETTINGS]
+    if request.method in ("GET", "HEAD") and request.path == "/" and wants_html(request):
+        return pages.landing(request, settings)
     params = await read_params(request) if request.method == "POST" else dict(request.query)
     authenticate(params, settings)
     accepted, finished = await _read(_views(request).counters())
@@ -110,8 +121,13 @@ async def statistics_errors(request: web.Request) -> web.Response:
     return await _listing(request, "errors")
 
 
-def job_view(job: JobState, settings: Settings) -> dict[str, Any]:
-    """What `/jobs/{id}` shows of a job (no requester address)."""
+def job_view(
+    job: JobState, settings: Settings, *, now: float | None = None, expiry: Expiry | None = None
+) -> dict[str, Any]:
+    """What `/jobs/{id}` shows of a job (no requester address), with `display`: the texts its page shows."""
+    download_url = f"{settings.download_base}/{job.zip_file_name}" if job.state == COMPLETED else None
+    if expiry is None and job.state == COMPLETED:
+        expiry = link_expiry(job, settings, now=now)
     return {
         "job_id": job.job_id,
         "state": job.state,
@@ -126,37 +142,84 @@ def job_view(job: JobState, settings: Settings) -> dict[str, Any]:
         "bytes_total": job.bytes_total,
         "percent": job.percent,
         "size": job.size,
-        "download_url": f"{settings.download_base}/{job.zip_file_name}" if job.state == COMPLETED else None,
+        "download_url": download_url,
         "error": job.error or None,
         "requested_at": job.requested_at or None,
         "started_at": job.started_at or None,
         "finished_at": job.finished_at or None,
         "updated_at": job.updated_at or None,
+        "display": display(
+            job, expiry=expiry, email_expected=email_expected(job, settings), download_url=download_url
+        ),
     }
 
 
-def _job_id(request: web.Request) -> str:
-    job_id = request.match_info["job_id"]
-    if not _JOB_ID.match(job_id):
-        raise web.HTTPNotFound(reason="No such job")
-    return job_id
+def link_expiry(job: JobState, settings: Settings, *, now: float | None = None) -> Expiry:
+    """When a completed job's link stops working: its ZIP's age plus CACHE_TIME, as `/downloads` decides
+    (a cache hit's ZIP is older than the job); gone when past it, or when the ZIP is no longer in the
+    store this ingress serves."""
+    now = time.time() if now is None else now
+    try:
+        built = (Path(settings.store_directory) / job.zip_file_name).stat().st_mtime
+        present = True
+    except OSError:
+        finished = parse_time(job.finished_at)
+        built = finished.timestamp() if finished is not None else now
+        # ZIPs served by another server than this ingress: their absence here says nothing.
+        present = bool(settings.download_url_base) and not settings.download_url_base.rstrip("/").endswith(
+            "/downloads"
+        )
+    until = built + settings.cache_time
+    return Expiry(at=datetime.fromtimestamp(until, UTC), gone=not present or now > until)
+
+
+def email_expected(job: JobState, settings: Settings) -> bool:
+    """Whether the requester will get an email about this job (the mailer's rule)."""
+    if job.state == FAILED:
+        return settings.email_failures
+    return job.state != ABANDONED
+
+
+def _email_settled(settings: Settings) -> Callable[[JobState], bool]:
+    """When a job's event stream can end: the job is finished and its email's outcome is known."""
+
+    def settled(job: JobState) -> bool:
+        return job.terminal and (job.emailed or bool(job.email_error) or not email_expected(job, settings))
+
+    return settled
 
 
 async def job(request: web.Request) -> web.StreamResponse:
-    """`GET /jobs/{job_id}`: the job as JSON, or its status page for a browser."""
-    job_id = _job_id(request)
+    """`GET /jobs/{job_id}`: the job as JSON, or its page for a browser."""
+    job_id = request.match_info["job_id"]
     settings = request.app[SETTINGS]
-    if _wants_html(request):
-        return web.Response(text=_status_page(job_id), content_type="text/html")
-    state = await _read(_views(request).job(job_id))
+    browser = wants_html(request)
+    if not _JOB_ID.match(job_id):
+        if browser:
+            return pages.unknown_job_page(request, settings, job_id, well_formed=False)
+        raise web.HTTPNotFound(reason="No such job")
+    views = _views(request)
+    state = await _read(views.job(job_id))
     if state is None:
+        if browser:
+            return pages.unknown_job_page(request, settings, job_id, well_formed=True)
         raise web.HTTPNotFound(reason="No such job (a job just accepted appears within a second)")
-    return json_response({"success": True, **job_view(state, settings)})
+    view = job_view(state, settings)
+    if browser:
+        try:
+            details = await views.job_request(job_id)
+        except ViewsUnavailable:  # views written before they kept requests: the page says "not recorded"
+            details = None
+        return pages.job_page(request, settings, state, details, view["display"])
+    return json_response({"success": True, **view})
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
-    """`GET /jobs/{job_id}/events`: Server-Sent Events with the job's state on every change."""
-    job_id = _job_id(request)
+    """`GET /jobs/{job_id}/events`: Server-Sent Events with the job's state on every change, until the job
+    is finished and its email's outcome known (`end`)."""
+    job_id = request.match_info["job_id"]
+    if not _JOB_ID.match(job_id):
+        raise web.HTTPNotFound(reason="No such job")
     settings = request.app[SETTINGS]
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -164,67 +227,37 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     views = _views(request)
     await response.prepare(request)
     try:
-        async for state in views.watch(job_id):
+        async for state in views.watch(job_id, until=_email_settled(settings)):
             if state is None:
                 await response.write(b": still waiting\n\n")  # an SSE comment: clients ignore it
                 continue
             data = orjson.dumps(job_view(state, settings)).decode()
             await response.write(f"event: job\ndata: {data}\n\n".encode())
+        await response.write(b"event: end\ndata: {}\n\n")
     except ViewsUnavailable:
         return response  # the stream ends without `end`: a browser's EventSource connects again
-    await response.write(b"event: end\ndata: {}\n\n")
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError too: the page was closed
+        log.debug("the client of job %s's event stream went away", job_id)
     return response
 
 
-def _wants_html(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "text/html" in accept and "application/json" not in accept
+async def api_docs(request: web.Request) -> web.Response:
+    """`GET /docs`: the endpoints and what they do, as a page (the OpenAPI document is `/openapi.json`)."""
+    return pages.api_docs(request, request.app[SETTINGS])
 
 
-def _status_page(job_id: str) -> str:
-    safe = html.escape(job_id)
-    return _PAGE.replace("{job_id}", safe)
+_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Download {job_id}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222}
-progress{width:100%;height:1.2rem} dt{font-weight:600} dd{margin:0 0 .6rem 0}
-</style></head>
-<body>
-<h1>Your download</h1>
-<p id="state">Waiting for news of job {job_id}...</p>
-<progress id="bar" max="100"></progress>
-<dl>
-<dt>Rows</dt><dd id="rows">-</dd>
-<dt>Size</dt><dd id="size">-</dd>
-<dt>Download</dt><dd id="link">not ready yet</dd>
-<dt>Email</dt><dd id="email">not sent yet</dd>
-</dl>
-<script>
-const jobId = "{job_id}";
-const text = (id, value) => { document.getElementById(id).textContent = value; };
-const source = new EventSource("./" + encodeURIComponent(jobId) + "/events");
-source.addEventListener("job", (message) => {
-  const job = JSON.parse(message.data);
-  const words = {queued: "Queued", running: "Being prepared", completed: "Ready", failed: "Failed"};
-  text("state", (words[job.state] || job.state) + (job.error ? ": " + job.error : ""));
-  if (job.percent !== null) { document.getElementById("bar").value = job.percent; }
-  text("rows", job.rows_total ? `${job.rows_done.toLocaleString()} of ${job.rows_total.toLocaleString()}`
-                              : job.rows_done.toLocaleString());
-  if (job.size !== null) { text("size", `${(job.size / 1048576).toFixed(1)} MB`); }
-  if (job.download_url) {
-    const a = document.createElement("a"); a.href = job.download_url; a.textContent = job.download_url;
-    const link = document.getElementById("link"); link.textContent = ""; link.appendChild(a);
-  }
-  text("email", job.emailed ? "sent" : (job.email_error ? "failed: " + job.email_error : "not sent yet"));
-});
-source.addEventListener("end", () => source.close());
-</script>
-</body></html>
-"""
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """`GET /static/{name}`: the pages' style sheet, script and icon (only files of that folder)."""
+    name = request.match_info["name"]
+    path = pages.STATIC_DIRECTORY / name
+    if not re.fullmatch(r"[a-z][a-z0-9-]*\.(css|js|svg)", name) or not path.is_file():
+        raise web.HTTPNotFound(reason="No such file")
+    return web.FileResponse(
+        path, headers={"Content-Type": _STATIC_TYPES[path.suffix], "Cache-Control": "public, max-age=300"}
+    )
 
 
 def add_routes(app: web.Application) -> None:
@@ -237,3 +270,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/statistics/errors", statistics_errors)
     app.router.add_get("/jobs/{job_id}", job)
     app.router.add_get("/jobs/{job_id}/events", job_events)
+    app.router.add_get("/static/{name}", static_file)
+    app.router.add_get("/docs", api_docs)
+    pages.load_template(app[SETTINGS])  # a bad PAGE_TEMPLATE_FILE stops the service at start

@@ -316,4 +316,4 @@ async def test_the_event_stream_of_a_running_job_shows_progress_rising_to_100_pe
     assert percents == sorted(percents), percents
     assert percents[-1] == 100.0
     assert len({p for p in percents if 0 < p < 100}) >= 3, percents  # progress seen along the way
-    assert "EventSource" in page and body["job_id"] in page
+    assert "job.js" in page and body["job_id"] in page  # the live page (tests/browser runs it)

@@ -124,8 +124,16 @@ class Harness:
         if 400 <= status < 500:
             assert self.appended() == before, "a rejected request appended to the log"
             if call.method != "HEAD" and status != 416:  # an unsatisfiable Range is answered by aiohttp
-                assert content_type == "application/json", body[:200]
-                assert b'"status":"failed"' in body
+                accept = call.headers.get("Accept", "")
+                if call.method == "GET" and "text/html" in accept and "application/json" not in accept:
+                    # A browser gets an error page, never raw JSON, and nothing it echoes runs.
+                    assert content_type == "text/html", body[:200]
+                    assert b"<script>alert" not in body
+                else:
+                    assert content_type == "application/json", body[:200]
+                    assert b'"status":"failed"' in body
+        if content_type == "text/html":
+            assert b"<script>alert" not in body and b"alert(1)" not in body
         if call.method == "POST" and call.path in SUBMIT_PATHS and status == 200:
             assert self.appended() == before + 1
             [(_, event)] = [self.log.records[Topics("packager").requests][-1]]

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from packager.adapters import viewreads
 from packager.adapters.kafka_log import InMemoryEventLog
 from packager.adapters.resolver import system_resolver
 from packager.core.settings import Settings, load_settings
-from packager.domain.events import PackageQueued, PackageRequested, envelope
-from packager.http.ingress import create_app
+from packager.domain.events import EmailSent, PackageQueued, PackageRequested, envelope
+from packager.http.ingress import AccessLog, create_app
 from tests.unit.samples import SECRET, attach_views, completed, fill_views
 
 JOB = "0b5b3c9e-1f0e-4c1a-9d6e-2a7f1c3e5d70"
@@ -75,11 +77,19 @@ async def test_the_event_stream_follows_the_job_until_it_is_finished(
     first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
     assert orjson.loads(first.split(b"data: ", 1)[1])["state"] == "queued"
     assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10) == b": still waiting\n\n"
-    # The projector folds the completion: the stream shows it, then ends.
+    # The projector folds the completion: the stream shows it, and follows on until the email is sent
+    # (a page that stopped at the completion would say "not sent yet" for ever).
+    (Path(settings.store_directory) / f"{JOB}.zip").write_bytes(b"PK")
     fill_views(settings, [("t.events", 0, 0, envelope(JOB, completed(zip_file_name=f"{JOB}.zip")))])
+    done = orjson.loads((await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)).split(b"data: ", 1)[1])
+    assert (done["state"], done["emailed"], done["display"]["state"]) == ("completed", False, "completed")
+    assert done["display"]["email"] == "Being sent…"
+    assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10) == b": still waiting\n\n"
+    sent = EmailSent(cache_key="ck", about="PackageCompleted", message_id="<m@x>", attempts=1)
+    fill_views(settings, [("t.events", 0, 1, envelope(JOB, sent))])
     rest = await asyncio.wait_for(resp.content.read(), 10)
     events = [block for block in rest.split(b"\n\n") if block.startswith(b"event:")]
-    assert orjson.loads(events[0].split(b"data: ", 1)[1])["state"] == "completed"
+    assert orjson.loads(events[0].split(b"data: ", 1)[1])["emailed"] is True
     assert events[-1] == b"event: end\ndata: {}"
 
 
@@ -89,3 +99,37 @@ async def test_before_any_projector_ran_the_read_endpoints_answer_503(client: Te
     assert "views cannot be read" in (await resp.json())["message"]
     assert (await client.get(f"/jobs/{JOB}")).status == 503
     assert (await client.get("/downloads/never-built.zip")).status == 404
+
+
+async def test_a_page_closed_during_a_job_is_logged_at_debug_never_as_an_error(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(viewreads, "WATCH_HEARTBEAT", 0.2)
+    fill_views(settings, [("t.requests", 0, 0, envelope(JOB, requested()))])
+    app = create_app(settings, event_log=InMemoryEventLog(), resolver=system_resolver, read_views=False)
+    attach_views(app, settings)
+    caplog.set_level(logging.DEBUG)
+    # Served as `packager ingress` serves it (a TestServer cancels handlers when their client goes).
+    runner = web.AppRunner(app, access_log_class=AccessLog)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /jobs/{JOB}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        assert b"event: job" in await asyncio.wait_for(reader.readuntil(b"\n\n"), 10)
+        writer.close()  # the tab is closed: the next heartbeat finds no one
+        await writer.wait_closed()
+        deadline = asyncio.get_running_loop().time() + 10
+        while f"/jobs/{JOB}/events" not in caplog.text:  # the access line, written once the handler ended
+            assert asyncio.get_running_loop().time() < deadline, caplog.text
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    gone = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert [r.levelno for r in gone] == [logging.DEBUG]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    [access] = [r for r in caplog.records if f"/jobs/{JOB}/events" in r.getMessage()]
+    assert access.status == 200  # type: ignore[attr-defined]

@@ -1,0 +1,272 @@
+"""What a requester reads about a job: its state in words, the request in words, sizes, times, what next.
+
+Pure: the job's page renders these texts on the server, and its script receives the same texts with every
+update of the event stream (`display` in the job's JSON), so the page has one source of words. Failures are
+told in words a requester understands; the raw error (hosts, exception names) stays in the operator's log
+and in the `error` field programs read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from projections.jobs import ABANDONED, COMPLETED, FAILED, QUEUED, RUNNING, JobState
+
+# Progress at or above which a running job is writing its archive (the rows are all fetched).
+FINISHING_AT = 99.5
+
+# Page states: the job's own states, plus `finishing` (running, rows done), `expired` (completed, the link
+# no longer works) and `cancelled` (abandoned: never accepted).
+FINISHING, EXPIRED, CANCELLED = "finishing", "expired", "cancelled"
+
+_FORMATS = {
+    "csv": "CSV (comma-separated values)",
+    "tsv": "TSV (tab-separated values)",
+    "json": "JSON lines",
+    "jsonl": "JSON lines",
+    "xlsx": "Excel workbook (XLSX)",
+    "xls": "Excel workbook (XLSX)",
+}
+
+
+def size_text(size: int | None) -> str:
+    """A byte count in binary units, labelled as such (69,203,991 bytes is 66.0 MiB)."""
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size:,} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return ""  # pragma: no cover - the loop always returns
+
+
+def parse_time(text: str) -> datetime | None:
+    """An event's ISO 8601 time, or None."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def time_text(moment: datetime | None) -> str:
+    """A time as people read it, in UTC: `2 Dec 2026, 00:40 UTC`."""
+    if moment is None:
+        return ""
+    moment = moment.astimezone(UTC)
+    return f"{moment.day} {moment:%b %Y, %H:%M} UTC"
+
+
+def iso(moment: datetime | None) -> str:
+    """A time for a `<time datetime>` attribute and for programs."""
+    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_text(details: dict[str, Any] | None, kind: str) -> str:
+    """The file format in words."""
+    if kind == "url":
+        return "The file as published, in a ZIP archive"
+    if kind == "dwc":
+        return "Darwin Core Archive, in a ZIP archive"
+    fmt = str((details or {}).get("format") or "csv").lower()
+    return f"{_FORMATS.get(fmt, fmt.upper())}, in a ZIP archive"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return " or ".join(f"“{v}”" for v in value[:10]) + (" …" if len(value) > 10 else "")
+    return f"“{value}”"
+
+
+def query_text(details: dict[str, Any] | None, kind: str) -> str:
+    """The request in words: which rows, which columns, in which order, or which file."""
+    if details is None:
+        return "Not recorded for this job."
+    if kind == "url":
+        name = details.get("file")
+        return f"The file {name}" if name else "The resource's file"
+    parts: list[str] = []
+    filters = details.get("filters")
+    if isinstance(filters, dict) and filters:
+        conditions = [f"{column} is {_value(value)}" for column, value in list(filters.items())[:10]]
+        parts.append("rows where " + " and ".join(conditions))
+    if details.get("q"):
+        parts.append(f"matching the search “{str(details['q'])[:200]}”")
+    if not parts:
+        parts.append("all rows")
+    offset, limit = details.get("offset"), details.get("limit")
+    if limit is not None and offset:
+        parts.append(f"rows {int(offset) + 1:,} to {int(offset) + int(limit):,} of those")
+    elif limit is not None:
+        parts.append(f"the first {int(limit):,} of those")
+    elif offset:
+        parts.append(f"from row {int(offset) + 1:,} on")
+    fields = details.get("fields")
+    if fields:
+        names = fields if isinstance(fields, list) else str(fields).split(",")
+        shown = ", ".join(str(n).strip() for n in names[:12]) + (" …" if len(names) > 12 else "")
+        parts.append(f"columns {shown}")
+    else:
+        parts.append("every column")
+    if details.get("sort"):
+        parts.append(f"sorted by {details['sort']}")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+# Known failures, from the packer's messages, told for a requester: (pattern, what happened, what to do).
+_TRY_LATER = (
+    "Please try again later. If it keeps failing, contact the portal and give them the download number."
+)
+_ASK_LESS = "Please ask for less data (fewer rows or columns), or try again later."
+_FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (
+        re.compile(r"^CKAN at \S+ kept failing|^CKAN's dump"),
+        "The data portal did not answer while your data was being fetched.",
+        _TRY_LATER,
+    ),
+    (
+        re.compile(r"^CKAN (refused the query|cannot be queried)"),
+        "The data portal refused the query for this data (the resource, its filters or its columns may no "
+        "longer exist).",
+        "Please go back to the portal, check the filters and ask again.",
+    ),
+    (
+        re.compile(r"^The file .*(could not be fetched|cannot be fetched|redirects more than)"),
+        "The file could not be fetched from where the portal keeps it.",
+        _TRY_LATER,
+    ),
+    (
+        re.compile(r"larger than|over the (cap|limit)|more than the service allows", re.I),
+        "The data is larger than this service can prepare.",
+        _ASK_LESS,
+    ),
+    (re.compile(r"took longer than the service allows"), "Preparing the data took too long.", _ASK_LESS),
+    (
+        re.compile(r"lost this package's build|failed while preparing"),
+        "The service stopped while preparing your data.",
+        _TRY_LATER,
+    ),
+)
+
+
+def failure_texts(error: str) -> tuple[str, str]:
+    """(what happened, what to do next) for a failed job, never the raw error."""
+    for pattern, message, next_step in _FAILURES:
+        if pattern.search(error):
+            return message, next_step
+    return "Something went wrong while preparing your data.", _TRY_LATER
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """When a completed job's link stops working, and whether it has."""
+
+    at: datetime | None
+    gone: bool
+
+
+def display(
+    job: JobState,
+    *,
+    expiry: Expiry | None = None,
+    email_expected: bool = True,
+    download_url: str | None = None,
+) -> dict[str, Any]:
+    """Every text the job's page shows, for its state now (sent to the page's script as `display`)."""
+    state = job.state
+    percent = job.percent
+    if state == RUNNING and percent is not None and percent >= FINISHING_AT:
+        state = FINISHING
+    if state == COMPLETED and expiry is not None and expiry.gone:
+        state = EXPIRED
+    if state == ABANDONED:
+        state = CANCELLED
+    out: dict[str, Any] = {
+        "state": state,
+        "percent": percent,
+        "bar": state in (QUEUED, RUNNING, FINISHING),
+        "progress": "",
+        "message": "",
+        "next": "",
+        "download": None,
+        "size": size_text(job.size),
+        "expires": "",
+        "expires_at": "",
+        "finished": time_text(parse_time(job.finished_at)),
+        "email": "",
+    }
+    rows = (
+        f"{job.rows_done:,} of {job.rows_total:,} rows"
+        if job.rows_total
+        else f"{job.rows_done:,} rows so far"
+    )
+    if state == QUEUED:
+        out["headline"] = "Waiting to start"
+        out["progress"] = "Your request is in the queue; it starts as soon as a worker is free."
+    elif state == RUNNING:
+        out["headline"] = "Being prepared"
+        out["progress"] = f"{rows} ({percent:g}%)" if percent is not None else rows
+    elif state == FINISHING:
+        out["headline"] = "Finishing"
+        out["progress"] = "Every row is fetched; the ZIP archive is being written. This can take a minute."
+    elif state == COMPLETED:
+        out["headline"] = "Ready"
+        out["progress"] = f"{job.rows_done:,} rows" if job.kind != "url" else "The file is packaged."
+        if download_url:
+            out["download"] = {"url": download_url, "text": f"Download ZIP ({out['size']})"}
+        if expiry is not None and expiry.at is not None:
+            out["expires"] = f"The link works until {time_text(expiry.at)}."
+            out["expires_at"] = iso(expiry.at)
+            out["next"] = (
+                f"Download it before {time_text(expiry.at)}; after that, please ask for the data again."
+            )
+    elif state == EXPIRED:
+        out["headline"] = "Expired"
+        out["message"] = "This download was ready but has expired, and its file was removed."
+        out["next"] = "Please go back to the portal and ask for the data again."
+        if expiry is not None and expiry.at is not None:
+            out["expires"] = f"The link worked until {time_text(expiry.at)}."
+            out["expires_at"] = iso(expiry.at)
+    elif state == FAILED:
+        out["headline"] = "Could not be prepared"
+        out["message"], out["next"] = failure_texts(job.error)
+    elif state == CANCELLED:
+        out["headline"] = "Not accepted"
+        out["message"] = (
+            "The service was too busy to take this request when it was made, so nothing is coming."
+        )
+        out["next"] = "Please ask for the data again from the portal."
+    else:  # a state this page does not know: say only what is sure
+        out["headline"] = state.capitalize()
+    out["email"] = email_text(job, state, email_expected)
+    return out
+
+
+def email_text(job: JobState, state: str, expected: bool) -> str:
+    """The email line: what will come, what came, or that none will."""
+    if state == CANCELLED or not expected:
+        return "No email will be sent for this request."
+    if job.emailed:
+        return "Sent: the email with this information has left for your inbox."
+    if job.email_error:
+        return "The email could not be sent. Everything it would say is on this page."
+    if state in (QUEUED, RUNNING, FINISHING):
+        return "You can close this page: we will email you when it is ready."
+    return "Being sent…"
+
+
+def download_file_name(resource_id: str, finished_at: str, fallback: str) -> str:
+    """The name a download saves under: the resource and the day it was built (`<resource>_<YYYY-MM-DD>.zip`),
+    in characters every file system takes; `fallback` when the resource is not known."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", resource_id).strip("-._")[:80]
+    day = parse_time(finished_at)
+    if not slug:
+        return fallback
+    return f"{slug}_{day:%Y-%m-%d}.zip" if day is not None else f"{slug}.zip"
