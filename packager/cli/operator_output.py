@@ -53,12 +53,12 @@ def when(timestamp: Any) -> str:
 
 
 def human_size(size: int | None) -> str:
-    """Bytes in B, KB, MB or GB (powers of 1024)."""
+    """Bytes in B, KiB, MiB or GiB (powers of 1024, labelled as such)."""
     if size is None:
         return "-"
     value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")

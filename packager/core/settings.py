@@ -66,12 +66,11 @@ DEFAULT_FAILURE_BODY = """Hello,
 
 We could not prepare the data you requested from {ckan_host} (resource {resource_id}).
 
-What went wrong: {error}
+{what_happened}
+{what_next}
 
 Details: {status_url}
-
-You can request the download again from the portal. If it keeps failing, please contact the portal's
-administrators and quote this job id: {job_id}
+Download number: {job_id}
 
 Best wishes,
 The Data Portal Bot

@@ -2,7 +2,8 @@
 
 Templates use the original service's placeholders (`{resource_id}`, `{zip_file_name}`, `{ckan_host}`, `{doi}`,
 `{doi_body}`, `{doi_body_html}`) plus `{download_url}`, `{status_url}`, `{row_count}`, `{file_size}`,
-`{expires_at}` and `{job_id}`; failure templates have `{error}` instead of the download ones. Templates come
+`{expires_at}` and `{job_id}`; failure templates have `{what_happened}` and `{what_next}` (the failure in a
+requester's words) and `{error}` (the raw message) instead of the download ones. Templates come
 from the settings or from files they name, and are checked at start-up: an unknown placeholder, or anything
 but a plain name between braces, stops the service with a message naming the template. Every value is
 HTML-escaped in the HTML part.
@@ -25,6 +26,7 @@ from pathlib import Path
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings
 from packager.domain.events import PackageCompleted, PackageFailed
+from packager.domain.wording import failure_texts
 
 DOI_PLACEHOLDERS = frozenset(
     {
@@ -41,7 +43,11 @@ DOI_PLACEHOLDERS = frozenset(
     }
 )
 COMPLETED_PLACEHOLDERS = DOI_PLACEHOLDERS | {"doi_body", "doi_body_html"}
-FAILED_PLACEHOLDERS = frozenset({"resource_id", "ckan_host", "error", "job_id", "status_url"})
+# `{what_happened}` and `{what_next}` tell the failure for a requester; `{error}` is the raw message (hosts,
+# exception names), kept for operators' own templates.
+FAILED_PLACEHOLDERS = frozenset(
+    {"resource_id", "ckan_host", "error", "what_happened", "what_next", "job_id", "status_url"}
+)
 # The header naming the job an email reports.
 JOB_HEADER = "X-Packager-Job"
 
@@ -113,10 +119,10 @@ def load_templates(settings: Settings) -> Templates:
 
 
 def human_size(size: int) -> str:
-    """A byte count as people read it (e.g. 4.2 MB)."""
+    """A byte count in binary units, labelled as such (69,203,991 bytes is 66.0 MiB)."""
     value = float(size)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
             return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} bytes"  # pragma: no cover
@@ -161,10 +167,13 @@ def render_completed(settings: Settings, job_id: str, event: PackageCompleted) -
 def render_failed(settings: Settings, job_id: str, event: PackageFailed) -> EmailMessage:
     """The 'your download failed' message: what failed, in plain words."""
     templates = load_templates(settings)
+    what_happened, what_next = failure_texts(event.error)
     values = {
         "resource_id": event.resource_id,
         "ckan_host": event.ckan_host,
         "error": event.error,
+        "what_happened": what_happened,
+        "what_next": what_next,
         "job_id": job_id,
         "status_url": f"{settings.status_base}/{job_id}",
     }

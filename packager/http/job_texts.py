@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from packager.domain.wording import failure_texts
 from projections.jobs import ABANDONED, COMPLETED, FAILED, QUEUED, RUNNING, JobState
 
 # Progress at or above which a running job is writing its archive (the rows are all fetched).
@@ -118,50 +119,6 @@ def query_text(details: dict[str, Any] | None, kind: str) -> str:
         parts.append(f"sorted by {details['sort']}")
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + "."
-
-
-# Known failures, from the packer's messages, told for a requester: (pattern, what happened, what to do).
-_TRY_LATER = (
-    "Please try again later. If it keeps failing, contact the portal and give them the download number."
-)
-_ASK_LESS = "Please ask for less data (fewer rows or columns), or try again later."
-_FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = (
-    (
-        re.compile(r"^CKAN at \S+ kept failing|^CKAN's dump"),
-        "The data portal did not answer while your data was being fetched.",
-        _TRY_LATER,
-    ),
-    (
-        re.compile(r"^CKAN (refused the query|cannot be queried)"),
-        "The data portal refused the query for this data (the resource, its filters or its columns may no "
-        "longer exist).",
-        "Please go back to the portal, check the filters and ask again.",
-    ),
-    (
-        re.compile(r"^The file .*(could not be fetched|cannot be fetched|redirects more than)"),
-        "The file could not be fetched from where the portal keeps it.",
-        _TRY_LATER,
-    ),
-    (
-        re.compile(r"larger than|over the (cap|limit)|more than the service allows", re.I),
-        "The data is larger than this service can prepare.",
-        _ASK_LESS,
-    ),
-    (re.compile(r"took longer than the service allows"), "Preparing the data took too long.", _ASK_LESS),
-    (
-        re.compile(r"lost this package's build|failed while preparing"),
-        "The service stopped while preparing your data.",
-        _TRY_LATER,
-    ),
-)
-
-
-def failure_texts(error: str) -> tuple[str, str]:
-    """(what happened, what to do next) for a failed job, never the raw error."""
-    for pattern, message, next_step in _FAILURES:
-        if pattern.search(error):
-            return message, next_step
-    return "Something went wrong while preparing your data.", _TRY_LATER
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,7 +195,7 @@ async def test_a_file_announced_over_max_download_bytes_fails_before_any_byte_is
         outcome, emitted, _ = await run(url_request(f"{base}/big.bin"), settings)
 
     assert isinstance(outcome, PackageFailed), outcome
-    assert "(48.8 KB) is larger than this service packages (9.8 KB)" in outcome.error
+    assert "(48.8 KiB) is larger than this service packages (9.8 KiB)" in outcome.error
     assert not [e for e in emitted if isinstance(e, PackageProgress) and e.bytes_done]
     assert leftovers(settings) == []
 
@@ -219,7 +219,7 @@ async def test_a_file_without_content_length_fails_once_its_body_passes_max_down
         outcome, _, _ = await run(url_request(f"{base}/stream.bin"), settings)
 
     assert isinstance(outcome, PackageFailed), outcome
-    assert "is larger than this service packages (97.7 KB)" in outcome.error
+    assert "is larger than this service packages (97.7 KiB)" in outcome.error
     assert leftovers(settings) == []
 
 
@@ -246,7 +246,7 @@ async def test_a_ckan_page_over_max_page_bytes_fails_the_job(store_dir: Path) ->
 
     assert isinstance(outcome, PackageFailed), outcome
     assert outcome.error.startswith("One page of CKAN's answer (500 rows at most) is larger than this")
-    assert "(19.5 KB)" in outcome.error
+    assert "(19.5 KiB)" in outcome.error
     assert leftovers(settings) == []
 
 

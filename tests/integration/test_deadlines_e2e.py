@@ -111,7 +111,7 @@ async def test_a_trickling_file_fails_at_job_timeout_and_leaves_no_partial_file(
     error = failed.payload.error  # type: ignore[attr-defined]
     assert error.startswith("The package took longer than the service allows (4 seconds)"), error
     assert "could not be prepared" in message["Subject"]
-    assert "took longer than the service allows" in message.get_content()
+    assert "Preparing the data took too long." in message.get_content()
     assert len(sent) >= 5, "the file was trickling (so the idle-read timeout alone could not stop it)"
     assert list(partial.iterdir()) == [], "partial files were left behind"
     assert "removed 1 partial file(s)" in worker.log_file.read_text()

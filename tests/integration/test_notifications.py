@@ -76,7 +76,8 @@ async def test_fresh_cached_and_failed_jobs_send_the_right_emails(
 
         failed_text, _ = parts(by_to["c@example.org"])
         assert "could not be prepared" in by_to["c@example.org"]["Subject"]
-        assert "HTTP 404" in failed_text and f"/jobs/{failed}" in failed_text
+        assert "The file could not be fetched" in failed_text and f"/jobs/{failed}" in failed_text
+        assert "HTTP 404" not in failed_text  # the raw error is the operator's
     assert first["From"] == "ckanpackager@localhost"
 
 

@@ -121,7 +121,7 @@ async def test_a_missing_file_fails_the_job_and_tells_the_requester(
         except TimeoutError:
             pytest.fail(f"no failure email arrived.\nworker log:\n{worker.log()}")
     assert "could not be prepared" in message["Subject"]
-    assert "404" in message.get_content()
+    assert "The file could not be fetched" in message.get_content()
 
     events = [
         e for e in await read_events(kafka_bootstrap, Topics(topic_prefix).events) if e.job_id == job_id

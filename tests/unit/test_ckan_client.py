@@ -162,7 +162,7 @@ async def test_a_page_over_max_page_bytes_fails_at_once_whether_or_not_its_size_
     app.router.add_post(ACTION_PATH, big_page)
     async with serve_app(app) as url, aiohttp.ClientSession() as session:
         client = DatastoreClient(session, page_size=2_000, max_page_bytes=100_000, backoff=0.01)
-        with pytest.raises(PackagingError, match=r"larger than this service accepts \(97.7 KB\)"):
+        with pytest.raises(PackagingError, match=r"larger than this service accepts \(97.7 KiB\)"):
             await client.call(url, {"resource_id": "r", "limit": 2_000})
     assert calls == [1]
     assert len(body) > 100_000

@@ -92,9 +92,18 @@ def test_failure_email_says_what_failed() -> None:
     )
     msg = render_failed(SETTINGS, "job-9", failed)
     body = msg.get_content()
-    assert "HTTP 404" in body and "job-9" in body
+    # In the requester's words, with what to do next; the raw error (hosts, codes) is the operator's.
+    assert "The file could not be fetched from where the portal keeps it." in body
+    assert "Please try again later." in body and "job-9" in body
+    assert "HTTP 404" not in body and "https://x/f" not in body
     assert msg["X-Packager-Job"] == "job-9"
     assert "could not be prepared" in msg["Subject"]
+    # An operator's own template may still show the raw error.
+    raw = load_settings({}, secret="unit-test-secret-0123456789", failure_body="{what_happened} ({error})")
+    assert render_failed(raw, "job-9", failed).get_content().strip() == (
+        "The file could not be fetched from where the portal keeps it. "
+        "(The file at https://x/f could not be fetched: HTTP 404 Not Found)"
+    )
 
 
 def test_new_placeholders_render() -> None:
@@ -109,7 +118,7 @@ def test_new_placeholders_render() -> None:
     text, _ = parts(msg)
     assert (
         text.strip()
-        == "1,234,567 rows, 2.0 KB, until 2026-11-27 10:00 UTC: https://pkg.example.org/jobs/job-1"
+        == "1,234,567 rows, 2.0 KiB, until 2026-11-27 10:00 UTC: https://pkg.example.org/jobs/job-1"
     )
 
 

@@ -183,7 +183,9 @@ def test_the_progress_line_shows_a_bar_counts_and_state() -> None:
     )
     assert line == "[#####-----]  50.0%  1,500 of 3,000 rows  running"
     assert operator_output.progress_line({"state": "queued", "percent": None}) == "queued"
-    assert operator_output.progress_line({"state": "running", "bytes_done": 3 * 1048576}) == "3.0 MB  running"
+    assert (
+        operator_output.progress_line({"state": "running", "bytes_done": 3 * 1048576}) == "3.0 MiB  running"
+    )
 
 
 # --- watch against a scripted service -----------------------------------------------------------------
@@ -230,7 +232,7 @@ def test_watch_ends_with_the_download_link_and_status_0_when_the_job_completes(n
     )
     display, out, err = output()
     assert cli.watch(service, JOB, display) == 0
-    assert out.getvalue() == "completed: http://h/downloads/x.zip (2.0 KB)\n"
+    assert out.getvalue() == "completed: http://h/downloads/x.zip (2.0 KiB)\n"
     assert err.getvalue().splitlines() == [
         "queued",
         "[############------------------]  40.0%  running",
