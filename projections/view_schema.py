@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: requesters are always pseudonyms; erased requesters
 
 SQLITE, POSTGRES = "sqlite", "postgres"
 
@@ -70,7 +70,16 @@ JOBS = Table(
 # `/statistics/requests` and `/statistics/errors` list newest first, optionally by resource or requester.
 STAT_REQUESTS = Table(
     "stat_requests",
-    (("job_id", "text"), ("ts", "float"), ("email", "text"), ("domain", "text"), ("resource_id", "text")),
+    # `email` is the requester's pseudonym; `sealed` the address sealed under their data key ("" for requests
+    # logged before crypto-shredding), opened by the ingress only when ANONYMIZE_EMAILS is off.
+    (
+        ("job_id", "text"),
+        ("ts", "float"),
+        ("email", "text"),
+        ("domain", "text"),
+        ("resource_id", "text"),
+        ("sealed", "text"),
+    ),
     ("job_id",),
     (
         ("stat_requests_by_time", ("ts", "job_id")),
@@ -99,6 +108,8 @@ REQUESTERS = Table("requesters", (("who", "text"),), ("who",))
 REQUESTER_RESOURCES = Table(
     "requester_resources", (("who", "text"), ("resource_id", "text")), ("who", "resource_id")
 )
+# Requesters erased (`RequesterErased`): their jobs' pages say so. Pseudonyms only, never an address.
+ERASED_REQUESTERS = Table("erased_requesters", (("who", "text"),), ("who",))
 # `accepted` and `finished` jobs: `/status` answers queue_length = accepted - finished.
 COUNTERS = Table("counters", (("name", "text"), ("value", "int")), ("name",))
 # Every ZIP name a job completed with: a download gone but once built answers 410, not 404.
@@ -113,6 +124,7 @@ TABLES: tuple[Table, ...] = (
     STAT_TOTALS,
     REQUESTERS,
     REQUESTER_RESOURCES,
+    ERASED_REQUESTERS,
     COUNTERS,
     BUILT_ZIPS,
 )

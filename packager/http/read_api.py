@@ -15,11 +15,13 @@ import orjson
 from aiohttp import web
 
 from packager.adapters.readside import worker_count
+from packager.adapters.requester_keys import FRESH_FOR, RequesterKeys
 from packager.adapters.viewdb import ViewsUnavailable
 from packager.adapters.viewreads import ReadViews
 from packager.core.errors import BadRequestError, UnavailableError
 from packager.core.settings import Settings
-from packager.http.app_keys import READ_VIEWS, SETTINGS
+from packager.domain.requesters import shown
+from packager.http.app_keys import READ_VIEWS, REQUESTER_KEYS, SETTINGS
 from packager.http.common import authenticate, json_response, read_params
 from projections.jobs import COMPLETED, JobState
 
@@ -88,6 +90,7 @@ async def _listing(request: web.Request, kind: str) -> web.Response:
     authenticate(params, settings)
     views = _views(request)
     email = str(params.get("email") or "").strip()
+    clear = not settings.anonymize_emails
     selected = await _read(
         views.listing(
             kind,
@@ -95,9 +98,25 @@ async def _listing(request: web.Request, kind: str) -> web.Response:
             limit=_non_negative(params, "limit", 100),
             resource_id=str(params.get("resource_id") or "") or None,
             email=views.identity(email) if email else None,
+            sealed=clear,
         )
     )
+    if clear:
+        await show_addresses(request.app[REQUESTER_KEYS], selected)
     return json_response({"success": True, "status": True, kind: selected})
+
+
+async def show_addresses(keys: RequesterKeys, entries: list[dict[str, Any]]) -> None:
+    """ANONYMIZE_EMAILS off: each entry's pseudonym replaced by the address, opened from its sealed form.
+
+    An erased requester's address cannot be opened: their entries keep the pseudonym, as do requests logged
+    before addresses were sealed (the views never held those addresses).
+    """
+    for entry in entries:
+        token = entry.pop("sealed", "")
+        address = await keys.open(entry["email"], token, fresh_within=FRESH_FOR) if token else None
+        if address is not None:
+            entry["email"] = address
 
 
 async def statistics_requests(request: web.Request) -> web.Response:
@@ -148,10 +167,22 @@ async def job(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     if _wants_html(request):
         return web.Response(text=_status_page(job_id), content_type="text/html")
-    state = await _read(_views(request).job(job_id))
+    views = _views(request)
+    state = await _read(views.job(job_id))
     if state is None:
         raise web.HTTPNotFound(reason="No such job (a job just accepted appears within a second)")
-    return json_response({"success": True, **job_view(state, settings)})
+    who = await _read(requester_view(views, job_id))
+    return json_response({"success": True, **job_view(state, settings), **who})
+
+
+async def requester_view(views: ReadViews, job_id: str) -> dict[str, Any]:
+    """What a job's page shows of its requester: a pseudonym and a domain, never the address (the page
+    needs no secret), and whether they were erased."""
+    found = await views.requester(job_id)
+    if found is None:
+        return {"requester": None, "requester_domain": None, "requester_erased": False}
+    who, domain, erased = found
+    return {"requester": shown(who), "requester_domain": domain or None, "requester_erased": erased}
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
@@ -168,7 +199,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             if state is None:
                 await response.write(b": still waiting\n\n")  # an SSE comment: clients ignore it
                 continue
-            data = orjson.dumps(job_view(state, settings)).decode()
+            data = orjson.dumps({**job_view(state, settings), **await requester_view(views, job_id)}).decode()
             await response.write(f"event: job\ndata: {data}\n\n".encode())
     except ViewsUnavailable:
         return response  # the stream ends without `end`: a browser's EventSource connects again
@@ -201,6 +232,7 @@ progress{width:100%;height:1.2rem} dt{font-weight:600} dd{margin:0 0 .6rem 0}
 <dt>Rows</dt><dd id="rows">-</dd>
 <dt>Size</dt><dd id="size">-</dd>
 <dt>Download</dt><dd id="link">not ready yet</dd>
+<dt>Requester</dt><dd id="requester">-</dd>
 <dt>Email</dt><dd id="email">not sent yet</dd>
 </dl>
 <script>
@@ -219,6 +251,8 @@ source.addEventListener("job", (message) => {
     const a = document.createElement("a"); a.href = job.download_url; a.textContent = job.download_url;
     const link = document.getElementById("link"); link.textContent = ""; link.appendChild(a);
   }
+  const who = `${job.requester || "-"} (${job.requester_domain || "-"})`;
+  text("requester", job.requester_erased ? "erased" : who);
   text("email", job.emailed ? "sent" : (job.email_error ? "failed: " + job.email_error : "not sent yet"));
 });
 source.addEventListener("end", () => source.close());
