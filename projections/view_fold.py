@@ -65,7 +65,7 @@ class Changes:
     accepted: int = 0
     finished: int = 0
     zips: set[str] = field(default_factory=set)
-    erased: set[str] = field(default_factory=set)  # pseudonyms of erased requesters
+    erased: set[str] = field(default_factory=set)  # ids of destroyed data keys
     folded: int = 0
 
     def _total(self, resource_id: str) -> list[int]:
@@ -143,7 +143,7 @@ def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Kn
                 out.pairs.append((who, resource))
                 here[2] += 1
         elif isinstance(p, RequesterErased):
-            out.erased.update(p.requesters)
+            out.erased.update(p.key_ids)
         elif event.type in TERMINAL_TYPES:
             if before is None or not before.terminal:
                 out.finished += 1

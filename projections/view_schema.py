@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = "2"  # 2: requesters are always pseudonyms; erased requesters
+SCHEMA_VERSION = "2"  # 2: requesters are always pseudonyms; sealed addresses; erased keys
 
 SQLITE, POSTGRES = "sqlite", "postgres"
 
@@ -108,8 +108,9 @@ REQUESTERS = Table("requesters", (("who", "text"),), ("who",))
 REQUESTER_RESOURCES = Table(
     "requester_resources", (("who", "text"), ("resource_id", "text")), ("who", "resource_id")
 )
-# Requesters erased (`RequesterErased`): their jobs' pages say so. Pseudonyms only, never an address.
-ERASED_REQUESTERS = Table("erased_requesters", (("who", "text"),), ("who",))
+# Data keys destroyed by erasures (`RequesterErased`): the pages of jobs whose address was sealed under one
+# say their requester was erased (a later request of the same person, under a new key, is not).
+ERASED_KEYS = Table("erased_keys", (("key_id", "text"),), ("key_id",))
 # `accepted` and `finished` jobs: `/status` answers queue_length = accepted - finished.
 COUNTERS = Table("counters", (("name", "text"), ("value", "int")), ("name",))
 # Every ZIP name a job completed with: a download gone but once built answers 410, not 404.
@@ -124,7 +125,7 @@ TABLES: tuple[Table, ...] = (
     STAT_TOTALS,
     REQUESTERS,
     REQUESTER_RESOURCES,
-    ERASED_REQUESTERS,
+    ERASED_KEYS,
     COUNTERS,
     BUILT_ZIPS,
 )

@@ -51,8 +51,8 @@ class RequesterKeys(Protocol):
         The store reads its topic first unless it did within `fresh_within` seconds.
         """
 
-    async def destroy(self, requesters: Sequence[str]) -> int:
-        """Destroy every data key of these pseudonyms; return how many there were."""
+    async def destroy(self, requesters: Sequence[str]) -> list[str]:
+        """Destroy every data key of these pseudonyms; return their key ids."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -82,9 +82,9 @@ class InMemoryRequesterKeys:
         except SealError:
             return None
 
-    async def destroy(self, requesters: Sequence[str]) -> int:
+    async def destroy(self, requesters: Sequence[str]) -> list[str]:
         """Forget the requesters' keys."""
-        return sum(len(self.keys.pop(r, {})) for r in requesters)
+        return [key_id for r in requesters for key_id in self.keys.pop(r, {})]
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -220,17 +220,17 @@ class KafkaRequesterKeys:
         except SealError:
             return None
 
-    async def destroy(self, requesters: Sequence[str]) -> int:
+    async def destroy(self, requesters: Sequence[str]) -> list[str]:
         """Tombstone every stored key of these pseudonyms (acknowledged by all in-sync replicas)."""
         async with self._lock:
             await self._guarded(0.0)
             assert self._producer is not None
-            destroyed = 0
+            destroyed: list[str] = []
             for requester in requesters:
                 for key_id in sorted(self._stored.get(requester, set())):
                     name = f"{requester}.{key_id}".encode()
                     await self._producer.send_and_wait(self._topic, None, key=name)
-                    destroyed += 1
+                    destroyed.append(key_id)
                 self._stored.pop(requester, None)
                 self._keys.pop(requester, None)
             return destroyed

@@ -25,6 +25,7 @@ from typing import Any
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings
 from packager.domain.events import Envelope
+from packager.domain.requesters import key_id_of
 from projections import view_schema as schema
 from projections.jobs import JobState
 from projections.statistics import ALL
@@ -251,7 +252,7 @@ class ViewDatabase:
             )
         if changes.erased:
             many(
-                self._sql("INSERT INTO erased_requesters VALUES (?) ON CONFLICT (who) DO NOTHING"),
+                self._sql("INSERT INTO erased_keys VALUES (?) ON CONFLICT (key_id) DO NOTHING"),
                 [(w,) for w in sorted(changes.erased)],
             )
         counters = [(n, v) for n, v in (("accepted", changes.accepted), ("finished", changes.finished)) if v]
@@ -368,13 +369,18 @@ class ViewDatabase:
         return found
 
     def requester(self, conn: Any, job_id: str) -> tuple[str, str, bool] | None:
-        """(pseudonym, domain, erased) of a job's requester, or None for a job not (yet) requested."""
-        sql = self._sql("SELECT email, domain FROM stat_requests WHERE job_id = ?")
+        """(pseudonym, domain, erased) of a job's requester, or None for a job not (yet) requested.
+
+        Erased: the data key its address was sealed under was destroyed.
+        """
+        sql = self._sql("SELECT email, domain, sealed FROM stat_requests WHERE job_id = ?")
         row = conn.execute(sql, (job_id,)).fetchone()
         if row is None:
             return None
-        erased = self._sql("SELECT 1 FROM erased_requesters WHERE who = ?")
-        return str(row[0]), str(row[1]), conn.execute(erased, (row[0],)).fetchone() is not None
+        key_id = key_id_of(str(row[2]))
+        erased = self._sql("SELECT 1 FROM erased_keys WHERE key_id = ?")
+        destroyed = bool(key_id) and conn.execute(erased, (key_id,)).fetchone() is not None
+        return str(row[0]), str(row[1]), destroyed
 
     def zip_was_built(self, conn: Any, name: str) -> bool:
         """True when a job completed with a ZIP of this name."""

@@ -273,13 +273,13 @@ class RequesterErased(Event):
     """An operator erased a requester: their data keys are destroyed, their sealed addresses unreadable.
 
     `requesters`: the address's pseudonyms (current and previous secrets; the first is the record's key).
-    No address here, not even sealed. `keys_destroyed` is 0 for a requester unknown or erased before.
+    `key_ids`: the data keys destroyed (none for a requester unknown or erased before). No address here.
     """
 
     TYPE: ClassVar[str] = "RequesterErased"
     cache_key: str
     requesters: list[str]
-    keys_destroyed: int
+    key_ids: list[str]
 
 
 # The requester fields of the events naming a requester (PackageRequested, -Completed, -Failed).

@@ -47,11 +47,11 @@ async def erase_requester(request: web.Request) -> web.Response:
     # Keys first: should the append fail, the address is unreadable all the same, and erasing again is safe.
     destroyed = await request.app[REQUESTER_KEYS].destroy(names)
     operation = str(uuid.uuid4())
-    erased = RequesterErased(cache_key=names[0], requesters=names, keys_destroyed=destroyed)
+    erased = RequesterErased(cache_key=names[0], requesters=names, key_ids=destroyed)
     event = envelope(operation, erased)
     await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).events, names[0], event)
-    log.info("requester %s erased (%d data key(s) destroyed)", shown(names[0]), destroyed)
-    message = f"Requester erased: {destroyed} data key(s) destroyed."
+    log.info("requester %s erased (%d data key(s) destroyed)", shown(names[0]), len(destroyed))
+    message = f"Requester erased: {len(destroyed)} data key(s) destroyed."
     return json_response(
         {
             "success": True,
@@ -59,7 +59,7 @@ async def erase_requester(request: web.Request) -> web.Response:
             "status": "success",
             "message": message,
             "requester": shown(names[0]),
-            "keys_destroyed": destroyed,
+            "keys_destroyed": len(destroyed),
             "operation_id": operation,
         }
     )

@@ -46,7 +46,7 @@ SAMPLES: dict[str, ev.Event] = {
         ev.PackageExpired("ck", "j.zip"),
         ev.RequestAbandoned("ck", T0, T0),
         ev.RecordRejected("k", "p.requests", 0, 17, "not JSON", "-"),
-        ev.RequesterErased("ab" * 32, ["ab" * 32, "cd" * 32], 1),
+        ev.RequesterErased("ab" * 32, ["ab" * 32, "cd" * 32], ["0123456789abcdef"]),
     )
 }
 
