@@ -109,6 +109,7 @@ class KafkaRequesterKeys:
         # Every key id stored per requester, readable or not: erasure tombstones them all.
         self._stored: dict[str, set[str]] = {}
         self._to_rewrap: list[DataKey] = []
+        self._creating: dict[str, asyncio.Future[DataKey]] = {}
         self._read_at = -FRESH_FOR
 
     async def _start(self) -> None:
@@ -191,21 +192,33 @@ class KafkaRequesterKeys:
             raise UnavailableError(f"The requester keys cannot be read from Kafka ({exc!r}).") from None
 
     async def key_for(self, requester: str) -> DataKey:
-        """The requester's key (the newest known), created and stored when they have none."""
+        """The requester's key (the newest known), created and stored when they have none.
+
+        A new key is stored outside the lock, so new requesters do not wait on each other's appends;
+        concurrent requests of one new requester share the one key being stored.
+        """
         async with self._lock:
             await self._guarded(FRESH_FOR)
             known = self._keys.get(requester)
             if known:
                 return next(reversed(known.values()))
-            key = DataKey.new(requester)
-            try:
-                async with asyncio.timeout(READ_TIMEOUT):
-                    await self._store(key)
-            except (KafkaError, TimeoutError) as exc:
-                raise UnavailableError(f"A requester key could not be stored ({exc!r}).") from None
-            self._keys.setdefault(requester, {})[key.key_id] = key
-            self._stored.setdefault(requester, set()).add(key.key_id)
-            return key
+            creating = self._creating.get(requester)
+            if creating is None:
+                creating = asyncio.ensure_future(self._create(DataKey.new(requester)))
+                self._creating[requester] = creating
+        return await asyncio.shield(creating)
+
+    async def _create(self, key: DataKey) -> DataKey:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                await self._store(key)
+        except (KafkaError, TimeoutError) as exc:
+            raise UnavailableError(f"A requester key could not be stored ({exc!r}).") from None
+        finally:
+            self._creating.pop(key.requester, None)
+        self._keys.setdefault(key.requester, {})[key.key_id] = key
+        self._stored.setdefault(key.requester, set()).add(key.key_id)
+        return key
 
     async def open(self, requester: str, token: str, *, fresh_within: float = 0.0) -> str | None:
         """The address, or None when its key was destroyed. Reads the topic to its end first (unless it
@@ -224,6 +237,9 @@ class KafkaRequesterKeys:
         """Tombstone every stored key of these pseudonyms (acknowledged by all in-sync replicas)."""
         async with self._lock:
             await self._guarded(0.0)
+            # A key being stored for one of them right now is destroyed too, once it is stored.
+            creating = [self._creating[r] for r in requesters if r in self._creating]
+            await asyncio.gather(*creating, return_exceptions=True)
             assert self._producer is not None
             destroyed: list[str] = []
             for requester in requesters:

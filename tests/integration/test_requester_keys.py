@@ -147,3 +147,18 @@ async def test_the_cleaner_removes_a_destroyed_keys_bytes_from_the_segment_files
             await asyncio.sleep(1.0)
     finally:
         await producer.stop()
+
+
+async def test_concurrent_requests_of_new_requesters_store_one_key_each(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    keys = KafkaRequesterKeys(settings_for(kafka_bootstrap, topic_prefix))
+    try:
+        same = await asyncio.gather(*(keys.key_for("who-1") for _ in range(20)))
+        others = await asyncio.gather(*(keys.key_for(f"who-{i}") for i in range(2, 22)))
+    finally:
+        await keys.close()
+    assert len({k.key_id for k in same}) == 1
+    assert len({k.key_id for k in others}) == 20
+    stored = [k for k, v in await read_topic(kafka_bootstrap, Topics(topic_prefix).requester_keys) if v]
+    assert len(stored) == 21

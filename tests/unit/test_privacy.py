@@ -281,3 +281,36 @@ def test_a_completion_proposed_before_the_upgrade_still_names_its_requester() ->
         del old[name]
     rebuilt = PackageCompleted(**old)
     assert rebuilt.email == "a@example.org" and rebuilt.email_sealed == ""
+
+
+async def test_a_pseudonym_secret_rotation_counts_a_later_request_anew_and_erasure_finds_both_pseudonyms(
+    store_dir: Path, log: InMemoryEventLog, keys: InMemoryRequesterKeys
+) -> None:
+    old_secret, new_secret = "old-pseudonym-secret-0123", "new-pseudonym-secret-0123"
+    before = load_settings({}, secret=SECRET, store_directory=str(store_dir), pseudonym_secret=old_secret)
+    after = dataclasses.replace(before, pseudonym_secret=new_secret, previous_pseudonym_secrets=(old_secret,))
+    async with client_for(before, log, keys) as client:
+        first = await request(client)
+        fill_views(before, records_of(log))
+        totals = (await (await client.post("/statistics", data={"secret": SECRET})).json())["totals"]
+    async with client_for(after, log, keys) as client:
+        # Statistics of the events already written do not move: they keep the pseudonym they carry.
+        assert (await (await client.post("/statistics", data={"secret": SECRET})).json())["totals"] == totals
+        second = await request(client, resource_id="r1")
+        fill_views(after, records_of(log))
+        now = (await (await client.post("/statistics", data={"secret": SECRET})).json())["totals"]
+        # The same person under the new secret is a new pseudonym: one more unique requester.
+        assert now["*"] == {"requests": 2, "errors": 0, "emails": 2}
+        # Erasure looks the address up under the new and the previous secret: both keys go.
+        body = await (await client.post("/requesters/erase", data={"secret": SECRET, "email": EMAIL})).json()
+        assert body["keys_destroyed"] == 2
+        fill_views(after, records_of(log))
+        for job in (first, second):
+            assert (await (await client.get(f"/jobs/{job}")).json())["requester_erased"] is True
+        [(_, erased)] = [
+            r for r in log.records["packager.events"] if isinstance(r[1].payload, RequesterErased)
+        ]
+        assert erased.payload.requesters == [  # type: ignore[attr-defined]
+            requesters.pseudonym(new_secret, EMAIL),
+            requesters.pseudonym(old_secret, EMAIL),
+        ]
