@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from packager.adapters.kafka_log import InMemoryEventLog
 from packager.adapters.requester_keys import InMemoryRequesterKeys
 from packager.adapters.viewdb import ViewDatabase, database_url
+from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings, load_settings
 from packager.domain import requesters
 from packager.domain.events import (
@@ -314,3 +315,20 @@ async def test_a_pseudonym_secret_rotation_counts_a_later_request_anew_and_erasu
             requesters.pseudonym(new_secret, EMAIL),
             requesters.pseudonym(old_secret, EMAIL),
         ]
+
+
+def test_the_privacy_settings_default_to_private_and_refuse_short_secrets() -> None:
+    settings = load_settings({}, secret=SECRET)
+    assert settings.anonymize_emails is True  # the original's default was false
+    assert settings.pseudonym_key == SECRET and settings.sealing_keys == (SECRET,)
+    rotated = load_settings(
+        {
+            "PACKAGER_KEY_SEALING_SECRET": "new-sealing-secret-0123",
+            "PACKAGER_PREVIOUS_KEY_SEALING_SECRETS": "a,b",
+        },
+        secret=SECRET,
+    )
+    assert rotated.sealing_keys == ("new-sealing-secret-0123", "a", "b")
+    for name in ("PACKAGER_PSEUDONYM_SECRET", "PACKAGER_KEY_SEALING_SECRET"):
+        with pytest.raises(ConfigurationError, match=name.removeprefix("PACKAGER_")):
+            load_settings({name: "too-short"}, secret=SECRET)
