@@ -26,6 +26,7 @@ from packager.domain.events import (
     PackageFailed,
     PackageRequested,
 )
+from packager.domain.requesters import SealError
 from packager.domain.validation import check_url
 from packager.service.packaging import ckan_client, datastore_query
 
@@ -59,8 +60,10 @@ async def plan_lane(env: Envelope, settings: Settings, session: aiohttp.ClientSe
     return lane_for_rows(info.rows_expected(query), settings)
 
 
-# What the job's page says of an email not sent because its requester was erased first.
+# What the job's page says of an email not sent because its requester was erased first, or because their
+# key is wrapped under a KEY_SEALING_SECRET no longer configured (docs/privacy.md, "Rotating the secrets").
 ERASED_REQUESTER = "not sent: the requester was erased"
+UNREADABLE_KEY = "not sent: the requester's key cannot be read (KEY_SEALING_SECRET changed)"
 
 
 async def recipient(keys: RequesterKeys | None, payload: PackageCompleted | PackageFailed) -> str | None:
@@ -94,7 +97,11 @@ async def notify(
     if isinstance(payload, PackageCompleted | PackageFailed):
         if isinstance(payload, PackageFailed) and not settings.email_failures:
             return None
-        address = await recipient(keys, payload)
+        try:
+            address = await recipient(keys, payload)
+        except SealError as exc:
+            log.error("email not sent: %s", exc, extra={"job_id": env.job_id})
+            return EmailFailed(cache_key=env.cache_key, about=env.type, error=UNREADABLE_KEY, attempts=0)
         if address is None:
             log.info("email not sent: the requester was erased", extra={"job_id": env.job_id})
             return EmailFailed(cache_key=env.cache_key, about=env.type, error=ERASED_REQUESTER, attempts=0)

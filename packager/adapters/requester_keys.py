@@ -48,7 +48,8 @@ class RequesterKeys(Protocol):
     async def open(self, requester: str, token: str, *, fresh_within: float = 0.0) -> str | None:
         """The address sealed in `token`, or None when its key was destroyed (the requester was erased).
 
-        The store reads its topic first unless it did within `fresh_within` seconds.
+        The store reads its topic first unless it did within `fresh_within` seconds. SealError: the key is
+        stored but wrapped under a sealing secret no longer configured.
         """
 
     async def destroy(self, requesters: Sequence[str]) -> list[str]:
@@ -223,9 +224,13 @@ class KafkaRequesterKeys:
     async def open(self, requester: str, token: str, *, fresh_within: float = 0.0) -> str | None:
         """The address, or None when its key was destroyed. Reads the topic to its end first (unless it
         did within `fresh_within` seconds)."""
+        key_id = key_id_of(token)
         async with self._lock:
             await self._guarded(fresh_within)
-            key = self._keys.get(requester, {}).get(key_id_of(token))
+            key = self._keys.get(requester, {}).get(key_id)
+            unreadable = key is None and key_id in self._stored.get(requester, set())
+        if unreadable:
+            raise SealError(f"the data key {key_id} is wrapped under a sealing secret no longer configured")
         if key is None:
             return None
         try:

@@ -18,7 +18,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from packager.adapters.kafka_log import REQUESTER_KEYS_CONFIG, Topics, ensure_topics
 from packager.adapters.requester_keys import KafkaRequesterKeys
 from packager.core.settings import Settings, load_settings
-from packager.domain.requesters import kek_id, pseudonym, seal_email
+from packager.domain.requesters import SealError, kek_id, pseudonym, seal_email
 from tests.integration.support import read_topic
 from tests.privacy_search import contains
 
@@ -60,7 +60,8 @@ async def test_a_sealing_secret_rotation_rewraps_keys_and_erasure_destroys_them_
     assert orjson.loads(stored)["kek"] == kek_id(OLD) and key.secret not in stored
 
     # The new secret alone cannot read a key wrapped under the old one: its emails could not be sent.
-    assert await open_with(replace(old, key_sealing_secret=NEW), who, token) is None
+    with pytest.raises(SealError, match="no longer configured"):
+        await open_with(replace(old, key_sealing_secret=NEW), who, token)
     # With the old secret listed as previous, the ingress reads it and re-stores it under the new one.
     rotated = replace(old, key_sealing_secret=NEW, previous_key_sealing_secrets=(OLD,))
     ingress = KafkaRequesterKeys(rotated, rewrap=True)

@@ -36,7 +36,7 @@ from packager.domain.events import (
 from packager.domain.requesters import DataKey, SealError
 from packager.http.ingress import create_app
 from projections.analytics import pseudonymise
-from streams.handlers import ERASED_REQUESTER, notify
+from streams.handlers import ERASED_REQUESTER, UNREADABLE_KEY, notify
 from tests import privacy_search as search
 from tests.unit.samples import SECRET, URL_REQUEST, attach_views, completed, fill_views
 
@@ -332,3 +332,20 @@ def test_the_privacy_settings_default_to_private_and_refuse_short_secrets() -> N
     for name in ("PACKAGER_PSEUDONYM_SECRET", "PACKAGER_KEY_SEALING_SECRET"):
         with pytest.raises(ConfigurationError, match=name.removeprefix("PACKAGER_")):
             load_settings({name: "too-short"}, secret=SECRET)
+
+
+class UnreadableKeys(InMemoryRequesterKeys):
+    """A key store whose key is wrapped under a sealing secret no longer configured."""
+
+    async def open(self, requester: str, token: str, *, fresh_within: float = 0.0) -> str | None:
+        raise SealError("the data key k is wrapped under a sealing secret no longer configured")
+
+
+async def test_an_address_whose_key_cannot_be_unwrapped_is_not_sent_and_the_job_says_why(
+    settings: Settings,
+) -> None:
+    who = requesters.pseudonym(SECRET, EMAIL)
+    token = requesters.seal_email(DataKey.new(who), EMAIL)
+    done = completed(email="", requester=who, requester_domain="example.org", email_sealed=token)
+    outcome = await notify(settings, envelope("job-1", done), keys=UnreadableKeys())
+    assert outcome is not None and outcome.error == UNREADABLE_KEY and "KEY_SEALING_SECRET" in outcome.error
