@@ -348,6 +348,10 @@ class KafkaEventLog:
         """False while the broker is known to be down (appends then fail at once)."""
         return self._down_since is None
 
+    def mark_unreachable(self, exc: BaseException) -> None:
+        """Another client of the same broker (the requester keys) found it down: fail appends fast too."""
+        self._mark_down(exc)
+
     def _mark_down(self, exc: BaseException) -> None:
         """Fail appends fast from now on, and probe the broker in the background until it answers."""
         if self._down_since is not None:

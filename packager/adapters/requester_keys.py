@@ -17,7 +17,6 @@ if it last looked more than `FRESH_FOR` seconds ago (an erasure through another 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -36,7 +35,6 @@ from packager.domain.requesters import DataKey, SealError, kek_id, key_id_of, op
 log = logging.getLogger(__name__)
 
 FRESH_FOR = 2.0  # seconds a key known from the topic is reused without reading the topic again
-READ_TIMEOUT = 10.0  # seconds to read the topic to its end
 
 
 class RequesterKeys(Protocol):
@@ -102,6 +100,8 @@ class KafkaRequesterKeys:
         self._settings = settings
         self._topic = Topics(settings.topic_prefix).requester_keys
         self._rewrap = rewrap
+        # Reading the topic to its end, or storing a key, gives up as an append does (KAFKA_SEND_TIMEOUT).
+        self._timeout = settings.kafka_send_timeout
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -187,7 +187,7 @@ class KafkaRequesterKeys:
 
     async def _guarded(self, within: float) -> None:
         try:
-            async with asyncio.timeout(READ_TIMEOUT):
+            async with asyncio.timeout(self._timeout):
                 await self._fresh(within)
         except (KafkaError, OSError, TimeoutError) as exc:
             raise UnavailableError(f"The requester keys cannot be read from Kafka ({exc!r}).") from None
@@ -211,7 +211,7 @@ class KafkaRequesterKeys:
 
     async def _create(self, key: DataKey) -> DataKey:
         try:
-            async with asyncio.timeout(READ_TIMEOUT):
+            async with asyncio.timeout(self._timeout):
                 await self._store(key)
         except (KafkaError, TimeoutError) as exc:
             raise UnavailableError(f"A requester key could not be stored ({exc!r}).") from None
@@ -259,7 +259,16 @@ class KafkaRequesterKeys:
     async def close(self) -> None:
         """Stop the consumer and the producer."""
         for client in (self._consumer, self._producer):
-            if client is not None:
-                with contextlib.suppress(KafkaError):
-                    await client.stop()
+            if client is None:
+                continue
+            try:
+                await client.stop()
+            except KafkaError:
+                pass
+            except asyncio.CancelledError:
+                # With the broker away, aiokafka's fetcher awaits its own cancelled fetch task on stop, and
+                # that task's cancellation comes out here. Only a cancellation of this close goes on.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
         self._consumer = self._producer = None

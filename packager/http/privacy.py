@@ -13,7 +13,8 @@ import uuid
 
 from aiohttp import web
 
-from packager.adapters.kafka_log import Topics
+from packager.adapters.kafka_log import KafkaEventLog, Topics
+from packager.core.errors import UnavailableError
 from packager.core.settings import Settings
 from packager.domain.events import RequesterErased, envelope
 from packager.domain.requesters import domain_of, pseudonym, pseudonyms, seal_email, shown
@@ -23,12 +24,26 @@ from packager.http.common import authenticate, json_response, read_params
 
 log = logging.getLogger(__name__)
 
+UNREACHABLE = "The event log (Kafka) is unreachable; the request was not accepted. Try again later."
+
 
 async def sealed_requester(app: web.Application, email: str) -> dict[str, str]:
-    """The requester fields of a new request: `email` empty, the address only sealed."""
+    """The requester fields of a new request: `email` empty, the address only sealed.
+
+    The key store and the event log talk to the same broker: while the log knows it is down, the request
+    gets its 503 at once; when the key store finds it down, the log is told so (the next requests too).
+    """
     settings: Settings = app[SETTINGS]
+    event_log = app[EVENT_LOG]
+    if getattr(event_log, "available", True) is False:
+        raise UnavailableError(UNREACHABLE)
     requester = pseudonym(settings.pseudonym_key, email)
-    key = await app[REQUESTER_KEYS].key_for(requester)
+    try:
+        key = await app[REQUESTER_KEYS].key_for(requester)
+    except UnavailableError as exc:
+        if isinstance(event_log, KafkaEventLog):
+            event_log.mark_unreachable(exc)
+        raise UnavailableError(UNREACHABLE) from None
     return {
         "email": "",
         "requester": requester,
