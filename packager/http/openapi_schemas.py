@@ -153,6 +153,8 @@ _JOB = {
     },
 }
 
+_WHO = _string("The requester's pseudonym; their address only with ANONYMIZE_EMAILS off (docs/privacy.md).")
+
 _COUNTS = {
     "type": "object",
     "properties": {
@@ -263,7 +265,7 @@ def component_schemas() -> dict[str, Any]:
                         "properties": {
                             "count": {"type": "integer"},
                             "domain": {"type": "string"},
-                            "email": {"type": "string", "description": "The requester's pseudonym."},
+                            "email": _WHO,
                             "resource_id": {"type": "string"},
                             "timestamp": {"type": "number"},
                         },
@@ -281,7 +283,7 @@ def component_schemas() -> dict[str, Any]:
                     "items": {
                         "type": "object",
                         "properties": {
-                            "email": {"type": "string"},
+                            "email": _WHO,
                             "message": {"type": "string"},
                             "resource_id": {"type": "string"},
                             "timestamp": {"type": "number"},

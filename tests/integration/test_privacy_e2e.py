@@ -184,8 +184,8 @@ async def test_an_erased_requester_cannot_be_read_anywhere_and_statistics_and_re
     who = {r["payload"]["requester"] for r in requests}
     assert who == {pseudonym(SECRET, email), pseudonym(SECRET, other)}
 
-    # Raw files: the broker's segments of this test's topics (and consumer offsets), every process's log,
-    # the views database (with its WAL), the store (ZIPs, partial files, Faust's data).
+    # Raw files: the broker's segments of this test's topics (and consumer offsets) and its log, every
+    # process's log, the views database (with its WAL), the store (ZIPs, partial files, Faust's data).
     roots = [logs, store_dir]
     if kafka_data_dir is not None:
         roots += segment_directories(kafka_data_dir, topic_prefix)
@@ -196,5 +196,7 @@ async def test_an_erased_requester_cannot_be_read_anywhere_and_statistics_and_re
 
 
 def segment_directories(data_dir: Path, prefix: str) -> list[Path]:
-    """The broker's partition directories of the test's topics, and of the consumer offsets."""
-    return [p for p in data_dir.iterdir() if p.name.startswith((prefix, "__consumer_offsets"))]
+    """The broker's partition directories of the test's topics and of the consumer offsets, and the
+    broker's own log files (beside its data directory)."""
+    own_logs = [p for p in data_dir.parent.iterdir() if p.is_file()]
+    return own_logs + [p for p in data_dir.iterdir() if p.name.startswith((prefix, "__consumer_offsets"))]
