@@ -133,6 +133,10 @@ class ViewDatabase:
         try:
             for statement in schema.drop(self.dialect):
                 conn.execute(statement)
+            if self.dialect == schema.SQLITE:
+                # Dropped rows stay in SQLite's free pages until a VACUUM: views of an older version may
+                # have held addresses (docs/privacy.md, "Upgrading a log written before").
+                conn.execute("VACUUM")
         finally:
             conn.close()
         self.connect(create=True).close()

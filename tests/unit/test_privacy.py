@@ -18,7 +18,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from packager.adapters.kafka_log import InMemoryEventLog
+from packager.adapters import projector
+from packager.adapters.kafka_log import InMemoryEventLog, LogIdentity
 from packager.adapters.requester_keys import InMemoryRequesterKeys
 from packager.adapters.viewdb import ViewDatabase, database_url
 from packager.core.errors import ConfigurationError
@@ -36,6 +37,7 @@ from packager.domain.events import (
 from packager.domain.requesters import DataKey, SealError
 from packager.http.ingress import create_app
 from projections.analytics import pseudonymise
+from projections.view_schema import SCHEMA_VERSION
 from streams.handlers import ERASED_REQUESTER, UNREADABLE_KEY, notify
 from tests import privacy_search as search
 from tests.unit.samples import SECRET, URL_REQUEST, attach_views, completed, fill_views
@@ -349,3 +351,21 @@ async def test_an_address_whose_key_cannot_be_unwrapped_is_not_sent_and_the_job_
     done = completed(email="", requester=who, requester_domain="example.org", email_sealed=token)
     outcome = await notify(settings, envelope("job-1", done), keys=UnreadableKeys())
     assert outcome is not None and outcome.error == UNREADABLE_KEY and "KEY_SEALING_SECRET" in outcome.error
+
+
+async def test_views_of_the_version_that_held_addresses_are_dropped_and_rebuilt(settings: Settings) -> None:
+    """Schema version 1 kept addresses (or hashes of them): version 2 never goes on with them."""
+    db = ViewDatabase(database_url(settings))
+    log_identity = LogIdentity("c1", {"packager.requests": "5" * 32})
+    conn = db.connect(create=True)
+    try:
+        # Views as version 1 left them: an address in the statistics.
+        conn.execute("INSERT INTO requesters VALUES (?)", (EMAIL.lower(),))
+        conn.execute("UPDATE meta SET value = '1' WHERE name = 'schema_version'")
+        progress = projector.Progress()
+        conn = await projector._same_log(db, conn, log_identity, progress)
+        assert progress.rebuilds == 1
+        assert db.meta(conn, "schema_version") == SCHEMA_VERSION == "2"
+        assert conn.execute("SELECT count(*) FROM requesters").fetchone() == (0,)
+    finally:
+        conn.close()
