@@ -219,9 +219,20 @@ def _service_env(bootstrap: str, workdir: Path, prefix: str, port: int, smtp_por
 
 
 def throughput(
-    bootstrap: str, workdir: Path, requests: int, concurrency: int, repeat: int, log: Any
+    bootstrap: str,
+    workdir: Path,
+    requests: int,
+    concurrency: int,
+    repeat: int,
+    log: Any,
+    *,
+    distinct_emails: bool = False,
 ) -> dict[str, Any]:
-    """Parts 1 and 2: the ingress and the bare handler under the same client load, interleaved."""
+    """Parts 1 and 2: the ingress and the bare handler under the same client load, interleaved.
+
+    `distinct_emails`: every request from a new requester, so the ingress stores a data key for each
+    (docs/privacy.md); otherwise one requester, whose key is stored once.
+    """
     from packager.dev.kafka import free_port
 
     prefix = f"load{uuid.uuid4().hex[:8]}"
@@ -232,7 +243,7 @@ def throughput(
             "secret": SECRET,
             "resource_id": "bench-resource-__N__",
             "resource_url": "http://127.0.0.1:9/data.csv",
-            "email": "someone@example.org",
+            "email": "someone-__N__@example.org" if distinct_emails else "someone@example.org",
         }
     )
     runs: dict[str, list[dict[str, Any]]] = {"bare": [], "ingress": []}
@@ -393,6 +404,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=30, help="sequential jobs (and as many cache hits)")
     parser.add_argument("--job-rows", type=int, default=1000)
     parser.add_argument("--parts", default="throughput,jobs")
+    parser.add_argument(
+        "--distinct-emails", action="store_true", help="every request from a new requester (a key each)"
+    )
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     parser.add_argument("--role", choices=["client", "bare"], help=argparse.SUPPRESS)
@@ -426,7 +440,13 @@ def main() -> None:
         (workdir / "logs").mkdir()
         if "throughput" in parts:
             summary["throughput"] = throughput(
-                boot, workdir, args.requests, args.concurrency, args.repeat, log
+                boot,
+                workdir,
+                args.requests,
+                args.concurrency,
+                args.repeat,
+                log,
+                distinct_emails=args.distinct_emails,
             )
         if "jobs" in parts:
             summary["latency"] = job_latency(boot, workdir, args.jobs, args.job_rows, log)

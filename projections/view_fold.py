@@ -16,7 +16,13 @@ from typing import Any
 
 import orjson
 
-from packager.domain.events import TERMINAL_TYPES, Envelope, PackageFailed, PackageRequested
+from packager.domain.events import (
+    TERMINAL_TYPES,
+    Envelope,
+    PackageFailed,
+    PackageRequested,
+    RequesterErased,
+)
 from projections import jobs as job_fold
 from projections.jobs import JobState
 from projections.statistics import ALL, email_domain, unix_time
@@ -52,7 +58,7 @@ class Changes:
     """What one batch changes in the views."""
 
     jobs: dict[str, JobState] = field(default_factory=dict)
-    requests: list[tuple[str, float, str, str, str]] = field(default_factory=list)
+    requests: list[tuple[str, float, str, str, str, str]] = field(default_factory=list)
     errors: list[tuple[str, float, str, str, str]] = field(default_factory=list)
     requesters: list[str] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)
@@ -63,6 +69,7 @@ class Changes:
     zips: set[str] = field(default_factory=set)
     # (job id, `request_details` as JSON) of the requests folded for the first time
     details: list[tuple[str, str]] = field(default_factory=list)
+    erased: set[str] = field(default_factory=set)  # ids of destroyed data keys
     folded: int = 0
 
     def _total(self, resource_id: str) -> list[int]:
@@ -73,9 +80,15 @@ class Changes:
 
 
 def requester_of(event: Envelope, identity: Identity) -> str | None:
-    """The identity statistics keep of the requester of a request or a failure (None for other events)."""
+    """The identity statistics keep of the requester of a request or a failure (None for other events).
+
+    The pseudonym the event carries; for an event written before pseudonyms (v1, the address in clear),
+    `identity` of the address, which gives the same pseudonym under the same PSEUDONYM_SECRET.
+    """
     p = event.payload
-    return identity(p.email) if isinstance(p, PackageRequested | PackageFailed) else None
+    if isinstance(p, PackageRequested | PackageFailed):
+        return p.requester or identity(p.email)
+    return None
 
 
 def needs(events: Sequence[Envelope], requesters: Sequence[str | None]) -> Needs:
@@ -121,7 +134,8 @@ def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Kn
             out.accepted += 1
             out.details.append((job_id, orjson.dumps(request_details(p)).decode()))
             resource = p.resource_id
-            out.requests.append((job_id, unix_time(event.occurred_at), who, email_domain(p.email), resource))
+            domain = p.requester_domain or email_domain(p.email)
+            out.requests.append((job_id, unix_time(event.occurred_at), who, domain, resource, p.email_sealed))
             here, overall = out._total(resource), out._total(ALL)
             here[0] += 1
             overall[0] += 1
@@ -133,6 +147,8 @@ def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Kn
                 seen_pairs.add((who, resource))
                 out.pairs.append((who, resource))
                 here[2] += 1
+        elif isinstance(p, RequesterErased):
+            out.erased.update(p.key_ids)
         elif event.type in TERMINAL_TYPES:
             if before is None or not before.terminal:
                 out.finished += 1

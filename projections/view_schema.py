@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: requesters are always pseudonyms; sealed addresses; erased keys
 
 SQLITE, POSTGRES = "sqlite", "postgres"
 
@@ -74,7 +74,16 @@ JOBS = Table(
 # `/statistics/requests` and `/statistics/errors` list newest first, optionally by resource or requester.
 STAT_REQUESTS = Table(
     "stat_requests",
-    (("job_id", "text"), ("ts", "float"), ("email", "text"), ("domain", "text"), ("resource_id", "text")),
+    # `email` is the requester's pseudonym; `sealed` the address sealed under their data key ("" for requests
+    # logged before crypto-shredding), opened by the ingress only when ANONYMIZE_EMAILS is off.
+    (
+        ("job_id", "text"),
+        ("ts", "float"),
+        ("email", "text"),
+        ("domain", "text"),
+        ("resource_id", "text"),
+        ("sealed", "text"),
+    ),
     ("job_id",),
     (
         ("stat_requests_by_time", ("ts", "job_id")),
@@ -103,6 +112,9 @@ REQUESTERS = Table("requesters", (("who", "text"),), ("who",))
 REQUESTER_RESOURCES = Table(
     "requester_resources", (("who", "text"), ("resource_id", "text")), ("who", "resource_id")
 )
+# Data keys destroyed by erasures (`RequesterErased`): the pages of jobs whose address was sealed under one
+# say their requester was erased (a later request of the same person, under a new key, is not).
+ERASED_KEYS = Table("erased_keys", (("key_id", "text"),), ("key_id",))
 # `accepted` and `finished` jobs: `/status` answers queue_length = accepted - finished.
 COUNTERS = Table("counters", (("name", "text"), ("value", "int")), ("name",))
 # Every ZIP name a job completed with: a download gone but once built answers 410, not 404.
@@ -118,6 +130,7 @@ TABLES: tuple[Table, ...] = (
     STAT_TOTALS,
     REQUESTERS,
     REQUESTER_RESOURCES,
+    ERASED_KEYS,
     COUNTERS,
     BUILT_ZIPS,
 )

@@ -275,7 +275,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                     decode(record.value)  # only valid events; the others go to dead letters elsewhere
                 except EventDecodeError:
                     continue
-                out = pseudonymise(record.value, settings.secret)
+                out = pseudonymise(record.value, settings.pseudonym_key)
                 fut = await analytics_topic.send(key=record.key, value=out)
                 await fut
 

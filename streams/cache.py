@@ -10,7 +10,13 @@ from typing import Any
 
 from packager.adapters.store import FileStore
 from packager.core.settings import Settings
-from packager.domain.events import Envelope, PackageCompleted, PackageFailed, PackageRequested
+from packager.domain.events import (
+    Envelope,
+    PackageCompleted,
+    PackageFailed,
+    PackageRequested,
+    requester_fields,
+)
 
 
 def cache_entry(env: Envelope, partition: int) -> dict[str, Any]:
@@ -48,7 +54,7 @@ def waiter(env: Envelope) -> dict[str, Any]:
     return {
         "job_id": env.job_id,
         "resource_id": p.resource_id,
-        "email": p.email,
+        **requester_fields(p),
         "ckan_host": p.ckan_host,
         "doi": str(p.request.get("doi") or ""),
     }
@@ -59,8 +65,8 @@ def reused(cache_key: str, who: dict[str, Any], entry: dict[str, Any]) -> Packag
     return PackageCompleted(
         cache_key=cache_key,
         resource_id=who["resource_id"],
-        email=who["email"],
         ckan_host=who["ckan_host"],
+        **requester_fields(who),
         doi=who["doi"],
         lane="cache",
         zip_file_name=entry["zip_file_name"],
@@ -78,8 +84,8 @@ def shared_failure(cache_key: str, who: dict[str, Any], failed: PackageFailed) -
     return PackageFailed(
         cache_key=cache_key,
         resource_id=who["resource_id"],
-        email=who["email"],
         ckan_host=who["ckan_host"],
+        **requester_fields(who),
         error=failed.error,
         error_type=failed.error_type,
     )

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
 import aiohttp
 
 from packager.adapters.kafka_log import ANSWER_DEADLINE_HEADER, LOG_APPEND_TIME, iso_ms
+from packager.adapters.requester_keys import RequesterKeys
 from packager.adapters.resolver import system_resolver
 from packager.adapters.smtp import deliver
-from packager.core.errors import BadRequestError, PackagingError
+from packager.core import retrying
+from packager.core.errors import BadRequestError, PackagingError, UnavailableError
+from packager.core.retrying import Backoff
 from packager.core.settings import Settings
 from packager.domain.emails import render_completed, render_failed
 from packager.domain.events import (
@@ -23,6 +27,7 @@ from packager.domain.events import (
     PackageFailed,
     PackageRequested,
 )
+from packager.domain.requesters import SealError
 from packager.domain.validation import check_url
 from packager.service.packaging import ckan_client, datastore_query
 
@@ -56,14 +61,52 @@ async def plan_lane(env: Envelope, settings: Settings, session: aiohttp.ClientSe
     return lane_for_rows(info.rows_expected(query), settings)
 
 
+# What the job's page says of an email not sent because its requester was erased first, or because their
+# key is wrapped under a KEY_SEALING_SECRET no longer configured (docs/privacy.md, "Rotating the secrets").
+ERASED_REQUESTER = "not sent: the requester was erased"
+UNREADABLE_KEY = "not sent: the requester's key cannot be read (KEY_SEALING_SECRET changed)"
+
+
+async def recipient(keys: RequesterKeys | None, payload: PackageCompleted | PackageFailed) -> str | None:
+    """The address to write to: opened from its sealed form (None: erased), or a v1 event's clear one."""
+    if not payload.email_sealed:
+        return payload.email
+    if keys is None:
+        raise TypeError("a sealed address needs the requester keys")
+    return await retrying.call(
+        "reading the requester keys",
+        lambda: keys.open(payload.requester, payload.email_sealed),
+        backoff=Backoff(first=0.5, cap=10.0),
+        retry_on=(UnavailableError,),
+    )
+
+
 async def notify(
-    settings: Settings, env: Envelope, *, slot: contextlib.AbstractAsyncContextManager[Any] | None = None
+    settings: Settings,
+    env: Envelope,
+    *,
+    slot: contextlib.AbstractAsyncContextManager[Any] | None = None,
+    keys: RequesterKeys | None = None,
 ) -> EmailSent | EmailFailed | None:
     """Email the requester about a terminal event and describe the outcome (None: nothing to send).
 
     `slot` bounds how many emails talk to the SMTP server at once (see `packager.adapters.smtp.deliver`).
+    The address is opened with `keys` just before sending and kept in memory only; a requester erased
+    meanwhile gets no email (EmailFailed says so).
     """
     payload = env.payload
+    if isinstance(payload, PackageCompleted | PackageFailed):
+        if isinstance(payload, PackageFailed) and not settings.email_failures:
+            return None
+        try:
+            address = await recipient(keys, payload)
+        except SealError as exc:
+            log.error("email not sent: %s", exc, extra={"job_id": env.job_id})
+            return EmailFailed(cache_key=env.cache_key, about=env.type, error=UNREADABLE_KEY, attempts=0)
+        if address is None:
+            log.info("email not sent: the requester was erased", extra={"job_id": env.job_id})
+            return EmailFailed(cache_key=env.cache_key, about=env.type, error=ERASED_REQUESTER, attempts=0)
+        payload = dataclasses.replace(payload, email=address)
     if isinstance(payload, PackageCompleted):
         message = render_completed(settings, env.job_id, payload)
     elif isinstance(payload, PackageFailed):

@@ -45,6 +45,7 @@ from packager.domain.events import (
     PackageReleased,
     PackageRequested,
     PackageStarted,
+    requester_fields,
 )
 
 QUEUED, BUILDING, LOST, RELEASED, BUILT = "queued", "building", "lost", "released", "built"
@@ -193,8 +194,8 @@ def proposed_terminal(built: PackageBuilt) -> Event:
     return PackageFailed(
         cache_key=built.cache_key,
         resource_id=str(result.get("resource_id", "")),
-        email=str(result.get("email", "")),
         ckan_host=str(result.get("ckan_host", "")),
+        **requester_fields(result),
         error="The service failed while preparing this package.",
         error_type="InternalError",
     )
@@ -219,8 +220,8 @@ def gave_up(request: PackageRequested, lost: int) -> PackageFailed:
     return PackageFailed(
         cache_key=request.cache_key,
         resource_id=request.resource_id,
-        email=request.email,
         ckan_host=request.ckan_host,
+        **requester_fields(request),
         error=(
             f"The service lost this package's build {lost} times (its workers stopped while building it), "
             "so it stopped trying. Please ask for it again; if it keeps failing, contact the portal."

@@ -31,6 +31,7 @@ from mode import Service
 
 from packager.adapters import metrics
 from packager.adapters.kafka_log import Topics
+from packager.adapters.requester_keys import KafkaRequesterKeys
 from packager.core import retrying
 from packager.core.errors import EventDecodeError
 from packager.core.logs import bind_job
@@ -96,6 +97,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self._loop_task: asyncio.Task[None] | None = None
         self._pause_task: asyncio.Task[None] | None = None
         self._reader = LogReader(settings.kafka_bootstrap_servers)
+        self._keys = KafkaRequesterKeys(settings)  # opens sealed addresses, only to send
         super().__init__(**kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -138,6 +140,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         if self._producer is not None:
             await self._producer.stop()
         await self._reader.close()
+        await self._keys.close()
 
     # -- rebalance listener ----------------------------------------------------------------------------
 
@@ -256,7 +259,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self._remember(env.job_id)  # settled: a repeated terminal event is not emailed again
 
     async def _deliver(self, env: Envelope) -> None:
-        outcome = await notify(self.settings, env, slot=self._smtp)
+        outcome = await notify(self.settings, env, slot=self._smtp, keys=self._keys)
         if outcome is None:
             return  # failure notices are turned off
         record = encode(envelope(env.job_id, outcome))

@@ -48,6 +48,19 @@ def _docker_answers() -> bool:
         return False
 
 
+# The data directory of the broker this session started itself (none for KAFKA_BOOTSTRAP_SERVERS or Docker).
+_BROKER_DATA: dict[str, Path] = {}
+
+
+@pytest.fixture
+def kafka_data_dir(kafka_bootstrap: str) -> Path | None:
+    """Where the test broker keeps its segment files: KAFKA_DATA_DIR when set, else the data directory of
+    the broker this session started; None when neither is known (a broker elsewhere, in a container)."""
+    if given := os.environ.get("KAFKA_DATA_DIR"):
+        return Path(given)
+    return _BROKER_DATA.get("dir")
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of a real Kafka broker for this test session."""
@@ -66,9 +79,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker = dev_kafka.start(state_dir, log=lambda m: print(m))
     except dev_kafka.BrokerError as exc:
         pytest.fail(f"{NO_BROKER}\nStarting one here failed: {exc}", pytrace=False)
+    _BROKER_DATA["dir"] = Path(broker.data_dir)
     try:
         yield broker.bootstrap_servers
     finally:
+        _BROKER_DATA.clear()
         dev_kafka.stop(state_dir)
 
 

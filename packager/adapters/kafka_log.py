@@ -65,13 +65,25 @@ class Topics:
         """Records that could not be decoded, kept for inspection."""
         return f"{self.prefix}.dead-letters"
 
+    @property
+    def requester_keys(self) -> str:
+        """Requesters' data keys, wrapped, keyed `<pseudonym>.<key id>`; compacted, erased by tombstones."""
+        return f"{self.prefix}.requester-keys"
+
     def lane(self, lane: str) -> str:
         """The work queue of one lane (`fast` or `slow`)."""
         return f"{self.prefix}.work.{lane}"
 
     def all(self) -> list[str]:
         """Every topic the service needs, in creation order."""
-        return [self.requests, self.events, self.analytics, self.dead_letters, *(self.lane(x) for x in LANES)]
+        return [
+            self.requests,
+            self.events,
+            self.analytics,
+            self.dead_letters,
+            *(self.lane(x) for x in LANES),
+            self.requester_keys,
+        ]
 
 
 # The ingress's deadline for an append, in a record header: a request the broker stores after it is one the
@@ -95,7 +107,26 @@ def topic_configs(topics: Topics, name: str) -> dict[str, str]:
         return {"retention.ms": "-1", "message.timestamp.type": "LogAppendTime"}
     if name == topics.events:
         return {"retention.ms": "-1"}
+    if name == topics.requester_keys:
+        return dict(REQUESTER_KEYS_CONFIG)
     return {}
+
+
+HOUR_MS = 60 * 60 * 1000
+# The requester-keys topic keeps the latest record per key for ever (compaction, no time retention); erasure
+# writes a tombstone. How long a destroyed key's bytes stay on the brokers' disks (docs/privacy.md): the
+# active segment is never compacted, so it rolls every hour (`segment.ms`); `max.compaction.lag.ms` makes
+# the cleaner compact a closed segment holding a tombstoned key within the hour, whatever the dirty ratio;
+# the tombstone itself (no key material) is kept a day (`delete.retention.ms`) so that every reader sees it.
+REQUESTER_KEYS_CONFIG: dict[str, str] = {
+    "cleanup.policy": "compact",
+    "retention.ms": "-1",
+    "segment.ms": str(HOUR_MS),
+    "min.compaction.lag.ms": "0",
+    "max.compaction.lag.ms": str(HOUR_MS),
+    "min.cleanable.dirty.ratio": "0.01",
+    "delete.retention.ms": str(24 * HOUR_MS),
+}
 
 
 TOPICS_READY_WITHIN = 60.0  # seconds for created topics to be listed by the broker
@@ -316,6 +347,10 @@ class KafkaEventLog:
     def available(self) -> bool:
         """False while the broker is known to be down (appends then fail at once)."""
         return self._down_since is None
+
+    def mark_unreachable(self, exc: BaseException) -> None:
+        """Another client of the same broker (the requester keys) found it down: fail appends fast too."""
+        self._mark_down(exc)
 
     def _mark_down(self, exc: BaseException) -> None:
         """Fail appends fast from now on, and probe the broker in the background until it answers."""

@@ -50,7 +50,7 @@ from packager.adapters.readside import identity_for, topic_partitions
 from packager.adapters.viewdb import Decoded, ViewDatabase, database_url
 from packager.core.settings import Settings
 from projections.view_fold import Identity
-from projections.view_schema import LOG_IDENTITY, PROJECTOR_STATUS
+from projections.view_schema import LOG_IDENTITY, PROJECTOR_STATUS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,13 @@ async def _same_log(db: ViewDatabase, conn: Any, current: LogIdentity, progress:
     if why is None and saved is None and await asyncio.to_thread(db.positions, conn):
         why = "the views do not say which log they were built from"
     if why is not None:
-        log.warning("the views were built from another log (%s): rebuilding them from the log's start", why)
+        why = f"the views were built from another log ({why})"
+    version = await asyncio.to_thread(db.meta, conn, "schema_version")
+    if why is None and version != SCHEMA_VERSION:
+        # Version 1 held addresses (or hashes of them) where version 2 holds pseudonyms (docs/privacy.md).
+        why = f"the views have schema version {version}; this projector writes version {SCHEMA_VERSION}"
+    if why is not None:
+        log.warning("%s: rebuilding them from the log's start", why)
         metrics.READ_MODEL_REBUILDS.inc()
         progress.rebuilds += 1
         progress.caught_up = False

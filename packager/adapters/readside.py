@@ -6,18 +6,23 @@ The views themselves are written by `packager.adapters.projector` and read throu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from packager.core.settings import Settings
-from packager.domain.secrets import keyed_hash
+from packager.domain.requesters import pseudonym
 
 
-def identity_for(settings: Settings):  # type: ignore[no-untyped-def]
-    """How requesters are identified in statistics: the address, or with ANONYMIZE_EMAILS a keyed hash."""
-    if not settings.anonymize_emails:
-        return lambda email: email.lower()
-    return lambda email: keyed_hash(settings.secret, "email", email.lower())
+def identity_for(settings: Settings) -> Callable[[str], str]:
+    """How the views name a requester given an address: their pseudonym under PSEUDONYM_SECRET.
+
+    Used for events written before pseudonyms (the address in clear) and to look an address up; the
+    views never hold an address, whatever ANONYMIZE_EMAILS says.
+    """
+    secret = settings.pseudonym_key
+    return lambda email: pseudonym(secret, email)
 
 
 async def topic_partitions(bootstrap: str, topics: list[str]) -> list[TopicPartition]:

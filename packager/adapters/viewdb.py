@@ -27,6 +27,7 @@ import orjson
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings
 from packager.domain.events import Envelope
+from packager.domain.requesters import key_id_of
 from projections import view_schema as schema
 from projections.jobs import JobState
 from projections.statistics import ALL
@@ -134,6 +135,10 @@ class ViewDatabase:
         try:
             for statement in schema.drop(self.dialect):
                 conn.execute(statement)
+            if self.dialect == schema.SQLITE:
+                # Dropped rows stay in SQLite's free pages until a VACUUM: views of an older version may
+                # have held addresses (docs/privacy.md, "Upgrading a log written before").
+                conn.execute("VACUUM")
         finally:
             conn.close()
         self.connect(create=True).close()
@@ -239,7 +244,7 @@ class ViewDatabase:
                 changes.details,
             )
         if changes.requests:
-            many(self._sql("INSERT INTO stat_requests VALUES (?, ?, ?, ?, ?)"), changes.requests)
+            many(self._sql("INSERT INTO stat_requests VALUES (?, ?, ?, ?, ?, ?)"), changes.requests)
         if changes.errors:
             many(self._sql("INSERT INTO stat_errors VALUES (?, ?, ?, ?, ?)"), changes.errors)
         if changes.requesters:
@@ -255,6 +260,11 @@ class ViewDatabase:
                     "emails = stat_totals.emails + excluded.emails"
                 ),
                 [(res, *deltas) for res, deltas in changes.totals.items()],
+            )
+        if changes.erased:
+            many(
+                self._sql("INSERT INTO erased_keys VALUES (?) ON CONFLICT (key_id) DO NOTHING"),
+                [(w,) for w in sorted(changes.erased)],
             )
         counters = [(n, v) for n, v in (("accepted", changes.accepted), ("finished", changes.finished)) if v]
         if counters:
@@ -338,27 +348,57 @@ class ViewDatabase:
         limit: int = 100,
         resource_id: str | None = None,
         email: str | None = None,
+        sealed: bool = False,
     ) -> list[dict[str, Any]]:
-        """`/statistics/requests` or `/statistics/errors`: filtered, newest first, paged."""
+        """`/statistics/requests` or `/statistics/errors`: filtered, newest first, paged.
+
+        `email` is a pseudonym; with `sealed`, each entry also has the request's sealed address (`sealed`).
+        """
         if kind == "requests":
-            select = "SELECT domain, email, resource_id, ts FROM stat_requests"
+            select = "SELECT x.domain, x.email, x.resource_id, x.ts, x.sealed FROM stat_requests x"
         else:
-            select = "SELECT email, message, resource_id, ts FROM stat_errors"
+            select = (
+                "SELECT x.email, x.message, x.resource_id, x.ts, COALESCE(r.sealed, '') FROM stat_errors x "
+                "LEFT JOIN stat_requests r ON r.job_id = x.job_id"
+            )
         where, params = [], []
         if resource_id:
-            where.append("resource_id = ?")
+            where.append("x.resource_id = ?")
             params.append(resource_id)
         if email:
-            where.append("email = ?")
+            where.append("x.email = ?")
             params.append(email)
         sql = select + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY ts DESC, job_id DESC LIMIT ? OFFSET ?"
+        sql += " ORDER BY x.ts DESC, x.job_id DESC LIMIT ? OFFSET ?"
         rows = conn.execute(self._sql(sql), (*params, limit, offset)).fetchall()
         if kind == "requests":
-            return [
-                {"count": 1, "domain": d, "email": e, "resource_id": r, "timestamp": t} for d, e, r, t in rows
+            found = [
+                {"count": 1, "domain": d, "email": e, "resource_id": r, "timestamp": t, "sealed": s}
+                for d, e, r, t, s in rows
             ]
-        return [{"email": e, "message": m, "resource_id": r, "timestamp": t} for e, m, r, t in rows]
+        else:
+            found = [
+                {"email": e, "message": m, "resource_id": r, "timestamp": t, "sealed": s}
+                for e, m, r, t, s in rows
+            ]
+        if not sealed:
+            for entry in found:
+                del entry["sealed"]
+        return found
+
+    def requester(self, conn: Any, job_id: str) -> tuple[str, str, bool] | None:
+        """(pseudonym, domain, erased) of a job's requester, or None for a job not (yet) requested.
+
+        Erased: the data key its address was sealed under was destroyed.
+        """
+        sql = self._sql("SELECT email, domain, sealed FROM stat_requests WHERE job_id = ?")
+        row = conn.execute(sql, (job_id,)).fetchone()
+        if row is None:
+            return None
+        key_id = key_id_of(str(row[2]))
+        erased = self._sql("SELECT 1 FROM erased_keys WHERE key_id = ?")
+        destroyed = bool(key_id) and conn.execute(erased, (key_id,)).fetchone() is not None
+        return str(row[0]), str(row[1]), destroyed
 
     def zip_was_built(self, conn: Any, name: str) -> bool:
         """True when a job completed with a ZIP of this name."""

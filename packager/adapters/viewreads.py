@@ -104,6 +104,10 @@ class ReadViews:
         """`/statistics/requests` or `/statistics/errors`."""
         return await self.run(lambda conn: self.db.listing(conn, kind, **filters))
 
+    async def requester(self, job_id: str) -> tuple[str, str, bool] | None:
+        """(pseudonym, domain, erased) of the job's requester."""
+        return await self.run(lambda conn: self.db.requester(conn, job_id))
+
     async def zip_was_built(self, name: str) -> bool:
         """True when some job completed with this ZIP."""
         return await self.run(lambda conn: self.db.zip_was_built(conn, name))

@@ -5,6 +5,7 @@ ckanpackager [options] clear-cache | cc                empty the cache of built 
 ckanpackager [options] stats [totals|requests|errors]  statistics (-o OFFSET -l LIMIT -r RESOURCE -e EMAIL)
 ckanpackager [options] queue TASK [PARAM:VALUE ...]    queue a job, e.g. queue package_url email:a@b.org ...
 ckanpackager [options] watch JOB_ID                    follow a job live until it completes or fails
+ckanpackager [options] erase EMAIL                     erase a requester (docs/privacy.md)
 ckanpackager replay verify|stats|history ...           the audit tool (same as `packager replay`)
 
 Options may come before or after the verb. Exit status: 0 done, 1 failed (the service refused or could
@@ -195,6 +196,15 @@ def cmd_clear_cache(args: argparse.Namespace, target: Target, out: Output) -> in
     body = Service(target.host).post("/clear_caches", _with_secret(target))
     out.document(body)
     out.text(f"Cache clearing requested: {body.get('message') or body.get('msg') or 'Done.'}")
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace, target: Target, out: Output) -> int:
+    """Erase a requester: their data keys are destroyed, so their sealed addresses can never be read."""
+    body = Service(target.host).post("/requesters/erase", _with_secret(target, {"email": args.email}))
+    out.document(body)
+    # The address is not printed back: terminal scrollback and shell logs keep what they are shown.
+    out.text(f"Requester {body.get('requester')} erased: {body.get('keys_destroyed')} data key(s) destroyed.")
     return 0
 
 
@@ -428,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch_cmd = verb("watch", "follow a job's progress until it completes or fails")
     watch_cmd.add_argument("job", metavar="JOB_ID", help="a job id, or a job's status URL")
     watch_cmd.set_defaults(func=cmd_watch)
+    erase = verb("erase", "erase a requester: destroy their data keys (docs/privacy.md)")
+    erase.add_argument("email", metavar="EMAIL", help="the requester's address")
+    erase.set_defaults(func=cmd_erase)
     replay_cmd = sub.add_parser(
         "replay", help="the audit tool: verify|stats|history (see `ckanpackager replay -h`)", add_help=False
     )

@@ -104,8 +104,16 @@ class Settings:
     replication_factor: int = 1
     kafka_send_timeout: float = 10.0
 
-    # Statistics keep a keyed hash of each address (and its domain) instead of the address.
-    anonymize_emails: bool = False
+    # Statistics and job pages show requesters as a pseudonym and the address's domain. Turning it off shows
+    # the addresses of requesters not erased, deliberately (the views still store only pseudonyms).
+    anonymize_emails: bool = True
+    # Requesters' personal data (docs/privacy.md). Pseudonyms are an HMAC of the address under a key derived
+    # from PSEUDONYM_SECRET; data keys are stored wrapped under a key derived from KEY_SEALING_SECRET. Empty
+    # means derived from SECRET. The PREVIOUS_* lists keep values written under older secrets readable.
+    pseudonym_secret: str = ""
+    previous_pseudonym_secrets: tuple[str, ...] = ()
+    key_sealing_secret: str = ""
+    previous_key_sealing_secrets: tuple[str, ...] = ()
     # The database of the read side's views (jobs, statistics), written by `packager projector` and read by
     # every ingress: `postgresql://user:password@host:port/db` to share it between processes and machines,
     # or `sqlite:///path`; empty means an embedded SQLite file in READ_MODEL_DIRECTORY.
@@ -249,6 +257,16 @@ class Settings:
         JOB_TIMEOUT; the margin covers a file thread still finishing after its build was cancelled.
         """
         return self.job_timeout + PARTIAL_SWEEP_MARGIN
+
+    @property
+    def pseudonym_key(self) -> str:
+        """The secret requesters' pseudonyms are computed under (PSEUDONYM_SECRET, else SECRET)."""
+        return self.pseudonym_secret or self.secret
+
+    @property
+    def sealing_keys(self) -> tuple[str, ...]:
+        """The secrets stored data keys may be wrapped under, the current (used for new keys) first."""
+        return (self.key_sealing_secret or self.secret, *self.previous_key_sealing_secrets)
 
     def require_secret(self) -> None:
         """Refuse to run a service without a shared secret."""
@@ -448,6 +466,10 @@ def settings_problems(settings: Settings) -> list[str]:
             "Setting DATABASE_URL is not a database URL "
             "(allowed: postgresql://user:password@host:port/database, sqlite:///path, or empty)"
         )
+    for name in ("pseudonym_secret", "key_sealing_secret"):
+        value = getattr(settings, name)
+        if value and len(value) < 16:
+            problems.append(f"Setting {name.upper()} is shorter than 16 characters (allowed: 16 or more)")
     if settings.smtp_starttls and settings.smtp_tls:
         problems.append("Settings SMTP_STARTTLS and SMTP_TLS are both on (allowed: one of them at most)")
     return problems

@@ -6,7 +6,8 @@ named in the past tense. Events are never renamed or repurposed: a change of sha
 `schema_version` and an upcaster in `UPCASTERS` that turns the stored older payload into the current one.
 
 Secrets never travel in clear: the shared secret is not part of any event, and a CKAN API key only appears
-sealed (see `packager.domain.secrets`).
+sealed (see `packager.domain.secrets`), and a requester's address only sealed under their data key, beside
+their pseudonym (`packager.domain.requesters`, docs/privacy.md; older events keep it in clear in `email`).
 """
 
 from __future__ import annotations
@@ -40,15 +41,22 @@ class Event:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackageRequested(Event):
-    """The ingress accepted a request; `request` holds its normalised parameters (no secret, sealed key)."""
+    """The ingress accepted a request; `request` holds its normalised parameters (no secret, sealed key).
+
+    v2 added `requester` (pseudonym), `requester_domain` and `email_sealed` (the address sealed under the
+    requester's data key); `email` is "" from v2 on (v1 kept the address there, in clear)."""
 
     TYPE: ClassVar[str] = "PackageRequested"
+    VERSION: ClassVar[int] = 2
     kind: str  # "url", later "datastore" and "dwc"
     cache_key: str
     resource_id: str
     email: str
     ckan_host: str
     request: dict[str, Any]
+    requester: str = ""
+    requester_domain: str = ""
+    email_sealed: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,11 +110,12 @@ class PackageProgress(Event):
 class PackageCompleted(Event):
     """Terminal: the ZIP is in the store under `zip_file_name`.
 
-    v2 added `cached_from`: the job whose ZIP was reused ("" when this job built it).
+    v2 added `cached_from`: the job whose ZIP was reused ("" when this job built it). v3 added the requester
+    fields of PackageRequested v2 (`email` is "" from v3 on).
     """
 
     TYPE: ClassVar[str] = "PackageCompleted"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     cache_key: str
     resource_id: str
     email: str
@@ -120,19 +129,29 @@ class PackageCompleted(Event):
     started_at: str
     finished_at: str
     cached_from: str = ""
+    requester: str = ""
+    requester_domain: str = ""
+    email_sealed: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackageFailed(Event):
-    """Terminal: the job could not be built; `error` is written for the requester."""
+    """Terminal: the job could not be built; `error` is written for the requester.
+
+    v2 added the requester fields of PackageRequested v2 (`email` is "" from v2 on).
+    """
 
     TYPE: ClassVar[str] = "PackageFailed"
+    VERSION: ClassVar[int] = 2
     cache_key: str
     resource_id: str
     email: str
     ckan_host: str
     error: str
     error_type: str
+    requester: str = ""
+    requester_domain: str = ""
+    email_sealed: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -249,6 +268,31 @@ class RecordRejected(Event):
     claimed_job_id: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequesterErased(Event):
+    """An operator erased a requester: their data keys are destroyed, their sealed addresses unreadable.
+
+    `requesters`: the address's pseudonyms (current and previous secrets; the first is the record's key).
+    `key_ids`: the data keys destroyed (none for a requester unknown or erased before). No address here.
+    """
+
+    TYPE: ClassVar[str] = "RequesterErased"
+    cache_key: str
+    requesters: list[str]
+    key_ids: list[str]
+
+
+# The requester fields of the events naming a requester (PackageRequested, -Completed, -Failed).
+REQUESTER_FIELDS = ("email", "requester", "requester_domain", "email_sealed")
+
+
+def requester_fields(event: Event | dict[str, Any]) -> dict[str, str]:
+    """The requester fields of a request or terminal event (or of such an event's dict), to copy along."""
+    if isinstance(event, dict):
+        return {name: str(event.get(name) or "") for name in REQUESTER_FIELDS}
+    return {name: str(getattr(event, name, "") or "") for name in REQUESTER_FIELDS}
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -267,6 +311,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PackageExpired,
         RequestAbandoned,
         RecordRejected,
+        RequesterErased,
     )
 }
 
@@ -290,12 +335,20 @@ def _started_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "attempt": 1, "lease_until": ""}
 
 
+def _no_requester(payload: dict[str, Any]) -> dict[str, Any]:
+    """Before crypto-shredding the address was in `email`, in clear: no pseudonym, nothing sealed."""
+    return {**payload, "requester": "", "requester_domain": "", "email_sealed": ""}
+
+
 # (type, stored schema_version) -> function turning that payload into the next version's payload.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("PackageCompleted", 1): _completed_v1_to_v2,
     ("PackageQueued", 1): _first_attempt,
     ("PackageProgress", 1): _first_attempt,
     ("PackageStarted", 1): _started_v1_to_v2,
+    ("PackageRequested", 1): _no_requester,
+    ("PackageCompleted", 2): _no_requester,
+    ("PackageFailed", 1): _no_requester,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from packager.adapters.kafka_log import EventLog
+from packager.adapters.requester_keys import RequesterKeys
 from packager.adapters.viewreads import ReadViews
 from packager.core.settings import Settings
 from packager.domain.validation import Resolver
@@ -13,3 +14,4 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 EVENT_LOG: web.AppKey[EventLog] = web.AppKey("event_log", EventLog)  # type: ignore[type-abstract]
 RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")  # type: ignore[arg-type]
 READ_VIEWS: web.AppKey[ReadViews] = web.AppKey("read_views", ReadViews)
+REQUESTER_KEYS: web.AppKey[RequesterKeys] = web.AppKey("requester_keys", RequesterKeys)  # type: ignore[type-abstract]

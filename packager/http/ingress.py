@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from packager.adapters.kafka_log import EventLog, KafkaEventLog, Topics
+from packager.adapters.requester_keys import InMemoryRequesterKeys, KafkaRequesterKeys, RequesterKeys
 from packager.adapters.resolver import system_resolver
 from packager.adapters.viewdb import ViewsUnavailable
 from packager.adapters.viewreads import ReadViews
@@ -28,9 +29,10 @@ from packager.domain.events import CacheCleared, PackageRequested, envelope
 from packager.domain.secrets import seal
 from packager.domain.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
 from packager.http import health, read_api
-from packager.http.app_keys import EVENT_LOG, READ_VIEWS, RESOLVER, SETTINGS
+from packager.http.app_keys import EVENT_LOG, READ_VIEWS, REQUESTER_KEYS, RESOLVER, SETTINGS
 from packager.http.common import authenticate, errors_as_json, json_response, read_params
 from packager.http.job_texts import download_file_name
+from packager.http.privacy import erase_requester, sealed_requester
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,9 @@ async def _accept(
             kind=kind,
             cache_key=cache_key,
             resource_id=fields["resource_id"],
-            email=fields["email"],
             ckan_host=fields["ckan_host"],
             request={**fields["request"], "key_sealed": seal(settings.secret, key) if key else ""},
+            **await sealed_requester(request.app, fields["email"]),
         ),
     )
     await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
@@ -216,11 +218,13 @@ def create_app(
     event_log: EventLog | None = None,
     resolver: Resolver = system_resolver,
     read_views: bool | None = None,
+    requester_keys: RequesterKeys | None = None,
 ) -> web.Application:
     """Build the ingress application. Connections open in the app's cleanup context, not at import.
 
     `read_views` (default: when no `event_log` is given) opens the views that answer `/status`,
-    `/statistics*` and `/jobs/*` (written by `packager projector`).
+    `/statistics*` and `/jobs/*` (written by `packager projector`). `requester_keys` defaults to the
+    requester-keys topic, or to keys in memory when an `event_log` is given (unit tests).
     """
     settings.require_secret()
     app = web.Application(
@@ -242,6 +246,18 @@ def create_app(
 
     app.cleanup_ctx.append(event_log_ctx)
 
+    async def requester_keys_ctx(app: web.Application) -> AsyncIterator[None]:
+        if requester_keys is not None:
+            app[REQUESTER_KEYS] = requester_keys
+        elif event_log is not None:
+            app[REQUESTER_KEYS] = InMemoryRequesterKeys()
+        else:
+            app[REQUESTER_KEYS] = KafkaRequesterKeys(settings, rewrap=True)
+        yield
+        await app[REQUESTER_KEYS].close()
+
+    app.cleanup_ctx.append(requester_keys_ctx)
+
     if event_log is None if read_views is None else read_views:
 
         async def read_views_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -255,6 +271,7 @@ def create_app(
     app.router.add_post("/package_datastore", package_datastore)
     app.router.add_post("/package_dwc_archive", package_dwc_archive)
     app.router.add_post("/clear_caches", clear_caches)
+    app.router.add_post("/requesters/erase", erase_requester)
     app.router.add_get("/downloads/{name}", download)
     health.add_routes(app)
     return app

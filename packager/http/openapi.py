@@ -118,6 +118,17 @@ def _paths() -> dict[str, Any]:
                 "Done.",
             )
         },
+        "/requesters/erase": {
+            "post": _secret_post(
+                "Erase a requester: destroy their data keys (their sealed addresses become unreadable for "
+                "good) and append RequesterErased. Statistics keep counting them under their pseudonym; "
+                "emails not yet sent to them are not sent (docs/privacy.md).",
+                "privacy",
+                "EraseRequest",
+                "Erased",
+                "The requester's keys are destroyed.",
+            )
+        },
         "/downloads/{name}": {
             "get": {
                 "summary": "A finished ZIP (Range requests supported).",
@@ -299,6 +310,7 @@ def spec() -> dict[str, Any]:
             {"name": "statistics"},
             {"name": "jobs"},
             {"name": "operations"},
+            {"name": "privacy"},
         ],
         "paths": _paths(),
         "components": {"schemas": component_schemas()},

@@ -109,7 +109,7 @@ def _listing_request() -> dict[str, Any]:
             "offset": {"description": "Entries to skip (default 0).", **_NON_NEGATIVE},
             "limit": {"description": "Most entries to return (default 100).", **_NON_NEGATIVE},
             "resource_id": _string("Only this resource."),
-            "email": _string("Only this requester (hashed the same way when ANONYMIZE_EMAILS)."),
+            "email": _string("Only this requester (the address: it is looked up by its pseudonym)."),
         },
     }
 
@@ -142,6 +142,9 @@ _JOB = {
         "percent": {"type": "number", "nullable": True},
         "size": {"type": "integer", "nullable": True},
         "download_url": {"type": "string", "nullable": True},
+        "requester": {"type": "string", "nullable": True, "description": "Pseudonym, never the address."},
+        "requester_domain": {"type": "string", "nullable": True},
+        "requester_erased": {"type": "boolean"},
         "error": {"type": "string", "nullable": True},
         "requested_at": {"type": "string", "nullable": True},
         "started_at": {"type": "string", "nullable": True},
@@ -158,6 +161,8 @@ _JOB = {
         },
     },
 }
+
+_WHO = _string("The requester's pseudonym; their address only with ANONYMIZE_EMAILS off (docs/privacy.md).")
 
 _COUNTS = {
     "type": "object",
@@ -201,6 +206,27 @@ def component_schemas() -> dict[str, Any]:
                 "msg": {"type": "string"},
                 "status": {"type": "string"},
                 "message": {"type": "string"},
+            },
+        },
+        "EraseRequest": {
+            "type": "object",
+            "required": ["secret", "email"],
+            "properties": {"secret": _SECRET, "email": _string("The requester's address.", format="email")},
+        },
+        "Erased": {
+            "type": "object",
+            "required": ["success", "status", "message", "requester", "keys_destroyed"],
+            "properties": {
+                "success": {"type": "boolean", "enum": [True]},
+                "msg": {"type": "string"},
+                "status": {"type": "string", "enum": ["success"]},
+                "message": {"type": "string"},
+                "requester": {
+                    "type": "string",
+                    "description": "The requester's pseudonym, as pages show it.",
+                },
+                "keys_destroyed": {"type": "integer", "description": "0: unknown, or erased before."},
+                "operation_id": {"type": "string", "description": "The RequesterErased event's job id."},
             },
         },
         "Failure": {
@@ -248,7 +274,7 @@ def component_schemas() -> dict[str, Any]:
                         "properties": {
                             "count": {"type": "integer"},
                             "domain": {"type": "string"},
-                            "email": {"type": "string"},
+                            "email": _WHO,
                             "resource_id": {"type": "string"},
                             "timestamp": {"type": "number"},
                         },
@@ -266,7 +292,7 @@ def component_schemas() -> dict[str, Any]:
                     "items": {
                         "type": "object",
                         "properties": {
-                            "email": {"type": "string"},
+                            "email": _WHO,
                             "message": {"type": "string"},
                             "resource_id": {"type": "string"},
                             "timestamp": {"type": "number"},

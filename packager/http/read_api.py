@@ -18,12 +18,14 @@ import orjson
 from aiohttp import web
 
 from packager.adapters.readside import worker_count
+from packager.adapters.requester_keys import FRESH_FOR, RequesterKeys
 from packager.adapters.viewdb import ViewsUnavailable
 from packager.adapters.viewreads import ReadViews
 from packager.core.errors import BadRequestError, UnavailableError
 from packager.core.settings import Settings
+from packager.domain.requesters import shown
 from packager.http import pages
-from packager.http.app_keys import READ_VIEWS, SETTINGS
+from packager.http.app_keys import READ_VIEWS, REQUESTER_KEYS, SETTINGS
 from packager.http.common import authenticate, json_response, read_params
 from packager.http.job_texts import Expiry, display, parse_time
 from packager.http.pages import wants_html
@@ -99,6 +101,7 @@ async def _listing(request: web.Request, kind: str) -> web.Response:
     authenticate(params, settings)
     views = _views(request)
     email = str(params.get("email") or "").strip()
+    clear = not settings.anonymize_emails
     selected = await _read(
         views.listing(
             kind,
@@ -106,9 +109,25 @@ async def _listing(request: web.Request, kind: str) -> web.Response:
             limit=_non_negative(params, "limit", 100),
             resource_id=str(params.get("resource_id") or "") or None,
             email=views.identity(email) if email else None,
+            sealed=clear,
         )
     )
+    if clear:
+        await show_addresses(request.app[REQUESTER_KEYS], selected)
     return json_response({"success": True, "status": True, kind: selected})
+
+
+async def show_addresses(keys: RequesterKeys, entries: list[dict[str, Any]]) -> None:
+    """ANONYMIZE_EMAILS off: each entry's pseudonym replaced by the address, opened from its sealed form.
+
+    An erased requester's address cannot be opened: their entries keep the pseudonym, as do requests logged
+    before addresses were sealed (the views never held those addresses).
+    """
+    for entry in entries:
+        token = entry.pop("sealed", "")
+        address = await keys.open(entry["email"], token, fresh_within=FRESH_FOR) if token else None
+        if address is not None:
+            entry["email"] = address
 
 
 async def statistics_requests(request: web.Request) -> web.Response:
@@ -211,7 +230,18 @@ async def job(request: web.Request) -> web.StreamResponse:
         except ViewsUnavailable:  # views written before they kept requests: the page says "not recorded"
             details = None
         return pages.job_page(request, settings, state, details, view["display"])
-    return json_response({"success": True, **view})
+    who = await _read(requester_view(views, job_id))
+    return json_response({"success": True, **view, **who})
+
+
+async def requester_view(views: ReadViews, job_id: str) -> dict[str, Any]:
+    """What a job's page shows of its requester: a pseudonym and a domain, never the address (the page
+    needs no secret), and whether they were erased."""
+    found = await views.requester(job_id)
+    if found is None:
+        return {"requester": None, "requester_domain": None, "requester_erased": False}
+    who, domain, erased = found
+    return {"requester": shown(who), "requester_domain": domain or None, "requester_erased": erased}
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
@@ -231,7 +261,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             if state is None:
                 await response.write(b": still waiting\n\n")  # an SSE comment: clients ignore it
                 continue
-            data = orjson.dumps(job_view(state, settings)).decode()
+            data = orjson.dumps({**job_view(state, settings), **await requester_view(views, job_id)}).decode()
             await response.write(f"event: job\ndata: {data}\n\n".encode())
         await response.write(b"event: end\ndata: {}\n\n")
     except ViewsUnavailable:

@@ -36,6 +36,7 @@ from packager.domain.events import (
     PackageProgress,
     PackageRequested,
     PackageStarted,
+    requester_fields,
     utc_now,
 )
 from packager.domain.secrets import unseal
@@ -252,8 +253,8 @@ def _failed(req: PackageRequested, message: str, error_type: str) -> PackageFail
     return PackageFailed(
         cache_key=req.cache_key,
         resource_id=req.resource_id,
-        email=req.email,
         ckan_host=req.ckan_host,
+        **requester_fields(req),
         error=message,
         error_type=error_type,
     )
@@ -290,8 +291,8 @@ async def _package_url(build: Build) -> PackageCompleted:
     return PackageCompleted(
         cache_key=req.cache_key,
         resource_id=req.resource_id,
-        email=req.email,
         ckan_host=req.ckan_host,
+        **requester_fields(req),
         doi=str(req.request.get("doi", "")),
         lane=lane,
         zip_file_name=published.name,
@@ -433,8 +434,8 @@ async def _package_datastore(build: Build) -> PackageCompleted:
     return PackageCompleted(
         cache_key=req.cache_key,
         resource_id=req.resource_id,
-        email=req.email,
         ckan_host=req.ckan_host,
+        **requester_fields(req),
         doi=str(req.request.get("doi") or ""),
         lane=lane,
         zip_file_name=published.name,

@@ -40,6 +40,7 @@ from packager.domain.events import (
     encode,
     envelope,
 )
+from packager.domain.requesters import pseudonym
 from tests.integration.conftest import SECRET
 from tests.integration.support import ROOT, service, wait_for_port
 
@@ -130,7 +131,7 @@ async def test_the_projector_folds_the_log_and_resumes_where_the_views_end(
         "emails": 13,
     }
     newest = read(views_url, lambda db, c: db.listing(c, "requests", limit=1))[0]
-    assert newest["email"] == f"user{119 % 13}@example.org"
+    assert newest["email"] == pseudonym(settings.pseudonym_key, f"user{119 % 13}@example.org")
     job = read(views_url, lambda db, c: db.job(c, str(uuid.UUID(int=120))))
     assert (job.state, job.emailed, job.rows_done) == ("failed", True, 5)
     assert await replay.verify(settings) == 0

@@ -30,6 +30,7 @@ TOPIC_DOCS = (
     "cli.md",
     "development.md",
     "troubleshooting.md",
+    "privacy.md",
 )
 
 _FENCE = re.compile(r"^```.*?^```", re.M | re.S)

@@ -111,9 +111,27 @@ STORED_COMPLETED_V1 = (
 )
 
 
-def test_a_stored_v1_completion_is_upcast_to_v2() -> None:
+def test_a_stored_v1_completion_is_upcast_to_the_current_version() -> None:
     env = decode(STORED_COMPLETED_V1)
-    assert env.schema_version == 2
+    assert env.schema_version == PackageCompleted.VERSION == 3
     assert isinstance(env.payload, PackageCompleted)
     assert env.payload.cached_from == ""
     assert env.payload.zip_file_name == "j1.zip"
+    # Written before crypto-shredding: the address stays where it was, with no pseudonym and nothing sealed.
+    assert (env.payload.email, env.payload.requester, env.payload.email_sealed) == ("a@example.org", "", "")
+
+
+STORED_REQUESTED_V1 = (
+    b'{"event_id":"e0","type":"PackageRequested","schema_version":1,"job_id":"j1",'
+    b'"occurred_at":"2026-11-26T13:59:59.000Z","payload":{"kind":"url","cache_key":"ck","resource_id":"r1",'
+    b'"email":"a@example.org","ckan_host":"h","request":{"resource_url":"http://x/a.csv","key_sealed":""}}}'
+)
+
+
+@pytest.mark.privacy
+def test_a_request_logged_before_crypto_shredding_still_decodes_with_its_clear_address() -> None:
+    env = decode(STORED_REQUESTED_V1)
+    assert env.schema_version == PackageRequested.VERSION == 2
+    assert isinstance(env.payload, PackageRequested)
+    assert env.payload.email == "a@example.org"
+    assert (env.payload.requester, env.payload.requester_domain, env.payload.email_sealed) == ("", "", "")

@@ -17,6 +17,7 @@ from packager.adapters.kafka_log import InMemoryEventLog
 from packager.adapters.resolver import system_resolver
 from packager.core.settings import Settings, load_settings
 from packager.domain.events import EmailSent, PackageQueued, PackageRequested, envelope
+from packager.domain.requesters import pseudonym
 from packager.http.ingress import AccessLog, create_app
 from tests.unit.samples import SECRET, attach_views, completed, fill_views
 
@@ -57,13 +58,17 @@ async def test_the_endpoints_answer_from_the_views(settings: Settings, client: T
         "r1",
         None,
     )
+    # A pseudonym and the domain, never the address (the page needs no secret).
+    assert job["requester"].startswith("requester-") and job["requester_domain"] == "example.org"
+    assert job["requester_erased"] is False and "ann@" not in orjson.dumps(job).decode().lower()
     totals = await (await client.post("/statistics", data={"secret": SECRET})).json()
     one = {"requests": 1, "errors": 0, "emails": 1}
     assert totals["totals"] == {"*": one, "r1": one}
     listed = await (
         await client.post("/statistics/requests", data={"secret": SECRET, "email": "ANN@example.org"})
     ).json()
-    assert [r["email"] for r in listed["requests"]] == ["ann@example.org"]  # the filter is normalised too
+    # Pseudonyms by default (ANONYMIZE_EMAILS); the filter takes the address, normalised.
+    assert [r["email"] for r in listed["requests"]] == [pseudonym(SECRET, "ann@example.org")]
     assert (await client.get("/jobs/00000000-0000-0000-0000-000000000000")).status == 404
 
 

@@ -25,9 +25,9 @@ def test_encoded_events_validate_against_their_schema() -> None:
     schemas = all_schemas()
     done = completed(resource_id="r", ckan_host="h", zip_file_name="j.zip", size=1)
     doc = orjson.loads(encode(envelope("j", done)))
-    Draft202012Validator(schemas["PackageCompleted.v2.json"]).validate(doc)
+    Draft202012Validator(schemas["PackageCompleted.v3.json"]).validate(doc)
     doc["payload"]["size"] = "big"
-    assert not Draft202012Validator(schemas["PackageCompleted.v2.json"]).is_valid(doc)
+    assert not Draft202012Validator(schemas["PackageCompleted.v3.json"]).is_valid(doc)
 
 
 def test_analytics_records_pseudonymise_requesters_and_drop_secrets() -> None:

@@ -22,16 +22,21 @@ from packager.domain.schemas import SCHEMA_DIRECTORY
 
 T0 = "2026-11-26T14:21:00.123Z"
 
+# A requester as events name one since crypto-shredding: pseudonym, domain, the address sealed.
+WHO = ("ab" * 32, "example.org", "v1.0123456789abcdef.c2VhbGVk")
+CLEAR = {"email": "a@example.org"}
+NO_REQUESTER = {"requester": "", "requester_domain": "", "email_sealed": ""}
+
 # One realistic payload of every event type, at its current version.
 SAMPLES: dict[str, ev.Event] = {
     s.TYPE: s
     for s in (
-        ev.PackageRequested("datastore", "ck", "r1", "a@example.org", "h", {"q": "x", "filters": {"a": [1]}}),
+        ev.PackageRequested("datastore", "ck", "r1", "", "h", {"q": "x", "filters": {"a": [1]}}, *WHO),
         ev.PackageQueued("ck", "slow", 2),
         ev.PackageStarted("ck", "fast", "w1:42", 1, "2026-11-26T14:26:00.000Z"),
         ev.PackageProgress("ck", 500, None, 4096, None, 1),
-        ev.PackageCompleted("ck", "r1", "a@example.org", "h", "", "fast", "j.zip", 10, "0" * 64, 5, T0, T0),
-        ev.PackageFailed("ck", "r1", "a@example.org", "h", "The portal said no", "CkanError"),
+        ev.PackageCompleted("ck", "r1", "", "h", "", "fast", "j.zip", 10, "0" * 64, 5, T0, T0, "", *WHO),
+        ev.PackageFailed("ck", "r1", "", "h", "The portal said no", "CkanError", *WHO),
         ev.PackageBuilt("ck", 1, "w1:42", "PackageFailed", {"error": "x"}),
         ev.LeaseExpired("ck", 1, "w1:42", T0),
         ev.PackageReleased("ck", 1, "w1:42", "shutdown"),
@@ -41,6 +46,7 @@ SAMPLES: dict[str, ev.Event] = {
         ev.PackageExpired("ck", "j.zip"),
         ev.RequestAbandoned("ck", T0, T0),
         ev.RecordRejected("k", "p.requests", 0, 17, "not JSON", "-"),
+        ev.RequesterErased("ab" * 32, ["ab" * 32, "cd" * 32], ["0123456789abcdef"]),
     )
 }
 
@@ -55,14 +61,28 @@ STORED_OLD: dict[tuple[str, int], tuple[dict[str, Any], ev.Event]] = {
         {"cache_key": "ck", "rows_done": 1, "rows_total": 2, "bytes_done": 3, "bytes_total": None},
         ev.PackageProgress("ck", 1, 2, 3, None, 1),
     ),
+    # Before crypto-shredding: the address in clear, no pseudonym, nothing sealed (replays of old logs).
     ("PackageCompleted", 1): (
-        {
-            **{f.name: getattr(SAMPLES["PackageCompleted"], f.name) for f in dataclasses.fields(ev.Event)},
-            **dataclasses.asdict(SAMPLES["PackageCompleted"]),
-        },
-        SAMPLES["PackageCompleted"],
+        {**dataclasses.asdict(SAMPLES["PackageCompleted"]), **CLEAR},
+        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER),  # type: ignore[arg-type]
+    ),
+    ("PackageCompleted", 2): (
+        {**dataclasses.asdict(SAMPLES["PackageCompleted"]), **CLEAR},
+        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER),  # type: ignore[arg-type]
+    ),
+    ("PackageRequested", 1): (
+        {**dataclasses.asdict(SAMPLES["PackageRequested"]), **CLEAR},
+        dataclasses.replace(SAMPLES["PackageRequested"], **CLEAR, **NO_REQUESTER),  # type: ignore[arg-type]
+    ),
+    ("PackageFailed", 1): (
+        {**dataclasses.asdict(SAMPLES["PackageFailed"]), **CLEAR},
+        dataclasses.replace(SAMPLES["PackageFailed"], **CLEAR, **NO_REQUESTER),  # type: ignore[arg-type]
     ),
 }
+for (_type, _version), (_payload, _) in STORED_OLD.items():
+    if _type in ("PackageCompleted", "PackageRequested", "PackageFailed"):
+        for _name in NO_REQUESTER:
+            del _payload[_name]
 del STORED_OLD[("PackageCompleted", 1)][0]["cached_from"]
 
 
@@ -104,7 +124,7 @@ def _wrong_values(hint: Any) -> list[Any]:
     """JSON values of the wrong type for a field annotated `hint`."""
     allowed = set(get_args(hint)) if get_origin(hint) in (Union, types.UnionType) else {hint}
     candidates: list[Any] = ["7", 7, True, None, {"a": 1}, [1], 2.5]
-    kinds = {str: str, int: int, dict[str, Any]: dict, type(None): type(None)}
+    kinds = {str: str, int: int, dict[str, Any]: dict, list[str]: list, type(None): type(None)}
     accepted = {kinds[a] for a in allowed}
 
     def fits(value: Any) -> bool:
