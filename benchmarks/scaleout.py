@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -125,6 +126,10 @@ def run_configuration(
         controller.stop()
 
 
+def _ratio(per_s: dict[str, float], name: str, base: str) -> float | None:
+    return round(per_s[name] / per_s[base], 2) if name in per_s and base in per_s else None
+
+
 def machine() -> str:
     """CPU count and model, and memory: the machine line of a recorded run."""
     model = ""
@@ -145,8 +150,11 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=250, help="rows per CKAN page")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds added to every CKAN page")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    parser.add_argument("--only", default="", help="comma-separated configurations (default: all)")
+    parser.add_argument("--logs", default="", help="keep the processes' logs in this folder")
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     args = parser.parse_args()
+    names = [n for n in CONFIGURATIONS if not args.only or n in args.only.split(",")]
 
     def log(line: str) -> None:
         if not args.json:
@@ -168,8 +176,10 @@ def main() -> None:
             _process(ckan_argv, {}, workdir / "logs" / "ckan.log"),
         ):
             _wait_for_url(api_url + "?resource_id=synthetic&limit=0")
-            for name in CONFIGURATIONS:
+            for name in names:
                 seconds[name] = run_configuration(name, bootstrap, workdir, api_url, args, log)
+        if args.logs:
+            shutil.copytree(workdir / "logs", args.logs, dirs_exist_ok=True)
     per_s = {name: round(args.jobs / s, 3) for name, s in seconds.items()}
     result = {
         "jobs": args.jobs,
@@ -177,8 +187,8 @@ def main() -> None:
         "delay_s": args.delay,
         "jobs_per_s": per_s,
         "seconds": {name: round(s, 2) for name, s in seconds.items()},
-        "workers_3_vs_1": round(per_s["workers_3"] / per_s["workers_1"], 2),
-        "concurrency_4_vs_1": round(per_s["concurrency_4"] / per_s["workers_1"], 2),
+        "workers_3_vs_1": _ratio(per_s, "workers_3", "workers_1"),
+        "concurrency_4_vs_1": _ratio(per_s, "concurrency_4", "workers_1"),
         "machine": machine(),
         "load_avg_at_start": load_at_start,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

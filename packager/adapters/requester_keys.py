@@ -126,7 +126,12 @@ class KafkaRequesterKeys:
             )
             self._partitions = await topic_partitions(bootstrap, [self._topic])
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        # A short fetch wait: every email reads the topic to its end first, under the store's lock. With
+        # Kafka's default (500 ms) a fetch sent just before a new key landed holds each of those reads for
+        # half a second, and a worker's mailer sent two emails a second (benchmarks.scaleout).
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+        )
         try:
             await producer.start()
             await consumer.start()
