@@ -307,6 +307,13 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         # sends their emails), the mail sink after them, the broker last.
         mailsink, *services = children or [None]
         grace = settings.drain_timeout + 15
+        if stopping:
+            print(
+                "Stopping: builds still running get up to "
+                f"{settings.drain_timeout:g} s (DRAIN_TIMEOUT) to finish; the rest are built again at the "
+                "next start...",
+                flush=True,
+            )
         for child in services:
             if child is not None and child.poll() is None:
                 child.terminate()
