@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 from yarl import URL
 
-from packager.core.errors import BadRequestError
+from packager.core.errors import BadRequestError, PackagingError
+from packager.domain.dwc.layout import eml_bytes
 from packager.domain.secrets import keyed_hash
 
 Resolver = Callable[[str], Awaitable[list[str]]]
@@ -313,7 +314,14 @@ async def parse_datastore_request(
 
 
 def _eml(params: Mapping[str, str]) -> str:
+    """The EML metadata, checked as the archive will store it: a document that is not well-formed XML, that
+    carries a DOCTYPE or that declares another encoding than UTF-8 is refused now, not by the worker later."""
     eml = str(params.get("eml") or "").strip()
     if len(eml) > MAX_EML_CHARS:
         raise BadRequestError(f"Parameter eml is longer than {MAX_EML_CHARS} characters")
+    if eml:
+        try:
+            eml_bytes(eml)
+        except PackagingError as exc:
+            raise BadRequestError(f"Parameter eml: {exc}") from None
     return eml

@@ -84,7 +84,8 @@ def _query_request(*, dwc: bool) -> dict[str, Any]:
     }
     if dwc:
         properties["eml"] = _string(
-            "EML metadata, written as eml.xml; must be well-formed XML.", maxLength=MAX_EML_CHARS
+            "EML metadata, written as eml.xml; 400 unless well-formed XML without a DOCTYPE, in UTF-8.",
+            maxLength=MAX_EML_CHARS,
         )
         properties["for_gbif"] = {"description": "Accepted for compatibility; no effect.", **_BOOLEAN_TEXT}
     else:

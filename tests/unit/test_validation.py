@@ -10,6 +10,7 @@ from packager.domain.validation import (
     check_email,
     check_url,
     is_public_address,
+    parse_datastore_request,
     parse_url_request,
 )
 
@@ -111,3 +112,27 @@ def test_cache_key_ignores_email_and_order_and_hides_the_key() -> None:
     assert a != c  # a different CKAN key may see different data
     assert a != d  # the key enters only as an HMAC under the server's secret
     assert "k1" not in a
+
+
+@pytest.mark.parametrize(
+    ("eml", "message"),
+    [
+        ("<eml><dataset></eml>", "not well-formed XML"),
+        ('<!DOCTYPE eml SYSTEM "file:///etc/passwd"><eml/>', "DOCTYPE"),
+        ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY l "l">]><eml>&l;</eml>', "DOCTYPE"),
+        ('<?xml version="1.0" encoding="ISO-8859-1"?><eml/>', "encoding"),
+    ],
+)
+async def test_an_eml_the_archive_could_not_store_is_refused_at_once(eml: str, message: str) -> None:
+    params = {"resource_id": "r", "api_url": "https://data.example.org/api/3/action/datastore_search"}
+    params |= {"email": "a@example.org", "eml": eml}
+    with pytest.raises(BadRequestError, match=f"Parameter eml: .*{message}"):
+        await parse_datastore_request(params, resolve=PUBLIC, allow_private=False, dwc=True)
+
+
+async def test_a_well_formed_eml_is_kept_as_given() -> None:
+    eml = '<?xml version="1.0" encoding="UTF-8"?><eml:eml xmlns:eml="https://eml.ecoinformatics.org/eml-2.2.0"/>'
+    params = {"resource_id": "r", "api_url": "https://data.example.org/api/3/action/datastore_search"}
+    params |= {"email": "a@example.org", "eml": eml}
+    request = await parse_datastore_request(params, resolve=PUBLIC, allow_private=False, dwc=True)
+    assert request.eml == eml
