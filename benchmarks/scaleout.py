@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .chaos import machine
 from .load import SECRET, _broker, _Mailbox, _process, _service_env, _wait_for_url
 
 PARTITIONS = 6
@@ -128,18 +129,6 @@ def run_configuration(
 
 def _ratio(per_s: dict[str, float], name: str, base: str) -> float | None:
     return round(per_s[name] / per_s[base], 2) if name in per_s and base in per_s else None
-
-
-def machine() -> str:
-    """CPU count and model, and memory: the machine line of a recorded run."""
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} x {model or 'CPU'}, {memory:.0f} GB, Python {sys.version.split()[0]}"
 
 
 def main() -> None:

@@ -36,31 +36,8 @@ async def test_up_is_printed_only_when_status_and_requests_succeed(
         "PACKAGER_METRICS_PORT": str(free_port()),
         "PACKAGER_DRAIN_TIMEOUT": "3",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "packager",
-        "dev",
-        "up",
-        "--var",
-        str(tmp_path / "var"),
-        "--mail-port",
-        str(free_port()),
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    printed: list[str] = []
+    proc, printed = await _start_up(tmp_path / "var", env)
     try:
-        deadline = time.monotonic() + 240
-        while "ckanpackager is up" not in printed:
-            assert time.monotonic() < deadline, "dev up never said it was up:\n" + "\n".join(printed)
-            line = await asyncio.wait_for(proc.stdout.readline(), deadline - time.monotonic())
-            assert line, "dev up ended:\n" + "\n".join(printed)
-            printed.append(line.decode().rstrip())
         # Right after "up", as a new user would: the status and a package request both succeed.
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/status", params={"secret": SECRET}) as resp:
@@ -97,15 +74,7 @@ async def test_up_is_printed_only_when_status_and_requests_succeed(
         code, out = await audit()
         assert code == 0 and "identical" in out, out
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)  # dev up stops its children, then itself
-            try:
-                await asyncio.wait_for(proc.wait(), 90)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-    rest = (await proc.stdout.read()).decode()
+        rest = await _stop_up(proc)
     assert "ckanpackager stopped" in rest, rest
 
 
