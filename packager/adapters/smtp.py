@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -77,9 +78,20 @@ async def _attempt(settings: Settings, message: EmailMessage) -> tuple[str, bool
         return "", False
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = [r.code for r in exc.recipients]
-        error = "; ".join(f"SMTP {r.code} {r.message} ({r.recipient})" for r in exc.recipients)
+        error = "; ".join(f"SMTP {r.code} {without_addresses(r.message)}" for r in exc.recipients)
         return error, bool(codes) and min(codes) >= 500  # permanent: every recipient refused
     except aiosmtplib.SMTPResponseException as exc:
-        return f"SMTP {exc.code} {exc.message}", exc.code >= 500  # 5xx: the address or message is refused
+        # 5xx: the address or message is refused
+        return f"SMTP {exc.code} {without_addresses(exc.message)}", exc.code >= 500
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-        return f"{type(exc).__name__}: {exc}", False
+        return without_addresses(f"{type(exc).__name__}: {exc}"), False
+
+
+# An address as an SMTP server quotes it back ("<bob@example.org>: Recipient address rejected").
+_ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>]+>?")
+
+
+def without_addresses(text: str) -> str:
+    """An SMTP error without the email addresses in it: the error becomes `EmailFailed.error`, kept in the
+    log for ever and shown on job pages, where an address would outlive the requester's erasure."""
+    return _ADDRESS.sub("<address>", text)

@@ -23,7 +23,7 @@ from packager.adapters.viewdb import ViewsUnavailable
 from packager.adapters.viewreads import ReadViews
 from packager.core.errors import BadRequestError, UnavailableError
 from packager.core.settings import Settings
-from packager.domain.requesters import shown
+from packager.domain.requesters import SealError, shown
 from packager.http import pages
 from packager.http.app_keys import READ_VIEWS, REQUESTER_KEYS, SETTINGS
 from packager.http.common import authenticate, json_response, read_params
@@ -125,7 +125,10 @@ async def show_addresses(keys: RequesterKeys, entries: list[dict[str, Any]]) -> 
     """
     for entry in entries:
         token = entry.pop("sealed", "")
-        address = await keys.open(entry["email"], token, fresh_within=FRESH_FOR) if token else None
+        try:
+            address = await keys.open(entry["email"], token, fresh_within=FRESH_FOR) if token else None
+        except SealError:  # a key wrapped under a sealing secret no longer configured: this entry only
+            address = None
         if address is not None:
             entry["email"] = address
 
@@ -229,9 +232,14 @@ async def job(request: web.Request) -> web.StreamResponse:
             details = await views.job_request(job_id)
         except ViewsUnavailable:  # views written before they kept requests: the page says "not recorded"
             details = None
-        return pages.job_page(request, settings, state, details, view["display"])
+        page = pages.job_page(request, settings, state, details, view["display"])
+        page.headers["Vary"] = "Accept"  # one URL, a page or JSON: a cache must not hand one for the other
+        return page
     who = await _read(requester_view(views, job_id))
-    return json_response({"success": True, **view, **who})
+    answer = json_response({"success": True, **view, **who})
+    answer.headers["Vary"] = "Accept"
+    answer.headers["Cache-Control"] = "no-store"  # the job changes while it runs
+    return answer
 
 
 async def requester_view(views: ReadViews, job_id: str) -> dict[str, Any]:

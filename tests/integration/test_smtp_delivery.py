@@ -50,7 +50,8 @@ async def test_retries_stop_after_the_configured_time() -> None:
 
 class Refusing(SmtpSink):
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        return "550 No such mailbox"
+        # As real servers do, the refusal quotes the address back.
+        return f"550 5.1.1 <{address}>: Recipient address rejected: No such mailbox"
 
 
 async def test_a_permanent_refusal_is_not_retried() -> None:
@@ -64,3 +65,5 @@ async def test_a_permanent_refusal_is_not_retried() -> None:
     finally:
         controller.stop()
     assert not result.ok and result.attempts == 1 and "550" in result.error
+    # The error becomes EmailFailed.error (the log, job pages): it must not hold the address.
+    assert "r@example.org" not in result.error and "Recipient address rejected" in result.error

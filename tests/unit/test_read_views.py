@@ -51,7 +51,12 @@ async def test_the_endpoints_answer_from_the_views(settings: Settings, client: T
             ("t.events", 0, 0, envelope(JOB, PackageQueued(cache_key="ck", lane="fast", attempt=1))),
         ],
     )
-    job = await (await client.get(f"/jobs/{JOB}")).json()
+    resp = await client.get(f"/jobs/{JOB}")
+    # One URL answers a page or JSON by the Accept header: caches must keep them apart.
+    assert (resp.headers["Vary"], resp.headers["Cache-Control"]) == ("Accept", "no-store")
+    page = await client.get(f"/jobs/{JOB}", headers={"Accept": "text/html"})
+    assert page.content_type == "text/html" and page.headers["Vary"] == "Accept"
+    job = await resp.json()
     assert (job["state"], job["lane"], job["resource_id"], job["download_url"]) == (
         "queued",
         "fast",
