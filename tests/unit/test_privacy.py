@@ -369,3 +369,20 @@ async def test_views_of_the_version_that_held_addresses_are_dropped_and_rebuilt(
         assert conn.execute("SELECT count(*) FROM requesters").fetchone() == (0,)
     finally:
         conn.close()
+
+
+async def test_a_listing_with_a_key_it_cannot_unwrap_keeps_that_pseudonym_and_answers(
+    store_dir: Path, log: InMemoryEventLog, keys: InMemoryRequesterKeys
+) -> None:
+    """Midway through a sealing-secret rotation, one unreadable key must not turn the listing into a 500."""
+    clear = load_settings(
+        {"PACKAGER_ANONYMIZE_EMAILS": "false"}, secret=SECRET, store_directory=str(store_dir)
+    )
+    async with client_for(clear, log, keys) as client:
+        await request(client)
+    fill_views(clear, records_of(log))
+    async with client_for(clear, log, UnreadableKeys()) as client:
+        resp = await client.post("/statistics/requests", data={"secret": SECRET})
+        assert resp.status == 200, await resp.text()
+        [entry] = (await resp.json())["requests"]
+    assert entry["email"] == requesters.pseudonym(SECRET, EMAIL)
