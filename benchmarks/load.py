@@ -313,6 +313,33 @@ class _Mailbox:
             return self.arrived[job_id]
 
 
+def submit_datastore(ingress_port: int, api_url: str, doi: str, **extra: str) -> str:
+    """POST one `/package_datastore` job of the synthetic table (distinct by its `doi`); its job id."""
+    fields = {
+        "secret": SECRET,
+        "api_url": api_url,
+        "resource_id": "synthetic",
+        "email": "someone@example.org",
+        "format": "csv",
+        "doi": doi,
+        **extra,
+    }
+    body = urllib.parse.urlencode(fields).encode()
+    url = f"http://127.0.0.1:{ingress_port}/package_datastore"
+    with urllib.request.urlopen(url, data=body, timeout=60) as resp:
+        return str(json.loads(resp.read())["job_id"])
+
+
+def wait_workers_ready(logs: list[Path], procs: list[Any], timeout: float = 180.0) -> None:
+    """Until every worker has said `[^Worker]: Ready` (SystemExit naming its log if one does not)."""
+    deadline = time.monotonic() + timeout
+    for log_file, proc in zip(logs, procs, strict=True):
+        while "[^Worker]: Ready" not in log_file.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"a worker did not start; see {log_file}")
+            time.sleep(0.2)
+
+
 def job_latency(bootstrap: str, workdir: Path, jobs: int, rows: int, log: Any) -> dict[str, Any]:
     """Parts 3 and 4: request-to-email latency of small jobs, then of cache hits, with one worker."""
     from aiosmtpd.controller import Controller
@@ -341,28 +368,11 @@ def job_latency(bootstrap: str, workdir: Path, jobs: int, rows: int, log: Any) -
         ):
             _wait_for_url(f"http://127.0.0.1:{ingress_port}/health/live")
             _wait_for_url(api_url + "?resource_id=synthetic&limit=0")
-            deadline = time.monotonic() + 120
-            while "[^Worker]: Ready" not in worker_log.read_text(errors="replace"):
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the worker did not start; see {worker_log}")
-                time.sleep(0.2)
+            wait_workers_ready([worker_log], [worker], timeout=120)
 
             def request(doi: str) -> float:
-                body = urllib.parse.urlencode(
-                    {
-                        "secret": SECRET,
-                        "api_url": api_url,
-                        "resource_id": "synthetic",
-                        "email": "someone@example.org",
-                        "format": "csv",
-                        "doi": doi,
-                    }
-                ).encode()
                 started = time.perf_counter()
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{ingress_port}/package_datastore", data=body, timeout=30
-                ) as resp:
-                    job_id = json.loads(resp.read())["job_id"]
+                job_id = submit_datastore(ingress_port, api_url, doi)
                 return mailbox.wait(job_id, timeout=120) - started
 
             for n in range(2):  # warm-up: connections, first assignment; not counted

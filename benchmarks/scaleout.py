@@ -30,15 +30,21 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .chaos import machine
-from .load import SECRET, _broker, _Mailbox, _process, _service_env, _wait_for_url
+from .load import (
+    _broker,
+    _Mailbox,
+    _process,
+    _service_env,
+    _wait_for_url,
+    submit_datastore,
+    wait_workers_ready,
+)
 
 PARTITIONS = 6
 CONFIGURATIONS = {  # name -> (worker processes, WORKER_CONCURRENCY)
@@ -47,16 +53,6 @@ CONFIGURATIONS = {  # name -> (worker processes, WORKER_CONCURRENCY)
     "workers_3": (3, 1),
     "concurrency_4": (1, 4),
 }
-
-
-def _wait_ready(logs: list[Path], procs: list[Any], timeout: float = 180.0) -> None:
-    """Until every worker has said `[^Worker]: Ready`."""
-    deadline = time.monotonic() + timeout
-    for log_file, proc in zip(logs, procs, strict=True):
-        while "[^Worker]: Ready" not in log_file.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"a worker did not start; see {log_file}")
-            time.sleep(0.2)
 
 
 def run_configuration(
@@ -84,21 +80,7 @@ def run_configuration(
     logs.mkdir(parents=True, exist_ok=True)
 
     def request(doi: str) -> str:
-        body = urllib.parse.urlencode(
-            {
-                "secret": SECRET,
-                "api_url": api_url,
-                "resource_id": "synthetic",
-                "email": "someone@example.org",
-                "format": "csv",
-                "limit": str(args.rows),
-                "doi": doi,
-            }
-        ).encode()
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{ingress_port}/package_datastore", data=body, timeout=60
-        ) as resp:
-            return str(json.loads(resp.read())["job_id"])
+        return submit_datastore(ingress_port, api_url, doi, limit=str(args.rows))
 
     try:
         with contextlib.ExitStack() as stack:
@@ -111,7 +93,7 @@ def run_configuration(
                 for path in worker_logs
             ]
             _wait_for_url(f"http://127.0.0.1:{ingress_port}/health/live")
-            _wait_ready(worker_logs, procs)
+            wait_workers_ready(worker_logs, procs)
             # Warm-up: connections, the first assignment's recovery. One job per partition, not counted.
             warm = [request(f"10.0/warm.{name}.{n}") for n in range(PARTITIONS)]
             for job_id in warm:
