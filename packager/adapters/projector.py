@@ -18,6 +18,8 @@ Log identity: the views record the cluster and topic ids of the log they were bu
 `log_identity`). A projector that finds its views built from another log (a wiped broker, recreated topics)
 logs it, counts it (`packager_read_model_rebuilds_total`) and rebuilds them from the start of the log; a log
 replaced under a running projector is noticed within `IDENTITY_CHECK_SECONDS` and handled the same way.
+Partitions: a following projector reads every partition of both topics; it waits for a topic that has none yet
+(just created) and starts reading again when partitions appear (checked with the identity).
 
 The replay tool runs this same loop into a fresh database, up to given positions (`stop_at`).
 """
@@ -60,6 +62,7 @@ CHECKPOINT_SECONDS = 1.0  # SQLite: how often the WAL is copied into the file be
 # Per partition and fetch: catching up on a long log takes fewer round trips than with the 1 MB default.
 FETCH_BYTES = 2 * 1024 * 1024
 IDENTITY_CHECK_SECONDS = 5.0  # how often a following projector checks the broker still holds its log
+PARTITION_RECHECK_SECONDS = 0.5  # the wait before reading again when partitions changed
 
 
 @dataclass
@@ -106,11 +109,26 @@ async def run_projector(
 
     await supervise(
         "the projector's reading of Kafka and writing of the views",
-        lambda: _project(settings, db, None, until, progress, follow=True),
+        lambda: _follow(settings, db, until, progress),
         progress.health,
         on_stop=published_stop,
     )
     return progress.applied
+
+
+class PartitionsChanged(Exception):
+    """The followed topics' partitions are not the ones being read (a topic still being created, or more
+    partitions added): the reading starts again on all of them, from the positions in the views."""
+
+
+async def _follow(settings: Settings, db: ViewDatabase, until: str, progress: Progress) -> int:
+    """`_project` for ever, started again (without the supervisor's backoff) whenever partitions change."""
+    while True:
+        try:
+            return await _project(settings, db, None, until, progress, follow=True)
+        except PartitionsChanged as exc:
+            log.info("%s: reading every partition again", exc)
+            await asyncio.sleep(PARTITION_RECHECK_SECONDS)
 
 
 async def _publish(db: ViewDatabase, health: FoldHealth) -> None:
@@ -147,7 +165,13 @@ async def _project(
     identity = identity_for(settings)
     try:
         conn = await _same_log(db, conn, current, progress)
-        partitions = await topic_partitions(bootstrap, [topics.requests, topics.events])
+        partitions = await topic_partitions(bootstrap, followed)
+        if follow:
+            # Just after topics are created, metadata may name one and not yet the other (seen on CI): a
+            # following projector that started reading without the events topic never read it.
+            missing = sorted(set(followed) - {tp.topic for tp in partitions})
+            if missing:
+                raise PartitionsChanged(f"topic(s) {', '.join(missing)} have no partitions yet")
         if stop_at is not None:
             partitions = [tp for tp in partitions if stop_at.get((tp.topic, tp.partition), 0) > 0]
         if not partitions:
@@ -229,6 +253,18 @@ async def _check_same_log(bootstrap: str, followed: list[str], started: LogIdent
         raise LogReplaced(why)
 
 
+async def _check_same_partitions(bootstrap: str, followed: list[str], reading: list[TopicPartition]) -> None:
+    """Raise PartitionsChanged when the followed topics have partitions that are not being read."""
+    try:
+        now = await topic_partitions(bootstrap, followed)
+    except (KafkaError, OSError, TimeoutError):
+        return  # checked again later
+    new = sorted(set(now) - set(reading))
+    if new:
+        named = ", ".join(f"{tp.topic}:{tp.partition}" for tp in new)
+        raise PartitionsChanged(f"partition(s) {named} appeared")
+
+
 async def _consume(
     consumer: AIOKafkaConsumer,
     partitions: list[TopicPartition],
@@ -269,6 +305,7 @@ async def _consume(
     while follow or not done():
         if follow and time.monotonic() - checked_at >= IDENTITY_CHECK_SECONDS:
             await _check_same_log(bootstrap, followed, started)
+            await _check_same_partitions(bootstrap, followed, partitions)
             checked_at = time.monotonic()
         # No `max_records`: with aiokafka 0.14 it was seen to leave a partition's tail undelivered.
         batch = await consumer.getmany(timeout_ms=int(BATCH_SECONDS * 1000))

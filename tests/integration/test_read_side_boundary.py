@@ -326,13 +326,21 @@ class OneAddress:
     async def settled(self, count: int) -> None:
         """Wait until /status counts `count` finished jobs and none queued."""
 
+        last: dict[str, Any] = {}
+
         async def check() -> bool:
             with contextlib.suppress(aiohttp.ClientError):
-                body = await post(self.port, "/status")
+                last["status"] = body = await post(self.port, "/status")
                 return body.get("processed_requests") == count and body.get("queue_length") == 0
             return False
 
-        await eventually(check, f"the views to show {count} finished job(s)")
+        try:
+            await eventually(check, f"the views to show {count} finished job(s)")
+        except pytest.fail.Exception:
+            # What the services said is the only account of a failure on CI: put it in the report.
+            logs = sorted((self.tmp_path / "logs").glob("*.log"))
+            said = "\n".join(f"--- {path.name}\n{path.read_text()[-6000:]}" for path in logs)
+            pytest.fail(f"the views never showed {count} finished job(s); last /status {last}\n{said}")
 
     async def answers_for_the_new_log_only(self, new: str, old: list[str]) -> None:
         """/jobs, /status and /statistics describe the one job of the new log, nothing of the old one."""

@@ -4,12 +4,14 @@ A synthetic history (jobs of six events: requested, queued, started, progress, c
 emailed) is written to the topics; the projector folds it. Checked: the numbers it implies, resuming where
 the views end, a projector killed mid-batch and restarted (no event lost, none counted twice), `replay
 verify` catching a row changed by hand, `replay rebuild --into` making an identical copy, `replay stats
---until`, and two ingress processes on one PostgreSQL answering alike.
+--until`, partitions added under a following projector, and two ingress processes on one PostgreSQL
+answering alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +25,7 @@ import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from packager.adapters.kafka_log import Topics, ensure_topics
 from packager.adapters.projector import run_projector
@@ -186,6 +189,53 @@ async def test_a_projector_killed_mid_batch_and_restarted_gives_exactly_the_same
     }
     assert read(views_url, lambda db, c: db.counters(c)) == (jobs, jobs)
     assert await replay.verify(settings) == 0
+
+
+async def test_a_following_projector_reads_partitions_added_while_it_runs(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'views.sqlite3'}"
+    settings = load_settings(
+        {},
+        secret=SECRET,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        partitions=1,
+        database_url=url,
+    )
+    await write_history(settings, 0, 20)
+    following = asyncio.create_task(run_projector(settings))
+    try:
+
+        async def counters_are(expected: tuple[int, int]) -> None:
+            deadline = time.monotonic() + 60
+            while await asyncio.to_thread(read_counters, url) != expected:
+                assert not following.done(), following
+                assert time.monotonic() < deadline, f"the views never counted {expected} jobs"
+                await asyncio.sleep(0.2)
+
+        await counters_are((20, 20))
+        # An operator adds partitions (kafka-topics --alter); new jobs' keys land on all three.
+        topics = Topics(topic_prefix)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_partitions({t: NewPartitions(3) for t in (topics.requests, topics.events)})
+        finally:
+            await admin.close()
+        await write_history(settings, 20, 30)
+        await counters_are((50, 50))
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+
+
+def read_counters(url: str) -> tuple[int, int] | None:
+    try:
+        return read(url, lambda db, c: db.counters(c))
+    except Exception:  # the projector has not created the tables yet
+        return None
 
 
 def read_positions(url: str) -> int:
