@@ -141,6 +141,9 @@ class KafkaRequesterKeys:
             raise
         consumer.assign(self._partitions)
         await consumer.seek_to_beginning(*self._partitions)
+        # Paused between reads: a consumer fetches its assigned partitions all the time otherwise, and with
+        # the short fetch wait that is 50 empty fetches a second, 5% of a busy ingress's CPU (profiled).
+        consumer.pause(*self._partitions)
         self._producer, self._consumer = producer, consumer
 
     async def _read_to_end(self) -> None:
@@ -150,11 +153,16 @@ class KafkaRequesterKeys:
         consumer = self._consumer
         assert consumer is not None
         ends = await consumer.end_offsets(self._partitions)
-        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
-            batches = await consumer.getmany(*self._partitions, timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    self._apply(record.key, record.value)
+        if any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            consumer.resume(*self._partitions)
+            try:
+                while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+                    batches = await consumer.getmany(*self._partitions, timeout_ms=200)
+                    for records in batches.values():
+                        for record in records:
+                            self._apply(record.key, record.value)
+            finally:
+                consumer.pause(*self._partitions)
         self._read_at = time.monotonic()
         if self._to_rewrap:
             pending, self._to_rewrap = self._to_rewrap, []
@@ -191,6 +199,8 @@ class KafkaRequesterKeys:
             await self._read_to_end()
 
     async def _guarded(self, within: float) -> None:
+        if time.monotonic() - self._read_at <= within:
+            return  # read recently: no timeout to arm (most calls of a busy ingress)
         try:
             async with asyncio.timeout(self._timeout):
                 await self._fresh(within)
