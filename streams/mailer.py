@@ -92,6 +92,9 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self._next: dict[TopicPartition, int] = {}  # the next offset to read, per owned partition
         self._settled: dict[TopicPartition, set[str]] = {}  # jobs with an outcome further on in the log
         self._scanned: set[TopicPartition] = set()
+        # Partitions being revoked: the consume loop may still hold their records (it runs beside the
+        # rebalance); a send started for one now would outlive the hand-over and race the next owner.
+        self._revoking: set[TopicPartition] = set()
         self._recent: OrderedDict[str, None] = OrderedDict()  # jobs whose email was settled lately
         self._sending: set[str] = set()  # jobs with a send task (a cancelled one leaves, and is sent again)
         self._loop_task: asyncio.Task[None] | None = None
@@ -147,14 +150,18 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """Give the sends of revoked partitions a moment, commit what is done, forget the rest."""
         mine = [tp for tp in revoked if tp in self._sends]
-        await self._settle(mine, REVOKE_GRACE)
-        with contextlib.suppress(KafkaError):
-            await self._commit(mine)
-        for tp in mine:
-            self._sends.pop(tp, None)
-            self._next.pop(tp, None)
-            self._settled.pop(tp, None)
-            self._scanned.discard(tp)
+        self._revoking.update(mine)
+        try:
+            await self._settle(mine, REVOKE_GRACE)
+            with contextlib.suppress(KafkaError):
+                await self._commit(mine)
+        finally:
+            for tp in mine:
+                self._sends.pop(tp, None)
+                self._next.pop(tp, None)
+                self._settled.pop(tp, None)
+                self._scanned.discard(tp)
+            self._revoking.difference_update(mine)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         """Start tracking the new partitions; their read-ahead happens at their first terminal event."""
@@ -202,7 +209,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
                 continue
             for tp, records in batches.items():
                 for record in records:
-                    if tp not in self._sends:
+                    if tp not in self._sends or tp in self._revoking:
                         break  # revoked while the batch was in hand
                     await self._handle(tp, record.offset, record.value)
                     self._next[tp] = record.offset + 1
@@ -233,6 +240,8 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
             return
         if tp not in self._scanned:
             await self._read_ahead(tp, offset)
+        if tp in self._revoking or tp not in self._sends:
+            return  # revoked meanwhile: the next owner reads it again (the commit did not pass it)
         job = env.job_id
         if job in self._settled[tp] or job in self._recent or job in self._sending:
             return  # emailed before a restart, a repeated terminal event, or being sent now

@@ -8,6 +8,7 @@ from pathlib import Path
 from aiokafka import TopicPartition
 
 from packager.core.settings import load_settings
+from packager.domain.events import PackageCompleted, encode, envelope
 from streams.mailer import Mailer
 
 
@@ -66,3 +67,50 @@ async def test_a_send_between_attempts_is_not_let_back_to_smtp_after_revocation(
     await asyncio.wait_for(settle, timeout=5)
     assert attempts == [1]
     assert task.cancelled()
+
+
+class CommitsSeen:
+    """Stands in for the consumer: keeps what the mailer commits."""
+
+    def __init__(self) -> None:
+        self.committed: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.append(dict(offsets))
+
+
+async def test_a_terminal_event_read_while_its_partition_is_being_revoked_is_left_to_the_next_owner() -> None:
+    """The consume loop runs beside the rebalance: a terminal event it reads during the revocation's grace
+    must not start a send that outlives the hand-over (it was seen to leave the job unemailed for good)."""
+    settings = load_settings({}, secret="unit-test-secret-0123456789abcdef", store_directory=str(Path(".")))
+    mailer = Mailer(settings)
+    tp = TopicPartition("events", 0)
+    consumer = CommitsSeen()
+    mailer._consumer = consumer  # type: ignore[assignment]
+    conversation_may_end, talking, started = asyncio.Event(), asyncio.Event(), []
+
+    async def being_sent() -> None:
+        async with mailer._smtp:
+            talking.set()
+            await conversation_may_end.wait()
+
+    async def send(env: object) -> None:
+        started.append(env)
+
+    mailer._send = send  # type: ignore[method-assign]
+    mailer._sends[tp] = {1: asyncio.create_task(being_sent())}
+    mailer._settled[tp], mailer._next[tp] = set(), 2
+    mailer._scanned.add(tp)
+    await talking.wait()
+    revoking = asyncio.create_task(mailer.on_partitions_revoked([tp]))
+    await asyncio.sleep(0)  # the revocation now waits for the email being sent
+
+    done = PackageCompleted("ck", "res", "a@example.org", "h", "", "fast", "j.zip", 9, "0" * 64, 10, "a", "b")
+    await mailer._handle(tp, 5, encode(envelope("job-5", done)))
+    conversation_may_end.set()
+    await asyncio.wait_for(revoking, timeout=5)
+
+    assert started == [], "a send was started for a partition being revoked"
+    assert "job-5" not in mailer._sending
+    assert consumer.committed, "the revocation committed nothing"
+    assert consumer.committed[-1][tp] <= 5  # not past the terminal event: the next owner reads it again
