@@ -1,8 +1,7 @@
 """The chaos campaign in its quick form: every fault kind thrown at the real stack, nothing lost or doubled.
 
 It starts its own 3-node cluster, ingresses, workers, SMTP and CKAN servers (see `benchmarks/chaos.py`) and
-runs for at most 5 minutes. Deselected by default (each batch of runs has still found a rare fault, fixed
-since; see docs/benchmarks.md); run it with `pytest -m chaos tests/integration/test_chaos.py`.
+runs for at most 5 minutes. It is part of the default run (so of CI); `-m 'not chaos'` leaves it out.
 A failing run keeps its folder (logs, store) and names it in the report's `details.kept`.
 """
 

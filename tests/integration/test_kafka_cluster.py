@@ -1,6 +1,6 @@
 """The dev broker tool's cluster: 3 KRaft nodes that lose one node without losing a write, and get it back.
 
-It starts three JVMs of its own, so it runs with the chaos campaign it serves: `pytest -m chaos`.
+It starts three JVMs of its own, so it carries the chaos campaign's marker (`-m 'not chaos'` leaves both out).
 """
 
 from __future__ import annotations
