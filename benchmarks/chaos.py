@@ -42,7 +42,16 @@ import orjson
 from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_table import COUNTRIES, FIRST_YEAR, YEARS
 
-from .chaos_check import EventFollower, ExpectedRows, Job, building, check, outstanding, place_requests
+from .chaos_check import (
+    EventFollower,
+    ExpectedRows,
+    Job,
+    building,
+    check,
+    check_downloads,
+    outstanding,
+    place_requests,
+)
 from .chaos_nemesis import FAULT_KINDS, Nemesis, Plan, heal
 from .chaos_stack import (
     PARTITIONS,
@@ -264,6 +273,10 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             client.jobs, follower.events, stack.mailbox.snapshot(), stack.store, follower.where
         )
         details["unfinished_at_deadline"] = left
+        downloads, details["downloads_bad"] = await check_downloads(
+            stack.ingress_ports, follower.events, client.jobs
+        )
+        figures.update(downloads)
         if lost := set(details["lost"]):
             with contextlib.suppress(Exception):  # a report aid: never the reason a campaign fails
                 details["lost_requests"] = await place_requests(
@@ -321,6 +334,8 @@ def _report(result: dict[str, Any]) -> str:
             "unexpected_outcome",
             "identical_pairs",
             "identical_shared_zip",
+            "downloads_checked",
+            "downloads_ok",
         ),
         *("submitted", "jobs_per_s", "duration_s"),
     ]
@@ -334,6 +349,7 @@ def _report(result: dict[str, Any]) -> str:
         "duplicate_emails",
         "zip_bad",
         "unexpected_outcome",
+        "downloads_bad",
     ):
         items = result["details"].get(name) or {}
         if items:

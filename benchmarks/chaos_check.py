@@ -2,8 +2,9 @@
 
 It owns the campaign's expectations (`Job`: what was asked, and the rows it must yield, computed with the same
 `SyntheticTable` and query planner the CKAN server answers with), a follower of the events topic, and
-`check()`, which turns the log, the mailbox and the store into the report's figures. Pure reading: nothing
-here changes the stack.
+`check()`, which turns the log, the mailbox and the store into the report's figures, and `check_downloads()`,
+which asks every ingress for every ZIP (any ingress serves any download). Pure reading: nothing here changes
+the stack.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -350,3 +352,41 @@ async def place_requests(
         "committed": {str(p): committed[p] for p in sorted(committed)},
         "end": {str(tp.partition): ends[tp] for tp in tps},
     }
+
+
+async def check_downloads(
+    ports: list[int], events: list[Envelope], jobs: dict[str, Job]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(figures, problems): every ZIP an accepted job completed with, fetched through every ingress's
+    `/downloads/{name}` and compared with its event's sha256 (problems: "name via port" -> what differed)."""
+    wanted: dict[str, str] = {}
+    for e in events:
+        if e.job_id in jobs and isinstance(e.payload, PackageCompleted):
+            wanted.setdefault(e.payload.zip_file_name, e.payload.sha256)
+    problems: dict[str, str] = {}
+    fetched = 0
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+
+        async def one(port: int, name: str, sha256: str) -> None:
+            nonlocal fetched
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/downloads/{name}") as resp:
+                    body = await resp.read()
+                    if resp.status != 200:
+                        problems[f"{name} via {port}"] = f"HTTP {resp.status}"
+                    elif (digest := hashlib.sha256(body).hexdigest()) != sha256:
+                        problems[f"{name} via {port}"] = f"sha256 {digest[:12]} != event's {sha256[:12]}"
+                    else:
+                        fetched += 1
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problems[f"{name} via {port}"] = repr(exc)
+
+        pending = [one(port, name, sha) for name, sha in wanted.items() for port in ports]
+        for start in range(0, len(pending), 16):  # a few at a time: the ingresses share two cores
+            await asyncio.gather(*pending[start : start + 16])
+    figures = {
+        "downloads_checked": fetched + len(problems),
+        "downloads_ok": bool(wanted) and not problems,
+    }
+    return figures, problems

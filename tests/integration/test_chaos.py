@@ -40,4 +40,5 @@ def test_quick_campaign_loses_no_job_and_ends_none_twice() -> None:
     assert result["duplicate_terminal"] == 0, f"{summary}\n{details}"
     assert result["terminal_once"] == result["accepted"]
     assert result["zip_ok"] is True, f"{summary}\n{details}"
+    assert result["downloads_ok"] is True, f"{summary}\n{details}"  # any ingress serves any download
     assert done.returncode == 0, done.stderr[-3000:]
