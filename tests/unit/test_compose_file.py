@@ -38,7 +38,7 @@ def test_the_compose_file_follows_the_compose_specification() -> None:
     # The check has teeth: a misspelt key or a wrong type is refused.
     broken = compose()
     broken["services"]["ingress"]["restrat"] = "always"
-    broken["services"]["kafka"]["ports"] = 9092
+    broken["services"]["kafka-1"]["ports"] = 9092
     assert len(list(validator.iter_errors(broken))) == 2
 
 
@@ -53,3 +53,25 @@ def test_every_packager_variable_it_sets_is_a_setting_the_service_reads() -> Non
     assert any(found.values()), "no service is given a PACKAGER_* setting"
     unknown = {name: sorted(variables - known) for name, variables in found.items() if variables - known}
     assert unknown == {}
+
+
+def test_the_kafka_cluster_loses_a_broker_without_losing_an_acknowledged_request() -> None:
+    """Three KRaft nodes of one cluster, each voter known to all; every topic the service creates has three
+    copies and a write needs two of them (acks=all), so one broker may be down."""
+    services = compose()["services"]
+    brokers = {name: s["environment"] for name, s in services.items() if name.startswith("kafka-")}
+    assert sorted(brokers) == ["kafka-1", "kafka-2", "kafka-3"]
+    assert len({env["CLUSTER_ID"] for env in brokers.values()}) == 1
+    assert sorted(env["KAFKA_NODE_ID"] for env in brokers.values()) == [1, 2, 3]
+    for name, env in brokers.items():
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert (env["KAFKA_DEFAULT_REPLICATION_FACTOR"], env["KAFKA_MIN_INSYNC_REPLICAS"]) == (3, 2)
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 3
+    for name in ("ingress", "projector", "worker-fast", "worker-slow"):
+        env = services[name]["environment"]
+        assert env["PACKAGER_REPLICATION_FACTOR"] == "3"
+        assert sorted(env["PACKAGER_KAFKA_BOOTSTRAP_SERVERS"].split(",")) == [
+            f"{b}:9092" for b in sorted(brokers)
+        ]
+        assert env["PACKAGER_DATABASE_URL"].startswith("postgresql://")
