@@ -1,14 +1,15 @@
 """The cache index: what may be reused, decided from tables projected from completion events.
 
-Pure helpers (no Faust): the agents in `streams.app` keep the tables and call these.
+Helpers with no Faust: the agents in `streams.app` keep the tables and call these.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from packager.adapters.store import FileStore
+from packager.adapters.store import Store
 from packager.core.settings import Settings
 from packager.domain.events import (
     Envelope,
@@ -17,6 +18,8 @@ from packager.domain.events import (
     PackageRequested,
     requester_fields,
 )
+
+log = logging.getLogger(__name__)
 
 
 def cache_entry(env: Envelope, partition: int) -> dict[str, Any]:
@@ -40,11 +43,15 @@ def is_expired(entry: dict[str, Any], settings: Settings, now: float | None = No
     return (now or time.time()) - float(entry["completed_at"]) >= max(settings.cache_time, 1)
 
 
-def is_fresh(entry: dict[str, Any] | None, settings: Settings, store: FileStore) -> bool:
+async def is_fresh(entry: dict[str, Any] | None, settings: Settings, store: Store) -> bool:
     """True when the entry's ZIP is younger than CACHE_TIME and still in the store."""
     if not entry or is_expired(entry, settings):
         return False
-    return store.path_of(entry["zip_file_name"]).is_file()
+    try:
+        return await store.stat(entry["zip_file_name"]) is not None
+    except Exception as exc:  # an object store that fails: build again, not stop
+        log.warning("could not ask the store for %s: %r", entry["zip_file_name"], exc)
+        return False
 
 
 def waiter(env: Envelope) -> dict[str, Any]:
