@@ -74,7 +74,7 @@ async def _stream(
         try:
             asked = request.http_range
         except ValueError:  # several ranges, or none aiohttp can read: 416, as FileResponse answers
-            raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"}) from None
+            return _unsatisfiable(size)
         if asked.start is not None or asked.stop is not None:
             if asked.start is not None and asked.start < 0:  # a suffix: the last N bytes
                 start, end = max(0, size + asked.start), size
@@ -82,7 +82,7 @@ async def _stream(
                 start = asked.start or 0
                 end = size if asked.stop is None else min(asked.stop, size)
             if start >= size or start >= end:
-                raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+                return _unsatisfiable(size)
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     chunks = store.read(found.name, start, end)
@@ -102,6 +102,11 @@ async def _stream(
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+def _unsatisfiable(size: int) -> web.Response:
+    """416 with the size (returned, not raised: the JSON error middleware would drop the header)."""
+    return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
 
 
 async def _saved_name(request: web.Request, name: str) -> str:
