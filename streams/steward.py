@@ -23,7 +23,7 @@ from faust.types import TP
 
 from packager.adapters.http_client import http_session
 from packager.adapters.kafka_log import iso_ms
-from packager.adapters.store import Store, open_store
+from packager.adapters.store import open_store
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
 from packager.domain.events import (
@@ -42,7 +42,18 @@ from packager.domain.events import (
     decode,
 )
 from streams import leases
-from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
+from streams.cache import (
+    STALE_SWEEP_INTERVAL,
+    cache_entry,
+    is_expired,
+    is_fresh,
+    remove_zip,
+    reused,
+    shared_failure,
+    sweep_partial_files,
+    sweep_stale_packages,
+    waiter,
+)
 from streams.handlers import abandoned, plan_lane
 from streams.packers import ATTEMPT_HEADER
 from streams.readahead import LogReader, committed_offsets
@@ -458,6 +469,11 @@ def add_planner_and_steward(
         """Remove partial files left by builds killed before this worker started."""
         await sweep_partial_files(store, settings)
 
+    @app.timer(interval=STALE_SWEEP_INTERVAL)
+    async def stale_packages() -> None:
+        """Remove ZIPs past CACHE_TIME (and a margin) that no expiry removed: no link can serve them."""
+        await sweep_stale_packages(store, settings)
+
     @app.timer(interval=settings.janitor_interval)
     async def janitor() -> None:
         """Sweep old partial files; expire packages older than CACHE_TIME (one PackageExpired each)."""
@@ -473,22 +489,6 @@ def add_planner_and_steward(
                     return
 
 
-async def remove_zip(store: Store, name: str) -> None:
-    """Remove a package from the store; an object store that fails is logged, not raised: an exception would
-    stop the steward, and the janitor's next expiry or the bucket's lifecycle rule removes it later."""
-    try:
-        await store.remove(name)
-    except Exception as exc:  # any client error: the steward must go on
-        log.warning("could not remove %s from the store yet: %r", name, exc)
-
-
 def _unknown_request(cache_key: str) -> PackageRequested:
     """Stands in for a request the steward no longer has (it cannot happen unless a table was lost)."""
     return PackageRequested(kind="", cache_key=cache_key, resource_id="", email="", ckan_host="", request={})
-
-
-async def sweep_partial_files(store: Store, settings: Settings) -> None:
-    """Remove partial files a killed build left behind (see PartialArea.sweep_partials)."""
-    removed = await asyncio.to_thread(store.sweep_partials, settings.partial_max_age)
-    if removed:
-        log.warning("removed %d partial file(s) left by builds that were killed", len(removed))

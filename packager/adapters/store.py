@@ -233,6 +233,19 @@ class FolderStore(PartialArea):
         return None
 
 
+async def remove_stale(store: Store, max_age: float, now: float | None = None) -> list[str]:
+    """Remove the published ZIPs older than `max_age` seconds; return their names.
+
+    The backstop of expiry: a ZIP no cache entry names (its build's process died between publication and
+    its PackageBuilt, or a removal failed) is removed here once no link can serve it any more.
+    """
+    cutoff = (time.time() if now is None else now) - max_age
+    stale = [f.name for f in await store.listing() if f.name.endswith(".zip") and f.modified < cutoff]
+    for name in stale:
+        await store.remove(name)
+    return stale
+
+
 # The name the code base knew the folder store by.
 FileStore = FolderStore
 

@@ -23,7 +23,7 @@ import obstore
 import pytest
 
 from packager.adapters.s3_store import S3Store
-from packager.adapters.store import COPY_CHUNK, FolderStore, Store, zip_one_file
+from packager.adapters.store import COPY_CHUNK, FolderStore, Store, remove_stale, zip_one_file
 
 PART = 5 * 1024 * 1024  # S3's smallest part: an upload of 12 MiB takes three
 
@@ -135,6 +135,16 @@ async def test_removal_listing_and_lookups(store: Store) -> None:
     with pytest.raises(FileNotFoundError):
         await read_all(store, a.name)
     assert await store.stat("never-published.zip") is None
+
+
+async def test_the_stale_sweep_removes_only_zips_past_the_age_given(store: Store) -> None:
+    old = await store.publish(partial_with(store, b"old"), "old.zip")
+    await store.publish(partial_with(store, b"not a package"), "notes.txt")
+    later = time.time() + 3600
+
+    assert await remove_stale(store, max_age=7200, now=later) == []  # an hour old: kept
+    assert await remove_stale(store, max_age=1800, now=later) == [old.name]
+    assert {f.name.rsplit(".", 1)[1] for f in await store.listing()} == {"txt"}  # not a ZIP: left alone
 
 
 async def test_an_upload_cut_short_leaves_nothing_visible(s3proxy_server: Any, tmp_path: Path) -> None:
