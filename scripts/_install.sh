@@ -3,17 +3,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# Java and Maven run the local Kafka broker and s3proxy (the S3-compatible server of the store tests), so
+# they are needed even with KAFKA_BOOTSTRAP_SERVERS or KAFKA_HOME set.
 need_apt=()
-if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}${PACKAGER_KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
-  command -v java >/dev/null 2>&1 || [ -n "${KAFKA_HOME:-}" ] || need_apt+=(openjdk-17-jre-headless)
-  command -v mvn >/dev/null 2>&1 || [ -n "${KAFKA_HOME:-}" ] || need_apt+=(maven)
-fi
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "Installing ${need_apt[*]} for the local Kafka broker from Debian's packages (a minute or two)..." >&2
+    echo "Installing ${need_apt[*]} for the local Kafka broker and s3proxy from Debian's packages (a minute or two)..." >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "Missing ${need_apt[*]}: install them, or set KAFKA_HOME or KAFKA_BOOTSTRAP_SERVERS." >&2
+    echo "Missing ${need_apt[*]}: install them (the local broker and s3proxy need both)." >&2
   fi
 fi
 

@@ -7,7 +7,6 @@ dispatches a job again); the build's events, terminal proposal included, go to t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +14,7 @@ import faust
 
 from packager.adapters.http_client import http_session
 from packager.adapters.resolver import system_resolver
-from packager.adapters.store import FileStore
+from packager.adapters.store import open_store
 from packager.core.settings import Settings
 from packager.domain.events import (
     Envelope,
@@ -41,7 +40,7 @@ def add_packer(
     worker_name: str,
 ) -> BuildPool:
     """Register the packer agent of one lane; its builds run in a `BuildPool` (see streams.builds)."""
-    store = FileStore(Path(settings.store_directory), settings.partial_directory)
+    store = open_store(settings)
 
     async def emit(request: Envelope, payload: Event) -> None:
         await publish(events_topic, request.job_id, request.cache_key, payload)

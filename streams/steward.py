@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -24,7 +23,7 @@ from faust.types import TP
 
 from packager.adapters.http_client import http_session
 from packager.adapters.kafka_log import iso_ms
-from packager.adapters.store import FileStore
+from packager.adapters.store import open_store
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
 from packager.domain.events import (
@@ -43,7 +42,18 @@ from packager.domain.events import (
     decode,
 )
 from streams import leases
-from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
+from streams.cache import (
+    STALE_SWEEP_INTERVAL,
+    cache_entry,
+    is_expired,
+    is_fresh,
+    remove_zip,
+    reused,
+    shared_failure,
+    sweep_partial_files,
+    sweep_stale_packages,
+    waiter,
+)
 from streams.handlers import abandoned, plan_lane
 from streams.packers import ATTEMPT_HEADER
 from streams.readahead import LogReader, committed_offsets
@@ -91,7 +101,7 @@ def add_planner_and_steward(
     # job id -> where its current attempt's lane record is (attempt, topic, partition, offset): the watchdog
     # compares it with the worker group's committed offset to find builds lost before they started.
     lane_records = app.Table("lane_records", default=None, partitions=settings.partitions)
-    store = FileStore(Path(settings.store_directory), settings.partial_directory)
+    store = open_store(settings)
     events_name = events_topic.get_topic_name()
     seen: dict[int, int] = {}  # events partition -> the last offset the steward handled
     expiring: set[tuple[str, int]] = set()  # LeaseExpired appended, not yet read back
@@ -189,7 +199,7 @@ def add_planner_and_steward(
                     await app.producer.flush()
                     continue
                 entry = cache.get(key)
-                if is_fresh(entry, settings, store):
+                if await is_fresh(entry, settings, store):
                     await end_once(env.job_id, key, reused(key, waiter(env), entry), event.message.partition)
                     planned[env.job_id] = "cache"
                 elif inflight.get(key) not in (None, env.job_id):
@@ -210,7 +220,7 @@ def add_planner_and_steward(
         job_id, key = env.job_id, env.cache_key
         mark = ending.get(job_id)
         if mark is not None and mark.get("ended"):
-            return after_end(env, mark)
+            return await after_end(env, mark)
         before = lease_table.get(job_id)
         action = leases.decide(before, env, settings.max_attempts)
         after = leases.apply(before, env, settings.lease_time)
@@ -237,7 +247,7 @@ def add_planner_and_steward(
             case leases.Discard(zip_file_name=name):
                 log.warning("a build that no longer held the job's lease finished; its result is dropped")
                 if name:
-                    store.discard(store.path_of(name))
+                    await remove_zip(store, name)
             case leases.Dispatch(lane=lane, attempt=attempt):
                 log.warning("building the job again (attempt %d)", attempt)
                 record = kept.get(job_id)
@@ -262,7 +272,7 @@ def add_planner_and_steward(
             return True
         return action is not None or after != before
 
-    def after_end(env: Envelope, mark: dict[str, Any]) -> bool:
+    async def after_end(env: Envelope, mark: dict[str, Any]) -> bool:
         """An event of an ended job: read again after a rebalance, or from a build that lost its lease.
 
         Nothing is appended. A build's ZIP is removed unless it is the one the job ended with (a proposal
@@ -272,7 +282,7 @@ def add_planner_and_steward(
             name = leases.proposed_zip(env.payload)
             if name and name != mark.get("zip"):
                 log.warning("a build finished after its job had ended; its result is dropped")
-                store.discard(store.path_of(name))
+                await remove_zip(store, name)
         return False
 
     async def end_waiters(
@@ -321,13 +331,13 @@ def add_planner_and_steward(
             elif isinstance(p, CacheCleared) and p.partition == partition:
                 for cached_key, cached in list(cache.items()):
                     if cached and cached.get("partition") == partition:
-                        store.discard(store.path_of(cached["zip_file_name"]))
+                        await remove_zip(store, cached["zip_file_name"])
                         del cache[cached_key]
             elif isinstance(p, PackageExpired):
                 cached = cache.get(key)
                 if cached and cached["job_id"] == env.job_id:
                     del cache[key]
-                store.discard(store.path_of(p.zip_file_name))
+                await remove_zip(store, p.zip_file_name)
             elif not changed:
                 continue
             await app.producer.flush()
@@ -459,6 +469,11 @@ def add_planner_and_steward(
         """Remove partial files left by builds killed before this worker started."""
         await sweep_partial_files(store, settings)
 
+    @app.timer(interval=STALE_SWEEP_INTERVAL)
+    async def stale_packages() -> None:
+        """Remove ZIPs past CACHE_TIME (and a margin) that no expiry removed: no link can serve them."""
+        await sweep_stale_packages(store, settings)
+
     @app.timer(interval=settings.janitor_interval)
     async def janitor() -> None:
         """Sweep old partial files; expire packages older than CACHE_TIME (one PackageExpired each)."""
@@ -477,10 +492,3 @@ def add_planner_and_steward(
 def _unknown_request(cache_key: str) -> PackageRequested:
     """Stands in for a request the steward no longer has (it cannot happen unless a table was lost)."""
     return PackageRequested(kind="", cache_key=cache_key, resource_id="", email="", ckan_host="", request={})
-
-
-async def sweep_partial_files(store: FileStore, settings: Settings) -> None:
-    """Remove partial files a killed build left behind (see FileStore.sweep_partials)."""
-    removed = await asyncio.to_thread(store.sweep_partials, settings.partial_max_age)
-    if removed:
-        log.warning("removed %d partial file(s) left by builds that were killed", len(removed))

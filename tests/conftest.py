@@ -121,6 +121,26 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         postgres.stop(state_dir)
 
 
+@pytest.fixture(scope="session")
+def s3proxy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An S3-compatible server for this test session (`packager dev s3`: s3proxy from Maven Central on a
+    folder, a free loopback port), stopped by its pid at the end, whatever the tests did."""
+    from packager.dev import s3proxy
+    from packager.dev.processes import ServiceError
+
+    state_dir = tmp_path_factory.mktemp("s3proxy")
+    try:
+        server = s3proxy.start(state_dir, log=lambda m: print(m))
+    except ServiceError as exc:
+        pytest.fail(
+            f"No S3-compatible server for the tests (Java 17+ and Maven are needed): {exc}", pytrace=False
+        )
+    try:
+        yield server
+    finally:
+        s3proxy.stop(state_dir)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def views_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty views database: a SQLite file, or a fresh database on the session's PostgreSQL."""

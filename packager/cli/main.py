@@ -7,6 +7,7 @@ packager projector [--until-caught-up] [--metrics-port N]
 packager dev kafka start|stop|status  a local KRaft broker (or --nodes 3: a cluster) from Maven Central
 packager dev postgres start|stop|status      a throwaway PostgreSQL cluster from Debian's packages
 packager dev real-ckan start|stop|status     a real CKAN 2.12 (PyPI) with its datastore, for tests
+packager dev s3 start|stop|status     an S3-compatible server (s3proxy from Maven Central) on a folder
 packager dev mailsink                 a local SMTP sink that writes .eml files
 packager dev up                       broker + mail sink + ingress + projector + worker, until Ctrl-C
 """
@@ -376,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("postgres", "throwaway PostgreSQL cluster: start|stop|status"),
         ("real-ckan", "real CKAN 2.12 with its datastore: start|stop|status"),
+        ("s3", "S3-compatible server (s3proxy) on a folder: start|stop|status"),
     ):
         dev.add_parser(name, help=text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     sink = dev.add_parser("mailsink", help="local SMTP sink writing .eml files")
@@ -430,6 +432,10 @@ def _dispatch(argv: list[str]) -> int:
         from packager.dev import postgres
 
         return postgres.main(argv[2:])
+    if argv[:2] == ["dev", "s3"]:
+        from packager.dev import s3proxy
+
+        return s3proxy.main(argv[2:])
     if argv[:2] == ["dev", "real-ckan"]:
         from packager.dev import real_ckan
 

@@ -126,6 +126,19 @@ class Settings:
     # Where partial files are built; empty means `<store_directory>/.partial` (same filesystem, so the final
     # rename is atomic).
     temp_directory: str = ""
+    # Where finished ZIPs are published: empty means the folder STORE_DIRECTORY; `s3://bucket/prefix` an
+    # S3-compatible object store (ZIPs are still built in TEMP_DIRECTORY, then uploaded in parts).
+    store_url: str = ""
+    s3_endpoint_url: str = ""  # empty: AWS S3 itself
+    s3_region: str = "us-east-1"
+    # Empty: the store client's own AWS_* environment variables (or the instance's role).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_part_size: int = 16 * 1024 * 1024
+    # How /downloads serves an object: `stream` (through the ingress) or `redirect` (302 to a presigned URL,
+    # valid S3_PRESIGN_TIME seconds: for an endpoint the requesters can reach).
+    s3_downloads: str = "stream"
+    s3_presign_time: float = 300.0
     worker_lanes: tuple[str, ...] = ("fast", "slow")
     cache_time: int = 60 * 60 * 24
     # Seconds between the janitor's sweeps for packages older than CACHE_TIME.
@@ -392,6 +405,9 @@ RANGES: dict[str, Range] = {
     "replication_factor": Range(1, 100),
     "kafka_send_timeout": POSITIVE_SECONDS,
     "cache_time": Range(0, unit="seconds"),
+    # S3's own limits on a multipart upload's parts (the last may be smaller).
+    "s3_part_size": Range(5 * 2**20, 5 * 2**30, unit="bytes"),
+    "s3_presign_time": Range(1, 7 * 24 * 3600, unit="seconds"),
     "janitor_interval": POSITIVE_SECONDS,
     # Kafka's group.min/max.session.timeout.ms defaults.
     "session_timeout": Range(6, 300, unit="seconds"),
@@ -453,12 +469,19 @@ def settings_problems(settings: Settings) -> list[str]:
         value = getattr(settings, name)
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
             problems.append(f"Setting {name.upper()}={value!r} is not a colour (allowed: #rrggbb)")
-    for name in ("download_url_base", "status_url_base", "portal_url", "portal_logo_url"):
+    for name in ("download_url_base", "status_url_base", "portal_url", "portal_logo_url", "s3_endpoint_url"):
         value = getattr(settings, name)
         if value and not value.startswith(("http://", "https://")):
             problems.append(
                 f"Setting {name.upper()}={value!r} is not a URL (allowed: http:// or https://...)"
             )
+    if settings.store_url and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?", settings.store_url):
+        problems.append(
+            f"Setting STORE_URL={settings.store_url!r} is not an object store URL "
+            "(allowed: s3://bucket or s3://bucket/prefix, or empty for STORE_DIRECTORY)"
+        )
+    if settings.s3_downloads not in ("stream", "redirect"):
+        problems.append(f"Setting S3_DOWNLOADS={settings.s3_downloads!r} must be one of stream, redirect")
     if settings.database_url and not settings.database_url.startswith(
         ("sqlite:///", "postgresql://", "postgres://")
     ):

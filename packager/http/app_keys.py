@@ -6,6 +6,7 @@ from aiohttp import web
 
 from packager.adapters.kafka_log import EventLog
 from packager.adapters.requester_keys import RequesterKeys
+from packager.adapters.store import Store
 from packager.adapters.viewreads import ReadViews
 from packager.core.settings import Settings
 from packager.domain.validation import Resolver
@@ -15,3 +16,4 @@ EVENT_LOG: web.AppKey[EventLog] = web.AppKey("event_log", EventLog)  # type: ign
 RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")  # type: ignore[arg-type]
 READ_VIEWS: web.AppKey[ReadViews] = web.AppKey("read_views", ReadViews)
 REQUESTER_KEYS: web.AppKey[RequesterKeys] = web.AppKey("requester_keys", RequesterKeys)  # type: ignore[type-abstract]
+STORE: web.AppKey[Store] = web.AppKey("store")  # type: ignore[arg-type]

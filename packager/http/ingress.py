@@ -8,11 +8,8 @@ service documented (`success`, `msg`) and the ones its CKAN extension reads (`st
 from __future__ import annotations
 
 import logging
-import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -21,23 +18,19 @@ from aiohttp.abc import AbstractAccessLogger
 from packager.adapters.kafka_log import EventLog, KafkaEventLog, Topics
 from packager.adapters.requester_keys import InMemoryRequesterKeys, KafkaRequesterKeys, RequesterKeys
 from packager.adapters.resolver import system_resolver
-from packager.adapters.viewdb import ViewsUnavailable
+from packager.adapters.store import open_store
 from packager.adapters.viewreads import ReadViews
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
 from packager.domain.events import CacheCleared, PackageRequested, envelope
 from packager.domain.secrets import seal
 from packager.domain.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
-from packager.http import health, read_api
-from packager.http.app_keys import EVENT_LOG, READ_VIEWS, REQUESTER_KEYS, RESOLVER, SETTINGS
+from packager.http import downloads, health, read_api
+from packager.http.app_keys import EVENT_LOG, READ_VIEWS, REQUESTER_KEYS, RESOLVER, SETTINGS, STORE
 from packager.http.common import authenticate, errors_as_json, json_response, read_params
-from packager.http.job_texts import download_file_name
 from packager.http.privacy import erase_requester, sealed_requester
 
 log = logging.getLogger(__name__)
-
-
-_ZIP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.zip$")
 
 
 def accepted_body(job_id: str, message: str, status_url: str = "") -> dict[str, Any]:
@@ -154,64 +147,6 @@ async def clear_caches(request: web.Request) -> web.Response:
     return json_response({"success": True, "msg": "Done.", "status": "success", "message": "Done."})
 
 
-async def download(request: web.Request) -> web.StreamResponse:
-    """GET /downloads/{name}: serve a finished ZIP (Range requests supported).
-
-    410 once past CACHE_TIME, and for a ZIP that was built but is gone (expired and swept, or removed by
-    `/clear_caches`): the requester's link worked once and they need to ask again. 404 for a name never built.
-    """
-    name = request.match_info["name"]
-    if not _ZIP_NAME.match(name):
-        raise web.HTTPNotFound(reason="No such download")
-    settings = request.app[SETTINGS]
-    path = Path(settings.store_directory) / name
-    if not path.is_file():
-        if await _was_built(request, name):
-            raise web.HTTPGone(
-                reason="This download has expired or was removed; please request the data again"
-            )
-        raise web.HTTPNotFound(reason="No such download")
-    if time.time() - path.stat().st_mtime > settings.cache_time:
-        raise web.HTTPGone(reason="This download has expired; please request the data again")
-    saved_as = await _saved_name(request, name)
-    return web.FileResponse(
-        path,
-        headers={
-            "Content-Type": "application/zip",
-            "Content-Disposition": f'attachment; filename="{saved_as}"',
-        },
-    )
-
-
-_BUILT_BY = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(-[0-9a-f-]+)?\.zip$")
-
-
-async def _saved_name(request: web.Request, name: str) -> str:
-    """The name the browser saves the ZIP under: its resource and the day it was built, from the job that
-    built it (the store name is the job id); the store name when that job is not known here."""
-    views = request.app.get(READ_VIEWS)
-    built_by = _BUILT_BY.match(name)
-    if views is None or built_by is None:
-        return name
-    try:
-        job = await views.job(built_by.group(1))
-    except ViewsUnavailable:
-        return name
-    if job is None:
-        return name
-    return download_file_name(job.resource_id, job.finished_at, name)
-
-
-async def _was_built(request: web.Request, name: str) -> bool:
-    views = request.app.get(READ_VIEWS)
-    if views is None:
-        return False
-    try:
-        return await views.zip_was_built(name)
-    except ViewsUnavailable:
-        return False  # unknown: a 404 is the answer that claims less
-
-
 def create_app(
     settings: Settings,
     *,
@@ -232,6 +167,7 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[RESOLVER] = resolver
+    app[STORE] = open_store(settings)  # connects to nothing until a download or a job page asks
 
     async def event_log_ctx(app: web.Application) -> AsyncIterator[None]:
         app[EVENT_LOG] = event_log or KafkaEventLog(
@@ -272,7 +208,7 @@ def create_app(
     app.router.add_post("/package_dwc_archive", package_dwc_archive)
     app.router.add_post("/clear_caches", clear_caches)
     app.router.add_post("/requesters/erase", erase_requester)
-    app.router.add_get("/downloads/{name}", download)
+    app.router.add_get("/downloads/{name}", downloads.download)
     health.add_routes(app)
     return app
 

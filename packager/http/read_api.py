@@ -11,7 +11,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -19,13 +18,14 @@ from aiohttp import web
 
 from packager.adapters.readside import worker_count
 from packager.adapters.requester_keys import FRESH_FOR, RequesterKeys
+from packager.adapters.store import StoredFile
 from packager.adapters.viewdb import ViewsUnavailable
 from packager.adapters.viewreads import ReadViews
 from packager.core.errors import BadRequestError, UnavailableError
 from packager.core.settings import Settings
 from packager.domain.requesters import SealError, shown
 from packager.http import pages
-from packager.http.app_keys import READ_VIEWS, REQUESTER_KEYS, SETTINGS
+from packager.http.app_keys import READ_VIEWS, REQUESTER_KEYS, SETTINGS, STORE
 from packager.http.common import authenticate, json_response, read_params
 from packager.http.job_texts import Expiry, display, parse_time
 from packager.http.pages import wants_html
@@ -144,12 +144,19 @@ async def statistics_errors(request: web.Request) -> web.Response:
 
 
 def job_view(
-    job: JobState, settings: Settings, *, now: float | None = None, expiry: Expiry | None = None
+    job: JobState,
+    settings: Settings,
+    *,
+    now: float | None = None,
+    expiry: Expiry | None = None,
+    stored: StoredFile | None = None,
 ) -> dict[str, Any]:
-    """What `/jobs/{id}` shows of a job (no requester address), with `display`: the texts its page shows."""
+    """What `/jobs/{id}` shows of a job (no requester address), with `display`: the texts its page shows.
+
+    `stored` is the store's answer for the job's ZIP (`stored_zip`); None when it has none."""
     download_url = f"{settings.download_base}/{job.zip_file_name}" if job.state == COMPLETED else None
     if expiry is None and job.state == COMPLETED:
-        expiry = link_expiry(job, settings, now=now)
+        expiry = link_expiry(job, settings, now=now, stored=stored)
     return {
         "job_id": job.job_id,
         "state": job.state,
@@ -176,15 +183,17 @@ def job_view(
     }
 
 
-def link_expiry(job: JobState, settings: Settings, *, now: float | None = None) -> Expiry:
+def link_expiry(
+    job: JobState, settings: Settings, *, now: float | None = None, stored: StoredFile | None = None
+) -> Expiry:
     """When a completed job's link stops working: its ZIP's age plus CACHE_TIME, as `/downloads` decides
-    (a cache hit's ZIP is older than the job); gone when past it, or when the ZIP is no longer in the
-    store this ingress serves."""
+    (a cache hit's ZIP is older than the job); gone when past it, or when the ZIP (`stored`, as the store
+    this ingress serves found it) is no longer there."""
     now = time.time() if now is None else now
-    try:
-        built = (Path(settings.store_directory) / job.zip_file_name).stat().st_mtime
+    if stored is not None:
+        built = stored.modified
         present = True
-    except OSError:
+    else:
         finished = parse_time(job.finished_at)
         built = finished.timestamp() if finished is not None else now
         # ZIPs served by another server than this ingress: their absence here says nothing.
@@ -193,6 +202,17 @@ def link_expiry(job: JobState, settings: Settings, *, now: float | None = None) 
         )
     until = built + settings.cache_time
     return Expiry(at=datetime.fromtimestamp(until, UTC), gone=not present or now > until)
+
+
+async def stored_zip(request: web.Request, job: JobState) -> StoredFile | None:
+    """The store's answer for a completed job's ZIP (None: not there, or the store did not answer)."""
+    if job.state != COMPLETED or not job.zip_file_name:
+        return None
+    try:
+        return await request.app[STORE].stat(job.zip_file_name)
+    except Exception as exc:  # an unreachable object store: the page shows the link as gone, not an error
+        log.warning("the store could not be asked for %s: %r", job.zip_file_name, exc)
+        return None
 
 
 def email_expected(job: JobState, settings: Settings) -> bool:
@@ -226,7 +246,7 @@ async def job(request: web.Request) -> web.StreamResponse:
         if browser:
             return pages.unknown_job_page(request, settings, job_id, well_formed=True)
         raise web.HTTPNotFound(reason="No such job (a job just accepted appears within a second)")
-    view = job_view(state, settings)
+    view = job_view(state, settings, stored=await stored_zip(request, state))
     if browser:
         try:
             details = await views.job_request(job_id)
@@ -269,7 +289,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             if state is None:
                 await response.write(b": still waiting\n\n")  # an SSE comment: clients ignore it
                 continue
-            data = orjson.dumps({**job_view(state, settings), **await requester_view(views, job_id)}).decode()
+            view = job_view(state, settings, stored=await stored_zip(request, state))
+            data = orjson.dumps({**view, **await requester_view(views, job_id)}).decode()
             await response.write(f"event: job\ndata: {data}\n\n".encode())
         await response.write(b"event: end\ndata: {}\n\n")
     except ViewsUnavailable:

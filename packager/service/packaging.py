@@ -22,7 +22,7 @@ import aiohttp
 from packager.adapters import metrics
 from packager.adapters.ckan import DatastoreClient, DatastoreQuery
 from packager.adapters.fetch import download_file
-from packager.adapters.store import FileStore, PublishedFile, safe_file_name, zip_one_file
+from packager.adapters.store import PublishedFile, Store, safe_file_name, zip_one_file
 from packager.core import retrying
 from packager.core.errors import BadRequestError, PackagingError
 from packager.core.settings import Settings
@@ -55,7 +55,7 @@ class JobContext:
 
     settings: Settings
     session: aiohttp.ClientSession
-    store: FileStore
+    store: Store
     resolve: Resolver
     emit: Emit
     worker: str
@@ -211,10 +211,10 @@ class Build:
         """Move the finished ZIP into the store under its final name, never over another build's ZIP."""
         store, job_id, attempt = self.ctx.store, self.request.job_id, self.ctx.attempt
         try:
-            return await asyncio.to_thread(store.publish, partial, zip_name_for(job_id, attempt))
+            return await store.publish(partial, zip_name_for(job_id, attempt))
         except FileExistsError:  # a second build of the same attempt: it keeps a name of its own
             name = f"{zip_name_for(job_id, attempt)[:-4]}-{secrets.token_hex(4)}.zip"
-            return await asyncio.to_thread(store.publish, partial, name)
+            return await store.publish(partial, name)
 
 
 async def run_job(request: Envelope, lane: str, ctx: JobContext) -> Event:

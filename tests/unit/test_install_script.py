@@ -53,7 +53,8 @@ def run_install(tree: Path, **env: str) -> tuple[int, list[tuple[float, str]]]:
         env={
             **os.environ,
             "PYTHON": sys.executable,
-            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # no Java or Maven needed
+            # No broker to start; Java and Maven (for s3proxy) are there: the suite's install added them.
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
             **env,
         },
         stdout=subprocess.DEVNULL,

@@ -146,8 +146,10 @@ def test_redaction_keeps_what_is_not_secret() -> None:
 
 
 def test_exceptions_and_extra_fields_are_redacted_too(restore_root_logging: None) -> None:
-    settings = load_settings({}, secret=SECRET, smtp_password=SMTP_PASSWORD)
+    s3_key = "s3-secret-access-key-0123456789"
+    settings = load_settings({}, secret=SECRET, smtp_password=SMTP_PASSWORD, s3_secret_access_key=s3_key)
     out = capture(settings)
+    logging.getLogger("packager.test").warning("the store refused %s", s3_key)
     try:
         raise RuntimeError(f"could not log in with {SMTP_PASSWORD}")
     except RuntimeError:
@@ -156,7 +158,8 @@ def test_exceptions_and_extra_fields_are_redacted_too(restore_root_logging: None
         )
     text = out.getvalue()
     assert SECRET not in text and SMTP_PASSWORD not in text and "ckan-key-1" not in text
-    [line] = json_lines(out)
+    assert s3_key not in text
+    _, line = json_lines(out)
     assert line["request"] == {"secret": REDACTED, "key": REDACTED, "resource_id": "r1"}
     assert "RuntimeError" in str(line["exc"])
 

@@ -1,4 +1,5 @@
-"""The file store: atomic publication, safe names, streamed ZIPs."""
+"""The folder store: atomic publication, safe names, streamed ZIPs, the partial files' sweep (the rest of
+the store's behaviour, shared with the object store, is in tests/integration/test_store_contract.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from pathlib import Path
 from packager.adapters.store import FileStore, safe_file_name, zip_one_file
 
 
-def test_a_zip_is_invisible_until_published(tmp_path: Path) -> None:
+async def test_a_zip_is_invisible_until_published(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store", tmp_path / "store" / ".partial")
     source = tmp_path / "data.bin"
     source.write_bytes(b"\x00\x01abc" * 100_000)
     partial = store.partial_path("job-1", ".zip.partial")
     zip_one_file(source, "data.bin", partial)
     assert list(store.directory.glob("*.zip")) == []
-    published = store.publish(partial, "job-1.zip")
+    published = await store.publish(partial, "job-1.zip")
     assert not partial.exists()
     final = store.directory / "job-1.zip"
     assert published.size == final.stat().st_size
