@@ -14,7 +14,7 @@ import faust
 
 from packager.adapters.http_client import http_session
 from packager.adapters.resolver import system_resolver
-from packager.adapters.store import open_store
+from packager.adapters.stores import open_store
 from packager.core.settings import Settings
 from packager.domain.events import (
     Envelope,

@@ -23,7 +23,7 @@ from faust.types import TP
 
 from packager.adapters.http_client import http_session
 from packager.adapters.kafka_log import iso_ms
-from packager.adapters.store import open_store
+from packager.adapters.stores import open_store
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
 from packager.domain.events import (

@@ -2,13 +2,14 @@
 
 One `Store` protocol, two implementations: `FolderStore` here (a local folder, the embedded default) and
 `S3Store` in `packager.adapters.s3_store` (any S3-compatible object store, `STORE_URL=s3://bucket/prefix`);
-`open_store` picks one from the settings. Both build a ZIP as a local file under `<partial_directory>` and
-publish it only when complete, so a partial ZIP is never visible under its final name: the folder renames it
-into place, the object store uploads it in parts from disk as one multipart upload, which S3 makes visible
-only when the upload completes. The partial directory defaults to a folder inside STORE_DIRECTORY so the
-folder's rename stays on one filesystem. A build removes its own partial files however it ends, except when
-its process is killed (`kill -9`, a power cut): `sweep_partials` removes what such a build left, by age,
-since several workers may share the directory and a file's owner cannot be told from its name.
+`packager.adapters.stores.open_store` picks one from the settings. Both build a ZIP as a local file under
+`<partial_directory>` and publish it only when complete, so a partial ZIP is never visible under its final
+name: the folder renames it into place, the object store uploads it in parts from disk as one multipart
+upload, which S3 makes visible only when the upload completes. The partial directory defaults to a folder
+inside STORE_DIRECTORY so the folder's rename stays on one filesystem. A build removes its own partial files
+however it ends, except when its process is killed (`kill -9`, a power cut): `sweep_partials` removes what
+such a build left, by age, since several workers may share the directory and a file's owner cannot be told
+from its name.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from packager.domain.zip_entries import PackageZipFile
 
 if TYPE_CHECKING:
-    from packager.core.settings import Settings
+    pass
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -104,15 +105,6 @@ class Store(Protocol):
     def local_path(self, name: str) -> Path | None:
         """The file on local disk when the store is a folder (served with the OS's sendfile), else None."""
         ...
-
-
-def open_store(settings: Settings) -> Store:
-    """The store the settings name: the object store of STORE_URL, else the folder STORE_DIRECTORY."""
-    if settings.store_url:
-        from packager.adapters.s3_store import S3Store
-
-        return S3Store.from_settings(settings)
-    return FolderStore(Path(settings.store_directory), settings.partial_directory)
 
 
 class PartialArea:

@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 from packager.adapters.kafka_log import EventLog, KafkaEventLog, Topics
 from packager.adapters.requester_keys import InMemoryRequesterKeys, KafkaRequesterKeys, RequesterKeys
 from packager.adapters.resolver import system_resolver
-from packager.adapters.store import open_store
+from packager.adapters.stores import open_store
 from packager.adapters.viewreads import ReadViews
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
