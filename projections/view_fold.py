@@ -27,7 +27,14 @@ from packager.domain.events import (
 from projections import jobs as job_fold
 from projections.jobs import JobState
 from projections.statistics import ALL, email_domain, unix_time
-from projections.worker_fold import WorkerNeeds, WorkerParameters, WorkerRows, fold_worker, worker_needs
+from projections.worker_fold import (
+    WorkerNeeds,
+    WorkerParameters,
+    WorkerRows,
+    finish_worker,
+    fold_worker,
+    worker_needs,
+)
 
 Identity = Callable[[str], str]
 
@@ -175,6 +182,7 @@ def fold(
                 out.errors.append((job_id, unix_time(event.occurred_at), who, p.error, p.resource_id))
                 out._total(p.resource_id)[1] += 1
                 out._total(ALL)[1] += 1
+    finish_worker(out.worker, params)
     return out
 
 

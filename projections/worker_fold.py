@@ -33,8 +33,9 @@ in). So the live views and a rebuild to the same positions agree. No wall clock 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from packager.domain.events import (
     TERMINAL_TYPES,
@@ -47,6 +48,7 @@ from packager.domain.events import (
     PackageProgress,
     PackageQueued,
     PackageReleased,
+    PackageRequested,
     PackageStarted,
 )
 from projections.jobs import JobState
@@ -68,8 +70,9 @@ class WorkerParameters:
         return {"cache_time": self.cache_time, "lease_time": self.lease_time}
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
+# The rows are named tuples: a row of the database is one already, and `_replace` is several times faster than
+# `dataclasses.replace` (the projector folds tens of thousands of events a second).
+class CacheEntry(NamedTuple):
     """One row of `cache_index`."""
 
     cache_key: str
@@ -83,8 +86,7 @@ class CacheEntry:
     part: int  # the events partition its completion was read from (what a CacheCleared empties)
 
 
-@dataclass(frozen=True, slots=True)
-class Build:
+class Build(NamedTuple):
     """One row of `inflight_builds`: a cache key's build under way and its lease."""
 
     cache_key: str
@@ -101,8 +103,7 @@ class Build:
     lost: int = 0  # builds of the job lost so far
 
 
-@dataclass(frozen=True, slots=True)
-class Waiting:
+class Waiting(NamedTuple):
     """One row of `waiting_requests`."""
 
     job_id: str
@@ -127,6 +128,9 @@ class WorkerRows:
     waiting: dict[str, Waiting | None] = field(default_factory=dict)  # job id -> row (None: removed)
     touched_cache: set[str] = field(default_factory=set)
     touched_inflight: set[str] = field(default_factory=set)
+    # The keys the views held rows of before the batch: a row made and removed within it is not written.
+    stored_cache: set[str] = field(default_factory=set)
+    stored_inflight: set[str] = field(default_factory=set)
 
 
 def worker_needs(events: Sequence[Envelope], parts: Sequence[int]) -> WorkerNeeds:
@@ -166,17 +170,32 @@ def fold_worker(
     params: WorkerParameters,
 ) -> None:
     """Fold one event, read from partition `part`, into the rows; `before`/`after`: its job's state."""
-    _fold_waiting(rows, event, before, after)
+    kind = event.type
+    # Only a request starts a job's wait (nothing else sets `requested_at`); any event may end it.
+    if kind == PackageRequested.TYPE:
+        if _pending(after) and not _pending(before):
+            rows.waiting[event.job_id] = Waiting(event.job_id, event.cache_key, after.requested_at)
+        return
+    # A wait that started in this batch leaves nothing to remove from the views; an older one's row goes.
+    # (`before.lane` first: most events are of jobs already planned, and this runs for each of them.)
+    if (
+        before is not None
+        and not before.lane
+        and _pending(before)
+        and not _pending(after)
+        and rows.waiting.pop(event.job_id, None) is None
+    ):
+        rows.waiting[event.job_id] = None
     p = event.payload
-    if event.type not in _KEYED and not isinstance(p, CacheCleared):
-        return  # a request, an email: nothing of the cache or the builds changes
+    if kind not in _KEYED and kind != CacheCleared.TYPE:
+        return  # an email, an erasure: nothing of the cache or the builds changes
     key = event.cache_key
-    if isinstance(p, PackageCompleted) and not p.cached_from:
-        completed = event.occurred_at
-        rows.cache[key] = CacheEntry(
-            key, event.job_id, p.zip_file_name, p.size, p.sha256, p.rows, completed,
-            expiry(completed, params), part,
-        )  # fmt: skip
+    if kind == PackageCompleted.TYPE and not p.cached_from:  # type: ignore[attr-defined]
+        # `expires_at` is filled in by `finish_worker`, once per entry and batch.
+        entry = CacheEntry(
+            key, event.job_id, p.zip_file_name, p.size, p.sha256, p.rows, event.occurred_at, "", part
+        )
+        rows.cache[key] = entry
         rows.touched_cache.add(key)
     elif isinstance(p, CacheCleared):
         if p.partition == part:  # the steward of that partition empties its own entries only
@@ -189,6 +208,8 @@ def fold_worker(
             del rows.cache[key]
             rows.touched_cache.add(key)
     build = rows.inflight.get(key)
+    if build is None and kind != PackageQueued.TYPE:
+        return  # only a PackageQueued puts a key in flight
     changed = _fold_build(build, event, before, params)
     if changed is not build:
         if changed is None:
@@ -198,18 +219,22 @@ def fold_worker(
         rows.touched_inflight.add(key)
 
 
+def finish_worker(rows: WorkerRows, params: WorkerParameters) -> None:
+    """Fill in the derived columns (expiries, lease deadlines) of the rows a batch changed: computed once per
+    row and batch rather than at every heartbeat."""
+    for key in rows.touched_cache:
+        entry = rows.cache.get(key)
+        if entry is not None:
+            rows.cache[key] = entry._replace(expires_at=expiry(entry.completed_at, params))
+    for key in rows.touched_inflight:
+        build = rows.inflight.get(key)
+        if build is not None:
+            rows.inflight[key] = build._replace(lease_until=lease_deadline(build, params))
+
+
 def _pending(job: JobState | None) -> bool:
     """Requested, and neither planned (no lane yet) nor ended."""
-    return job is not None and bool(job.requested_at) and not job.lane and not job.terminal
-
-
-def _fold_waiting(rows: WorkerRows, event: Envelope, before: JobState | None, after: JobState) -> None:
-    was, now = _pending(before), _pending(after)
-    if now and not was:
-        # A job only starts waiting with its request: nothing else sets `requested_at`.
-        rows.waiting[event.job_id] = Waiting(event.job_id, event.cache_key, after.requested_at)
-    elif was and not now:
-        rows.waiting[event.job_id] = None
+    return job is not None and not job.lane and bool(job.requested_at) and not job.terminal
 
 
 def _fold_build(
@@ -234,49 +259,48 @@ def _fold_build(
         return build
     if build is None or build.job_id != event.job_id or getattr(p, "attempt", None) != build.attempt:
         return build
+    # `lease_until` is filled in by `finish_worker`, once per build and batch.
     match p:
         case PackageStarted(worker=worker, lease_until=carried) if build.state in (QUEUED, BUILDING):
-            started = replace(
-                build, state=BUILDING, worker=worker, started_at=event.occurred_at, lease_carried=carried
+            return build._replace(
+                state=BUILDING, worker=worker, started_at=event.occurred_at, lease_carried=carried
             )
-            return replace(started, lease_until=lease_deadline(started, params))
         case PackageProgress() if build.state == BUILDING:
-            beat = max(build.heartbeat_at, event.occurred_at)
-            beaten = replace(build, heartbeat_at=beat)
-            return replace(beaten, lease_until=lease_deadline(beaten, params))
+            return build._replace(heartbeat_at=max(build.heartbeat_at, event.occurred_at))
         case LeaseExpired(lease_until=seen):
             # `streams.leases.expires`: with no deadline, a queued attempt passed in its lane; with one, a
             # silent build, unless a heartbeat read since moved its deadline past the one the watchdog saw.
-            lost = (
-                build.state == QUEUED if not seen else build.state == BUILDING and not _renewed(build, seen)
-            )
-            return replace(build, state=LOST, lost=build.lost + 1) if lost else build
+            if not seen:
+                lost = build.state == QUEUED
+            else:
+                lost = build.state == BUILDING and not _deadline_ms(build, params) > _ms(seen) + 1
+            return build._replace(state=LOST, lost=build.lost + 1) if lost else build
         case PackageReleased() if build.state in (QUEUED, BUILDING):
-            return replace(build, state=RELEASED)
+            return build._replace(state=RELEASED)
         case PackageBuilt() if build.state in (QUEUED, BUILDING):
-            return replace(build, state=BUILT)
+            return build._replace(state=BUILT)
     return build
-
-
-def _renewed(build: Build, seen: str) -> bool:
-    return bool(build.lease_until) and _ms(build.lease_until) > _ms(seen) + 1
 
 
 def expiry(completed_at: str, params: WorkerParameters) -> str:
     """When a package completed at `completed_at` stops serving hits (`streams.cache.is_expired`)."""
-    return _iso(_ms(completed_at) + max(params.cache_time, 1) * 1000)
+    moment = datetime.fromisoformat(completed_at.replace("Z", "+00:00")).astimezone(UTC)
+    later = moment + timedelta(seconds=max(params.cache_time, 1))
+    return later.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def lease_deadline(build: Build, params: WorkerParameters) -> str:
     """The lease's deadline as `streams.leases.apply` folds it: PackageStarted's `lease_until` (or its time
     plus LEASE_TIME), moved on by each heartbeat to its time plus LEASE_TIME; "" before the build started."""
-    if not build.started_at:
-        return ""
+    return _iso(_deadline_ms(build, params)) if build.started_at else ""
+
+
+def _deadline_ms(build: Build, params: WorkerParameters) -> int:
     lease = round(params.lease_time * 1000)
     deadline = _ms(build.lease_carried) if build.lease_carried else _ms(build.started_at) + lease
     if build.heartbeat_at:
         deadline = max(deadline, _ms(build.heartbeat_at) + lease)
-    return _iso(deadline)
+    return deadline
 
 
 def _ms(timestamp: str) -> int:

@@ -9,7 +9,6 @@ It runs the same statements on SQLite and PostgreSQL through the database's `sql
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import astuple
 from typing import Any, Protocol
 
 import orjson
@@ -50,17 +49,24 @@ def load(db: Statements, conn: Any, wanted: WorkerNeeds) -> WorkerRows:
         for row in conn.execute(db.sql(cache_select + " WHERE part = ?"), (part,)).fetchall():
             entry = CacheEntry(*row)
             rows.cache[entry.cache_key] = entry
+    rows.stored_cache.update(rows.cache)
     build_select = f"SELECT {', '.join(_BUILDS)} FROM inflight_builds"
     for row in db.where_in(conn, build_select, "cache_key", wanted.cache_keys):
         build = Build(*row)
         rows.inflight[build.cache_key] = build
+    rows.stored_inflight.update(rows.inflight)
     return rows
 
 
 def write(db: Statements, conn: Any, many: Callable[[str, Any], Any], rows: WorkerRows) -> None:
     """Write what a batch changed: rows upserted or deleted by their key."""
-    _upsert_or_delete(db, many, "cache_index", _CACHE, {k: rows.cache.get(k) for k in rows.touched_cache})
-    builds = {k: rows.inflight.get(k) for k in rows.touched_inflight}
+    cache = {k: rows.cache.get(k) for k in rows.touched_cache if k in rows.cache or k in rows.stored_cache}
+    _upsert_or_delete(db, many, "cache_index", _CACHE, cache)
+    builds = {
+        k: rows.inflight.get(k)
+        for k in rows.touched_inflight
+        if k in rows.inflight or k in rows.stored_inflight
+    }
     _upsert_or_delete(db, many, "inflight_builds", _BUILDS, builds)
     _upsert_or_delete(db, many, "waiting_requests", _WAITING, dict(rows.waiting))
 
@@ -73,7 +79,7 @@ def _upsert_or_delete(
     rows: dict[str, Any],
 ) -> None:
     gone = [(key,) for key, row in sorted(rows.items()) if row is None]
-    kept = [astuple(row) for _, row in sorted(rows.items()) if row is not None]
+    kept = [tuple(row) for _, row in sorted(rows.items()) if row is not None]
     if gone:
         many(db.sql(f"DELETE FROM {table} WHERE {columns[0]} = ?"), gone)
     if kept:
