@@ -8,15 +8,15 @@ verify` can rebuild and check them like every other view:
   table, by a PackageCompleted that built its ZIP (not one served from the cache), removed by the builder's
   PackageExpired and by a CacheCleared of the events partition the completion was read from.
   `completed_at` is the completion's `occurred_at`; the steward stamps `time.time()` when it reads the
-  event, a few milliseconds later (longer when it lags), so a hit that the worker refuses just after
-  `expires_at` may, at most by that lag, still be served. `expires_at` is `completed_at` plus the
-  lifetime the worker applies (`is_expired` in `streams.cache`: max(CACHE_TIME, 1 second)): from then on
-  the worker no longer serves hits from the entry, though it stays in the index (and here) until the
-  janitor's PackageExpired is read.
+  event, a few milliseconds later (longer when it lags), and its entry expires that much later than this
+  view says. `expires_at` is `completed_at` plus the lifetime the worker applies (`is_expired` in
+  `streams.cache`: max(CACHE_TIME, 1 second)): from then on the worker no longer serves hits from the entry,
+  though it stays in the index (and here) until the janitor's PackageExpired is read.
 - `inflight_builds` (one row per cache key): the build of the key under way, from its PackageQueued to its
   job's terminal event, with the lease as `streams.leases.apply` folds it (attempt, state, worker, deadline
   from PackageStarted's `lease_until` and each PackageProgress plus LEASE_TIME). The planner marks a key in
-  flight when it plans the request, just before it appends the PackageQueued: the log's first sign of it.
+  flight when it starts planning the request, before it asks the portal for the lane and appends the
+  PackageQueued (the log's first sign of it, up to the planner's CKAN timeout later).
 - `waiting_requests` (one row per job): requests accepted and not yet planned, built or ended, that is
   requested with no PackageQueued and no terminal event yet. Those of a key with a build in flight by
   another job are the worker's waiters (the `waiters` SQL view joins the two); the rest are requests the
