@@ -262,8 +262,13 @@ def _fold_build(
     # `lease_until` is filled in by `finish_worker`, once per build and batch.
     match p:
         case PackageStarted(worker=worker, lease_until=carried) if build.state in (QUEUED, BUILDING):
+            # A start sets the deadline afresh (`leases.apply`): earlier heartbeats no longer count.
             return build._replace(
-                state=BUILDING, worker=worker, started_at=event.occurred_at, lease_carried=carried
+                state=BUILDING,
+                worker=worker,
+                started_at=event.occurred_at,
+                lease_carried=carried,
+                heartbeat_at="",
             )
         case PackageProgress() if build.state == BUILDING:
             return build._replace(heartbeat_at=max(build.heartbeat_at, event.occurred_at))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ from packager.domain.events import (
     Envelope,
     Event,
     LeaseExpired,
+    PackageBuilt,
     PackageExpired,
     PackageFailed,
     PackageProgress,
     PackageQueued,
+    PackageReleased,
     PackageRequested,
     PackageStarted,
     envelope,
@@ -144,6 +147,9 @@ def test_the_lease_follows_the_watchdogs_rules() -> None:
     assert (folded(lost).inflight["ck"].state, folded(lost).inflight["ck"].lost) == ("lost", 1)
     build = folded([*lost, (0, queued("A", "ck", 42, attempt=2))]).inflight["ck"]
     assert (build.attempt, build.state, build.lost, build.lease_until) == (2, "queued", 1, "")
+    # A start read again sets the deadline afresh, as the steward's lease does.
+    again = [*renewed, (0, started("A", "ck", 35, lease_until=at(45)))]
+    assert folded(again).inflight["ck"].lease_until == at(45)
     # A heartbeat of the lost attempt changes nothing.
     late = [*lost, (0, queued("A", "ck", 42, attempt=2)), (0, progress("A", "ck", 43, attempt=1))]
     assert folded(late).inflight["ck"].heartbeat_at == ""
@@ -272,3 +278,57 @@ def test_views_folded_with_another_cache_time_are_brought_to_the_new_one(tmp_pat
     assert moved.worker_parameters(conn) == longer
     assert tables(moved, conn) == tables(*views(tmp_path, LOG, batch=len(LOG), params=longer))
     assert tables(moved, conn)["cache_index"][0][7] == "2026-12-01T12:00:11.000Z"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_builds_in_flight_agree_with_the_stewards_leases(seed: int) -> None:
+    """Random lifecycles of one job, folded by `streams.leases.apply` (what the steward keeps) and here."""
+    from streams import leases  # the worker's own fold, to compare with (tests may import any layer)
+
+    chooser = random.Random(seed)
+    history: list[tuple[int, Envelope]] = [(0, requested("A", "ck", 0))]
+    lease: dict[str, Any] | None = None
+    attempt, clock = 1, 1
+    for _ in range(12):
+        clock += chooser.randint(1, 20)
+        pick = chooser.choice(["queued", "started", "progress", "expired", "released", "built", "stale"])
+        if pick == "queued":
+            attempt += chooser.choice([0, 1])
+            env = queued("A", "ck", clock, attempt=attempt)
+        elif pick == "started":
+            env = started(
+                "A",
+                "ck",
+                clock,
+                attempt,
+                lease_until=chooser.choice(["", at(clock + chooser.randint(1, 40))]),
+            )
+        elif pick == "progress":
+            env = progress("A", "ck", clock, attempt)
+        elif pick == "expired":
+            seen = chooser.choice(["", at(clock - chooser.randint(0, 30))])
+            env = event("A", LeaseExpired("ck", attempt, "w1", seen), clock)
+        elif pick == "released":
+            env = event("A", PackageReleased("ck", attempt, "w1", "stopping"), clock)
+        elif pick == "built":
+            env = event("A", PackageBuilt("ck", attempt, "w1", "PackageFailed", {}), clock)
+        else:  # an event of an attempt that already lost the lease
+            env = progress("A", "ck", clock, max(1, attempt - 1))
+        history.append((0, env))
+        lease = leases.apply(lease, env, PARAMS.lease_time)
+        build = folded(history).inflight.get("ck")
+        if lease is None:
+            assert build is None
+            continue
+        assert build is not None
+        assert (build.attempt, build.state, build.lost) == (lease["attempt"], lease["state"], lease["lost"])
+        if lease["state"] != "queued" and build.started_at:
+            assert build.lease_until == _iso_of(lease["until"])
+
+
+def _iso_of(epoch: float) -> str:
+    return (
+        datetime.fromtimestamp(round(epoch * 1000) / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
