@@ -2,7 +2,8 @@
 
 The projector reads a batch of records, asks `needs` which rows the batch depends on, loads them from the
 views (`Known`), and `fold` runs the same per-event folds as ever (`projections.jobs.apply` and the
-statistics rules of `projections.statistics`) over the batch in log order. The result (`Changes`) is what
+statistics rules of `projections.statistics`, and the worker's views of `projections.worker_fold`) over the
+batch in log order. The result (`Changes`) is what
 the batch changed, coalesced: one row per job however many events it had in the batch, new statistics
 entries, and deltas of the totals and counters. Nothing here touches a database, so the fold is the same
 for SQLite, PostgreSQL and any test.
@@ -26,6 +27,14 @@ from packager.domain.events import (
 from projections import jobs as job_fold
 from projections.jobs import JobState
 from projections.statistics import ALL, email_domain, unix_time
+from projections.worker_fold import (
+    WorkerNeeds,
+    WorkerParameters,
+    WorkerRows,
+    finish_worker,
+    fold_worker,
+    worker_needs,
+)
 
 Identity = Callable[[str], str]
 
@@ -41,6 +50,7 @@ class Needs:
     failed_job_ids: set[str] = field(default_factory=set)
     requesters: set[str] = field(default_factory=set)
     pairs: set[tuple[str, str]] = field(default_factory=set)
+    worker: WorkerNeeds = field(default_factory=WorkerNeeds)
 
 
 @dataclass(slots=True)
@@ -51,6 +61,7 @@ class Known:
     failed_job_ids: set[str] = field(default_factory=set)
     requesters: set[str] = field(default_factory=set)
     pairs: set[tuple[str, str]] = field(default_factory=set)
+    worker: WorkerRows = field(default_factory=WorkerRows)  # changed in place by the fold
 
 
 @dataclass(slots=True)
@@ -70,6 +81,7 @@ class Changes:
     # (job id, `request_details` as JSON) of the requests folded for the first time
     details: list[tuple[str, str]] = field(default_factory=list)
     erased: set[str] = field(default_factory=set)  # ids of destroyed data keys
+    worker: WorkerRows = field(default_factory=WorkerRows)  # the worker's views, `touched` to be written
     folded: int = 0
 
     def _total(self, resource_id: str) -> list[int]:
@@ -91,9 +103,12 @@ def requester_of(event: Envelope, identity: Identity) -> str | None:
     return None
 
 
-def needs(events: Sequence[Envelope], requesters: Sequence[str | None]) -> Needs:
-    """The rows `fold` will read for these events (`requesters` from `requester_of`, one per event)."""
-    wanted = Needs()
+def needs(
+    events: Sequence[Envelope], requesters: Sequence[str | None], parts: Sequence[int] | None = None
+) -> Needs:
+    """The rows `fold` will read for these events (`requesters` from `requester_of`, one per event;
+    `parts`: the partition each was read from, for the worker's views)."""
+    wanted = Needs(worker=worker_needs(events, parts if parts is not None else [0] * len(events)))
     for event, who in zip(events, requesters, strict=True):
         if event.type == "RecordRejected":
             continue
@@ -106,19 +121,28 @@ def needs(events: Sequence[Envelope], requesters: Sequence[str | None]) -> Needs
     return wanted
 
 
-def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Known) -> Changes:
-    """Fold the events, in order, over the known rows; return the coalesced changes."""
-    out = Changes()
+def fold(
+    events: Sequence[Envelope],
+    requesters: Sequence[str | None],
+    known: Known,
+    parts: Sequence[int] | None = None,
+    params: WorkerParameters = WorkerParameters(),  # noqa: B008 - frozen, so one shared default is safe
+) -> Changes:
+    """Fold the events, in order, over the known rows; return the coalesced changes. `parts` and `params`:
+    the partition each event was read from, and the settings the worker's views are folded with."""
+    out = Changes(worker=known.worker)
+    parts = parts if parts is not None else [0] * len(events)
     jobs = known.jobs  # updated in place: the batch's later events see its earlier ones
     seen_requesters = known.requesters
     seen_pairs = known.pairs
     failed = known.failed_job_ids
-    for event, who in zip(events, requesters, strict=True):
+    for event, who, part in zip(events, requesters, parts, strict=True):
         if event.type == "RecordRejected":
             continue  # about a bad record, not a job
         job_id = event.job_id
         before = jobs.get(job_id)
         after = job_fold.apply(before, event)
+        fold_worker(out.worker, event, part, before, after, params)
         out.folded += 1
         # The fold returns the state it was given when nothing changed: an identity test is enough.
         if after is not before and (before is not None or after != JobState(job_id=job_id)):
@@ -158,6 +182,7 @@ def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Kn
                 out.errors.append((job_id, unix_time(event.occurred_at), who, p.error, p.resource_id))
                 out._total(p.resource_id)[1] += 1
                 out._total(ALL)[1] += 1
+    finish_worker(out.worker, params)
     return out
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = "2"  # 2: requesters are always pseudonyms; sealed addresses; erased keys
+# 2: requesters are always pseudonyms; sealed addresses; erased keys. 3: the worker's views (cache index,
+# builds in flight, waiting requests), which views of version 2 lack for the events they already folded.
+SCHEMA_VERSION = "3"
 
 SQLITE, POSTGRES = "sqlite", "postgres"
 
@@ -120,6 +122,53 @@ COUNTERS = Table("counters", (("name", "text"), ("value", "int")), ("name",))
 # Every ZIP name a job completed with: a download gone but once built answers 410, not 404.
 BUILT_ZIPS = Table("built_zips", (("zip_file_name", "text"),), ("zip_file_name",))
 
+# The worker's own state as the log tells it, on event time (`projections.worker_fold` says how each
+# mirrors the steward's Faust table): the package serving hits per cache key, and when it stops serving them.
+CACHE_INDEX = Table(
+    "cache_index",
+    (
+        ("cache_key", "text"),
+        ("job_id", "text"),
+        ("zip_file_name", "text"),
+        ("size", "int"),
+        ("sha256", "text"),
+        ("rows", "int?"),
+        ("completed_at", "text"),
+        ("expires_at", "text"),
+        ("part", "int"),
+    ),
+    ("cache_key",),
+    # A CacheCleared empties one events partition's entries.
+    (("cache_index_by_part", ("part", "cache_key")),),
+)
+# The build under way per cache key and its lease (`streams.leases`).
+INFLIGHT_BUILDS = Table(
+    "inflight_builds",
+    (
+        ("cache_key", "text"),
+        ("job_id", "text"),
+        ("lane", "text"),
+        ("attempt", "int"),
+        ("state", "text"),
+        ("worker", "text"),
+        ("queued_at", "text"),
+        ("started_at", "text"),
+        ("lease_carried", "text"),
+        ("heartbeat_at", "text"),
+        ("lease_until", "text"),
+        ("lost", "int"),
+    ),
+    ("cache_key",),
+)
+# Requests not yet planned, built or ended; with a build of their key in flight, they are its waiters.
+WAITING_REQUESTS = Table(
+    "waiting_requests",
+    (("job_id", "text"), ("cache_key", "text"), ("requested_at", "text")),
+    ("job_id",),
+    (("waiting_requests_by_key", ("cache_key", "requested_at")),),
+)
+WORKER_TABLES = (CACHE_INDEX, INFLIGHT_BUILDS, WAITING_REQUESTS)
+
 TABLES: tuple[Table, ...] = (
     META,
     POSITIONS,
@@ -133,6 +182,7 @@ TABLES: tuple[Table, ...] = (
     ERASED_KEYS,
     COUNTERS,
     BUILT_ZIPS,
+    *WORKER_TABLES,
 )
 # What `replay verify` compares row by row: every table but the tracking records (checked on their own) and
 # `meta`, which describes the views (schema version, the log they were built from, the projector's status)
@@ -141,12 +191,21 @@ COMPARED: tuple[Table, ...] = tuple(t for t in TABLES if t not in (POSITIONS, ME
 # Rows of `meta`: the log the views were built from (`kafka_log.LogIdentity.to_dict()` as JSON), and what
 # went wrong in the projector that writes them ("" when nothing did), which the ingress's readiness reports.
 LOG_IDENTITY, PROJECTOR_STATUS = "log_identity", "projector_status"
+# The settings the worker's views were folded with (`worker_fold.WorkerParameters.to_dict()` as JSON): a
+# rebuild to compare with uses the same ones.
+WORKER_FOLD = "worker_fold"
 
 # Per-resource history: every job of a resource with its outcome (reads `jobs_by_resource`).
 RESOURCE_HISTORY = (
     "CREATE VIEW IF NOT EXISTS resource_history AS SELECT resource_id, requested_at, job_id, kind, state, "
     "lane, size, error, finished_at FROM jobs WHERE requested_at <> ''"
 )
+# The worker's waiters: requests waiting while an identical build (another job's) is in flight.
+WAITERS = (
+    "CREATE VIEW IF NOT EXISTS waiters AS SELECT w.cache_key, w.job_id, w.requested_at, b.job_id AS builder "
+    "FROM waiting_requests w JOIN inflight_builds b ON b.cache_key = w.cache_key AND b.job_id <> w.job_id"
+)
+VIEWS = {"resource_history": RESOURCE_HISTORY, "waiters": WAITERS}
 
 _TYPES = {
     SQLITE: {"text": "TEXT NOT NULL", "int": "INTEGER NOT NULL", "int?": "INTEGER", "float": "REAL NOT NULL"},
@@ -170,17 +229,18 @@ def ddl(dialect: str) -> list[str]:
         )
         for index, on in table.indexes:
             statements.append(f"CREATE INDEX IF NOT EXISTS {index} ON {table.name} ({', '.join(on)})")
-    statements.append(
-        RESOURCE_HISTORY.replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW")
-        if dialect == POSTGRES
-        else RESOURCE_HISTORY
-    )
+    for view in VIEWS.values():
+        statements.append(
+            view.replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW")
+            if dialect == POSTGRES
+            else view
+        )
     return statements
 
 
 def drop(dialect: str) -> list[str]:
     """The statements removing every table and view (to rebuild an audit copy from nothing)."""
     cascade = " CASCADE" if dialect == POSTGRES else ""
-    return ["DROP VIEW IF EXISTS resource_history"] + [
+    return [f"DROP VIEW IF EXISTS {view}" for view in VIEWS] + [
         f"DROP TABLE IF EXISTS {table.name}{cascade}" for table in TABLES
     ]

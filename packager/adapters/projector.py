@@ -18,6 +18,9 @@ Log identity: the views record the cluster and topic ids of the log they were bu
 `log_identity`). A projector that finds its views built from another log (a wiped broker, recreated topics)
 logs it, counts it (`packager_read_model_rebuilds_total`) and rebuilds them from the start of the log; a log
 replaced under a running projector is noticed within `IDENTITY_CHECK_SECONDS` and handled the same way.
+The worker's views (`projections.worker_fold`) depend on CACHE_TIME and LEASE_TIME too: the views record the
+values they were folded with (`meta` row `worker_fold`), and a projector started with others recomputes the
+expiries and lease deadlines they set.
 Partitions: a following projector reads every partition of both topics; it waits for a topic that has none yet
 (just created) and starts reading again when partitions appear (checked with the identity).
 
@@ -49,7 +52,7 @@ from packager.adapters.kafka_log import (
 )
 from packager.adapters.read_guard import FoldHealth, decode_record, supervise
 from packager.adapters.readside import identity_for, topic_partitions
-from packager.adapters.viewdb import Decoded, ViewDatabase, database_url
+from packager.adapters.viewdb import Decoded, ViewDatabase, database_url, worker_parameters
 from packager.core.settings import Settings
 from projections.view_fold import Identity
 from projections.view_schema import LOG_IDENTITY, PROJECTOR_STATUS, SCHEMA_VERSION
@@ -91,7 +94,7 @@ async def run_projector(
     next offset (a partition not named is not read); `url` overrides the settings' database; `until` (ISO
     8601) skips events that occurred after it.
     """
-    db = ViewDatabase(url or database_url(settings))
+    db = ViewDatabase(url or database_url(settings), worker_parameters(settings))
     progress = progress if progress is not None else Progress()
     if stop_at is not None or until_caught_up:
         return await _project(settings, db, stop_at, until, progress, follow=False)
@@ -239,6 +242,13 @@ async def _same_log(db: ViewDatabase, conn: Any, current: LogIdentity, progress:
     text = orjson.dumps(current.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
     if text != saved_text:
         await asyncio.to_thread(db.set_meta, conn, LOG_IDENTITY, text)
+    if await asyncio.to_thread(db.update_worker_parameters, conn):
+        # The worker applies its current CACHE_TIME and LEASE_TIME to what it already holds: so do the views.
+        log.info(
+            "the worker's views now use CACHE_TIME %s s and LEASE_TIME %s s",
+            db.params.cache_time,
+            db.params.lease_time,
+        )
     return conn
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from packager.adapters import worker_views
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings
 from packager.domain.events import Envelope
@@ -32,6 +33,7 @@ from projections import view_schema as schema
 from projections.jobs import JobState
 from projections.statistics import ALL
 from projections.view_fold import Changes, Identity, Known, fold, job_from_row, job_row, needs, requester_of
+from projections.worker_fold import WorkerParameters
 
 # (topic, partition, offset, event or None when the record could not be decoded)
 Decoded = tuple[str, int, int, Envelope | None]
@@ -49,6 +51,11 @@ def views_path(settings: Settings) -> Path:
     return base / f"{settings.topic_prefix}.views.sqlite3"
 
 
+def worker_parameters(settings: Settings) -> WorkerParameters:
+    """The settings the worker's views are folded with: the worker's CACHE_TIME and LEASE_TIME."""
+    return WorkerParameters(cache_time=settings.cache_time, lease_time=settings.lease_time)
+
+
 def database_url(settings: Settings) -> str:
     """The views' database: DATABASE_URL, or the embedded SQLite file of `views_path`."""
     return settings.database_url or f"sqlite:///{views_path(settings)}"
@@ -59,10 +66,12 @@ class ViewsUnavailable(Exception):
 
 
 class ViewDatabase:
-    """Connections to one views database and the statements run on them."""
+    """Connections to one views database and the statements run on them; `params`: the settings the
+    worker's views are folded with (`worker_parameters`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, params: WorkerParameters | None = None) -> None:
         self.url = url
+        self.params = params or WorkerParameters()
         if url.startswith("sqlite:///"):
             self.dialect = schema.SQLITE
             self.path = Path(url.removeprefix("sqlite:///"))
@@ -104,8 +113,12 @@ class ViewDatabase:
             for statement in schema.ddl(self.dialect):
                 conn.execute(statement)
             conn.execute(
-                self._sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
+                self.sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
                 ("schema_version", schema.SCHEMA_VERSION),
+            )
+            conn.execute(
+                self.sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
+                (schema.WORKER_FOLD, worker_views.parameters_text(self.params)),
             )
         return conn
 
@@ -151,7 +164,8 @@ class ViewDatabase:
     def _exists(self) -> bool:
         return self.dialect != schema.SQLITE or self.path.exists()
 
-    def _sql(self, text: str) -> str:
+    def sql(self, text: str) -> str:
+        """The statement with this database's parameter marks (written with `?`)."""
         return text if self.mark == "?" else text.replace("?", "%s")
 
     @contextlib.contextmanager
@@ -182,6 +196,7 @@ class ViewDatabase:
             stored = self.positions(conn)
             advanced: dict[tuple[str, int], int] = {}
             events: list[Envelope] = []
+            parts: list[int] = []
             for topic, partition, offset, event in records:
                 where = (topic, partition)
                 if offset < advanced.get(where, stored.get(where, 0)):
@@ -189,33 +204,37 @@ class ViewDatabase:
                 advanced[where] = offset + 1
                 if event is not None and not (until and event.occurred_at > until):
                     events.append(event)
+                    parts.append(partition)
             if not advanced:
                 return 0
             requesters = [requester_of(e, identity) for e in events]
-            changes = fold(events, requesters, self._known(conn, needs(events, requesters)))
+            known = self._known(conn, needs(events, requesters, parts))
+            changes = fold(events, requesters, known, parts, self.params)
             self._write(conn, changes, advanced)
         return changes.folded
 
     def _known(self, conn: Any, wanted: Any) -> Known:
         known = Known()
         columns = ", ".join(_JOB_NAMES)
-        for row in self._where_in(conn, f"SELECT {columns} FROM jobs", "job_id", wanted.job_ids):
+        for row in self.where_in(conn, f"SELECT {columns} FROM jobs", "job_id", wanted.job_ids):
             job = job_from_row(row)
             known.jobs[job.job_id] = job
-        for (job_id,) in self._where_in(
+        for (job_id,) in self.where_in(
             conn, "SELECT job_id FROM stat_errors", "job_id", wanted.failed_job_ids
         ):
             known.failed_job_ids.add(job_id)
-        for (who,) in self._where_in(conn, "SELECT who FROM requesters", "who", wanted.requesters):
+        for (who,) in self.where_in(conn, "SELECT who FROM requesters", "who", wanted.requesters):
             known.requesters.add(who)
         sql = "SELECT who, resource_id FROM requester_resources"
         whos = {who for who, _ in wanted.pairs}
         known.pairs.update(
-            (who, res) for who, res in self._where_in(conn, sql, "who", whos) if (who, res) in wanted.pairs
+            (who, res) for who, res in self.where_in(conn, sql, "who", whos) if (who, res) in wanted.pairs
         )
+        known.worker = worker_views.load(self, conn, wanted.worker)
         return known
 
-    def _where_in(self, conn: Any, select: str, column: str, values: set[str]) -> Iterator[Sequence[Any]]:
+    def where_in(self, conn: Any, select: str, column: str, values: set[str]) -> Iterator[Sequence[Any]]:
+        """The rows of `select` whose `column` is one of `values` (in chunks on SQLite)."""
         if not values:
             return
         if self.dialect == schema.POSTGRES:
@@ -226,13 +245,16 @@ class ViewDatabase:
             chunk = items[start : start + _CHUNK]
             yield from conn.execute(f"{select} WHERE {column} IN ({','.join('?' * len(chunk))})", chunk)
 
+    def _many(self, conn: Any) -> Any:
+        return conn.executemany if self.dialect == schema.SQLITE else conn.cursor().executemany
+
     def _write(self, conn: Any, changes: Changes, advanced: dict[tuple[str, int], int]) -> None:
-        many = conn.executemany if self.dialect == schema.SQLITE else conn.cursor().executemany
+        many = self._many(conn)
         if changes.jobs:
             marks = ", ".join("?" * len(_JOB_NAMES))
             updates = ", ".join(f"{c} = excluded.{c}" for c in _JOB_NAMES[1:])
             many(
-                self._sql(
+                self.sql(
                     f"INSERT INTO jobs ({', '.join(_JOB_NAMES)}) VALUES ({marks}) "
                     f"ON CONFLICT (job_id) DO UPDATE SET {updates}"
                 ),
@@ -240,20 +262,20 @@ class ViewDatabase:
             )
         if changes.details:
             many(
-                self._sql("INSERT INTO job_requests VALUES (?, ?) ON CONFLICT (job_id) DO NOTHING"),
+                self.sql("INSERT INTO job_requests VALUES (?, ?) ON CONFLICT (job_id) DO NOTHING"),
                 changes.details,
             )
         if changes.requests:
-            many(self._sql("INSERT INTO stat_requests VALUES (?, ?, ?, ?, ?, ?)"), changes.requests)
+            many(self.sql("INSERT INTO stat_requests VALUES (?, ?, ?, ?, ?, ?)"), changes.requests)
         if changes.errors:
-            many(self._sql("INSERT INTO stat_errors VALUES (?, ?, ?, ?, ?)"), changes.errors)
+            many(self.sql("INSERT INTO stat_errors VALUES (?, ?, ?, ?, ?)"), changes.errors)
         if changes.requesters:
-            many(self._sql("INSERT INTO requesters VALUES (?)"), [(w,) for w in changes.requesters])
+            many(self.sql("INSERT INTO requesters VALUES (?)"), [(w,) for w in changes.requesters])
         if changes.pairs:
-            many(self._sql("INSERT INTO requester_resources VALUES (?, ?)"), changes.pairs)
+            many(self.sql("INSERT INTO requester_resources VALUES (?, ?)"), changes.pairs)
         if changes.totals:
             many(
-                self._sql(
+                self.sql(
                     "INSERT INTO stat_totals VALUES (?, ?, ?, ?) ON CONFLICT (resource_id) DO UPDATE SET "
                     "requests = stat_totals.requests + excluded.requests, "
                     "errors = stat_totals.errors + excluded.errors, "
@@ -263,13 +285,13 @@ class ViewDatabase:
             )
         if changes.erased:
             many(
-                self._sql("INSERT INTO erased_keys VALUES (?) ON CONFLICT (key_id) DO NOTHING"),
+                self.sql("INSERT INTO erased_keys VALUES (?) ON CONFLICT (key_id) DO NOTHING"),
                 [(w,) for w in sorted(changes.erased)],
             )
         counters = [(n, v) for n, v in (("accepted", changes.accepted), ("finished", changes.finished)) if v]
         if counters:
             many(
-                self._sql(
+                self.sql(
                     "INSERT INTO counters VALUES (?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
                 ),
@@ -277,22 +299,39 @@ class ViewDatabase:
             )
         if changes.zips:
             many(
-                self._sql("INSERT INTO built_zips VALUES (?) ON CONFLICT (zip_file_name) DO NOTHING"),
+                self.sql("INSERT INTO built_zips VALUES (?) ON CONFLICT (zip_file_name) DO NOTHING"),
                 [(z,) for z in sorted(changes.zips)],
             )
+        worker_views.write(self, conn, many, changes.worker)
         many(
-            self._sql(
+            self.sql(
                 "INSERT INTO positions VALUES (?, ?, ?) "
                 "ON CONFLICT (topic, part) DO UPDATE SET next_offset = excluded.next_offset"
             ),
             [(topic, partition, offset) for (topic, partition), offset in advanced.items()],
         )
 
+    def update_worker_parameters(self, conn: Any) -> bool:
+        """Bring the worker's views to this database's `params` when they were folded with others (CACHE_TIME
+        or LEASE_TIME changed): expiries and lease deadlines recomputed, in one transaction. True if so."""
+        with self.transaction(conn, write=True):
+            saved = self.meta(conn, schema.WORKER_FOLD)
+            if worker_views.parameters_of(saved) == self.params:
+                return False
+            worker_views.refold(self, conn, self._many(conn), self.params)
+            conn.execute(
+                self.sql(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                ),
+                (schema.WORKER_FOLD, worker_views.parameters_text(self.params)),
+            )
+        return True
+
     def set_meta(self, conn: Any, name: str, value: str) -> None:
         """Write one row of `meta` (the log identity, the projector's status) in its own transaction."""
         with self.transaction(conn, write=True):
             conn.execute(
-                self._sql(
+                self.sql(
                     "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
                 ),
                 (name, value),
@@ -302,23 +341,31 @@ class ViewDatabase:
 
     def meta(self, conn: Any, name: str) -> str | None:
         """One row of `meta`, or None."""
-        row = conn.execute(self._sql("SELECT value FROM meta WHERE name = ?"), (name,)).fetchone()
+        row = conn.execute(self.sql("SELECT value FROM meta WHERE name = ?"), (name,)).fetchone()
         return None if row is None else str(row[0])
 
     def positions(self, conn: Any) -> dict[tuple[str, int], int]:
         """The tracking records: (topic, partition) -> next offset to fold."""
         return {(t, p): o for t, p, o in conn.execute("SELECT topic, part, next_offset FROM positions")}
 
+    def worker_parameters(self, conn: Any) -> WorkerParameters | None:
+        """The settings the worker's views were folded with (None: views that do not say)."""
+        return worker_views.parameters_of(self.meta(conn, schema.WORKER_FOLD))
+
+    def worker_counts(self, conn: Any) -> dict[str, int]:
+        """Entries of the cache index, builds in flight, and their waiters."""
+        return worker_views.counts(conn)
+
     def job(self, conn: Any, job_id: str) -> JobState | None:
         """One job's state, or None."""
-        sql = self._sql(f"SELECT {', '.join(_JOB_NAMES)} FROM jobs WHERE job_id = ?")
+        sql = self.sql(f"SELECT {', '.join(_JOB_NAMES)} FROM jobs WHERE job_id = ?")
         row = conn.execute(sql, (job_id,)).fetchone()
         return None if row is None else job_from_row(row)
 
     def job_request(self, conn: Any, job_id: str) -> dict[str, Any] | None:
         """What the job asked for (`view_fold.request_details`), or None (a job folded before the views
         kept it, or none of that id)."""
-        sql = self._sql("SELECT details FROM job_requests WHERE job_id = ?")
+        sql = self.sql("SELECT details FROM job_requests WHERE job_id = ?")
         row = conn.execute(sql, (job_id,)).fetchone()
         return None if row is None else orjson.loads(row[0])
 
@@ -331,7 +378,7 @@ class ViewDatabase:
         """`/statistics`: every resource and `*`, or only the one asked for (zeros when unknown)."""
         sql = "SELECT resource_id, requests, errors, emails FROM stat_totals"
         if resource_id:
-            rows = conn.execute(self._sql(sql + " WHERE resource_id = ?"), (resource_id,)).fetchall()
+            rows = conn.execute(self.sql(sql + " WHERE resource_id = ?"), (resource_id,)).fetchall()
             found = {r[0]: {"requests": r[1], "errors": r[2], "emails": r[3]} for r in rows}
             return {resource_id: found.get(resource_id, {"requests": 0, "errors": 0, "emails": 0})}
         rows = conn.execute(sql + " ORDER BY resource_id").fetchall()
@@ -370,7 +417,7 @@ class ViewDatabase:
             params.append(email)
         sql = select + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY x.ts DESC, x.job_id DESC LIMIT ? OFFSET ?"
-        rows = conn.execute(self._sql(sql), (*params, limit, offset)).fetchall()
+        rows = conn.execute(self.sql(sql), (*params, limit, offset)).fetchall()
         if kind == "requests":
             found = [
                 {"count": 1, "domain": d, "email": e, "resource_id": r, "timestamp": t, "sealed": s}
@@ -391,18 +438,18 @@ class ViewDatabase:
 
         Erased: the data key its address was sealed under was destroyed.
         """
-        sql = self._sql("SELECT email, domain, sealed FROM stat_requests WHERE job_id = ?")
+        sql = self.sql("SELECT email, domain, sealed FROM stat_requests WHERE job_id = ?")
         row = conn.execute(sql, (job_id,)).fetchone()
         if row is None:
             return None
         key_id = key_id_of(str(row[2]))
-        erased = self._sql("SELECT 1 FROM erased_keys WHERE key_id = ?")
+        erased = self.sql("SELECT 1 FROM erased_keys WHERE key_id = ?")
         destroyed = bool(key_id) and conn.execute(erased, (key_id,)).fetchone() is not None
         return str(row[0]), str(row[1]), destroyed
 
     def zip_was_built(self, conn: Any, name: str) -> bool:
         """True when a job completed with a ZIP of this name."""
-        sql = self._sql("SELECT 1 FROM built_zips WHERE zip_file_name = ?")
+        sql = self.sql("SELECT 1 FROM built_zips WHERE zip_file_name = ?")
         return conn.execute(sql, (name,)).fetchone() is not None
 
     def rows(self, conn: Any, table: schema.Table) -> Iterator[tuple[Any, ...]]:
@@ -411,7 +458,7 @@ class ViewDatabase:
         columns, key = ", ".join(table.column_names), ", ".join(table.key)
         first = f"SELECT {columns} FROM {table.name} ORDER BY {key} LIMIT {_PAGE}"
         marks = ", ".join("?" * len(table.key))
-        after = self._sql(
+        after = self.sql(
             f"SELECT {columns} FROM {table.name} WHERE ({key}) > ({marks}) ORDER BY {key} LIMIT {_PAGE}"
         )
         page = conn.execute(first).fetchall()

@@ -96,6 +96,10 @@ class ReadViews:
         """(accepted, finished)."""
         return await self.run(self.db.counters)
 
+    async def worker_counts(self) -> dict[str, int]:
+        """Entries of the worker's cache index, builds in flight, and requests waiting behind them."""
+        return await self.run(self.db.worker_counts)
+
     async def totals(self, resource_id: str | None) -> dict[str, dict[str, int]]:
         """`/statistics` totals."""
         return await self.run(lambda conn: self.db.totals(conn, resource_id))

@@ -181,13 +181,16 @@ def _with_secret(target: Target, params: Mapping[str, str] | None = None) -> dic
 
 
 def cmd_status(args: argparse.Namespace, target: Target, out: Output) -> int:
-    """Workers in the consumer group, jobs not finished, jobs finished."""
+    """Workers in the consumer group, jobs not finished, jobs finished, the cache index and builds."""
     body = Service(target.host).post("/status", _with_secret(target))
     out.document(body)
     out.text(f"service             {target.host}")
     out.text(f"workers             {body.get('worker_count')}")
     out.text(f"queue length        {body.get('queue_length')}")
     out.text(f"processed requests  {body.get('processed_requests')}")
+    if "cache_entries" in body:  # a service older than the worker's views does not say
+        out.text(f"cached packages     {body.get('cache_entries')}")
+        out.text(f"builds in flight    {body.get('builds_in_flight')} ({body.get('waiters')} waiting)")
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -31,7 +32,13 @@ from aiokafka import AIOKafkaConsumer
 from packager.adapters.kafka_log import LogIdentity, Topics, identity_mismatch, log_identity
 from packager.adapters.projector import run_projector
 from packager.adapters.readside import topic_partitions
-from packager.adapters.viewdb import ViewDatabase, ViewsUnavailable, database_url, redacted
+from packager.adapters.viewdb import (
+    ViewDatabase,
+    ViewsUnavailable,
+    database_url,
+    redacted,
+    worker_parameters,
+)
 from packager.core.errors import EventDecodeError
 from packager.core.settings import Settings, load_settings
 from packager.domain.events import Envelope, decode, encode
@@ -90,7 +97,7 @@ async def rebuild(
 ) -> int:
     """Fold the log into the empty views database `into` (its views are dropped first) with the projector;
     returns the number of events folded. Without `stop_at`, up to the log's end as it is now."""
-    db = ViewDatabase(into)
+    db = ViewDatabase(into, worker_parameters(settings))
     await asyncio.to_thread(db.reset)
     return await run_projector(
         settings, until_caught_up=stop_at is None, url=into, stop_at=stop_at, until=until
@@ -152,6 +159,12 @@ async def verify(settings: Settings, *, into: str | None = None, show: int = 50)
             # One read transaction on the live views: a snapshot that the running projector cannot move.
             with live.transaction(live_conn, write=False):
                 positions = live.positions(live_conn)
+                # The worker's views depend on CACHE_TIME and LEASE_TIME: rebuilt with the live views' own.
+                folded_with = live.worker_parameters(live_conn)
+                if folded_with is not None:
+                    settings = dataclasses.replace(
+                        settings, cache_time=folded_with.cache_time, lease_time=folded_with.lease_time
+                    )
                 started = time.perf_counter()
                 folded = await rebuild(settings, target, stop_at=positions)
                 seconds = time.perf_counter() - started

@@ -253,6 +253,9 @@ def component_schemas() -> dict[str, Any]:
                 "worker_count": {"type": "integer"},
                 "queue_length": {"type": "integer"},
                 "processed_requests": {"type": "integer"},
+                "cache_entries": {"type": "integer"},
+                "builds_in_flight": {"type": "integer"},
+                "waiters": {"type": "integer"},
             },
         },
         "Statistics": {

@@ -66,14 +66,15 @@ def _non_negative(params: dict[str, str], name: str, default: int) -> int:
 
 
 async def status(request: web.Request) -> web.Response:
-    """`/` and `/status`: workers in the consumer group, jobs not finished, jobs processed; `/` in a
-    browser: the landing page."""
+    """`/` and `/status`: workers in the consumer group, jobs not finished, jobs processed, packages in the
+    cache index, builds in flight and requests waiting behind them; `/` in a browser: the landing page."""
     settings = request.app[SETTINGS]
     if request.method in ("GET", "HEAD") and request.path == "/" and wants_html(request):
         return pages.landing(request, settings)
     params = await read_params(request) if request.method == "POST" else dict(request.query)
     authenticate(params, settings)
     accepted, finished = await _read(_views(request).counters())
+    worker = await _read(_views(request).worker_counts())
     try:
         workers = await worker_count(settings.kafka_bootstrap_servers, f"{settings.topic_prefix}-worker")
     except Exception as exc:  # the broker is down: say so rather than guess
@@ -82,6 +83,10 @@ async def status(request: web.Request) -> web.Response:
         "worker_count": workers,
         "queue_length": accepted - finished,
         "processed_requests": finished,
+        # The worker's state as the log tells it (the views of `projections.worker_fold`).
+        "cache_entries": worker["cache_entries"],
+        "builds_in_flight": worker["builds_in_flight"],
+        "waiters": worker["waiters"],
     }
     return json_response({"success": True, "status": "success", **body})
 

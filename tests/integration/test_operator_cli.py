@@ -138,13 +138,17 @@ async def test_every_verb_against_the_running_service(
         assert run.out.startswith("Queued package_url job ")
         assert "failed: " in run.err.splitlines()[-1]
 
-        # status, human and JSON: the worker, nothing queued, both jobs processed.
+        # status, human and JSON: the worker, nothing queued, both jobs processed; the one package built is
+        # in the worker's cache index, no build is in flight.
         run = await ckanpackager(*d, "status")
         assert run.code == 0, run.err
         assert "workers             1" in run.out.splitlines()
+        assert "cached packages     1" in run.out.splitlines()
+        assert "builds in flight    0 (0 waiting)" in run.out.splitlines()
         run = await ckanpackager(*d, "status", "--json")
         body = run.json()
         assert (body["worker_count"], body["queue_length"], body["processed_requests"]) == (1, 0, 2)
+        assert (body["cache_entries"], body["builds_in_flight"], body["waiters"]) == (1, 0, 0)
 
         # stats totals: one line per resource and the grand total.
         run = await ckanpackager(*d, "stats")
