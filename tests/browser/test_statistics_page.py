@@ -19,7 +19,7 @@ from packager.adapters.kafka_log import InMemoryEventLog
 from packager.adapters.resolver import system_resolver
 from packager.core.settings import Settings, load_settings
 from packager.http.ingress import create_app
-from tests.browser.support import keep_screenshot, open_page, serious_accessibility_problems
+from tests.browser.support import PHONE, keep_screenshot, open_page, serious_accessibility_problems
 from tests.unit.samples import SECRET, attach_views, fill_views
 from tests.unit.test_statistics_page import history
 
@@ -101,6 +101,12 @@ async def test_the_statistics_page_draws_charts_after_the_secret_and_per_resourc
 
         problems = await serious_accessibility_problems(page)
         assert problems == [], problems
+
+        await page.set_viewport_size(PHONE)
+        await expect(page.locator("#chart-requests svg")).to_be_visible()
+        overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, "on a phone the page scrolls sideways"
+        await keep_screenshot(page, tmp_path, "statistics-phone")
         origin = str(site.make_url("/"))
         assert all(url.startswith(origin) for url in urls), f"requests outside the service: {urls}"
         assert not any("secret" in url or SECRET in url for url in urls), "the secret went into a URL"

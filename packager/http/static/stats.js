@@ -36,7 +36,7 @@
   // the first and last days. What the chart shows is also its accessible name: its total over the
   // period, unless the days' numbers do not add up (a person asking on two days is one person).
   const chart = (holder, days, key, label, colour, adds = true) => {
-    const width = 640, height = 200, left = 44, bottom = 22, top = 8;
+    const width = 640, height = 220, left = 52, bottom = 26, top = 10;
     const values = days.map((d) => d[key]);
     const most = Math.max(1, ...values);
     const total = values.reduce((a, b) => a + b, 0);
@@ -50,7 +50,7 @@
     const step = (width - left) / days.length;
     svg.append(node("line", { x1: left, y1: top + plot, x2: width, y2: top + plot, class: "axis" }));
     svg.append(node("text", { x: left - 6, y: top + plot, "text-anchor": "end", class: "tick" }, "0"));
-    svg.append(node("text", { x: left - 6, y: top + 10, "text-anchor": "end", class: "tick" }, number(most)));
+    svg.append(node("text", { x: left - 6, y: top + 12, "text-anchor": "end", class: "tick" }, number(most)));
     days.forEach((d, i) => {
       const h = (d[key] / most) * plot;
       const bar = node("rect", {
@@ -73,7 +73,7 @@
     for (const id of ids.slice(0, 500)) {
       const option = document.createElement("option");
       option.value = id;
-      option.textContent = `${id} (${number(totals[id].requests)} requests)`;
+      option.textContent = `${id} (${counted(totals[id].requests, "request", "requests")})`;
       select.append(option);
     }
   };
