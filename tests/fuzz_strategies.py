@@ -122,6 +122,7 @@ BASE: dict[str, dict[str, str]] = {
     "/statistics": {"secret": SECRET, "resource_id": "r1"},
     "/statistics/requests": {"secret": SECRET, "offset": "0", "limit": "10", "email": GOOD_EMAIL},
     "/statistics/errors": {"secret": SECRET, "offset": "0", "limit": "10", "resource_id": "r1"},
+    "/statistics/daily": {"secret": SECRET, "days": "7", "resource_id": "r1"},
     "/status": {"secret": SECRET},
 }
 POST_PATHS = sorted(BASE)
@@ -484,10 +485,20 @@ def get_calls(draw: st.DrawFn) -> Call:
     elif kind == "downloads":
         path = "/downloads/" + draw(segment())
     elif kind == "statistics":
-        path = draw(st.sampled_from(["/statistics", "/statistics/requests", "/statistics/errors"]))
+        path = draw(
+            st.sampled_from(
+                [
+                    "/statistics",
+                    "/statistics/requests",
+                    "/statistics/errors",
+                    "/statistics/daily",
+                    "/statistics/page",
+                ]
+            )
+        )
     else:
         path = draw(st.sampled_from(["/status", "/"]))
-    pairs = draw(param_pairs("/status" if kind != "statistics" else path))
+    pairs = draw(param_pairs(path if kind == "statistics" and path in BASE else "/status"))
     query = draw(
         st.one_of(
             st.just(form_body(pairs).decode()[:7_000]),  # under aiohttp's request line limit (8190 bytes)

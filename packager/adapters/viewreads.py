@@ -108,6 +108,10 @@ class ReadViews:
         """`/statistics/requests` or `/statistics/errors`."""
         return await self.run(lambda conn: self.db.listing(conn, kind, **filters))
 
+    async def daily(self, *, since: float, resource_id: str | None) -> dict[int, tuple[int, int, int]]:
+        """Requests, errors and unique requesters per UTC day since `since`."""
+        return await self.run(lambda conn: self.db.daily(conn, since=since, resource_id=resource_id))
+
     async def requester(self, job_id: str) -> tuple[str, str, bool] | None:
         """(pseudonym, domain, erased) of the job's requester."""
         return await self.run(lambda conn: self.db.requester(conn, job_id))

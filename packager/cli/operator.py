@@ -3,6 +3,7 @@
 ckanpackager [options] status                          workers, queue length, jobs processed
 ckanpackager [options] clear-cache | cc                empty the cache of built ZIPs
 ckanpackager [options] stats [totals|requests|errors]  statistics (-o OFFSET -l LIMIT -r RESOURCE -e EMAIL)
+ckanpackager [options] stats daily                     per UTC day: requests, errors, requesters (--days N)
 ckanpackager [options] queue TASK [PARAM:VALUE ...]    queue a job, e.g. queue package_url email:a@b.org ...
 ckanpackager [options] watch JOB_ID                    follow a job live until it completes or fails
 ckanpackager [options] erase EMAIL                     erase a requester (docs/privacy.md)
@@ -43,7 +44,7 @@ PROG = "ckanpackager"
 DEFAULT_HOST = "http://127.0.0.1:8765"
 DEFAULT_DEFAULTS_FILE = Path("/etc/ckanpackager/ckanpackager-cli.json")
 TASKS = ("package_datastore", "package_dwc_archive", "package_url")
-STATS_KINDS = ("totals", "requests", "errors")
+STATS_KINDS = ("totals", "requests", "errors", "daily")
 EVENTS_RECONNECTS = 5
 # A job just accepted appears on the read side within a second or so; wait this long before saying
 # there is no such job.
@@ -162,6 +163,11 @@ def stats_request(kind: str, args: argparse.Namespace) -> tuple[str, dict[str, s
     """The endpoint and parameters (without the secret) of a statistics query."""
     if kind == "totals":
         return "/statistics", {"resource_id": args.resource} if args.resource else {}
+    if kind == "daily":
+        return "/statistics/daily", {
+            "days": str(args.days),
+            **({"resource_id": args.resource} if args.resource else {}),
+        }
     params = {"offset": str(args.offset), "limit": str(args.limit)}
     if args.resource:
         params["resource_id"] = args.resource
@@ -232,6 +238,11 @@ def cmd_stats(args: argparse.Namespace, target: Target, out: Output) -> int:
         ]
         header = ("time (UTC)", "resource", "email", "count")
         has_errors = False
+    elif kind == "daily":
+        days = body.get("days") or []
+        rows = [(d.get("date"), d.get("requests"), d.get("errors"), d.get("requesters")) for d in days]
+        header = ("day (UTC)", "requests", "errors", "requesters")
+        has_errors = any(row[2] for row in rows)
     else:
         entries = body.get("errors") or []
         rows = [
@@ -394,6 +405,7 @@ def _add_stats_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
     )
     group.add_argument("-r", "--resource", metavar="RESOURCE_ID", default=default(None), help="one resource")
     group.add_argument("-e", "--email", default=default(None), help="one requester (requests, errors)")
+    group.add_argument("--days", type=_non_negative, default=default(30), help="days to show (daily; 30)")
     group.add_argument(
         "-x",
         dest="exit_on_errors",
@@ -429,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("status", "workers, queue length and jobs processed").set_defaults(func=cmd_status)
     verb("clear-cache", "empty the cache of built ZIPs", aliases=["cc"]).set_defaults(func=cmd_clear_cache)
-    stats = verb("stats", "totals, requests or errors", aliases=["statistics"])
+    stats = verb("stats", "totals, requests, errors, or per day", aliases=["statistics"])
     stats.add_argument("kind", nargs="?", choices=STATS_KINDS, help="what to show (default: totals)")
     _add_stats_options(stats, suppress=True)
     stats.set_defaults(func=cmd_stats)

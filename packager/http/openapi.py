@@ -208,6 +208,28 @@ def _paths() -> dict[str, Any]:
                 "Failures, newest first.", "statistics", "ListingRequest", "ErrorList", "Errors."
             )
         },
+        "/statistics/daily": {
+            "post": _secret_post(
+                "Requests, failures and unique requesters per UTC day, of all resources or one.",
+                "statistics",
+                "DailyRequest",
+                "Daily",
+                "The series.",
+            )
+        },
+        "/statistics/page": {
+            "get": {
+                "summary": "The statistics as charts for people: the page asks for the secret and sends "
+                "it in POST bodies to `/statistics` and `/statistics/daily`, never in its URL.",
+                "tags": ["statistics"],
+                "responses": {
+                    "200": {
+                        "description": "The page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/jobs/{job_id}": {
             "get": {
                 "summary": "A job's state as JSON, or a live status page for a browser (Accept: text/html, "

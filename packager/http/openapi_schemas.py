@@ -187,6 +187,18 @@ def component_schemas() -> dict[str, Any]:
             "properties": {"secret": _SECRET, "resource_id": _string("Only this resource's totals.")},
         },
         "ListingRequest": _listing_request(),
+        "DailyRequest": {
+            "type": "object",
+            "required": ["secret"],
+            "properties": {
+                "secret": _SECRET,
+                "resource_id": _string("Only this resource (default: all)."),
+                "days": {
+                    "description": "Days to answer, today (UTC) included: 1 to 366 (default 30).",
+                    **_NON_NEGATIVE,
+                },
+            },
+        },
         "Accepted": {
             "type": "object",
             "required": ["success", "msg", "status", "message", "job_id", "status_url"],
@@ -264,6 +276,28 @@ def component_schemas() -> dict[str, Any]:
                 "success": {"type": "boolean"},
                 "status": {"type": "boolean"},
                 "totals": {"type": "object", "additionalProperties": _COUNTS},
+            },
+        },
+        "Daily": {
+            "type": "object",
+            "properties": {
+                "success": {"type": "boolean"},
+                "status": {"type": "boolean"},
+                "resource_id": _string("The resource asked for, or `*` for all."),
+                "days": {
+                    "type": "array",
+                    "description": "One entry per UTC day, oldest first, today last; days without any "
+                    "are zeros.",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "date": {"type": "string", "format": "date"},
+                            "requests": {"type": "integer"},
+                            "errors": {"type": "integer"},
+                            "requesters": {"type": "integer", "description": "Unique requesters that day."},
+                        },
+                    },
+                },
             },
         },
         "RequestList": {

@@ -261,3 +261,49 @@ def job_page(
     return page(
         request, settings, title=f"Your data download: {d['headline']}", main=main, scripts=("job.js",)
     )
+
+
+def statistics_page(request: web.BaseRequest, settings: Settings) -> web.Response:
+    """`/statistics/page`: a form for the secret, then charts drawn by `static/stats.js`.
+
+    The page itself holds no numbers and needs no secret: the script sends the secret typed in the form in
+    the body of POSTs to `/statistics` and `/statistics/daily` (never in a URL, which logs and browser
+    histories keep) and draws what they answer as inline SVG, with no library and nothing fetched from
+    elsewhere. Without the script, the form posts to `/statistics/daily` and the browser shows its JSON.
+    """
+    days = "".join(
+        f'<option value="{n}"{" selected" if n == 30 else ""}>{label}</option>'
+        for n, label in ((7, "7 days"), (30, "30 days"), (90, "90 days"), (365, "365 days"))
+    )
+    main = f"""
+<h1>Download statistics</h1>
+<p>Requests, failures and the people who asked, per day (UTC), for every resource or for one.</p>
+<form id="ask" class="ask" method="post" action="daily">
+<label for="secret">Service secret</label>
+<input id="secret" name="secret" type="password" autocomplete="current-password" required>
+<label for="resource">Resource</label>
+<select id="resource" name="resource_id"><option value="">All resources</option></select>
+<label for="days">Period</label>
+<select id="days" name="days">{days}</select>
+<button type="submit">Show</button>
+</form>
+<p id="problem" class="problem" role="alert" hidden></p>
+<div id="charts" aria-live="polite" hidden>
+<p id="summary" class="note"></p>
+<figure><figcaption>Requests per day</figcaption><div id="chart-requests" class="chart"></div></figure>
+<figure><figcaption>Failures per day</figcaption><div id="chart-errors" class="chart"></div></figure>
+<figure><figcaption>Unique requesters per day</figcaption><div id="chart-requesters" class="chart"></div>
+</figure>
+<details><summary>The numbers</summary>
+<div class="scroll" tabindex="0" role="region" aria-label="Numbers per day">
+<table><caption>Per day</caption>
+<thead><tr><th scope="col">Day</th><th scope="col">Requests</th><th scope="col">Failures</th>
+<th scope="col">Unique requesters</th></tr></thead><tbody id="numbers"></tbody></table>
+</div></details>
+</div>
+<noscript><p class="problem">The charts need JavaScript; without it, Show answers the numbers as JSON.
+</p></noscript>
+"""
+    answer = page(request, settings, title="Download statistics", main=main, scripts=("stats.js",))
+    answer.headers["Referrer-Policy"] = "no-referrer"
+    return answer

@@ -100,6 +100,36 @@ async def statistics(request: web.Request) -> web.Response:
     return json_response({"success": True, "status": True, "totals": totals})
 
 
+DAY = 86_400
+MAX_DAYS = 366
+
+
+async def statistics_daily(request: web.Request) -> web.Response:
+    """`/statistics/daily`: requests, errors and unique requesters per UTC day, oldest first, for the last
+    `days` days (today included) of a resource or of all; days without any are zeros."""
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    days = _non_negative(params, "days", 30)
+    if not 1 <= days <= MAX_DAYS:
+        raise BadRequestError(f"Parameter days must be between 1 and {MAX_DAYS}")
+    resource_id = str(params.get("resource_id") or "") or None
+    today = int(time.time()) // DAY
+    first = today - days + 1
+    found = await _read(_views(request).daily(since=float(first * DAY), resource_id=resource_id))
+    series = []
+    for day in range(first, today + 1):
+        requests, errors, requesters = found.get(day, (0, 0, 0))
+        date = datetime.fromtimestamp(day * DAY, UTC).date().isoformat()
+        series.append({"date": date, "requests": requests, "errors": errors, "requesters": requesters})
+    return json_response({"success": True, "status": True, "resource_id": resource_id or "*", "days": series})
+
+
+async def statistics_page(request: web.Request) -> web.Response:
+    """`GET /statistics/page`: the statistics as charts for people; the page asks for the secret itself."""
+    return pages.statistics_page(request, request.app[SETTINGS])
+
+
 async def _listing(request: web.Request, kind: str) -> web.Response:
     settings = request.app[SETTINGS]
     params = await read_params(request)
@@ -332,6 +362,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/statistics", statistics)
     app.router.add_post("/statistics/requests", statistics_requests)
     app.router.add_post("/statistics/errors", statistics_errors)
+    app.router.add_post("/statistics/daily", statistics_daily)
+    app.router.add_get("/statistics/page", statistics_page)
     app.router.add_get("/jobs/{job_id}", job)
     app.router.add_get("/jobs/{job_id}/events", job_events)
     app.router.add_get("/static/{name}", static_file)

@@ -41,7 +41,7 @@ from tests.browser.support import (
 )
 from tests.unit.samples import SECRET, attach_views, completed, fill_views
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.features]
 
 JOB = "0b5b3c9e-1f0e-4c1a-9d6e-2a7f1c3e5d70"
 SIZE = 69_203_991  # 66.0 MiB (69.2 MB): the page must not call it "66.0 MB"

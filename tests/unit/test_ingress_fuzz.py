@@ -39,7 +39,14 @@ from tests.unit.samples import attach_views, fill_views
 # Cases per test; together they are the 10,000 of the suite.
 EXAMPLES = {"submit": 6_000, "admin": 2_000, "read": 2_000}
 SUBMIT_PATHS = ["/package_url", "/package_datastore", "/package_dwc_archive"]
-ADMIN_PATHS = ["/clear_caches", "/statistics", "/statistics/requests", "/statistics/errors", "/status"]
+ADMIN_PATHS = [
+    "/clear_caches",
+    "/statistics",
+    "/statistics/requests",
+    "/statistics/errors",
+    "/statistics/daily",
+    "/status",
+]
 
 FUZZ = settings(
     deadline=None,
