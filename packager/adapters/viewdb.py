@@ -436,21 +436,18 @@ class ViewDatabase:
     def daily(
         self, conn: Any, *, since: float, resource_id: str | None = None
     ) -> dict[int, tuple[int, int, int]]:
-        """Per UTC day (days since 1970-01-01) from `since` on: (requests, errors, unique requesters).
-
-        Grouped over the statistics' own rows by their indexed time (and resource), so no view of its own
-        is needed; days without any request or error are absent.
-        """
+        """Per UTC day (days since 1970-01-01) from `since` on: (requests, errors, unique requesters); days
+        with neither are absent. A grouping of the statistics' rows by their indexed time."""
         day = "CAST(ts / 86400 AS INTEGER)" if self.dialect == schema.SQLITE else "FLOOR(ts / 86400)"
         where, params = "ts >= ?", [since]
         if resource_id:
             where, params = "resource_id = ? AND ts >= ?", [resource_id, since]
         found: dict[int, tuple[int, int, int]] = {}
         requests = f"SELECT {day} AS d, COUNT(*), COUNT(DISTINCT email) FROM stat_requests WHERE {where}"
-        for d, count, unique in conn.execute(self._sql(requests + " GROUP BY d"), params).fetchall():
+        for d, count, unique in conn.execute(self.sql(requests + " GROUP BY d"), params).fetchall():
             found[int(d)] = (int(count), 0, int(unique))
         errors = f"SELECT {day} AS d, COUNT(*) FROM stat_errors WHERE {where}"
-        for d, count in conn.execute(self._sql(errors + " GROUP BY d"), params).fetchall():
+        for d, count in conn.execute(self.sql(errors + " GROUP BY d"), params).fetchall():
             count_requests, _, unique = found.get(int(d), (0, 0, 0))
             found[int(d)] = (count_requests, int(count), unique)
         return found
