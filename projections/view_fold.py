@@ -70,6 +70,8 @@ class Changes:
     # (job id, `request_details` as JSON) of the requests folded for the first time
     details: list[tuple[str, str]] = field(default_factory=list)
     erased: set[str] = field(default_factory=set)  # ids of destroyed data keys
+    # job id -> (who, resource id) of a job now queued or running, or None when it ended (`active_jobs`)
+    active: dict[str, tuple[str, str] | None] = field(default_factory=dict)
     folded: int = 0
 
     def _total(self, resource_id: str) -> list[int]:
@@ -132,6 +134,8 @@ def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Kn
                 continue  # a replayed request counts once
             assert who is not None
             out.accepted += 1
+            if not after.terminal:  # its end may have been folded first (the topics are read apart)
+                out.active[job_id] = (who, p.resource_id)
             out.details.append((job_id, orjson.dumps(request_details(p)).decode()))
             resource = p.resource_id
             domain = p.requester_domain or email_domain(p.email)
@@ -152,6 +156,7 @@ def fold(events: Sequence[Envelope], requesters: Sequence[str | None], known: Kn
         elif event.type in TERMINAL_TYPES:
             if before is None or not before.terminal:
                 out.finished += 1
+                out.active[job_id] = None
             if isinstance(p, PackageFailed) and job_id not in failed:
                 failed.add(job_id)
                 assert who is not None

@@ -9,9 +9,11 @@ from packager.adapters.requester_keys import RequesterKeys
 from packager.adapters.viewreads import ReadViews
 from packager.core.settings import Settings
 from packager.domain.validation import Resolver
+from packager.http.limits import Limits
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 EVENT_LOG: web.AppKey[EventLog] = web.AppKey("event_log", EventLog)  # type: ignore[type-abstract]
 RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")  # type: ignore[arg-type]
 READ_VIEWS: web.AppKey[ReadViews] = web.AppKey("read_views", ReadViews)
 REQUESTER_KEYS: web.AppKey[RequesterKeys] = web.AppKey("requester_keys", RequesterKeys)  # type: ignore[type-abstract]
+LIMITS: web.AppKey[Limits] = web.AppKey("limits", Limits)
