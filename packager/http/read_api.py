@@ -27,7 +27,7 @@ from packager.domain.requesters import SealError, shown
 from packager.http import pages
 from packager.http.app_keys import READ_VIEWS, REQUESTER_KEYS, SETTINGS
 from packager.http.common import authenticate, json_response, read_params
-from packager.http.job_texts import Expiry, display, parse_time
+from packager.http.job_texts import Expiry, ask_again_text, display, parse_time
 from packager.http.pages import wants_html
 from projections.jobs import ABANDONED, COMPLETED, FAILED, JobState
 
@@ -171,7 +171,11 @@ def job_view(
         "finished_at": job.finished_at or None,
         "updated_at": job.updated_at or None,
         "display": display(
-            job, expiry=expiry, email_expected=email_expected(job, settings), download_url=download_url
+            job,
+            expiry=expiry,
+            email_expected=email_expected(job, settings),
+            download_url=download_url,
+            ask_again=ask_again_text(settings.portal_name, settings.portal_url),
         ),
     }
 
@@ -192,7 +196,11 @@ def link_expiry(job: JobState, settings: Settings, *, now: float | None = None) 
             "/downloads"
         )
     until = built + settings.cache_time
-    return Expiry(at=datetime.fromtimestamp(until, UTC), gone=not present or now > until)
+    return Expiry(
+        at=datetime.fromtimestamp(until, UTC),
+        gone=not present or now > until,
+        removed=not present and now <= until,
+    )
 
 
 def email_expected(job: JobState, settings: Settings) -> bool:
