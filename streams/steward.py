@@ -4,13 +4,15 @@ The planner reads partition p of the requests topic: a request is answered from 
 already running for the same query, or is queued on a lane. The steward reads partition p of the events
 topic and owns the tables of that partition: the cache index, the requests waiting for one build, the
 leases of builds in progress (`streams.leases`) and the end mark of every job. It is the only writer of a
-built job's terminal event (`end_once`), dispatches lost or released builds again, and expires packages.
+built job's terminal event (`end_once`), dispatches lost or released builds again, expires packages, and
+reminds requesters before they do (`streams.expiry_notices`).
 Both are registered on the app by `add_planner_and_steward`, called from `streams.app.create_app`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +44,7 @@ from packager.domain.events import (
     RequestAbandoned,
     decode,
 )
-from streams import leases
+from streams import expiry_notices, leases
 from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
 from streams.handlers import abandoned, plan_lane
 from streams.packers import ATTEMPT_HEADER
@@ -91,6 +93,8 @@ def add_planner_and_steward(
     # job id -> where its current attempt's lane record is (attempt, topic, partition, offset): the watchdog
     # compares it with the worker group's committed offset to find builds lost before they started.
     lane_records = app.Table("lane_records", default=None, partitions=settings.partitions)
+    notices = expiry_notices.notices_table(app, settings)  # job id -> what its reminder needs
+    reminders = expiry_notices.Reminders()
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
     events_name = events_topic.get_topic_name()
     seen: dict[int, int] = {}  # events partition -> the last offset the steward handled
@@ -328,8 +332,10 @@ def add_planner_and_steward(
                 if cached and cached["job_id"] == env.job_id:
                     del cache[key]
                 store.discard(store.path_of(p.zip_file_name))
-            elif not changed:
+            elif not changed and not settings.expiry_notice_before:
                 continue
+            if settings.expiry_notice_before:
+                expiry_notices.track(notices, reminders, env, cache.get(key), partition, settings)
             await app.producer.flush()
 
     async def caught_up(partitions: set[int]) -> set[int]:
@@ -461,7 +467,8 @@ def add_planner_and_steward(
 
     @app.timer(interval=settings.janitor_interval)
     async def janitor() -> None:
-        """Sweep old partial files; expire packages older than CACHE_TIME (one PackageExpired each)."""
+        """Sweep old partial files; expire packages older than CACHE_TIME (one PackageExpired each); append
+        the expiry notices due (EXPIRY_NOTICE_BEFORE)."""
         await sweep_partial_files(store, settings)
         now = time.time()
         for cached_key, cached in list(cache.items()):
@@ -472,6 +479,12 @@ def add_planner_and_steward(
                 except KafkaError as exc:  # a timer that raises stops the worker: the next sweep tries again
                     log.warning("PackageExpired not appended yet: %r", exc)
                     return
+        if settings.expiry_notice_before:
+            assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_name}
+            remind = functools.partial(publish, events_topic)
+            await expiry_notices.append_due(
+                notices, reminders, cache, store, assigned, caught_up, remind, settings
+            )
 
 
 def _unknown_request(cache_key: str) -> PackageRequested:

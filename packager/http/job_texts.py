@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from packager.domain.wording import failure_texts
+from packager.domain.wording import ask_again_text, failure_texts
 from projections.jobs import ABANDONED, COMPLETED, FAILED, QUEUED, RUNNING, JobState
 
 # Progress at or above which a running job is writing its archive (the rows are all fetched).
@@ -129,17 +129,6 @@ class Expiry:
     at: datetime | None
     gone: bool
     removed: bool = False
-
-
-def ask_again_text(portal_name: str = "", portal_url: str = "") -> str:
-    """How to get the data of an expired or cleared download: ask again where it was asked for."""
-    where = f"the dataset's page on {portal_name or 'the portal'}"
-    if portal_url:
-        where += f" ({portal_url})"
-    return (
-        f"Please ask for the data again from {where}, as you did the first time: a new download is "
-        "prepared and a new link emailed to you."
-    )
 
 
 def display(

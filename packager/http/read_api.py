@@ -24,10 +24,11 @@ from packager.adapters.viewreads import ReadViews
 from packager.core.errors import BadRequestError, UnavailableError
 from packager.core.settings import Settings
 from packager.domain.requesters import SealError, shown
+from packager.domain.wording import ask_again_text
 from packager.http import pages
 from packager.http.app_keys import READ_VIEWS, REQUESTER_KEYS, SETTINGS
 from packager.http.common import authenticate, json_response, read_params
-from packager.http.job_texts import Expiry, ask_again_text, display, parse_time
+from packager.http.job_texts import Expiry, display, parse_time
 from packager.http.pages import wants_html
 from projections.jobs import ABANDONED, COMPLETED, FAILED, JobState
 
