@@ -94,7 +94,7 @@ class Settings:
     download_url_base: str = ""
     # Hosts `api_url` may name (lower case); empty means any host that passes the address checks.
     allowed_api_hosts: tuple[str, ...] = ()
-    # Fair limits (docs/http-api.md#limits), 0 = no limit: jobs one requester (their pseudonym) may have
+    # Fair limits (docs/http-api.md#fair-limits), 0 = no limit: jobs one requester (their pseudonym) may have
     # queued or running, requests they may make in an hour, and jobs one resource may have in progress.
     max_active_jobs_per_requester: int = 0
     max_requests_per_hour_per_requester: int = 0

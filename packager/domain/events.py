@@ -239,8 +239,10 @@ class PackageExpired(Event):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ExpiryNoticeDue(Event):
-    """A completed job's ZIP expires at `expires_at` (EXPIRY_NOTICE_BEFORE from now): the mailer reminds
-    its requester. Appended once by the job's steward; requester fields as in PackageCompleted."""
+    """A completed job's download expires soon: the mailer reminds its requester.
+
+    Appended once by the job's steward EXPIRY_NOTICE_BEFORE before `expires_at`; requester fields as in
+    PackageCompleted."""
 
     TYPE: ClassVar[str] = "ExpiryNoticeDue"
     cache_key: str

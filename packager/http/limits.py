@@ -1,5 +1,5 @@
 """Fair limits at the ingress: how many jobs one requester or one resource may have in progress, and how
-many requests one requester may make in an hour (docs/http-api.md#limits).
+many requests one requester may make in an hour (docs/http-api.md#fair-limits).
 
 Checked before anything is sealed or appended: a refused request gets 429 with `Retry-After`, and leaves
 nothing in any topic. Requesters are counted by their pseudonym (the address is never looked up).
