@@ -14,6 +14,7 @@ from packager.domain.events import (
     EmailFailed,
     EmailSent,
     Envelope,
+    ExpiryNoticeDue,
     LeaseExpired,
     PackageBuilt,
     PackageCompleted,
@@ -148,6 +149,8 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
             return changed(state=ABANDONED, error=error, finished_at=event.occurred_at)
         case PackageBuilt() | LeaseExpired() | PackageReleased():
             return current if current.terminal else changed()
+        case EmailSent() | EmailFailed() if p.about == ExpiryNoticeDue.TYPE:
+            return changed()  # the reminder before expiry: the page tells of the completion email
         case EmailSent():
             return changed(emailed=True, email_error="")
         case EmailFailed():

@@ -82,6 +82,8 @@ class Changes:
     details: list[tuple[str, str]] = field(default_factory=list)
     erased: set[str] = field(default_factory=set)  # ids of destroyed data keys
     worker: WorkerRows = field(default_factory=WorkerRows)  # the worker's views, `touched` to be written
+    # job id -> (who, resource id) of a job now queued or running, or None when it ended (`active_jobs`)
+    active: dict[str, tuple[str, str] | None] = field(default_factory=dict)
     folded: int = 0
 
     def _total(self, resource_id: str) -> list[int]:
@@ -156,6 +158,8 @@ def fold(
                 continue  # a replayed request counts once
             assert who is not None
             out.accepted += 1
+            if not after.terminal:  # its end may have been folded first (the topics are read apart)
+                out.active[job_id] = (who, p.resource_id)
             out.details.append((job_id, orjson.dumps(request_details(p)).decode()))
             resource = p.resource_id
             domain = p.requester_domain or email_domain(p.email)
@@ -176,6 +180,7 @@ def fold(
         elif event.type in TERMINAL_TYPES:
             if before is None or not before.terminal:
                 out.finished += 1
+                out.active[job_id] = None
             if isinstance(p, PackageFailed) and job_id not in failed:
                 failed.add(job_id)
                 assert who is not None

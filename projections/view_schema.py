@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # 2: requesters are always pseudonyms; sealed addresses; erased keys. 3: the worker's views (cache index,
-# builds in flight, waiting requests), which views of version 2 lack for the events they already folded.
+# builds in flight, waiting requests) and `active_jobs`, which views of version 2 lack for the events they
+# already folded.
 SCHEMA_VERSION = "3"
 
 SQLITE, POSTGRES = "sqlite", "postgres"
@@ -117,6 +118,14 @@ REQUESTER_RESOURCES = Table(
 # Data keys destroyed by erasures (`RequesterErased`): the pages of jobs whose address was sealed under one
 # say their requester was erased (a later request of the same person, under a new key, is not).
 ERASED_KEYS = Table("erased_keys", (("key_id", "text"),), ("key_id",))
+# Jobs queued or running, with their requester's pseudonym and resource: what the ingress's fair limits
+# count (docs/http-api.md#limits). A row leaves when its job ends, so the table stays small.
+ACTIVE_JOBS = Table(
+    "active_jobs",
+    (("job_id", "text"), ("who", "text"), ("resource_id", "text")),
+    ("job_id",),
+    (("active_jobs_by_who", ("who",)), ("active_jobs_by_resource", ("resource_id",))),
+)
 # `accepted` and `finished` jobs: `/status` answers queue_length = accepted - finished.
 COUNTERS = Table("counters", (("name", "text"), ("value", "int")), ("name",))
 # Every ZIP name a job completed with: a download gone but once built answers 410, not 404.
@@ -183,6 +192,7 @@ TABLES: tuple[Table, ...] = (
     COUNTERS,
     BUILT_ZIPS,
     *WORKER_TABLES,
+    ACTIVE_JOBS,
 )
 # What `replay verify` compares row by row: every table but the tracking records (checked on their own) and
 # `meta`, which describes the views (schema version, the log they were built from, the projector's status)

@@ -18,11 +18,12 @@ from packager.core import retrying
 from packager.core.errors import BadRequestError, PackagingError, UnavailableError
 from packager.core.retrying import Backoff
 from packager.core.settings import Settings
-from packager.domain.emails import render_completed, render_failed
+from packager.domain.emails import render_completed, render_expiry_notice, render_failed
 from packager.domain.events import (
     EmailFailed,
     EmailSent,
     Envelope,
+    ExpiryNoticeDue,
     PackageCompleted,
     PackageFailed,
     PackageRequested,
@@ -67,7 +68,9 @@ ERASED_REQUESTER = "not sent: the requester was erased"
 UNREADABLE_KEY = "not sent: the requester's key cannot be read (KEY_SEALING_SECRET changed)"
 
 
-async def recipient(keys: RequesterKeys | None, payload: PackageCompleted | PackageFailed) -> str | None:
+async def recipient(
+    keys: RequesterKeys | None, payload: PackageCompleted | PackageFailed | ExpiryNoticeDue
+) -> str | None:
     """The address to write to: opened from its sealed form (None: erased), or a v1 event's clear one."""
     if not payload.email_sealed:
         return payload.email
@@ -88,14 +91,15 @@ async def notify(
     slot: contextlib.AbstractAsyncContextManager[Any] | None = None,
     keys: RequesterKeys | None = None,
 ) -> EmailSent | EmailFailed | None:
-    """Email the requester about a terminal event and describe the outcome (None: nothing to send).
+    """Email the requester about a terminal event, or remind them that their download expires soon
+    (`ExpiryNoticeDue`), and describe the outcome (None: nothing to send).
 
     `slot` bounds how many emails talk to the SMTP server at once (see `packager.adapters.smtp.deliver`).
     The address is opened with `keys` just before sending and kept in memory only; a requester erased
     meanwhile gets no email (EmailFailed says so).
     """
     payload = env.payload
-    if isinstance(payload, PackageCompleted | PackageFailed):
+    if isinstance(payload, PackageCompleted | PackageFailed | ExpiryNoticeDue):
         if isinstance(payload, PackageFailed) and not settings.email_failures:
             return None
         try:
@@ -113,8 +117,10 @@ async def notify(
         if not settings.email_failures:
             return None
         message = render_failed(settings, env.job_id, payload)
+    elif isinstance(payload, ExpiryNoticeDue):
+        message = render_expiry_notice(settings, env.job_id, payload)
     else:  # pragma: no cover - the agent filters terminal events
-        raise TypeError(f"not a terminal event: {env.type}")
+        raise TypeError(f"not an event emailed about: {env.type}")
     delivery = await deliver(settings, message, slot=slot)
     if delivery.ok:
         log.info("email sent", extra={"job_id": env.job_id})
@@ -148,3 +154,8 @@ def abandoned(message: Any) -> tuple[str, str] | None:
     if appended_ms <= deadline_ms:
         return None
     return iso_ms(appended_ms), iso_ms(deadline_ms)
+
+
+def unknown_request(cache_key: str) -> PackageRequested:
+    """Stands in for a request the steward no longer has (it cannot happen unless a table was lost)."""
+    return PackageRequested(kind="", cache_key=cache_key, resource_id="", email="", ckan_host="", request={})

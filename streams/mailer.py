@@ -6,7 +6,9 @@ planner, the packers and cache hits of the same worker. Here the mailer has its 
 (`<prefix>-mailer`): an SMTP outage holds emails and nothing else.
 
 Delivery, at least once with duplicates only in a crash window:
-- each terminal event gets a send task (at most MAIL_CONCURRENCY talk to SMTP at once, the rest wait);
+- each terminal event, and each `ExpiryNoticeDue` (a reminder before a download expires, told apart from
+  the job's terminal email by `mail_of`), gets a send task (at most MAIL_CONCURRENCY talk to SMTP at
+  once, the rest wait);
   the group's offset of a partition never passes a terminal event whose outcome (`EmailSent` or
   `EmailFailed`) is not yet acknowledged by the broker;
 - outcomes are appended with the terminal event's key, so they follow it in the same partition. When a
@@ -37,7 +39,16 @@ from packager.core.errors import EventDecodeError
 from packager.core.logs import bind_job
 from packager.core.retrying import Backoff
 from packager.core.settings import Settings
-from packager.domain.events import NOTIFIED_TYPES, EmailFailed, EmailSent, Envelope, decode, encode, envelope
+from packager.domain.events import (
+    NOTIFIED_TYPES,
+    EmailFailed,
+    EmailSent,
+    Envelope,
+    ExpiryNoticeDue,
+    decode,
+    encode,
+    envelope,
+)
 from streams.handlers import notify
 from streams.pauses import TICK, PauseWatch
 from streams.readahead import LogReader
@@ -45,9 +56,16 @@ from streams.readahead import LogReader
 log = logging.getLogger(__name__)
 
 OUTCOME_TYPES = frozenset({EmailSent.TYPE, EmailFailed.TYPE})
+MAILED_TYPES = NOTIFIED_TYPES | {ExpiryNoticeDue.TYPE}
 REMEMBERED = 100_000  # job ids emailed recently, a second guard against repeated terminal events
 COMMIT_EVERY = 1.0
 REVOKE_GRACE = 5.0  # how long a revoked partition's sends may finish before they are left to the next owner
+
+
+def mail_of(env: Envelope) -> str:
+    """Which email an event asks for or settles: a job's terminal email (its id), or its expiry notice."""
+    about = getattr(env.payload, "about", env.type)
+    return f"{env.job_id}:notice" if about == ExpiryNoticeDue.TYPE else env.job_id
 
 
 class _Gate:
@@ -233,16 +251,16 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         except EventDecodeError:
             return  # dead-lettered by the steward
         if env.type in OUTCOME_TYPES:
-            self._settled[tp].discard(env.job_id)
-            self._remember(env.job_id)
+            self._settled[tp].discard(mail_of(env))
+            self._remember(mail_of(env))
             return
-        if env.type not in NOTIFIED_TYPES:
+        if env.type not in MAILED_TYPES:
             return
         if tp not in self._scanned:
             await self._read_ahead(tp, offset)
         if tp in self._revoking or tp not in self._sends:
             return  # revoked meanwhile: the next owner reads it again (the commit did not pass it)
-        job = env.job_id
+        job = mail_of(env)
         if job in self._settled[tp] or job in self._recent or job in self._sending:
             return  # emailed before a restart, a repeated terminal event, or being sent now
         self._sending.add(job)
@@ -264,8 +282,8 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await self._deliver(env)
         finally:
-            self._sending.discard(env.job_id)
-        self._remember(env.job_id)  # settled: a repeated terminal event is not emailed again
+            self._sending.discard(mail_of(env))
+        self._remember(mail_of(env))  # settled: a repeated terminal event is not emailed again
 
     async def _deliver(self, env: Envelope) -> None:
         outcome = await notify(self.settings, env, slot=self._smtp, keys=self._keys)
@@ -293,7 +311,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
 
         def note(env: Envelope) -> None:
             if env.type in OUTCOME_TYPES:
-                settled.add(env.job_id)
+                settled.add(mail_of(env))
 
         await self._reader.scan(tp, start, note)
 

@@ -4,13 +4,15 @@ The planner reads partition p of the requests topic: a request is answered from 
 already running for the same query, or is queued on a lane. The steward reads partition p of the events
 topic and owns the tables of that partition: the cache index, the requests waiting for one build, the
 leases of builds in progress (`streams.leases`) and the end mark of every job. It is the only writer of a
-built job's terminal event (`end_once`), dispatches lost or released builds again, and expires packages.
+built job's terminal event (`end_once`), dispatches lost or released builds again, expires packages, and
+reminds requesters before they do (`streams.expiry_notices`).
 Both are registered on the app by `add_planner_and_steward`, called from `streams.app.create_app`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,7 +43,7 @@ from packager.domain.events import (
     RequestAbandoned,
     decode,
 )
-from streams import leases
+from streams import expiry_notices, leases
 from streams.cache import (
     STALE_SWEEP_INTERVAL,
     cache_entry,
@@ -54,7 +56,7 @@ from streams.cache import (
     sweep_stale_packages,
     waiter,
 )
-from streams.handlers import abandoned, plan_lane
+from streams.handlers import abandoned, plan_lane, unknown_request
 from streams.packers import ATTEMPT_HEADER
 from streams.readahead import LogReader, committed_offsets
 
@@ -94,13 +96,13 @@ def add_planner_and_steward(
     lease_table = app.Table("leases", default=None, partitions=settings.partitions)
     kept = app.Table("requests", default=None, partitions=settings.partitions)
     # job id -> the events offset from which its terminal event may already be in the log: written (and
-    # flushed) before the append, so that after a crash the append is looked for rather than repeated.
-    # Once the terminal event is read back, the entry becomes the job's end mark, kept for ENDED_KEPT:
-    # records of the job read again after a rebalance must not bring its lease back to life.
+    # flushed) before the append, so that after a crash the append is looked for rather than repeated; once
+    # read back, the job's end mark, kept for ENDED_KEPT (records read again must not revive its lease).
     ending = app.Table("ending", default=None, partitions=settings.partitions)
     # job id -> where its current attempt's lane record is (attempt, topic, partition, offset): the watchdog
     # compares it with the worker group's committed offset to find builds lost before they started.
     lane_records = app.Table("lane_records", default=None, partitions=settings.partitions)
+    notices, reminders = expiry_notices.notices_table(app, settings), expiry_notices.Reminders()
     store = open_store(settings)
     events_name = events_topic.get_topic_name()
     seen: dict[int, int] = {}  # events partition -> the last offset the steward handled
@@ -253,12 +255,12 @@ def add_planner_and_steward(
                 record = kept.get(job_id)
                 if record is None:
                     log.error("the job's request is not kept; it cannot be built again")
-                    await end_once(job_id, key, leases.gave_up(_unknown_request(key), 1), partition)
+                    await end_once(job_id, key, leases.gave_up(unknown_request(key), 1), partition)
                 else:
                     await dispatch(job_id, key, lane, attempt, record)
             case leases.GiveUp(lost=lost):
                 record = kept.get(job_id)
-                request = decode(record).payload if record else _unknown_request(key)
+                request = decode(record).payload if record else unknown_request(key)
                 assert isinstance(request, PackageRequested)
                 log.error("the job's build was lost %d times; it fails", lost)
                 await end_once(job_id, key, leases.gave_up(request, lost), partition)
@@ -338,8 +340,10 @@ def add_planner_and_steward(
                 if cached and cached["job_id"] == env.job_id:
                     del cache[key]
                 await remove_zip(store, p.zip_file_name)
-            elif not changed:
+            elif not changed and not settings.expiry_notice_before:
                 continue
+            if settings.expiry_notice_before:
+                expiry_notices.track(notices, reminders, env, cache.get(key), partition, settings)
             await app.producer.flush()
 
     async def caught_up(partitions: set[int]) -> set[int]:
@@ -476,7 +480,7 @@ def add_planner_and_steward(
 
     @app.timer(interval=settings.janitor_interval)
     async def janitor() -> None:
-        """Sweep old partial files; expire packages older than CACHE_TIME (one PackageExpired each)."""
+        """Sweep old partials; expire packages past CACHE_TIME (one PackageExpired each); remind before."""
         await sweep_partial_files(store, settings)
         now = time.time()
         for cached_key, cached in list(cache.items()):
@@ -487,8 +491,9 @@ def add_planner_and_steward(
                 except KafkaError as exc:  # a timer that raises stops the worker: the next sweep tries again
                     log.warning("PackageExpired not appended yet: %r", exc)
                     return
-
-
-def _unknown_request(cache_key: str) -> PackageRequested:
-    """Stands in for a request the steward no longer has (it cannot happen unless a table was lost)."""
-    return PackageRequested(kind="", cache_key=cache_key, resource_id="", email="", ckan_host="", request={})
+        if settings.expiry_notice_before:
+            assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_name}
+            remind = functools.partial(publish, events_topic)
+            await expiry_notices.append_due(
+                notices, reminders, cache, store, assigned, caught_up, remind, settings
+            )

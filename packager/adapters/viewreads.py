@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from packager.adapters.kafka_log import Topics
 from packager.adapters.readside import identity_for, topic_partitions
-from packager.adapters.viewdb import ViewDatabase, ViewsUnavailable, database_url
+from packager.adapters.viewdb import Usage, ViewDatabase, ViewsUnavailable, database_url
 from packager.core.settings import Settings
 from projections.jobs import JobState
 from projections.view_schema import PROJECTOR_STATUS
@@ -119,6 +119,10 @@ class ReadViews:
     async def zip_was_built(self, name: str) -> bool:
         """True when some job completed with this ZIP."""
         return await self.run(lambda conn: self.db.zip_was_built(conn, name))
+
+    async def usage(self, who: str, resource_id: str, since: float, pending: set[str]) -> Usage:
+        """What the fair limits count (`ViewDatabase.usage`)."""
+        return await self.run(lambda conn: self.db.usage(conn, who, resource_id, since, pending))
 
     async def positions(self) -> dict[tuple[str, int], int]:
         """The projector's tracking records."""

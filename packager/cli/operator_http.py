@@ -141,6 +141,8 @@ def http_failure(host: str, status: int, reason: str, body: bytes) -> RefusedErr
         text = f"{host} rejected the request: {message}"
     elif status == 404:
         text = f"{host} has no such thing: {message}"
+    elif status == 429:  # a fair limit: the message says when to ask again
+        text = f"{host} is limiting requests: {message}"
     elif status == 503:
         text = f"{host} is unavailable: {message}"
     else:

@@ -39,6 +39,17 @@ class PayloadTooLargeError(PackagerError):
     error_name = "PayloadTooLargeError"
 
 
+class TooManyRequestsError(PackagerError):
+    """A fair limit refused the request (429); `retry_after`: seconds until asking again may succeed."""
+
+    http_status = 429
+    error_name = "TooManyRequestsError"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UnavailableError(PackagerError):
     """A dependency (the Kafka broker) cannot be reached; the request was not accepted."""
 

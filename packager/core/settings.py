@@ -94,6 +94,11 @@ class Settings:
     download_url_base: str = ""
     # Hosts `api_url` may name (lower case); empty means any host that passes the address checks.
     allowed_api_hosts: tuple[str, ...] = ()
+    # Fair limits (docs/http-api.md#fair-limits), 0 = no limit: jobs one requester (their pseudonym) may have
+    # queued or running, requests they may make in an hour, and jobs one resource may have in progress.
+    max_active_jobs_per_requester: int = 0
+    max_requests_per_hour_per_requester: int = 0
+    max_active_jobs_per_resource: int = 0
 
     # Kafka.
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
@@ -143,6 +148,8 @@ class Settings:
     cache_time: int = 60 * 60 * 24
     # Seconds between the janitor's sweeps for packages older than CACHE_TIME.
     janitor_interval: float = 60.0
+    # Seconds before a package expires at which its requesters are emailed a reminder, once (0: none).
+    expiry_notice_before: int = 0
     # Seconds without a heartbeat after which the broker gives a dead worker's partitions to the others
     # (Kafka's group session timeout; the broker accepts 6 to 300 by default).
     session_timeout: float = 15.0
@@ -409,6 +416,10 @@ RANGES: dict[str, Range] = {
     "s3_part_size": Range(5 * 2**20, 5 * 2**30, unit="bytes"),
     "s3_presign_time": Range(1, 7 * 24 * 3600, unit="seconds"),
     "janitor_interval": POSITIVE_SECONDS,
+    "expiry_notice_before": Range(0, unit="seconds", note="0: no notice"),
+    "max_active_jobs_per_requester": Range(0, 1_000_000, note="0: no limit"),
+    "max_requests_per_hour_per_requester": Range(0, 1_000_000, note="0: no limit"),
+    "max_active_jobs_per_resource": Range(0, 1_000_000, note="0: no limit"),
     # Kafka's group.min/max.session.timeout.ms defaults.
     "session_timeout": Range(6, 300, unit="seconds"),
     "lease_time": Range(3, 3600, unit="seconds"),

@@ -1,4 +1,5 @@
-"""Rendering the requester's email for a terminal event. Pure: no SMTP here (see `packager.adapters.smtp`).
+"""Rendering the requester's emails: for a terminal event, and the reminder before a download expires
+(`render_expiry_notice`, fixed wording). Pure: no SMTP here (see `packager.adapters.smtp`).
 
 Templates use the original service's placeholders (`{resource_id}`, `{zip_file_name}`, `{ckan_host}`, `{doi}`,
 `{doi_body}`, `{doi_body_html}`) plus `{download_url}`, `{status_url}`, `{row_count}`, `{file_size}`,
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings
-from packager.domain.events import PackageCompleted, PackageFailed
-from packager.domain.wording import failure_texts
+from packager.domain.events import ExpiryNoticeDue, PackageCompleted, PackageFailed
+from packager.domain.wording import ask_again_text, failure_texts
 
 DOI_PLACEHOLDERS = frozenset(
     {
@@ -180,6 +181,39 @@ def render_failed(settings: Settings, job_id: str, event: PackageFailed) -> Emai
     msg = EmailMessage()
     msg["Subject"] = _one_line(templates.failure_subject.format(**values))
     msg.set_content(templates.failure_body.format(**values))
+    return _addressed(msg, settings, event.email, job_id)
+
+
+EXPIRY_NOTICE_SUBJECT = "Your download from {ckan_host} expires on {expires_at}"
+EXPIRY_NOTICE_BODY = """Hello,
+
+The data you requested from {ckan_host} (resource {resource_id}) can be downloaded until {expires_at}:
+{download_url}
+
+After that the file is removed. {ask_again}
+
+This was job {job_id}; its status page is {status_url}
+
+Best wishes,
+The Data Portal Bot
+"""
+
+
+def render_expiry_notice(settings: Settings, job_id: str, event: ExpiryNoticeDue) -> EmailMessage:
+    """The reminder that a download's link stops working soon (EXPIRY_NOTICE_BEFORE), plain text."""
+    expires = _expires_at(event.expires_at, 0)
+    values = {
+        "ckan_host": event.ckan_host,
+        "resource_id": event.resource_id,
+        "expires_at": expires,
+        "download_url": f"{settings.download_base}/{event.zip_file_name}",
+        "ask_again": ask_again_text(settings.portal_name, settings.portal_url),
+        "job_id": job_id,
+        "status_url": f"{settings.status_base}/{job_id}",
+    }
+    msg = EmailMessage()
+    msg["Subject"] = _one_line(EXPIRY_NOTICE_SUBJECT.format(**values))
+    msg.set_content(EXPIRY_NOTICE_BODY.format(**values))
     return _addressed(msg, settings, event.email, job_id)
 
 

@@ -238,6 +238,25 @@ class PackageExpired(Event):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ExpiryNoticeDue(Event):
+    """A completed job's download expires soon: the mailer reminds its requester.
+
+    Appended once by the job's steward EXPIRY_NOTICE_BEFORE before `expires_at`; requester fields as in
+    PackageCompleted."""
+
+    TYPE: ClassVar[str] = "ExpiryNoticeDue"
+    cache_key: str
+    resource_id: str
+    ckan_host: str
+    zip_file_name: str
+    expires_at: str
+    email: str
+    requester: str
+    requester_domain: str
+    email_sealed: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RequestAbandoned(Event):
     """Terminal: the request reached the log only after the ingress had stopped waiting and answered 503.
 
@@ -293,30 +312,11 @@ def requester_fields(event: Event | dict[str, Any]) -> dict[str, str]:
     return {name: str(getattr(event, name, "") or "") for name in REQUESTER_FIELDS}
 
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls
-    for cls in (
-        PackageRequested,
-        PackageQueued,
-        PackageStarted,
-        PackageProgress,
-        PackageCompleted,
-        PackageFailed,
-        PackageBuilt,
-        LeaseExpired,
-        PackageReleased,
-        EmailSent,
-        EmailFailed,
-        CacheCleared,
-        PackageExpired,
-        RequestAbandoned,
-        RecordRejected,
-        RequesterErased,
-    )
-}
+# Every payload type defined above, by wire name (subclasses of Event are defined nowhere else).
+EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in Event.__subclasses__()}
 
 TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE, RequestAbandoned.TYPE})
-# Terminal events the requester hears about by email.
+# Terminal events the requester hears about by email (they also hear of `ExpiryNoticeDue`).
 NOTIFIED_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
 
 

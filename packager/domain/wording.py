@@ -1,4 +1,5 @@
-"""Failures told for a requester: what happened and what to do next, never the raw error.
+"""Words for a requester: failures (what happened and what to do next, never the raw error), and how to
+ask again for a download that expired.
 
 The packer's messages name hosts, exception classes and limits for the operator; the job page and the
 failure email say instead what a requester can act on. The raw error stays in the worker's log, in
@@ -51,3 +52,15 @@ def failure_texts(error: str) -> tuple[str, str]:
         if pattern.search(error):
             return message, next_step
     return "Something went wrong while preparing your data.", _TRY_LATER
+
+
+def ask_again_text(portal_name: str = "", portal_url: str = "") -> str:
+    """How to get the data of an expired or cleared download: ask again where it was asked for (the job's
+    page and the expiry notice say it alike)."""
+    where = f"the dataset's page on {portal_name or 'the portal'}"
+    if portal_url:
+        where += f" ({portal_url})"
+    return (
+        f"Please ask for the data again from {where}, as you did the first time: a new download is "
+        "prepared and a new link emailed to you."
+    )

@@ -10,6 +10,7 @@ from packager.adapters.store import Store
 from packager.adapters.viewreads import ReadViews
 from packager.core.settings import Settings
 from packager.domain.validation import Resolver
+from packager.http.limits import Limits
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 EVENT_LOG: web.AppKey[EventLog] = web.AppKey("event_log", EventLog)  # type: ignore[type-abstract]
@@ -17,3 +18,4 @@ RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")  # type: ignore[arg-type
 READ_VIEWS: web.AppKey[ReadViews] = web.AppKey("read_views", ReadViews)
 REQUESTER_KEYS: web.AppKey[RequesterKeys] = web.AppKey("requester_keys", RequesterKeys)  # type: ignore[type-abstract]
 STORE: web.AppKey[Store] = web.AppKey("store")  # type: ignore[arg-type]
+LIMITS: web.AppKey[Limits] = web.AppKey("limits", Limits)

@@ -15,7 +15,13 @@ import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from packager.core.errors import BadRequestError, NotAuthorizedError, PackagerError, PayloadTooLargeError
+from packager.core.errors import (
+    BadRequestError,
+    NotAuthorizedError,
+    PackagerError,
+    PayloadTooLargeError,
+    TooManyRequestsError,
+)
 from packager.core.settings import Settings
 from packager.domain.secrets import constant_time_equal
 from packager.http import pages
@@ -42,6 +48,12 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     rest to 500."""
     try:
         return await handler(request)
+    except TooManyRequestsError as exc:
+        # The CKAN extension shows `message`, which says when to ask again; programs read the header.
+        body = {**failure_body(exc.error_name, exc.message), "retry_after": exc.retry_after}
+        response = json_response(body, exc.http_status)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except PackagerError as exc:
         return _failure(request, exc.error_name, exc.message, exc.http_status)
     except web.HTTPRequestEntityTooLarge:

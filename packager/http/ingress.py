@@ -23,11 +23,13 @@ from packager.adapters.viewreads import ReadViews
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
 from packager.domain.events import CacheCleared, PackageRequested, envelope
+from packager.domain.requesters import pseudonym
 from packager.domain.secrets import seal
 from packager.domain.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
 from packager.http import downloads, health, read_api
-from packager.http.app_keys import EVENT_LOG, READ_VIEWS, REQUESTER_KEYS, RESOLVER, SETTINGS, STORE
+from packager.http.app_keys import EVENT_LOG, LIMITS, READ_VIEWS, REQUESTER_KEYS, RESOLVER, SETTINGS, STORE
 from packager.http.common import authenticate, errors_as_json, json_response, read_params
+from packager.http.limits import Limits
 from packager.http.privacy import erase_requester, sealed_requester
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,31 @@ async def _accept(
     cache_key = cache_key_for(kind, identity, settings.secret)
     job_id = str(uuid.uuid4())
     bind_job(job_id)
+    # Before anything is sealed or appended: a refused request leaves nothing in any topic.
+    limits = request.app[LIMITS]
+    who = pseudonym(settings.pseudonym_key, fields["email"])
+    await limits.admit(request.app.get(READ_VIEWS), job_id, who, fields["resource_id"])
+    try:
+        await _append_request(request, kind, job_id, cache_key, fields, key)
+    except BaseException:
+        limits.withdraw(job_id)
+        raise
+    # The access line that follows says the same at INFO (path, 200 and the job id).
+    log.debug("accepted %s job %s", kind, job_id)
+    return json_response(
+        accepted_body(
+            job_id,
+            f"Your download is being prepared; a link will be emailed to {fields['email']} when it is ready.",
+            f"{settings.status_base}/{job_id}",
+        )
+    )
+
+
+async def _append_request(
+    request: web.Request, kind: str, job_id: str, cache_key: str, fields: dict[str, Any], key: str
+) -> None:
+    """Append `PackageRequested`; return once Kafka acknowledged it."""
+    settings = request.app[SETTINGS]
     event = envelope(
         job_id,
         PackageRequested(
@@ -65,15 +92,6 @@ async def _accept(
         ),
     )
     await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
-    # The access line that follows says the same at INFO (path, 200 and the job id).
-    log.debug("accepted %s job %s", kind, job_id)
-    return json_response(
-        accepted_body(
-            job_id,
-            f"Your download is being prepared; a link will be emailed to {fields['email']} when it is ready.",
-            f"{settings.status_base}/{job_id}",
-        )
-    )
 
 
 async def package_url(request: web.Request) -> web.Response:
@@ -168,6 +186,7 @@ def create_app(
     app[SETTINGS] = settings
     app[RESOLVER] = resolver
     app[STORE] = open_store(settings)  # connects to nothing until a download or a job page asks
+    app[LIMITS] = Limits(settings)
 
     async def event_log_ctx(app: web.Application) -> AsyncIterator[None]:
         app[EVENT_LOG] = event_log or KafkaEventLog(

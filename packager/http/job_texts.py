@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from packager.domain.wording import failure_texts
+from packager.domain.wording import ask_again_text, failure_texts
 from projections.jobs import ABANDONED, COMPLETED, FAILED, QUEUED, RUNNING, JobState
 
 # Progress at or above which a running job is writing its archive (the rows are all fetched).
@@ -123,10 +123,12 @@ def query_text(details: dict[str, Any] | None, kind: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Expiry:
-    """When a completed job's link stops working, and whether it has."""
+    """When a completed job's link stops working, and whether it has; `removed`: its file went before that
+    time (an operator cleared the stored downloads)."""
 
     at: datetime | None
     gone: bool
+    removed: bool = False
 
 
 def display(
@@ -135,8 +137,11 @@ def display(
     expiry: Expiry | None = None,
     email_expected: bool = True,
     download_url: str | None = None,
+    ask_again: str = "",
 ) -> dict[str, Any]:
-    """Every text the job's page shows, for its state now (sent to the page's script as `display`)."""
+    """Every text the job's page shows, for its state now (sent to the page's script as `display`).
+
+    `ask_again`: how to ask for the data again (`ask_again_text` with the portal's name and address)."""
     state = job.state
     percent = job.percent
     if state == RUNNING and percent is not None and percent >= FINISHING_AT:
@@ -186,11 +191,17 @@ def display(
             )
     elif state == EXPIRED:
         out["headline"] = "Expired"
-        out["message"] = "This download was ready but has expired, and its file was removed."
-        out["next"] = "Please go back to the portal and ask for the data again."
-        if expiry is not None and expiry.at is not None:
-            out["expires"] = f"The link worked until {time_text(expiry.at)}."
-            out["expires_at"] = iso(expiry.at)
+        out["next"] = ask_again or ask_again_text()
+        if expiry is not None and expiry.removed:
+            out["message"] = (
+                "This download was ready, but its file was removed before its link expired (the service's "
+                "stored downloads were cleared)."
+            )
+        else:
+            out["message"] = "This download was ready but has expired, and its file was removed."
+            if expiry is not None and expiry.at is not None:
+                out["expires"] = f"The link worked until {time_text(expiry.at)}."
+                out["expires_at"] = iso(expiry.at)
     elif state == FAILED:
         out["headline"] = "Could not be prepared"
         out["message"], out["next"] = failure_texts(job.error)

@@ -43,6 +43,20 @@ _REJECTIONS = {
     "413": _failure("The body is over MAX_BODY_SIZE."),
     "503": _failure("Kafka is unreachable or did not acknowledge in KAFKA_SEND_TIMEOUT."),
 }
+_LIMITED = {
+    "429": {
+        **_failure(
+            "A fair limit is reached (MAX_ACTIVE_JOBS_PER_REQUESTER, MAX_REQUESTS_PER_HOUR_PER_REQUESTER or "
+            "MAX_ACTIVE_JOBS_PER_RESOURCE); `message` says when to ask again. Nothing was appended."
+        ),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until asking again may succeed.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+}
 
 
 def _package(summary: str, schema_name: str) -> dict[str, Any]:
@@ -51,7 +65,11 @@ def _package(summary: str, schema_name: str) -> dict[str, Any]:
             "summary": summary,
             "tags": ["packages"],
             "requestBody": _body(schema_name),
-            "responses": {"200": _json("Accepted", "Accepted: the job is on the log."), **_REJECTIONS},
+            "responses": {
+                "200": _json("Accepted", "Accepted: the job is on the log."),
+                **_REJECTIONS,
+                **_LIMITED,
+            },
         }
     }
 

@@ -252,9 +252,14 @@ def component_schemas() -> dict[str, Any]:
                 "error": {
                     "type": "string",
                     "description": "BadRequestError, NotAuthorizedError, PayloadTooLargeError, "
-                    "ServiceUnavailableError, HTTPNotFound, HTTPGone, HTTPMethodNotAllowed, InternalError...",
+                    "TooManyRequestsError, ServiceUnavailableError, HTTPNotFound, HTTPGone, "
+                    "HTTPMethodNotAllowed, InternalError...",
                 },
                 "message": {"type": "string"},
+                "retry_after": {
+                    "type": "integer",
+                    "description": "429 only: seconds until asking again may succeed (as `Retry-After`).",
+                },
             },
         },
         "Status": {

@@ -24,6 +24,7 @@ from packager.adapters.viewreads import ReadViews
 from packager.core.errors import BadRequestError, UnavailableError
 from packager.core.settings import Settings
 from packager.domain.requesters import SealError, shown
+from packager.domain.wording import ask_again_text
 from packager.http import pages
 from packager.http.app_keys import READ_VIEWS, REQUESTER_KEYS, SETTINGS, STORE
 from packager.http.common import authenticate, json_response, read_params
@@ -213,7 +214,11 @@ def job_view(
         "finished_at": job.finished_at or None,
         "updated_at": job.updated_at or None,
         "display": display(
-            job, expiry=expiry, email_expected=email_expected(job, settings), download_url=download_url
+            job,
+            expiry=expiry,
+            email_expected=email_expected(job, settings),
+            download_url=download_url,
+            ask_again=ask_again_text(settings.portal_name, settings.portal_url),
         ),
     }
 
@@ -236,7 +241,11 @@ def link_expiry(
             "/downloads"
         )
     until = built + settings.cache_time
-    return Expiry(at=datetime.fromtimestamp(until, UTC), gone=not present or now > until)
+    return Expiry(
+        at=datetime.fromtimestamp(until, UTC),
+        gone=not present or now > until,
+        removed=not present and now <= until,
+    )
 
 
 async def stored_zip(request: web.Request, job: JobState) -> StoredFile | None:
