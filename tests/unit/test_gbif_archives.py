@@ -13,11 +13,13 @@ from xml.etree import ElementTree
 import aiohttp
 import orjson
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from packager.adapters.ckan import CkanError, DatastoreClient
 from packager.adapters.ckan_metadata import action_url, dataset_of, portal_url
+from packager.adapters.kafka_log import InMemoryEventLog
 from packager.core.errors import ConfigurationError
-from packager.core.settings import Settings
+from packager.core.settings import Settings, load_settings
 from packager.dev.ckan_server import SyntheticTable, serve_ckan
 from packager.domain.archive import DwcPacker
 from packager.domain.dwc import DwcConfig
@@ -28,6 +30,8 @@ from packager.domain.dwc.eml import (
     render_eml,
 )
 from packager.domain.dwc.gbif_checks import GbifChecks, basis_of_record_is_valid, event_date_is_iso
+from packager.http.ingress import create_app
+from tests.unit.samples import SECRET, attach_views, fill_views
 
 pytestmark = pytest.mark.features
 
@@ -272,3 +276,39 @@ async def test_the_dataset_of_a_resource_is_read_from_the_shipped_server() -> No
             await dataset_of(client, api_url, "no-such-resource")
         with pytest.raises(CkanError, match="Access denied"):
             await dataset_of(DatastoreClient(session, key="wrong", attempts=1), api_url, "birds")
+
+
+# --- the ingress -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("eml", "said"),
+    [
+        ("<eml><dataset></eml>", "not well-formed"),
+        ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY l "l">]><eml>&l;</eml>', "DOCTYPE"),
+    ],
+)
+async def test_an_eml_gbif_could_not_read_is_a_400_that_appends_nothing(
+    store_dir: Path, eml: str, said: str
+) -> None:
+    async def public(host: str) -> list[str]:
+        return ["93.184.216.34"]
+
+    settings = load_settings({}, secret=SECRET, store_directory=str(store_dir))
+    log = InMemoryEventLog()
+    app = create_app(settings, event_log=log, resolver=public, read_views=False)
+    fill_views(settings, [])
+    attach_views(app, settings)
+    form = {
+        "secret": SECRET,
+        "api_url": "https://data.example.org/api/3/action/datastore_search",
+        "resource_id": "r1",
+        "email": "a@example.org",
+        "for_gbif": "true",
+        "eml": eml,
+    }
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/package_dwc_archive", data=form)
+        body = await resp.json()
+    assert resp.status == 400 and said in body["message"]
+    assert sum(len(v) for v in log.records.values()) == 0

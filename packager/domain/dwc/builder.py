@@ -373,7 +373,11 @@ class DwcArchiveBuilder:
                 DwcFile(data_file.layout.file_name, data_file.rows, data_file.bytes, data_file.sha256)
             )
         meta = meta_xml(self.layout.core, written, metadata=EML_FILE if eml_data is not None else None)
-        written_last = [(META_FILE, meta.encode("utf-8")), (EML_FILE, eml_data), *(extra_files or {}).items()]
+        written_last: list[tuple[str, bytes | None]] = [
+            (META_FILE, meta.encode("utf-8")),
+            (EML_FILE, eml_data),
+        ]
+        written_last += (extra_files or {}).items()
         for name, data in written_last:
             if data is not None:
                 self._zip.writestr(name, data)
