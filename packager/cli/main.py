@@ -33,6 +33,7 @@ from packager.core.settings import Settings, load_settings
 
 def _settings_or_exit(**overrides: object) -> Settings:
     from packager.domain.dwc import config_from_settings
+    from packager.domain.dwc.eml import load_eml_template
     from packager.domain.emails import load_templates
 
     try:
@@ -41,6 +42,7 @@ def _settings_or_exit(**overrides: object) -> Settings:
         # Checked at start-up, so a bad template or DwC definition stops the service, not a job.
         load_templates(settings)
         config_from_settings(settings).schema()
+        load_eml_template(settings)
     except ConfigurationError as exc:
         _refuse_to_start(exc)
     return settings

@@ -235,6 +235,8 @@ class Settings:
     dwc_additional_extensions: tuple[str, ...] = ()
     dwc_dynamic_term: str = "dynamicProperties"
     dwc_extension_fields: str = ""
+    # The EML template of GBIF-ready archives (for_gbif without eml); empty: packager/domain/dwc_data/eml.xml.
+    eml_template_file: str = ""
 
     # Operations. LOG_LEVEL is a standard level name; LOG_FORMAT is `json` (one object per line) or `text`.
     log_level: str = "INFO"

@@ -11,6 +11,7 @@ selection) and `ckan_records` (the four `records_format`s). What it offers:
   (see shared/reference/ckan-datastore-facts.md): filters, `q`, `fields`, `sort`, offset and keyset paging,
   `rows_max` capping, the four `records_format`s, CKAN's error shapes and raw-token authorisation; plus the
   paging of two other datastore backends (a Solr-style `cursor`, the versioned datastore's `after`).
+- `resource_show` and `package_show` of a dataset per table, shaped as CKAN 2.12's (`ckan_packages`).
 - `Faults`: deterministic fault injection (5xx answers, slow answers, bodies cut mid-way), counted in
   `app[STATS]`, so client retries can be tested. With `admin=True` (`--admin`), `POST /_dev/faults` replaces
   them at run time (a JSON object of `Faults` fields; `{}` heals) and `GET /_dev/faults` shows them and the
@@ -34,6 +35,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from packager.dev.ckan_packages import add_show_routes
 from packager.dev.ckan_params import IGNORED_GET_PARAMS, CkanError, validate_params, validation_error
 from packager.dev.ckan_query import QueryPlan, TableIndex, plan_query
 from packager.dev.ckan_records import render_without_gc
@@ -335,10 +337,13 @@ def create_ckan_app(
     backend: str | None = None,
     faults: Faults | None = None,
     admin: bool = False,
+    datasets: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> web.Application:
     """An aiohttp app serving `datastore_search` (GET and POST, /api/3/action and /api/action) over tables.
 
-    `admin` adds `/_dev/faults` to change the faults while the server runs (development only).
+    Each table is also a resource of a dataset of its own (`resource_show`, `package_show`); `datasets` gives
+    some of a dataset's fields by resource id (`packager.dev.ckan_packages`). `admin` adds `/_dev/faults` to
+    change the faults while the server runs (development only).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
@@ -359,6 +364,7 @@ def create_ckan_app(
     for path in (ACTION_PATH, "/api/action/datastore_search"):
         app.router.add_get(path, _handle_search, allow_head=False)
         app.router.add_post(path, _handle_search)
+    add_show_routes(app, list(tables), datasets or {}, api_token)
     if admin:
         app.router.add_get(ADMIN_PATH, _show_faults)
         app.router.add_post(ADMIN_PATH, _set_faults)

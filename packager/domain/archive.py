@@ -6,6 +6,7 @@ Blocking (file and compression) work: call these methods from a thread, one at a
 from __future__ import annotations
 
 import contextlib
+import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ import orjson
 from packager.domain.dwc import DwcArchiveBuilder, DwcConfig
 from packager.domain.writers import RowWriter, data_file_name, open_writer
 from packager.domain.zip_entries import PackageZipFile
+
+# The file the original added to an archive asked `for_gbif`: NHM's GBIF export picks its archive by it.
+GBIF_MARKER_FILE = "gbif.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,11 @@ class ZipPacker:
 
 
 class DwcPacker:
-    """A Darwin Core Archive under construction, with the same interface as `ZipPacker`."""
+    """A Darwin Core Archive under construction, with the same interface as `ZipPacker`.
+
+    With `for_gbif`, as the original did, the archive also holds `gbif.json` (`{"time": <Unix time>}`), and
+    the manifest says what GBIF's offline checks found in the core rows (`gbif_checks`).
+    """
 
     def __init__(
         self,
@@ -89,14 +97,18 @@ class DwcPacker:
         *,
         spool_dir: Path,
         eml: str,
+        for_gbif: bool = False,
         compresslevel: int = 6,
     ) -> None:
         self._zip = PackageZipFile(
             path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=compresslevel
         )
         self._eml = eml
+        self._for_gbif = for_gbif
         try:
-            self._builder = DwcArchiveBuilder(self._zip, columns, config, spool_dir=spool_dir)
+            self._builder = DwcArchiveBuilder(
+                self._zip, columns, config, spool_dir=spool_dir, gbif_checks=for_gbif
+            )
         except BaseException:
             self._zip.close()
             raise
@@ -112,7 +124,8 @@ class DwcPacker:
 
     def finish(self, manifest: dict[str, Any]) -> DataFile:
         """Write the extension files, meta.xml, eml.xml and `manifest.json`, and close the ZIP."""
-        summary = self._builder.finish(self._eml or None)
+        extra = {GBIF_MARKER_FILE: orjson.dumps({"time": time.time()})} if self._for_gbif else None
+        summary = self._builder.finish(self._eml or None, extra_files=extra)
         core = summary.files[0]
         manifest = {
             **manifest,
@@ -122,6 +135,8 @@ class DwcPacker:
                 {"name": f.name, "rows": f.rows, "bytes": f.bytes, "sha256": f.sha256} for f in summary.files
             ],
         }
+        if summary.gbif_checks is not None:
+            manifest["gbif_checks"] = dict(summary.gbif_checks)
         self._zip.writestr("manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
         self._zip.close()
         return DataFile(name=core.name, rows=summary.core_rows, bytes=summary.bytes, sha256=core.sha256)

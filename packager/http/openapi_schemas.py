@@ -87,7 +87,14 @@ def _query_request(*, dwc: bool) -> dict[str, Any]:
             "EML metadata, written as eml.xml; 400 unless well-formed XML without a DOCTYPE, in UTF-8.",
             maxLength=MAX_EML_CHARS,
         )
-        properties["for_gbif"] = {"description": "Accepted for compatibility; no effect.", **_BOOLEAN_TEXT}
+        properties["for_gbif"] = {
+            "description": (
+                "A GBIF-ready archive: adds gbif.json (as the original did) and GBIF's offline checks to "
+                "manifest.json (`gbif_checks`); without `eml`, eml.xml is built from the dataset's CKAN "
+                "metadata (package_show) through the EML template."
+            ),
+            **_BOOLEAN_TEXT,
+        }
     else:
         properties["format"] = _string("The data file's format.", enum=list(FORMATS), default="csv")
     return {

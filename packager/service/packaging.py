@@ -41,6 +41,7 @@ from packager.domain.events import (
 )
 from packager.domain.secrets import unseal
 from packager.domain.validation import Resolver, check_url
+from packager.service.gbif import eml_from_ckan
 
 log = logging.getLogger(__name__)
 
@@ -366,14 +367,19 @@ async def _package_datastore(build: Build) -> PackageCompleted:
     await throttle.report(rows_total=total, force=True)
     zip_path = build.partial_path(".zip.partial")
     packer: ZipPacker | DwcPacker
+    manifest_extra: dict[str, Any] = {}
     if req.kind == "dwc":
+        eml, for_gbif = str(req.request.get("eml") or ""), bool(req.request.get("for_gbif"))
+        if for_gbif and not eml.strip():
+            eml, manifest_extra["eml_source"] = await eml_from_ckan(client, req.request, ctx.settings)
         packer = await asyncio.to_thread(
             DwcPacker,
             zip_path,
             info.columns,
             config_from_settings(ctx.settings),
             spool_dir=ctx.store.partial_directory,
-            eml=str(req.request.get("eml") or ""),
+            eml=eml,
+            for_gbif=for_gbif,
             compresslevel=ctx.settings.zip_compresslevel,
         )
     else:
@@ -418,6 +424,7 @@ async def _package_datastore(build: Build) -> PackageCompleted:
             "started_at": started_at,
             "finished_at": utc_now(),
             "doi": str(req.request.get("doi") or ""),
+            **manifest_extra,
         }
         data = await asyncio.to_thread(packer.finish, manifest)
         finished = True

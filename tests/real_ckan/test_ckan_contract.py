@@ -130,3 +130,41 @@ async def test_bad_parameters_are_a_409_validation_error(
 async def test_a_null_filter_matches_nothing(datastore: Datastore) -> None:
     status, body = await search(datastore, filters={datastore.numeric: None})
     assert status == 200 and body["result"]["records"] == [] and body["result"]["total"] == 0
+
+
+async def show(datastore: Datastore, action: str, **params: Any) -> tuple[int, dict[str, Any]]:
+    """POST another action beside datastore_search; the status and the answer."""
+    url = datastore.api_url.rsplit("/", 1)[0] + "/" + action
+    async with aiohttp.ClientSession() as session, session.post(url, json=params) as resp:
+        return resp.status, loads_exact(await resp.read())
+
+
+# What the EML of a GBIF-ready archive reads (packager.domain.dwc.eml), with the keys around it.
+PACKAGE_KEYS = {
+    "id", "name", "title", "notes", "license_id", "license_title", "maintainer", "maintainer_email",
+    "author", "author_email", "organization", "owner_org", "extras", "resources", "tags", "groups",
+    "num_resources", "num_tags", "isopen", "type", "private", "state", "metadata_created",
+    "metadata_modified", "url", "version",
+}  # fmt: skip
+RESOURCE_KEYS = {"id", "package_id", "name", "description", "url", "state", "datastore_active", "position"}
+
+
+async def test_a_resource_leads_to_its_dataset(datastore: Datastore) -> None:
+    status, body = await show(datastore, "resource_show", id=datastore.resource_id)
+    assert status == 200 and body["success"] is True, body
+    resource = body["result"]
+    assert set(resource) >= RESOURCE_KEYS and resource["datastore_active"] is True
+    status, body = await show(datastore, "package_show", id=resource["package_id"])
+    assert status == 200 and body["success"] is True, body
+    package = body["result"]
+    assert set(package) >= PACKAGE_KEYS
+    assert package["id"] == resource["package_id"] and package["type"] == "dataset"
+    assert [r["id"] for r in package["resources"]] == [datastore.resource_id]
+    assert package["num_resources"] == 1 and isinstance(package["extras"], list)
+
+
+@pytest.mark.parametrize("action", ["resource_show", "package_show"])
+async def test_an_unknown_id_is_a_404(datastore: Datastore, action: str) -> None:
+    status, body = await show(datastore, action, id="no-such-thing")
+    assert status == 404 and body["success"] is False
+    assert body["error"] == {"message": "Not found", "__type": "Not Found Error"}

@@ -14,6 +14,10 @@ This package owns the `package_dwc_archive` format of the original ckanpackager:
   rows to temporary files (a ZIP has one entry open for writing at a time) and, on `finish`, copies them in,
   then adds `meta.xml` and `eml.xml` (`builder`);
 - `meta_xml` and `eml_bytes`, the two XML files of the archive (`layout`).
+- `DatasetMetadata`, `render_eml` and `load_eml_template`: the EML of a GBIF-ready archive (`for_gbif`
+  without `eml`) from the dataset's CKAN metadata, through a template operators may replace (`eml`);
+- `GbifChecks`: the checks of GBIF's validator that run offline, over the core rows as written, with flat
+  memory (`gbif_checks`).
 
 Mapping, as the original did it: the id column (`DWC_ID_FIELD`, `_id`) becomes `id` (index 0) of the core
 and `coreid` (index 0) of every extension file. Any other column goes to the term whose name it equals, or

@@ -24,6 +24,7 @@ import orjson
 
 from packager.core.errors import PackagingError
 from packager.domain.dwc.config import DwcConfig, ExtensionFieldSpec
+from packager.domain.dwc.gbif_checks import GbifChecks
 from packager.domain.dwc.layout import (
     EML_FILE,
     FIELDS_TERMINATED_BY,
@@ -229,6 +230,8 @@ class DwcSummary:
     files: tuple[DwcFile, ...]
     dropped_values: Mapping[str, int]
     """Per extension-field column: values or objects that could not become rows (e.g. no known key)."""
+    gbif_checks: Mapping[str, Any] | None = None
+    """What GBIF's offline checks found in the core rows (`gbif_checks.GbifChecks.result`), if they ran."""
 
     @property
     def bytes(self) -> int:
@@ -248,8 +251,15 @@ class DwcArchiveBuilder:
     """
 
     def __init__(
-        self, zip_file: zipfile.ZipFile, columns: Sequence[str], config: DwcConfig, *, spool_dir: Path
+        self,
+        zip_file: zipfile.ZipFile,
+        columns: Sequence[str],
+        config: DwcConfig,
+        *,
+        spool_dir: Path,
+        gbif_checks: bool = False,
     ) -> None:
+        """With `gbif_checks`, the core rows are checked as GBIF's validator would (see `DwcSummary`)."""
         self.layout = plan_archive(columns, config.schema())
         self._zip = zip_file
         self._spool_dir = spool_dir
@@ -269,6 +279,8 @@ class DwcArchiveBuilder:
         self._extension_sources = [
             [self._sources(item) for item in layout.mapped] for layout in self.layout.extensions
         ]
+        core_terms = ["id", *(name for name, _, _ in self._core_sources)]
+        self._checks = GbifChecks(core_terms, spool_dir=spool_dir) if gbif_checks else None
 
     def _sources(self, item: MappedTerm) -> tuple[str, int, list[tuple[str, int]] | None]:
         """A mapped term as (term name, its first column, all its (column, position) when a JSON object)."""
@@ -313,6 +325,8 @@ class DwcArchiveBuilder:
             else:
                 columns.append([_object_text(row, objects) for row in rows])
         self._core.write_columns(columns)
+        if self._checks is not None:
+            self._checks.observe(columns)
         for data_file, sources in zip(self._extensions, self._extension_sources, strict=True):
             self._write_extension_rows(data_file, sources, rows, ids)
 
@@ -339,8 +353,9 @@ class DwcArchiveBuilder:
                 )
         data_file.write_records(records)
 
-    def finish(self, eml: str | None) -> DwcSummary:
-        """Write the extension files, meta.xml and eml.xml (unless `eml` is None or blank) into the ZIP."""
+    def finish(self, eml: str | None, *, extra_files: Mapping[str, bytes] | None = None) -> DwcSummary:
+        """Write the extension files, meta.xml, eml.xml (unless `eml` is None or blank) and `extra_files`
+        (name -> content, e.g. the original's `gbif.json`) into the ZIP."""
         if self._closed:
             raise ValueError("This archive is finished or aborted.")
         eml_data = eml_bytes(eml) if eml is not None and eml.strip() else None
@@ -358,7 +373,12 @@ class DwcArchiveBuilder:
                 DwcFile(data_file.layout.file_name, data_file.rows, data_file.bytes, data_file.sha256)
             )
         meta = meta_xml(self.layout.core, written, metadata=EML_FILE if eml_data is not None else None)
-        for name, data in ((META_FILE, meta.encode("utf-8")), (EML_FILE, eml_data)):
+        written_last: list[tuple[str, bytes | None]] = [
+            (META_FILE, meta.encode("utf-8")),
+            (EML_FILE, eml_data),
+        ]
+        written_last += (extra_files or {}).items()
+        for name, data in written_last:
             if data is not None:
                 self._zip.writestr(name, data)
                 files.append(DwcFile(name, None, len(data), hashlib.sha256(data).hexdigest()))
@@ -366,6 +386,7 @@ class DwcArchiveBuilder:
             core_rows=self._core.rows,
             files=tuple(files),
             dropped_values=MappingProxyType({column: item.dropped for column, item in self._dropped.items()}),
+            gbif_checks=self._checks.result() if self._checks is not None else None,
         )
 
     def abort(self) -> None:
@@ -375,3 +396,5 @@ class DwcArchiveBuilder:
             self._entry.close()
         for data_file in self._extensions:
             data_file.discard()
+        if self._checks is not None:
+            self._checks.discard()
