@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +59,6 @@ def worker_parameters(settings: Settings) -> WorkerParameters:
 def database_url(settings: Settings) -> str:
     """The views' database: DATABASE_URL, or the embedded SQLite file of `views_path`."""
     return settings.database_url or f"sqlite:///{views_path(settings)}"
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """A requester's and a resource's use of the service as the views know it."""
-
-    active: int  # the requester's jobs queued or running
-    resource_active: int  # the resource's jobs queued or running
-    recent: list[float]  # unix times of the requester's requests in the window, oldest first
-    known: set[str]  # the job ids asked about whose request the views have folded
 
 
 class ViewsUnavailable(Exception):
@@ -311,11 +300,11 @@ class ViewDatabase:
         if changes.active:
             ended = [(job_id,) for job_id, row in changes.active.items() if row is None]
             if ended:
-                many(self._sql("DELETE FROM active_jobs WHERE job_id = ?"), ended)
+                many(self.sql("DELETE FROM active_jobs WHERE job_id = ?"), ended)
             started = [(job_id, *row) for job_id, row in changes.active.items() if row is not None]
             if started:
                 many(
-                    self._sql("INSERT INTO active_jobs VALUES (?, ?, ?) ON CONFLICT (job_id) DO NOTHING"),
+                    self.sql("INSERT INTO active_jobs VALUES (?, ?, ?) ON CONFLICT (job_id) DO NOTHING"),
                     started,
                 )
         if changes.zips:
@@ -454,25 +443,6 @@ class ViewDatabase:
                 del entry["sealed"]
         return found
 
-    def daily(
-        self, conn: Any, *, since: float, resource_id: str | None = None
-    ) -> dict[int, tuple[int, int, int]]:
-        """Per UTC day (days since 1970-01-01) from `since` on: (requests, errors, unique requesters); days
-        with neither are absent. A grouping of the statistics' rows by their indexed time."""
-        day = "CAST(ts / 86400 AS INTEGER)" if self.dialect == schema.SQLITE else "FLOOR(ts / 86400)"
-        where, params = "ts >= ?", [since]
-        if resource_id:
-            where, params = "resource_id = ? AND ts >= ?", [resource_id, since]
-        found: dict[int, tuple[int, int, int]] = {}
-        requests = f"SELECT {day} AS d, COUNT(*), COUNT(DISTINCT email) FROM stat_requests WHERE {where}"
-        for d, count, unique in conn.execute(self.sql(requests + " GROUP BY d"), params).fetchall():
-            found[int(d)] = (int(count), 0, int(unique))
-        errors = f"SELECT {day} AS d, COUNT(*) FROM stat_errors WHERE {where}"
-        for d, count in conn.execute(self.sql(errors + " GROUP BY d"), params).fetchall():
-            count_requests, _, unique = found.get(int(d), (0, 0, 0))
-            found[int(d)] = (count_requests, int(count), unique)
-        return found
-
     def requester(self, conn: Any, job_id: str) -> tuple[str, str, bool] | None:
         """(pseudonym, domain, erased) of a job's requester, or None for a job not (yet) requested.
 
@@ -491,21 +461,6 @@ class ViewDatabase:
         """True when a job completed with a ZIP of this name."""
         sql = self.sql("SELECT 1 FROM built_zips WHERE zip_file_name = ?")
         return conn.execute(sql, (name,)).fetchone() is not None
-
-    def usage(self, conn: Any, who: str, resource_id: str, since: float, pending: set[str]) -> Usage:
-        """What the fair limits count of a requester (pseudonym) and a resource (`packager.http.limits`);
-        `known`: those of the `pending` job ids whose request the views have folded."""
-        one = self._sql("SELECT count(*) FROM active_jobs WHERE who = ?")
-        by_resource = self._sql("SELECT count(*) FROM active_jobs WHERE resource_id = ?")
-        recent = self._sql("SELECT ts FROM stat_requests WHERE email = ? AND ts >= ? ORDER BY ts")
-        known = "SELECT job_id FROM stat_requests"
-        with self.transaction(conn, write=False):  # one snapshot: a job is not counted twice, or missed
-            return Usage(
-                active=int(conn.execute(one, (who,)).fetchone()[0]),
-                resource_active=int(conn.execute(by_resource, (resource_id,)).fetchone()[0]),
-                recent=[float(row[0]) for row in conn.execute(recent, (who, since))],
-                known={str(row[0]) for row in self._where_in(conn, known, "job_id", pending)},
-            )
 
     def rows(self, conn: Any, table: schema.Table) -> Iterator[tuple[Any, ...]]:
         """Every row of a table, in key order (for comparisons), a page at a time: memory stays flat

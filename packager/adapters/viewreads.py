@@ -22,9 +22,11 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from packager.adapters import view_queries
 from packager.adapters.kafka_log import Topics
 from packager.adapters.readside import identity_for, topic_partitions
-from packager.adapters.viewdb import Usage, ViewDatabase, ViewsUnavailable, database_url
+from packager.adapters.view_queries import Usage
+from packager.adapters.viewdb import ViewDatabase, ViewsUnavailable, database_url
 from packager.core.settings import Settings
 from projections.jobs import JobState
 from projections.view_schema import PROJECTOR_STATUS
@@ -110,7 +112,9 @@ class ReadViews:
 
     async def daily(self, *, since: float, resource_id: str | None) -> dict[int, tuple[int, int, int]]:
         """Requests, errors and unique requesters per UTC day since `since`."""
-        return await self.run(lambda conn: self.db.daily(conn, since=since, resource_id=resource_id))
+        return await self.run(
+            lambda conn: view_queries.daily(self.db, conn, since=since, resource_id=resource_id)
+        )
 
     async def requester(self, job_id: str) -> tuple[str, str, bool] | None:
         """(pseudonym, domain, erased) of the job's requester."""
@@ -122,7 +126,9 @@ class ReadViews:
 
     async def usage(self, who: str, resource_id: str, since: float, pending: set[str]) -> Usage:
         """What the fair limits count (`ViewDatabase.usage`)."""
-        return await self.run(lambda conn: self.db.usage(conn, who, resource_id, since, pending))
+        return await self.run(
+            lambda conn: view_queries.usage(self.db, conn, who, resource_id, since, pending)
+        )
 
     async def positions(self) -> dict[tuple[str, int], int]:
         """The projector's tracking records."""

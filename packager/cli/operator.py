@@ -11,7 +11,7 @@ ckanpackager replay verify|stats|history ...           the audit tool (same as `
 
 Options may come before or after the verb. Exit status: 0 done, 1 failed (the service refused or could
 not be reached, a watched job failed, `-x` found errors), 2 the command line or defaults file is wrong.
-The HTTP side lives in `operator_http`, what is printed in `operator_output`.
+The HTTP side lives in `operator_http`, what is printed in `operator_output`, `stats` in `operator_stats`.
 """
 
 from __future__ import annotations
@@ -38,13 +38,17 @@ from packager.cli.operator_http import (
     Service,
     UsageError,
 )
-from packager.cli.operator_output import Output, ProgressDisplay, human_size, table, when
+from packager.cli.operator_output import Output, ProgressDisplay, human_size
+from packager.cli.operator_stats import (
+    STATS_KINDS,
+    add_stats_options,
+    cmd_stats,
+)
 
 PROG = "ckanpackager"
 DEFAULT_HOST = "http://127.0.0.1:8765"
 DEFAULT_DEFAULTS_FILE = Path("/etc/ckanpackager/ckanpackager-cli.json")
 TASKS = ("package_datastore", "package_dwc_archive", "package_url")
-STATS_KINDS = ("totals", "requests", "errors", "daily")
 EVENTS_RECONNECTS = 5
 # A job just accepted appears on the read side within a second or so; wait this long before saying
 # there is no such job.
@@ -159,23 +163,6 @@ def queue_params(target: Target, pairs: Sequence[str]) -> dict[str, str]:
     return params
 
 
-def stats_request(kind: str, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
-    """The endpoint and parameters (without the secret) of a statistics query."""
-    if kind == "totals":
-        return "/statistics", {"resource_id": args.resource} if args.resource else {}
-    if kind == "daily":
-        return "/statistics/daily", {
-            "days": str(args.days),
-            **({"resource_id": args.resource} if args.resource else {}),
-        }
-    params = {"offset": str(args.offset), "limit": str(args.limit)}
-    if args.resource:
-        params["resource_id"] = args.resource
-    if args.email:
-        params["email"] = args.email
-    return f"/statistics/{kind}", params
-
-
 # --- Verbs --------------------------------------------------------------------------------------------
 
 
@@ -215,48 +202,6 @@ def cmd_erase(args: argparse.Namespace, target: Target, out: Output) -> int:
     # The address is not printed back: terminal scrollback and shell logs keep what they are shown.
     out.text(f"Requester {body.get('requester')} erased: {body.get('keys_destroyed')} data key(s) destroyed.")
     return 0
-
-
-def cmd_stats(args: argparse.Namespace, target: Target, out: Output) -> int:
-    """Totals, requests or errors, as the service's statistics endpoints give them."""
-    kind = args.kind or "totals"
-    path, params = stats_request(kind, args)
-    body = Service(target.host).post(path, _with_secret(target, params))
-    out.document(body)
-    if kind == "totals":
-        totals: dict[str, dict[str, Any]] = body.get("totals") or {}
-        order = sorted(totals, key=lambda r: (r != "*", r))
-        rows = [
-            (r, totals[r].get("requests"), totals[r].get("errors"), totals[r].get("emails")) for r in order
-        ]
-        header: tuple[str, ...] = ("resource", "requests", "errors", "emails")
-        has_errors = any(row[2] for row in rows)
-    elif kind == "requests":
-        entries = body.get("requests") or []
-        rows = [
-            (when(e.get("timestamp")), e.get("resource_id"), e.get("email"), e.get("count")) for e in entries
-        ]
-        header = ("time (UTC)", "resource", "email", "count")
-        has_errors = False
-    elif kind == "daily":
-        days = body.get("days") or []
-        rows = [(d.get("date"), d.get("requests"), d.get("errors"), d.get("requesters")) for d in days]
-        header = ("day (UTC)", "requests", "errors", "requesters")
-        has_errors = any(row[2] for row in rows)
-    else:
-        entries = body.get("errors") or []
-        rows = [
-            (when(e.get("timestamp")), e.get("resource_id"), e.get("email"), e.get("message"))
-            for e in entries
-        ]
-        header = ("time (UTC)", "resource", "email", "message")
-        has_errors = bool(rows)
-    if rows:
-        for line in table(rows, header):
-            out.text(line)
-    else:
-        out.text("no requests" if kind != "errors" else "no errors")
-    return 1 if args.exit_on_errors and has_errors else 0
 
 
 def cmd_queue(args: argparse.Namespace, target: Target, out: Output) -> int:
@@ -356,12 +301,6 @@ def _report_end(job: Mapping[str, Any], out: Output) -> int:
 # --- Command line -------------------------------------------------------------------------------------
 
 
-def _non_negative(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return int(text)
-
-
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The options every verb takes; on verbs they default to SUPPRESS so the top-level values stand."""
 
@@ -394,27 +333,6 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     group.add_argument("--json", action="store_true", default=default(False), help="print JSON for machines")
 
 
-def _add_stats_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if suppress else value
-
-    group = parser.add_argument_group("statistics options")
-    group.add_argument("-o", "--offset", type=_non_negative, default=default(0), help="entries to skip (0)")
-    group.add_argument(
-        "-l", "--limit", type=_non_negative, default=default(100), help="entries to show (100)"
-    )
-    group.add_argument("-r", "--resource", metavar="RESOURCE_ID", default=default(None), help="one resource")
-    group.add_argument("-e", "--email", default=default(None), help="one requester (requests, errors)")
-    group.add_argument("--days", type=_non_negative, default=default(30), help="days to show (daily; 30)")
-    group.add_argument(
-        "-x",
-        dest="exit_on_errors",
-        action="store_true",
-        default=default(False),
-        help="exit 1 when the statistics show errors",
-    )
-
-
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -431,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     _add_global_options(parser, suppress=False)
-    _add_stats_options(parser, suppress=False)
+    add_stats_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, help_text: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -443,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb("clear-cache", "empty the cache of built ZIPs", aliases=["cc"]).set_defaults(func=cmd_clear_cache)
     stats = verb("stats", "totals, requests, errors, or per day", aliases=["statistics"])
     stats.add_argument("kind", nargs="?", choices=STATS_KINDS, help="what to show (default: totals)")
-    _add_stats_options(stats, suppress=True)
+    add_stats_options(stats, suppress=True)
     stats.set_defaults(func=cmd_stats)
     queue = verb("queue", f"queue a task ({', '.join(TASKS)})")
     queue.add_argument("task", metavar="TASK", help=", ".join(TASKS))

@@ -18,6 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from packager.core.email_texts import (
+    DEFAULT_DOI_BODY,
+    DEFAULT_DOI_BODY_HTML,
+    DEFAULT_EMAIL_BODY,
+    DEFAULT_EMAIL_BODY_HTML,
+    DEFAULT_FAILURE_BODY,
+    DEFAULT_FAILURE_SUBJECT,
+)
 from packager.core.errors import ConfigurationError
 
 ENV_PREFIX = "PACKAGER_"
@@ -25,56 +33,6 @@ LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Seconds added to JOB_TIMEOUT before a partial file left behind (a `kill -9`) is swept.
 PARTIAL_SWEEP_MARGIN = 10 * 60
-
-DEFAULT_EMAIL_BODY = """Hello,
-
-The data you requested from {ckan_host} (resource {resource_id}) is ready. Download it here:
-{download_url}
-
-This was job {job_id}; its status page is {status_url}
-
-{doi_body}
-Best wishes,
-The Data Portal Bot
-"""
-
-DEFAULT_EMAIL_BODY_HTML = """<html lang="en">
-<body>
-<p>Hello,</p>
-<p>The data you requested from {ckan_host} (resource {resource_id}) is ready.
-<a href="{download_url}">Download it here</a>.</p>
-<p>This was job {job_id}; <a href="{status_url}">its status page</a>.</p>
-{doi_body_html}
-<p>Best wishes,<br>The Data Portal Bot</p>
-</body>
-</html>
-"""
-
-DEFAULT_DOI_BODY = """A DOI has been created for this data: https://doi.org/{doi} (it may take a few hours to
-become active). Please cite this DOI when you use the data.
-"""
-
-DEFAULT_DOI_BODY_HTML = """<p>A DOI has been created for this data:
-<a href="https://doi.org/{doi}">https://doi.org/{doi}</a> (it may take a few hours to become active).
-Please cite this DOI when you use the data.</p>
-"""
-
-
-DEFAULT_FAILURE_SUBJECT = "Your download from {ckan_host} could not be prepared"
-
-DEFAULT_FAILURE_BODY = """Hello,
-
-We could not prepare the data you requested from {ckan_host} (resource {resource_id}).
-
-{what_happened}
-{what_next}
-
-Details: {status_url}
-Download number: {job_id}
-
-Best wishes,
-The Data Portal Bot
-"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

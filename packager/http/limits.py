@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from packager.adapters.viewdb import Usage, ViewsUnavailable
+from packager.adapters.view_queries import Usage
+from packager.adapters.viewdb import ViewsUnavailable
 from packager.adapters.viewreads import ReadViews
 from packager.core.errors import TooManyRequestsError
 from packager.core.settings import Settings

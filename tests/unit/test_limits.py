@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.adapters.viewdb import Usage
+from packager.adapters.view_queries import Usage
 from packager.core.errors import TooManyRequestsError
 from packager.core.settings import Settings, load_settings
 from packager.http.limits import Accepted, Limits, check

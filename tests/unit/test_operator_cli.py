@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from packager.cli import operator as cli
-from packager.cli import operator_http, operator_output
+from packager.cli import operator_http, operator_output, operator_stats
 
 JOB = "0232e797-71da-4658-8d92-52080d82db79"
 
@@ -119,14 +119,17 @@ def test_statistics_options_map_onto_the_endpoints_parameters() -> None:
     args = cli.build_parser().parse_args(
         ["stats", "errors", "-o", "10", "-l", "5", "-r", "r1", "-e", "a@b.c"]
     )
-    assert cli.stats_request("errors", args) == (
+    assert operator_stats.stats_request("errors", args) == (
         "/statistics/errors",
         {"offset": "10", "limit": "5", "resource_id": "r1", "email": "a@b.c"},
     )
     args = cli.build_parser().parse_args(["stats", "-r", "r1"])
-    assert cli.stats_request("totals", args) == ("/statistics", {"resource_id": "r1"})
+    assert operator_stats.stats_request("totals", args) == ("/statistics", {"resource_id": "r1"})
     args = cli.build_parser().parse_args(["stats", "requests"])
-    assert cli.stats_request("requests", args) == ("/statistics/requests", {"offset": "0", "limit": "100"})
+    assert operator_stats.stats_request("requests", args) == (
+        "/statistics/requests",
+        {"offset": "0", "limit": "100"},
+    )
 
 
 def test_a_negative_limit_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
