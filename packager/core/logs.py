@@ -91,8 +91,8 @@ class Redactor:
 
 
 def redactor_for(settings: Settings) -> Redactor:
-    """A redactor that knows the configured secrets (shared secret, SMTP password)."""
-    return Redactor([settings.secret, settings.smtp_password])
+    """A redactor that knows the configured secrets (shared secret, SMTP password, webhook secret)."""
+    return Redactor([settings.secret, settings.smtp_password, settings.webhook_secret])
 
 
 def current_job_id() -> str | None:
