@@ -432,7 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=cmd_stats)
     queue = verb("queue", f"queue a task ({', '.join(TASKS)})")
     queue.add_argument("task", metavar="TASK", help=", ".join(TASKS))
-    queue.add_argument("params", metavar="PARAM:VALUE", nargs="*", help="task parameters, e.g. email:a@b.org")
+    queue.add_argument(
+        "params",
+        metavar="PARAM:VALUE",
+        nargs="*",
+        help="task parameters, e.g. email:a@b.org; callback_url:URL asks for a signed webhook when it ends",
+    )
     queue.add_argument("-w", "--watch", action="store_true", help="then follow the job until it ends")
     queue.set_defaults(func=cmd_queue)
     watch_cmd = verb("watch", "follow a job's progress until it completes or fails")
