@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -13,7 +14,9 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import TopicPartition
 
+from packager.adapters.http_client import http_session
 from packager.adapters.kafka_log import InMemoryEventLog
 from packager.adapters.webhook_client import WebhookPolicy, post_webhook, receiver_host
 from packager.core.errors import ConfigurationError
@@ -26,7 +29,7 @@ from packager.domain.events import (
     envelope,
     requester_fields,
 )
-from packager.domain.secrets import unseal
+from packager.domain.secrets import seal, unseal
 from packager.domain.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -36,6 +39,7 @@ from packager.domain.webhooks import (
     webhook_body,
 )
 from packager.http.ingress import create_app
+from streams.webhook_sender import WebhookSender
 from tests.unit.samples import SECRET, URL_REQUEST, completed
 
 pytestmark = pytest.mark.features
@@ -297,3 +301,83 @@ async def test_a_webhook_gives_up_after_its_retry_window() -> None:
 def test_only_the_receivers_host_is_named() -> None:
     assert receiver_host("https://hooks.example.org/p?token=x") == "hooks.example.org"
     assert receiver_host("http://127.0.0.1:8123/p") == "127.0.0.1:8123"
+
+
+# -- the sender ------------------------------------------------------------------------------------------
+
+
+def sender_settings(**overrides: object) -> Settings:
+    return load_settings({}, secret=SECRET, store_directory=".", webhook_secret=HOOK_SECRET, **overrides)
+
+
+def test_the_sender_posts_only_for_jobs_with_a_receiver() -> None:
+    with_callback = envelope("j1", completed(callback_sealed=seal(SECRET, CALLBACK)))
+    without = envelope("j2", completed())
+    assert WebhookSender(sender_settings()).wants(with_callback)
+    assert not WebhookSender(sender_settings()).wants(without)
+    assert WebhookSender(sender_settings(webhook_url="https://hooks.example.org/all")).wants(without)
+    no_key = load_settings({}, secret=SECRET, store_directory=".")
+    assert not WebhookSender(no_key).wants(with_callback), "nothing to sign with: nothing sent"
+    assert WebhookSender(no_key).NAME == "webhooks", "its own consumer group, not the mailer's"
+
+
+class CommitsSeen:
+    """Stands in for the consumer: keeps what the sender commits."""
+
+    def __init__(self) -> None:
+        self.committed: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.append(dict(offsets))
+
+
+async def test_a_finished_job_read_while_its_partition_is_being_revoked_is_left_to_the_next_owner() -> None:
+    """The mailer's hand-over rule holds for webhooks: no send starts for a partition being revoked."""
+    sender = WebhookSender(sender_settings(webhook_url="https://hooks.example.org/all"))
+    tp = TopicPartition("events", 0)
+    consumer = CommitsSeen()
+    sender._consumer = consumer  # type: ignore[assignment]
+    may_end, talking, started = asyncio.Event(), asyncio.Event(), []
+
+    async def being_sent() -> None:
+        async with sender._smtp:
+            talking.set()
+            await may_end.wait()
+
+    async def send(env: object) -> None:
+        started.append(env)
+
+    sender._send = send  # type: ignore[method-assign]
+    sender._sends[tp] = {1: asyncio.create_task(being_sent())}
+    sender._settled[tp], sender._next[tp] = set(), 2
+    sender._scanned.add(tp)
+    await talking.wait()
+    revoking = asyncio.create_task(sender.on_partitions_revoked([tp]))
+    await asyncio.sleep(0)  # the revocation now waits for the webhook being sent
+
+    await sender._handle(tp, 5, encode(envelope("job-5", completed())))
+    may_end.set()
+    await asyncio.wait_for(revoking, timeout=5)
+    assert started == [], "a send was started for a partition being revoked"
+    assert consumer.committed and consumer.committed[-1][tp] <= 5, "committed past the unsent webhook"
+
+
+async def test_a_webhook_to_a_private_address_is_refused_when_connecting() -> None:
+    """A name that resolved to a public address at the ingress may point inside later (DNS rebinding)."""
+
+    async def hook(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    async with TestServer(app, host="127.0.0.1") as server:
+        session = http_session(load_settings({}, secret=SECRET, store_directory="."))
+        try:
+            policy = WebhookPolicy(secret=HOOK_SECRET, timeout=5, retry_for=30, max_delay=1)
+            result = await post_webhook(
+                session, str(server.make_url("/hook")), b"{}", event="e", delivery_id="d", policy=policy
+            )
+        finally:
+            await session.close()
+    assert not result.ok and "private" in result.error
+    assert result.attempts == 1, "refused at once, not retried"
