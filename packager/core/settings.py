@@ -207,10 +207,10 @@ class Settings:
     # Email the requester when a job fails.
     email_failures: bool = True
 
-    # Webhooks (docs/http-api.md): a signed JSON POST about every finished job to the request's `callback_url`
-    # and to WEBHOOK_URL (empty: none). WEBHOOK_SECRET keys the signatures; without it no webhook is sent
-    # and a request naming a `callback_url` is refused. A receiver that does not answer 2xx is retried
-    # with exponential backoff (capped at WEBHOOK_RETRY_MAX_DELAY) for WEBHOOK_RETRY_FOR seconds.
+    # Webhooks (docs/http-api.md#webhooks): a signed JSON POST about every finished job to the request's
+    # `callback_url` and to WEBHOOK_URL (empty: none). WEBHOOK_SECRET keys the signatures; without it no
+    # webhook is sent and a request naming a `callback_url` is refused. A receiver that does not answer 2xx
+    # is retried with exponential backoff (capped at WEBHOOK_RETRY_MAX_DELAY) for WEBHOOK_RETRY_FOR seconds.
     webhook_url: str = ""
     webhook_secret: str = ""
     webhook_timeout: float = 10.0

@@ -114,7 +114,7 @@ class PackageCompleted(Event):
 
     v2 added `cached_from`: the job whose ZIP was reused ("" when this job built it). v3 added the requester
     fields of PackageRequested v2 (`email` is "" from v3 on). v4 added `callback_sealed`: the request's
-    `callback_url`, sealed under SECRET ("" when the request named none; see docs/http-api.md).
+    `callback_url`, sealed under SECRET ("" when the request named none; see docs/http-api.md#webhooks).
     """
 
     TYPE: ClassVar[str] = "PackageCompleted"

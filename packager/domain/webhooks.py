@@ -2,8 +2,8 @@
 
 A receiver checks `X-Packager-Signature: t=<unix seconds>,v1=<hex>` where `<hex>` is HMAC-SHA256, keyed by
 WEBHOOK_SECRET, of the bytes `<t>.<body>`: the timestamp is signed with the body, so a captured request
-cannot be replayed later with a fresh time (receivers refuse an old `t`, see `verify`). docs/http-api.md
-shows the same check for receivers written without this package.
+cannot be replayed later with a fresh time (receivers refuse an old `t`, see `verify`).
+docs/http-api.md#webhooks shows the same check for receivers written without this package.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def verify(
 
 
 def webhook_body(env: Envelope, *, download_base: str, status_base: str) -> bytes:
-    """The JSON body about a terminal event (see docs/http-api.md for every key)."""
+    """The JSON body about a terminal event (docs/http-api.md#webhooks lists every key)."""
     payload = env.payload
     if not isinstance(payload, PackageCompleted | PackageFailed):
         raise TypeError(f"no webhook reports {env.type}")

@@ -57,7 +57,8 @@ def _package(summary: str, schema_name: str) -> dict[str, Any]:
     }
 
 
-# The webhook POSTed to a request's `callback_url` (and to WEBHOOK_URL) when its job ends (docs/http-api.md).
+# The webhook POSTed to a request's `callback_url` (and to WEBHOOK_URL) when its job ends
+# (docs/http-api.md#webhooks).
 _WEBHOOK: dict[str, Any] = {
     "summary": "The job completed or failed (at least once: dedupe by X-Packager-Delivery).",
     "parameters": [

@@ -27,9 +27,9 @@ _KEY = _string(
     "A CKAN API key, sent in the Authorization header to the CKAN host only. Never logged or stored."
 )
 _CALLBACK_URL = _string(
-    "Optional: an http(s) URL that gets a signed JSON POST when the job completes or fails (a webhook, "
-    "see docs/http-api.md), checked as resource_url is (public hosts only unless ALLOW_PRIVATE_URLS). "
-    "Refused when the service has no WEBHOOK_SECRET.",
+    "Optional: an http(s) URL that gets a signed JSON POST when the job completes or fails (a webhook, see "
+    "docs/http-api.md#webhooks), checked as resource_url is (public hosts only unless "
+    "ALLOW_PRIVATE_URLS). Refused when the service has no WEBHOOK_SECRET.",
     format="uri",
     maxLength=2000,
     example="https://portal.example.org/hooks/packager",

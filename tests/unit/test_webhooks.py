@@ -55,7 +55,7 @@ def test_a_signature_verifies_with_the_documented_recipe() -> None:
     body = b'{"job_id":"j1"}'
     header = signature_header(HOOK_SECRET, body, timestamp=1_796_212_860)
     t, v1 = (part.split("=", 1)[1] for part in header.split(","))
-    # docs/http-api.md's recipe, written without this package.
+    # The recipe of docs/http-api.md#webhooks, written without this package.
     expected = hmac.new(HOOK_SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     assert v1 == expected
     assert verify(HOOK_SECRET, body, header, now=1_796_212_860 + 10)
