@@ -147,6 +147,7 @@ async def test_a_finished_job_is_posted_signed_to_its_callback_and_to_webhook_ur
     assert isinstance(completed.payload, PackageCompleted)
     callback_calls = receiver.received("/callback")
     assert len(callback_calls) == 2, "refused once, taken once"
+    assert len(receiver.received("/service")) == 1, "taken at once, sent once"
     for path in ("/callback", "/service"):
         body, headers = receiver.received(path)[-1]
         assert verify(HOOK_SECRET, body, headers[SIGNATURE_HEADER]), "the signature verifies"
