@@ -44,6 +44,7 @@ from packager.domain.events import (
     EmailFailed,
     EmailSent,
     Envelope,
+    Event,
     ExpiryNoticeDue,
     decode,
     encode,
@@ -96,7 +97,16 @@ class _Gate:
 
 
 class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
-    """Consumes the events topic in group `<prefix>-mailer` and sends one email per terminal event."""
+    """Consumes the events topic in group `<prefix>-mailer` and sends one email per terminal event.
+
+    The webhook sender (streams/webhook_sender.py) is this same machinery in a group of its own: it overrides
+    the class attributes below, `slots`, `wants` and `_deliver`, and nothing else.
+    """
+
+    NAME = "mailer"  # the consumer group is `<prefix>-<NAME>`
+    NOUN = "email"  # what one send delivers, in log lines
+    TRIGGERS: frozenset[str] = MAILED_TYPES  # the events that start a send (terminal ones, expiry notices)
+    OUTCOMES: frozenset[str] = OUTCOME_TYPES  # the events recording a send's outcome
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
@@ -105,7 +115,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self._producer: AIOKafkaProducer | None = None
         self._pauses = PauseWatch(settings.session_timeout)
         self._fenced_at: float | None = None  # loop time of a freeze the group has not rebalanced after
-        self._smtp = _Gate(settings.mail_concurrency, self._pauses.frozen)
+        self._smtp = _Gate(self.slots(), self._pauses.frozen)
         self._sends: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
         self._next: dict[TopicPartition, int] = {}  # the next offset to read, per owned partition
         self._settled: dict[TopicPartition, set[str]] = {}  # jobs with an outcome further on in the log
@@ -133,7 +143,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
-            group_id=f"{self.settings.topic_prefix}-mailer",
+            group_id=f"{self.settings.topic_prefix}-{self.NAME}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=int(self.settings.session_timeout * 1000),
@@ -141,8 +151,8 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         )
         self._consumer.subscribe([self.topic], listener=self)
         await self._consumer.start()
-        self._loop_task = asyncio.create_task(self._run(), name="mailer")
-        self._pause_task = asyncio.create_task(self._watch_pauses(), name="mailer pauses")
+        self._loop_task = asyncio.create_task(self._run(), name=self.NAME)
+        self._pause_task = asyncio.create_task(self._watch_pauses(), name=f"{self.NAME} pauses")
 
     async def on_stop(self) -> None:
         """Let sends in progress finish within DRAIN_TIMEOUT, commit, and leave the group."""
@@ -198,7 +208,9 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("the mailer's loop failed; reading on from the last email handled")
+                log.exception(
+                    "the %s's loop failed; reading on from the last %s handled", self.NAME, self.NOUN
+                )
                 await asyncio.sleep(1.0)
                 await self._rewind()
 
@@ -234,7 +246,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
             # While too many emails wait (a long SMTP outage), stop reading: the group keeps its place.
             pending = sum(len(s) for s in self._sends.values())
             owned = list(self._sends)
-            if pending >= 100 * self.settings.mail_concurrency:
+            if pending >= 100 * self.slots():
                 consumer.pause(*owned)
             else:
                 consumer.resume(*owned)
@@ -243,18 +255,18 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
                 try:
                     await self._commit(owned)
                 except KafkaError as exc:
-                    log.warning("mailer offsets not committed yet: %r", exc)
+                    log.warning("%s offsets not committed yet: %r", self.NAME, exc)
 
     async def _handle(self, tp: TopicPartition, offset: int, raw: bytes | None) -> None:
         try:
             env = decode(raw or b"")
         except EventDecodeError:
             return  # dead-lettered by the steward
-        if env.type in OUTCOME_TYPES:
+        if env.type in self.OUTCOMES:
             self._settled[tp].discard(mail_of(env))
             self._remember(mail_of(env))
             return
-        if env.type not in MAILED_TYPES:
+        if env.type not in self.TRIGGERS or not self.wants(env):
             return
         if tp not in self._scanned:
             await self._read_ahead(tp, offset)
@@ -264,7 +276,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         if job in self._settled[tp] or job in self._recent or job in self._sending:
             return  # emailed before a restart, a repeated terminal event, or being sent now
         self._sending.add(job)
-        task = asyncio.create_task(self._send(env), name=f"email {env.job_id}")
+        task = asyncio.create_task(self._send(env), name=f"{self.NOUN} {env.job_id}")
         self._sends[tp][offset] = task
         task.add_done_callback(lambda done: self._sent(tp, offset, done))
 
@@ -273,7 +285,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         if task.cancelled():
             return  # left to whoever reads the partition next
         if (exc := task.exception()) is not None:
-            log.error("email not sent: %r", exc, exc_info=exc)
+            log.error("%s not sent: %r", self.NOUN, exc, exc_info=exc)
             return
         self._sends.get(tp, {}).pop(offset, None)
 
@@ -285,10 +297,22 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
             self._sending.discard(mail_of(env))
         self._remember(mail_of(env))  # settled: a repeated terminal event is not emailed again
 
+    def slots(self) -> int:
+        """How many sends may talk to the far end at once."""
+        return self.settings.mail_concurrency
+
+    def wants(self, env: Envelope) -> bool:
+        """Whether this terminal event has anything to deliver (every one may get an email)."""
+        return True
+
     async def _deliver(self, env: Envelope) -> None:
         outcome = await notify(self.settings, env, slot=self._smtp, keys=self._keys)
         if outcome is None:
             return  # failure notices are turned off
+        await self._record(env, outcome)
+
+    async def _record(self, env: Envelope, outcome: Event) -> None:
+        """Append a send's outcome after the terminal event it is about (same key, same partition)."""
         record = encode(envelope(env.job_id, outcome))
 
         async def append() -> None:
@@ -297,7 +321,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
 
         # The email is out: its outcome must reach the log, however long the broker is away.
         await retrying.call(
-            "recording the email's outcome",
+            f"recording the {self.NOUN}'s outcome",
             append,
             backoff=Backoff(first=0.5, cap=10.0),
             retry_on=(KafkaError,),
@@ -310,7 +334,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         settled = self._settled[tp]
 
         def note(env: Envelope) -> None:
-            if env.type in OUTCOME_TYPES:
+            if env.type in self.OUTCOMES:
                 settled.add(mail_of(env))
 
         await self._reader.scan(tp, start, note)
@@ -324,7 +348,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         """
         while True:
             if self._pauses.beat() > self._pauses.limit:
-                log.warning("the mailer's pending emails are left to the group")
+                log.warning("the %s's pending %ss are left to the group", self.NAME, self.NOUN)
                 self._fenced_at = asyncio.get_running_loop().time()
                 for sends in self._sends.values():
                     for task in sends.values():
@@ -383,7 +407,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
             if task not in self._smtp.talking:
                 task.cancel()
         if talking:
-            log.info("waiting up to %.0fs for %d email(s) being sent", grace, len(talking))
+            log.info("waiting up to %.0fs for %d %s(s) being sent", grace, len(talking), self.NOUN)
             _, unfinished = await asyncio.wait(talking, timeout=grace)
             for task in unfinished:
                 task.cancel()

@@ -1,7 +1,7 @@
 """The `packager` command: run the ingress or a worker, and the development stack.
 
 packager ingress                      serve the HTTP API
-packager worker [--lanes fast,slow]   run a Faust worker (planner, mailer and the given lanes)
+packager worker [--lanes fast,slow]   run a Faust worker (planner, mailer, webhooks and the given lanes)
 packager projector [--until-caught-up] [--metrics-port N]
                                       fold the log into the views database (jobs, statistics)
 packager dev kafka start|stop|status  a local KRaft broker (or --nodes 3: a cluster) from Maven Central
@@ -96,12 +96,13 @@ def cmd_projector(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run a Faust worker serving the planner, the mailer and the chosen lanes."""
+    """Run a Faust worker serving the planner, the mailer, the webhook sender and the chosen lanes."""
     from packager.adapters.kafka_log import Topics, ensure_topics
     from packager.core.logs import faust_logging_config, log_handler
     from streams.app import build_pools, changelog_topics, create_app, roles_for
     from streams.mailer import Mailer
     from streams.ops import OpsServer
+    from streams.webhook_sender import WebhookSender
     from streams.worker import Worker
 
     overrides: dict[str, object] = {}
@@ -128,7 +129,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Faust's own handler is replaced by ours: the same line format, job ids and redaction as the ingress.
     app.conf.loghandlers = [log_handler(settings)]
     roles = roles_for(settings.worker_lanes)
-    services = [OpsServer(app, settings), *([Mailer(settings)] if "mailer" in roles else [])]
+    # The webhook sender serves where the mailer does: both follow the events topic in groups of their own.
+    effects = [Mailer(settings), WebhookSender(settings)] if "mailer" in roles else []
+    services = [OpsServer(app, settings), *effects]
     worker = Worker(
         app,
         *services,

@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
         "params",
         metavar="PARAM:VALUE",
         nargs="*",
-        help="task parameters, e.g. email:a@b.org (for_gbif:true for a GBIF-ready archive)",
+        help="task parameters, e.g. email:a@b.org (for_gbif:true for a GBIF-ready archive; callback_url:URL "
+        "asks for a signed webhook when it ends)",
     )
     queue.add_argument("-w", "--watch", action="store_true", help="then follow the job until it ends")
     queue.set_defaults(func=cmd_queue)

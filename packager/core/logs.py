@@ -91,8 +91,11 @@ class Redactor:
 
 
 def redactor_for(settings: Settings) -> Redactor:
-    """A redactor that knows the configured secrets (shared secret, SMTP password, object store key)."""
-    return Redactor([settings.secret, settings.smtp_password, settings.s3_secret_access_key])
+    """A redactor that knows the configured secrets (shared secret, SMTP password, object store key, webhook
+    secret)."""
+    return Redactor(
+        [settings.secret, settings.smtp_password, settings.s3_secret_access_key, settings.webhook_secret]
+    )
 
 
 def current_job_id() -> str | None:

@@ -185,6 +185,18 @@ class Settings:
     # Email the requester when a job fails.
     email_failures: bool = True
 
+    # Webhooks (docs/http-api.md#webhooks): a signed JSON POST about every finished job to the request's
+    # `callback_url` and to WEBHOOK_URL (empty: none). WEBHOOK_SECRET keys the signatures; without it no
+    # webhook is sent and a request naming a `callback_url` is refused. A receiver that does not answer 2xx
+    # is retried with exponential backoff (capped at WEBHOOK_RETRY_MAX_DELAY) for WEBHOOK_RETRY_FOR seconds.
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_timeout: float = 10.0
+    webhook_retry_for: float = 3600.0
+    webhook_retry_max_delay: float = 300.0
+    # Webhooks one worker sends at once; a slow receiver holds only webhooks, never other work.
+    webhook_concurrency: int = 8
+
     # Darwin Core Archives (the original's DWC_* options). Empty paths mean the definitions shipped in
     # packager/domain/dwc_data; DWC_EXTENSION_FIELDS is a JSON object
     # (empty: associatedMedia -> Simple Multimedia).
@@ -401,6 +413,10 @@ RANGES: dict[str, Range] = {
     "smtp_timeout": POSITIVE_SECONDS,
     "smtp_retry_for": Range(0, unit="seconds"),
     "smtp_retry_max_delay": POSITIVE_SECONDS,
+    "webhook_timeout": POSITIVE_SECONDS,
+    "webhook_retry_for": Range(0, unit="seconds"),
+    "webhook_retry_max_delay": POSITIVE_SECONDS,
+    "webhook_concurrency": Range(1, 1024),
     "metrics_port": Range(0, 65535, note="0: any free port"),
     "log_repeat_interval": Range(0, 3600, unit="seconds", note="0: every line is written"),
 }
@@ -440,7 +456,14 @@ def settings_problems(settings: Settings) -> list[str]:
         value = getattr(settings, name)
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
             problems.append(f"Setting {name.upper()}={value!r} is not a colour (allowed: #rrggbb)")
-    for name in ("download_url_base", "status_url_base", "portal_url", "portal_logo_url", "s3_endpoint_url"):
+    for name in (
+        "download_url_base",
+        "status_url_base",
+        "portal_url",
+        "portal_logo_url",
+        "s3_endpoint_url",
+        "webhook_url",
+    ):
         value = getattr(settings, name)
         if value and not value.startswith(("http://", "https://")):
             problems.append(
@@ -464,6 +487,10 @@ def settings_problems(settings: Settings) -> list[str]:
         value = getattr(settings, name)
         if value and len(value) < 16:
             problems.append(f"Setting {name.upper()} is shorter than 16 characters (allowed: 16 or more)")
+    if settings.webhook_secret and len(settings.webhook_secret) < 16:
+        problems.append("Setting WEBHOOK_SECRET is shorter than 16 characters (allowed: 16 or more)")
+    if settings.webhook_url and not settings.webhook_secret:
+        problems.append("Setting WEBHOOK_URL needs WEBHOOK_SECRET (the key its signatures are made with)")
     if settings.smtp_starttls and settings.smtp_tls:
         problems.append("Settings SMTP_STARTTLS and SMTP_TLS are both on (allowed: one of them at most)")
     return problems

@@ -3,7 +3,8 @@
 Every record on a packager topic is an *envelope* (`event_id`, `type`, `schema_version`, `job_id`,
 `occurred_at`, `payload`) encoded as JSON with orjson. The payload is one of the frozen dataclasses below,
 named in the past tense. Events are never renamed or repurposed: a change of shape gets a new
-`schema_version` and an upcaster in `UPCASTERS` that turns the stored older payload into the current one.
+`schema_version` and an upcaster (`packager.domain.upcasters`) that turns the stored older payload into the
+current one.
 
 Secrets never travel in clear: the shared secret is not part of any event, and a CKAN API key only appears
 sealed (see `packager.domain.secrets`), and a requester's address only sealed under their data key, beside
@@ -13,9 +14,7 @@ their pseudonym (`packager.domain.requesters`, docs/privacy.md; older events kee
 from __future__ import annotations
 
 import dataclasses
-import re
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, get_type_hints
 
@@ -24,6 +23,9 @@ import msgspec.structs
 import orjson
 
 from packager.core.errors import EventDecodeError
+from packager.domain.timestamps import RFC3339_PATTERN as RFC3339_PATTERN
+from packager.domain.timestamps import is_timestamp
+from packager.domain.upcasters import UPCASTERS
 
 
 def utc_now() -> str:
@@ -111,11 +113,12 @@ class PackageCompleted(Event):
     """Terminal: the ZIP is in the store under `zip_file_name`.
 
     v2 added `cached_from`: the job whose ZIP was reused ("" when this job built it). v3 added the requester
-    fields of PackageRequested v2 (`email` is "" from v3 on).
+    fields of PackageRequested v2 (`email` is "" from v3 on). v4 added `callback_sealed`: the request's
+    `callback_url`, sealed under SECRET ("" when the request named none; see docs/http-api.md#webhooks).
     """
 
     TYPE: ClassVar[str] = "PackageCompleted"
-    VERSION: ClassVar[int] = 3
+    VERSION: ClassVar[int] = 4
     cache_key: str
     resource_id: str
     email: str
@@ -132,17 +135,19 @@ class PackageCompleted(Event):
     requester: str = ""
     requester_domain: str = ""
     email_sealed: str = ""
+    callback_sealed: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PackageFailed(Event):
     """Terminal: the job could not be built; `error` is written for the requester.
 
-    v2 added the requester fields of PackageRequested v2 (`email` is "" from v2 on).
+    v2 added the requester fields of PackageRequested v2 (`email` is "" from v2 on). v3 added
+    `callback_sealed`, as PackageCompleted v4 did.
     """
 
     TYPE: ClassVar[str] = "PackageFailed"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     cache_key: str
     resource_id: str
     email: str
@@ -152,6 +157,7 @@ class PackageFailed(Event):
     requester: str = ""
     requester_domain: str = ""
     email_sealed: str = ""
+    callback_sealed: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -215,6 +221,34 @@ class EmailFailed(Event):
     TYPE: ClassVar[str] = "EmailFailed"
     cache_key: str
     about: str
+    error: str
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookDelivered(Event):
+    """A finished job's webhook was answered with a 2xx by its receiver (see docs/http-api.md#webhooks).
+
+    `target`: "callback" (the request's `callback_url`) or "service" (WEBHOOK_URL); `host` only."""
+
+    TYPE: ClassVar[str] = "WebhookDelivered"
+    cache_key: str
+    about: str  # the terminal event type the webhook reports
+    target: str
+    host: str
+    status: int
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookFailed(Event):
+    """A webhook about a terminal event got no 2xx within WEBHOOK_RETRY_FOR (or could not be sent at all)."""
+
+    TYPE: ClassVar[str] = "WebhookFailed"
+    cache_key: str
+    about: str
+    target: str
+    host: str
     error: str
     attempts: int
 
@@ -301,15 +335,19 @@ class RequesterErased(Event):
     key_ids: list[str]
 
 
-# The requester fields of the events naming a requester (PackageRequested, -Completed, -Failed).
-REQUESTER_FIELDS = ("email", "requester", "requester_domain", "email_sealed")
+# The requester fields of the events naming a requester (PackageRequested, -Completed, -Failed), and their
+# sealed webhook `callback_url` (a request keeps it in `request["callback_sealed"]`, absent when none).
+REQUESTER_FIELDS = ("email", "requester", "requester_domain", "email_sealed", "callback_sealed")
 
 
 def requester_fields(event: Event | dict[str, Any]) -> dict[str, str]:
     """The requester fields of a request or terminal event (or of such an event's dict), to copy along."""
     if isinstance(event, dict):
         return {name: str(event.get(name) or "") for name in REQUESTER_FIELDS}
-    return {name: str(getattr(event, name, "") or "") for name in REQUESTER_FIELDS}
+    fields = {name: str(getattr(event, name, "") or "") for name in REQUESTER_FIELDS}
+    if isinstance(event, PackageRequested):
+        fields["callback_sealed"] = str(event.request.get("callback_sealed") or "")
+    return fields
 
 
 # Every payload type defined above, by wire name (subclasses of Event are defined nowhere else).
@@ -318,38 +356,6 @@ EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in Event.__subclass
 TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE, RequestAbandoned.TYPE})
 # Terminal events the requester hears about by email (they also hear of `ExpiryNoticeDue`).
 NOTIFIED_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
-
-
-def _completed_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
-    """PackageCompleted v1 had no `cached_from`: every v1 completion built its own ZIP."""
-    return {**payload, "cached_from": ""}
-
-
-def _first_attempt(payload: dict[str, Any]) -> dict[str, Any]:
-    """Queued and progress v1 predate attempts: every v1 build was the first."""
-    return {**payload, "attempt": 1}
-
-
-def _started_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
-    """PackageStarted v1 had no lease: attempt 1, no lease deadline."""
-    return {**payload, "attempt": 1, "lease_until": ""}
-
-
-def _no_requester(payload: dict[str, Any]) -> dict[str, Any]:
-    """Before crypto-shredding the address was in `email`, in clear: no pseudonym, nothing sealed."""
-    return {**payload, "requester": "", "requester_domain": "", "email_sealed": ""}
-
-
-# (type, stored schema_version) -> function turning that payload into the next version's payload.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
-    ("PackageCompleted", 1): _completed_v1_to_v2,
-    ("PackageQueued", 1): _first_attempt,
-    ("PackageProgress", 1): _first_attempt,
-    ("PackageStarted", 1): _started_v1_to_v2,
-    ("PackageRequested", 1): _no_requester,
-    ("PackageCompleted", 2): _no_requester,
-    ("PackageFailed", 1): _no_requester,
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -402,15 +408,6 @@ def encode(env: Envelope) -> bytes:
 # field's type in C, and the result is turned into the dataclass the code works with. 3-4 us an event,
 # faster than the untyped checks it replaced (docs/events.md, "The typed boundary").
 
-# RFC 3339 with an upper-case `T` and `Z`, as the schemas' `date-time` format is checked (rfc3339-validator),
-# and real dates (`datetime.fromisoformat`): what `projections.statistics.unix_time` can read.
-# The schemas carry the pattern too: their format checker (jsonschema) would accept a lower-case `t` or `z`.
-RFC3339_PATTERN = (
-    r"^\d{4}-(?:0[1-9]|1[0-2])-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?"
-    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$"
-)
-_RFC3339 = re.compile(RFC3339_PATTERN, re.ASCII)
-
 
 class _WireEnvelope(msgspec.Struct, forbid_unknown_fields=True):
     """The envelope as it travels; the payload is kept raw until its type (and version) is known."""
@@ -436,17 +433,6 @@ _WIRE_STRUCTS: dict[type[Event], type[msgspec.Struct]] = {
 _ENVELOPE_DECODER = msgspec.json.Decoder(_WireEnvelope)
 _PAYLOAD_DECODERS = {cls: msgspec.json.Decoder(struct) for cls, struct in _WIRE_STRUCTS.items()}
 _astuple = msgspec.structs.astuple
-
-
-def is_timestamp(text: str) -> bool:
-    """True for an RFC 3339 date-time with an offset (`2026-11-26T14:21:00.123Z`) naming a real moment."""
-    if _RFC3339.fullmatch(text) is None:
-        return False
-    try:
-        datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return True
 
 
 def _upcast(cls: type[Event], version: int, raw: msgspec.Raw) -> msgspec.Struct:

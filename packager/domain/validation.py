@@ -98,6 +98,19 @@ async def check_url(name: str, value: str, *, resolve: Resolver, allow_private: 
     return url
 
 
+CALLBACK_URL_MAX = 2000
+
+
+async def parse_callback_url(params: Mapping[str, str], *, resolve: Resolver, allow_private: bool) -> str:
+    """The optional `callback_url` (the webhook's receiver), checked as `resource_url` is; "" when absent."""
+    value = str(params.get("callback_url") or "").strip()
+    if not value:
+        return ""
+    if len(value) > CALLBACK_URL_MAX:
+        raise BadRequestError(f"Parameter callback_url is longer than {CALLBACK_URL_MAX} characters")
+    return str(await check_url("callback_url", value, resolve=resolve, allow_private=allow_private))
+
+
 @dataclass(frozen=True, slots=True)
 class UrlPackageRequest:
     """A validated `/package_url` request."""

@@ -20,12 +20,19 @@ from packager.adapters.requester_keys import InMemoryRequesterKeys, KafkaRequest
 from packager.adapters.resolver import system_resolver
 from packager.adapters.stores import open_store
 from packager.adapters.viewreads import ReadViews
+from packager.core.errors import BadRequestError
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
 from packager.domain.events import CacheCleared, PackageRequested, envelope
 from packager.domain.requesters import pseudonym
 from packager.domain.secrets import seal
-from packager.domain.validation import Resolver, cache_key_for, parse_datastore_request, parse_url_request
+from packager.domain.validation import (
+    Resolver,
+    cache_key_for,
+    parse_callback_url,
+    parse_datastore_request,
+    parse_url_request,
+)
 from packager.http import downloads, health, read_api
 from packager.http.app_keys import EVENT_LOG, LIMITS, READ_VIEWS, REQUESTER_KEYS, RESOLVER, SETTINGS, STORE
 from packager.http.common import authenticate, errors_as_json, json_response, read_params
@@ -47,12 +54,35 @@ def accepted_body(job_id: str, message: str, status_url: str = "") -> dict[str, 
     }
 
 
+async def _callback(request: web.Request, params: Mapping[str, str]) -> str:
+    """The request's optional `callback_url`, checked as `resource_url` is; refused without WEBHOOK_SECRET."""
+    settings = request.app[SETTINGS]
+    url = await parse_callback_url(
+        params, resolve=request.app[RESOLVER], allow_private=settings.allow_private_urls
+    )
+    if url and not settings.webhook_secret:
+        raise BadRequestError("Parameter callback_url: this service sends no webhooks (no WEBHOOK_SECRET)")
+    return url
+
+
 async def _accept(
-    request: web.Request, kind: str, identity: Mapping[str, Any], fields: dict[str, Any], key: str
+    request: web.Request,
+    kind: str,
+    identity: Mapping[str, Any],
+    fields: dict[str, Any],
+    key: str,
+    callback_url: str = "",
 ) -> web.Response:
-    """Append `PackageRequested` for a validated request and answer once Kafka acknowledged it."""
+    """Append `PackageRequested` for a validated request and answer once Kafka acknowledged it.
+
+    The callback URL is not part of the package's identity (two requests differing only by it share a
+    build) and travels sealed: it may carry the receiver's token.
+    """
     settings = request.app[SETTINGS]
     cache_key = cache_key_for(kind, identity, settings.secret)
+    sealed = {"key_sealed": seal(settings.secret, key) if key else ""}
+    if callback_url:
+        sealed["callback_sealed"] = seal(settings.secret, callback_url)
     job_id = str(uuid.uuid4())
     bind_job(job_id)
     # Before anything is sealed or appended: a refused request leaves nothing in any topic.
@@ -60,7 +90,7 @@ async def _accept(
     who = pseudonym(settings.pseudonym_key, fields["email"])
     await limits.admit(request.app.get(READ_VIEWS), job_id, who, fields["resource_id"])
     try:
-        await _append_request(request, kind, job_id, cache_key, fields, key)
+        await _append_request(request, kind, job_id, cache_key, fields, sealed)
     except BaseException:
         limits.withdraw(job_id)
         raise
@@ -76,9 +106,15 @@ async def _accept(
 
 
 async def _append_request(
-    request: web.Request, kind: str, job_id: str, cache_key: str, fields: dict[str, Any], key: str
+    request: web.Request,
+    kind: str,
+    job_id: str,
+    cache_key: str,
+    fields: dict[str, Any],
+    sealed: dict[str, str],
 ) -> None:
-    """Append `PackageRequested`; return once Kafka acknowledged it."""
+    """Append `PackageRequested` (`sealed`: the request's sealed API key and callback URL); return once Kafka
+    acknowledged it."""
     settings = request.app[SETTINGS]
     event = envelope(
         job_id,
@@ -87,7 +123,7 @@ async def _append_request(
             cache_key=cache_key,
             resource_id=fields["resource_id"],
             ckan_host=fields["ckan_host"],
-            request={**fields["request"], "key_sealed": seal(settings.secret, key) if key else ""},
+            request={**fields["request"], **sealed},
             **await sealed_requester(request.app, fields["email"]),
         ),
     )
@@ -102,6 +138,7 @@ async def package_url(request: web.Request) -> web.Response:
     req = await parse_url_request(
         params, resolve=request.app[RESOLVER], allow_private=settings.allow_private_urls
     )
+    callback_url = await _callback(request, params)
     return await _accept(
         request,
         "url",
@@ -113,6 +150,7 @@ async def package_url(request: web.Request) -> web.Response:
             "request": {"resource_id": req.resource_id, "resource_url": req.resource_url},
         },
         req.key,
+        callback_url,
     )
 
 
@@ -137,6 +175,7 @@ async def _accept_query(request: web.Request, *, dwc: bool) -> web.Response:
         allowed_hosts=settings.allowed_api_hosts,
         dwc=dwc,
     )
+    callback_url = await _callback(request, params)
     return await _accept(
         request,
         "dwc" if dwc else "datastore",
@@ -148,6 +187,7 @@ async def _accept_query(request: web.Request, *, dwc: bool) -> web.Response:
             "request": req.query(),
         },
         req.key,
+        callback_url,
     )
 
 

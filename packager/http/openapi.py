@@ -70,8 +70,42 @@ def _package(summary: str, schema_name: str) -> dict[str, Any]:
                 **_REJECTIONS,
                 **_LIMITED,
             },
+            "callbacks": {"jobFinished": {"{$request.body#/callback_url}": {"post": _WEBHOOK}}},
         }
     }
+
+
+# The webhook POSTed to a request's `callback_url` (and to WEBHOOK_URL) when its job ends
+# (docs/http-api.md#webhooks).
+_WEBHOOK: dict[str, Any] = {
+    "summary": "The job completed or failed (at least once: dedupe by X-Packager-Delivery).",
+    "parameters": [
+        {
+            "name": "X-Packager-Signature",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "example": "t=1796212860,v1=5f0c..."},
+            "description": 'HMAC-SHA256 (hex), keyed by WEBHOOK_SECRET, of "<t>.<body>"; refuse an old t.',
+        },
+        {
+            "name": "X-Packager-Event",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "enum": ["PackageCompleted", "PackageFailed"]},
+        },
+        {
+            "name": "X-Packager-Delivery",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "The terminal event's id: the same on every retry of this webhook.",
+        },
+    ],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": ref("WebhookBody")}}},
+    "responses": {
+        "2XX": {"description": "Received; any other answer (or none) is retried until WEBHOOK_RETRY_FOR."}
+    },
+}
 
 
 def _secret_post(summary: str, tag: str, schema_name: str, answer: str, description: str) -> dict[str, Any]:

@@ -26,6 +26,14 @@ _EMAIL = _string("Where to send the link.", format="email", example="requester@e
 _KEY = _string(
     "A CKAN API key, sent in the Authorization header to the CKAN host only. Never logged or stored."
 )
+_CALLBACK_URL = _string(
+    "Optional: an http(s) URL that gets a signed JSON POST when the job completes or fails (a webhook, see "
+    "docs/http-api.md#webhooks), checked as resource_url is (public hosts only unless "
+    "ALLOW_PRIVATE_URLS). Refused when the service has no WEBHOOK_SECRET.",
+    format="uri",
+    maxLength=2000,
+    example="https://portal.example.org/hooks/packager",
+)
 _NON_NEGATIVE = {
     "oneOf": [{"type": "string", "pattern": r"^\+?\d{0,15}$"}, {"type": "integer", "minimum": 0}],
 }
@@ -49,6 +57,7 @@ _URL_REQUEST = {
         ),
         "email": _EMAIL,
         "key": _KEY,
+        "callback_url": _CALLBACK_URL,
     },
 }
 
@@ -63,6 +72,7 @@ def _query_request(*, dwc: bool) -> dict[str, Any]:
         ),
         "resource_id": _string("The datastore resource.", maxLength=500),
         "email": _EMAIL,
+        "callback_url": _CALLBACK_URL,
         "filters": {
             "description": "A JSON object of CKAN filters (at most 8 levels deep): JSON text, or an object "
             "in a JSON body.",
@@ -182,8 +192,32 @@ _COUNTS = {
 }
 
 
+_WEBHOOK_BODY = {
+    "type": "object",
+    "required": ["event_id", "event", "job_id", "state", "resource_id", "occurred_at", "status_url"],
+    "properties": {
+        "event_id": _string("The terminal event's id (also in X-Packager-Delivery)."),
+        "event": _string("PackageCompleted or PackageFailed.", enum=["PackageCompleted", "PackageFailed"]),
+        "job_id": _string("The job id of the accepted answer.", format="uuid"),
+        "state": _string("What became of the job.", enum=["completed", "failed"]),
+        "resource_id": _string("The requested resource."),
+        "ckan_host": _string("The portal's host."),
+        "occurred_at": _string("When the job ended (RFC 3339, UTC).", format="date-time"),
+        "status_url": _string("The job's status page.", format="uri"),
+        "download_url": _string("Completed only: the ZIP's download link.", format="uri"),
+        "size": {"type": "integer", "description": "Completed only: the ZIP's size in bytes."},
+        "sha256": _string("Completed only: the ZIP's SHA-256 (hex)."),
+        "rows": {"type": "integer", "nullable": True, "description": "Completed only: rows packaged."},
+        "doi": _string("Completed only: the DOI, if one was given."),
+        "error": _string("Failed only: what went wrong, written for the requester."),
+        "error_type": _string("Failed only: the kind of failure."),
+    },
+}
+
+
 def component_schemas() -> dict[str, Any]:
     return {
+        "WebhookBody": _WEBHOOK_BODY,
         "UrlRequest": _URL_REQUEST,
         "DatastoreRequest": _query_request(dwc=False),
         "DwcArchiveRequest": _query_request(dwc=True),

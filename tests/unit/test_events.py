@@ -113,9 +113,10 @@ STORED_COMPLETED_V1 = (
 
 def test_a_stored_v1_completion_is_upcast_to_the_current_version() -> None:
     env = decode(STORED_COMPLETED_V1)
-    assert env.schema_version == PackageCompleted.VERSION == 3
+    assert env.schema_version == PackageCompleted.VERSION == 4
     assert isinstance(env.payload, PackageCompleted)
     assert env.payload.cached_from == ""
+    assert env.payload.callback_sealed == "", "no webhook before v4"
     assert env.payload.zip_file_name == "j1.zip"
     # Written before crypto-shredding: the address stays where it was, with no pseudonym and nothing sealed.
     assert (env.payload.email, env.payload.requester, env.payload.email_sealed) == ("a@example.org", "", "")

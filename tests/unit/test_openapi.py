@@ -77,12 +77,12 @@ def test_package_parameters_match_the_http_api_doc() -> None:
     schemas = spec()["components"]["schemas"]
     url = schemas["UrlRequest"]
     assert set(url["required"]) == {"secret", "resource_id", "resource_url", "email"}
-    assert set(url["properties"]) == {"secret", "resource_id", "resource_url", "email", "key"}
+    assert set(url["properties"]) == {"secret", "resource_id", "resource_url", "email", "key", "callback_url"}
     datastore = schemas["DatastoreRequest"]
     assert set(datastore["required"]) == {"secret", "api_url", "resource_id", "email"}
     assert set(datastore["properties"]) == {
         *("secret", "api_url", "resource_id", "email", "filters", "q", "plain", "language"),
-        *("fields", "sort", "offset", "limit", "format", "doi", "key"),
+        *("fields", "sort", "offset", "limit", "format", "doi", "key", "callback_url"),
     }
     dwc = schemas["DwcArchiveRequest"]
     assert set(dwc["properties"]) == set(datastore["properties"]) - {"format"} | {"eml", "for_gbif"}

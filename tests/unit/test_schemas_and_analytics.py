@@ -25,9 +25,9 @@ def test_encoded_events_validate_against_their_schema() -> None:
     schemas = all_schemas()
     done = completed(resource_id="r", ckan_host="h", zip_file_name="j.zip", size=1)
     doc = orjson.loads(encode(envelope("j", done)))
-    Draft202012Validator(schemas["PackageCompleted.v3.json"]).validate(doc)
+    Draft202012Validator(schemas["PackageCompleted.v4.json"]).validate(doc)
     doc["payload"]["size"] = "big"
-    assert not Draft202012Validator(schemas["PackageCompleted.v3.json"]).is_valid(doc)
+    assert not Draft202012Validator(schemas["PackageCompleted.v4.json"]).is_valid(doc)
 
 
 def test_analytics_records_pseudonymise_requesters_and_drop_secrets() -> None:
@@ -37,7 +37,13 @@ def test_analytics_records_pseudonymise_requesters_and_drop_secrets() -> None:
         resource_id="r",
         email="Ann@Example.org",
         ckan_host="h",
-        request={"resource_id": "r", "key_sealed": "gAAAA-sealed", "eml": "<eml/>", "q": "x"},
+        request={
+            "resource_id": "r",
+            "key_sealed": "gAAAA-sealed",
+            "callback_sealed": "gAAAA-hook",
+            "eml": "<eml/>",
+            "q": "x",
+        },
     )
     out = orjson.loads(pseudonymise(encode(envelope("j", request)), SECRET))
     payload = out["payload"]
@@ -55,8 +61,8 @@ def test_a_builds_proposed_outcome_carries_no_address_either() -> None:
 
     from packager.domain.events import PackageBuilt
 
-    done = completed(email="ann@example.org")
+    done = completed(email="ann@example.org", callback_sealed="gAAAA-hook")
     built = PackageBuilt(cache_key="ck", attempt=1, worker="w", outcome=done.TYPE, result=asdict(done))
     out = orjson.loads(pseudonymise(encode(envelope("j", built)), SECRET))
-    assert "@" not in orjson.dumps(out).decode()
+    assert "@" not in orjson.dumps(out).decode() and "gAAAA-hook" not in orjson.dumps(out).decode()
     assert out["payload"]["result"]["requester_domain"] == "example.org"

@@ -26,6 +26,8 @@ T0 = "2026-11-26T14:21:00.123Z"
 WHO = ("ab" * 32, "example.org", "v1.0123456789abcdef.c2VhbGVk")
 CLEAR = {"email": "a@example.org"}
 NO_REQUESTER = {"requester": "", "requester_domain": "", "email_sealed": ""}
+HOOK = "gAAAAB-sealed-callback"  # a request's sealed callback_url, carried by its terminal event
+NO_CALLBACK = {"callback_sealed": ""}
 
 # One realistic payload of every event type, at its current version.
 SAMPLES: dict[str, ev.Event] = {
@@ -35,13 +37,17 @@ SAMPLES: dict[str, ev.Event] = {
         ev.PackageQueued("ck", "slow", 2),
         ev.PackageStarted("ck", "fast", "w1:42", 1, "2026-11-26T14:26:00.000Z"),
         ev.PackageProgress("ck", 500, None, 4096, None, 1),
-        ev.PackageCompleted("ck", "r1", "", "h", "", "fast", "j.zip", 10, "0" * 64, 5, T0, T0, "", *WHO),
-        ev.PackageFailed("ck", "r1", "", "h", "The portal said no", "CkanError", *WHO),
+        ev.PackageCompleted(
+            "ck", "r1", "", "h", "", "fast", "j.zip", 10, "0" * 64, 5, T0, T0, "", *WHO, HOOK
+        ),
+        ev.PackageFailed("ck", "r1", "", "h", "The portal said no", "CkanError", *WHO, HOOK),
         ev.PackageBuilt("ck", 1, "w1:42", "PackageFailed", {"error": "x"}),
         ev.LeaseExpired("ck", 1, "w1:42", T0),
         ev.PackageReleased("ck", 1, "w1:42", "shutdown"),
         ev.EmailSent("ck", "PackageCompleted", "<m@x>", 1),
         ev.EmailFailed("ck", "PackageFailed", "550 no such user", 3),
+        ev.WebhookDelivered("ck", "PackageCompleted", "callback", "hooks.example.org", 204, 2),
+        ev.WebhookFailed("ck", "PackageFailed", "service", "hooks.example.org:8443", "answered HTTP 500", 9),
         ev.CacheCleared("*", 3),
         ev.PackageExpired("ck", "j.zip"),
         ev.RequestAbandoned("ck", T0, T0),
@@ -65,11 +71,20 @@ STORED_OLD: dict[tuple[str, int], tuple[dict[str, Any], ev.Event]] = {
     # Before crypto-shredding: the address in clear, no pseudonym, nothing sealed (replays of old logs).
     ("PackageCompleted", 1): (
         {**dataclasses.asdict(SAMPLES["PackageCompleted"]), **CLEAR},
-        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER),  # type: ignore[arg-type]
+        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER, **NO_CALLBACK),  # type: ignore[arg-type]
     ),
     ("PackageCompleted", 2): (
         {**dataclasses.asdict(SAMPLES["PackageCompleted"]), **CLEAR},
-        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER),  # type: ignore[arg-type]
+        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER, **NO_CALLBACK),  # type: ignore[arg-type]
+    ),
+    # Before webhooks: no callback.
+    ("PackageCompleted", 3): (
+        dataclasses.asdict(SAMPLES["PackageCompleted"]),
+        dataclasses.replace(SAMPLES["PackageCompleted"], **NO_CALLBACK),  # type: ignore[arg-type]
+    ),
+    ("PackageFailed", 2): (
+        dataclasses.asdict(SAMPLES["PackageFailed"]),
+        dataclasses.replace(SAMPLES["PackageFailed"], **NO_CALLBACK),  # type: ignore[arg-type]
     ),
     ("PackageRequested", 1): (
         {**dataclasses.asdict(SAMPLES["PackageRequested"]), **CLEAR},
@@ -77,10 +92,14 @@ STORED_OLD: dict[tuple[str, int], tuple[dict[str, Any], ev.Event]] = {
     ),
     ("PackageFailed", 1): (
         {**dataclasses.asdict(SAMPLES["PackageFailed"]), **CLEAR},
-        dataclasses.replace(SAMPLES["PackageFailed"], **CLEAR, **NO_REQUESTER),  # type: ignore[arg-type]
+        dataclasses.replace(SAMPLES["PackageFailed"], **CLEAR, **NO_REQUESTER, **NO_CALLBACK),  # type: ignore[arg-type]
     ),
 }
 for (_type, _version), (_payload, _) in STORED_OLD.items():
+    if _type in ("PackageCompleted", "PackageFailed"):
+        del _payload["callback_sealed"]
+    if (_type, _version) in (("PackageCompleted", 3), ("PackageFailed", 2)):
+        continue
     if _type in ("PackageCompleted", "PackageRequested", "PackageFailed"):
         for _name in NO_REQUESTER:
             del _payload[_name]

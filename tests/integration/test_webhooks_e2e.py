@@ -1,0 +1,160 @@
+"""Webhooks on real components: a request naming a `callback_url`, a worker, and receivers on 127.0.0.1.
+
+The callback receiver fails its first attempt and takes the second; WEBHOOK_URL's receiver takes the first.
+Each gets one signed body about the job, and the log records one `WebhookDelivered` per receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from packager.adapters.kafka_log import Topics
+from packager.dev.kafka import free_port
+from packager.domain.events import Envelope, PackageCompleted, WebhookDelivered, WebhookFailed
+from packager.domain.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
+from tests.integration.conftest import SECRET
+from tests.integration.support import end_offsets, read_events, service, submit, wait_for_event, wait_for_port
+
+pytestmark = [pytest.mark.kafka, pytest.mark.features]
+
+HOOK_SECRET = "integration-webhook-secret-0123"
+
+
+@dataclass
+class Receiver:
+    """What the receivers were sent: (path, body, headers), and how many times each path refused."""
+
+    base: str
+    calls: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+    refuse_first: set[str] = field(default_factory=lambda: {"/callback"})
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls.append((request.path, await request.read(), dict(request.headers)))
+        if request.path in self.refuse_first:
+            self.refuse_first.discard(request.path)
+            return web.Response(status=503, text="not now")
+        return web.Response(status=204)
+
+    def received(self, path: str) -> list[tuple[bytes, dict[str, str]]]:
+        return [(body, headers) for p, body, headers in self.calls if p == path]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    port = free_port()
+    hooks = Receiver(base=f"http://127.0.0.1:{port}")
+    app = web.Application()
+    app.router.add_post("/{name}", hooks.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield hooks
+    finally:
+        await runner.cleanup()
+
+
+async def wait_until_handled(bootstrap: str, prefix: str, within: float = 60.0) -> None:
+    """Wait until the webhooks group committed the events topic's end: nothing is left for it to send."""
+    topic = Topics(prefix).events
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{prefix}-webhooks")
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            ends = await end_offsets(bootstrap, topic)
+            committed = {p: await consumer.committed(TopicPartition(topic, p)) or 0 for p in ends}
+            if all(committed[p] >= end for p, end in ends.items()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"webhooks group at {committed}, topic ends at {ends}")
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+
+
+async def test_a_finished_job_is_posted_signed_to_its_callback_and_to_webhook_url(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    service_env: dict[str, str],
+    file_server: tuple[str, Path],
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
+    base_url, folder = file_server
+    (folder / "data.csv").write_bytes(b"a,b\n1,2\n")
+    env = {
+        **service_env,
+        "PACKAGER_WEBHOOK_SECRET": HOOK_SECRET,
+        "PACKAGER_WEBHOOK_URL": f"{receiver.base}/service",
+        "PACKAGER_WEBHOOK_RETRY_FOR": "120",
+        "PACKAGER_WEBHOOK_RETRY_MAX_DELAY": "2",
+        "PACKAGER_DOWNLOAD_URL_BASE": "https://portal.example.org/downloads",
+    }
+    port = int(env["PACKAGER_PORT"])
+    with (
+        service(["worker"], env, tmp_path / "logs") as worker,
+        service(["ingress"], env, tmp_path / "logs") as ingress,
+    ):
+        wait_for_port(port)
+        job_id = await submit(
+            port,
+            "package_url",
+            SECRET,
+            resource_id="res-hook",
+            resource_url=f"{base_url}/data.csv",
+            email="requester@example.org",
+            callback_url=f"{receiver.base}/callback?token=tok-9",
+        )
+
+        def delivered(to: str) -> Callable[[Envelope], bool]:
+            def matches(e: Envelope) -> bool:
+                payload = e.payload
+                return e.job_id == job_id and isinstance(payload, WebhookDelivered) and payload.target == to
+
+            return matches
+
+        try:
+            for target in ("callback", "service"):
+                await wait_for_event(kafka_bootstrap, topic_prefix, delivered(target), within=120)
+            await wait_until_handled(kafka_bootstrap, topic_prefix)
+        except TimeoutError:
+            pytest.fail(f"no webhook recorded.\nworker log:\n{worker.log()}\ningress log:\n{ingress.log()}")
+
+    events = [
+        e for e in await read_events(kafka_bootstrap, Topics(topic_prefix).events) if e.job_id == job_id
+    ]
+    outcomes = [e.payload for e in events if isinstance(e.payload, WebhookDelivered | WebhookFailed)]
+    assert sorted((type(o).__name__, o.target) for o in outcomes) == [
+        ("WebhookDelivered", "callback"),
+        ("WebhookDelivered", "service"),
+    ], "one WebhookDelivered per receiver, no failure"
+    by_target = {o.target: o for o in outcomes if isinstance(o, WebhookDelivered)}
+    assert by_target["callback"].attempts == 2 and by_target["callback"].host == receiver.base[7:]
+    assert by_target["service"].attempts == 1
+    assert not any(b"tok-9" in orjson.dumps(e.payload) for e in events), "the token never travels in clear"
+
+    [completed] = [e for e in events if isinstance(e.payload, PackageCompleted)]
+    assert isinstance(completed.payload, PackageCompleted)
+    callback_calls = receiver.received("/callback")
+    assert len(callback_calls) == 2, "refused once, taken once"
+    assert len(receiver.received("/service")) == 1, "taken at once, sent once"
+    for path in ("/callback", "/service"):
+        body, headers = receiver.received(path)[-1]
+        assert verify(HOOK_SECRET, body, headers[SIGNATURE_HEADER]), "the signature verifies"
+        assert headers[DELIVERY_HEADER] == completed.event_id
+        sent = orjson.loads(body)
+        assert sent["job_id"] == job_id and sent["state"] == "completed"
+        assert sent["resource_id"] == "res-hook" and sent["occurred_at"] == completed.occurred_at
+        zip_name = completed.payload.zip_file_name
+        assert sent["download_url"] == f"https://portal.example.org/downloads/{zip_name}"
+    assert callback_calls[0][0] == callback_calls[1][0], "a retry sends the same body"
