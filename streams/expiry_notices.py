@@ -78,7 +78,7 @@ def notice_entry(
         "resource_id": p.resource_id,
         "ckan_host": p.ckan_host,
         "zip_file_name": p.zip_file_name,
-        **requester_fields(p),
+        **_addressee(p),
     }
 
 
@@ -155,7 +155,7 @@ async def append_due(
             ckan_host=entry["ckan_host"],
             zip_file_name=name,
             expires_at=iso_ms(int(entry["expires"] * 1000)),
-            **requester_fields(entry),
+            **_addressee(entry),
         )
         try:
             await publish(job_id, entry["key"], notice)
@@ -165,3 +165,11 @@ async def append_due(
         reminders.noticing.add(job_id)
         log.info("the download expires at %s: its requester is reminded", notice.expires_at)
     bind_job(None)
+
+
+def _addressee(source: Any) -> dict[str, str]:
+    """Who a reminder goes to: the requester fields without the webhook's callback (no webhook is sent
+    about a reminder)."""
+    fields = requester_fields(source)
+    fields.pop("callback_sealed", None)
+    return fields
