@@ -242,6 +242,8 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
                     if tp not in self._sends or tp in self._revoking:
                         break  # revoked while the batch was in hand
                     await self._handle(tp, record.offset, record.value)
+                    if tp not in self._sends or tp in self._revoking:
+                        break  # revoked while it was handled, so perhaps not handled: never commit past it
                     self._next[tp] = record.offset + 1
             # While too many emails wait (a long SMTP outage), stop reading: the group keeps its place.
             pending = sum(len(s) for s in self._sends.values())

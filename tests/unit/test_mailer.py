@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from aiokafka import TopicPartition
 
 from packager.core.settings import load_settings
-from packager.domain.events import PackageCompleted, encode, envelope
+from packager.domain.events import PackageCompleted, PackageFailed, encode, envelope
 from streams.mailer import Mailer
 
 
@@ -114,3 +116,69 @@ async def test_a_terminal_event_read_while_its_partition_is_being_revoked_is_lef
     assert "job-5" not in mailer._sending
     assert consumer.committed, "the revocation committed nothing"
     assert consumer.committed[-1][tp] <= 5  # not past the terminal event: the next owner reads it again
+
+
+class OneBatch(CommitsSeen):
+    """Stands in for the consumer: one batch of records, then nothing."""
+
+    def __init__(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        super().__init__()
+        self.batch: dict[TopicPartition, list[Any]] | None = batch
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        batch, self.batch = self.batch, None
+        if batch is None:
+            await asyncio.sleep(0.01)
+            return {}
+        return batch
+
+    def pause(self, *_: TopicPartition) -> None:
+        pass
+
+    def resume(self, *_: TopicPartition) -> None:
+        pass
+
+
+async def test_the_consume_loop_never_commits_past_a_terminal_event_it_read_while_revoked() -> None:
+    """The revocation began while the loop handled a terminal event (its read-ahead was in flight) and
+    waited for another email being sent: no send was started for the event, so the offset the revocation
+    commits must not pass it (it once did: the next owner started after it and the job was never emailed,
+    chaos run 64)."""
+    settings = load_settings({}, secret="unit-test-secret-0123456789abcdef", store_directory=str(Path(".")))
+    mailer = Mailer(settings)
+    tp = TopicPartition("events", 3)
+    done = PackageFailed("ck", "res", "a@example.org", "h", "CKAN said no", "CkanError")
+    consumer = OneBatch({tp: [SimpleNamespace(offset=3, value=encode(envelope("job-3", done)))]})
+    mailer._consumer = consumer  # type: ignore[assignment]
+    talking, may_end, revocation_began = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def being_sent() -> None:  # the email of an earlier job, in its SMTP conversation
+        async with mailer._smtp:
+            talking.set()
+            await may_end.wait()
+
+    earlier = asyncio.create_task(being_sent())
+    earlier.add_done_callback(lambda task: mailer._sent(tp, 1, task))
+    mailer._sends[tp], mailer._settled[tp], mailer._next[tp] = {1: earlier}, set(), 3
+    await talking.wait()
+    revoking: list[asyncio.Task[None]] = []
+
+    async def read_ahead(partition: TopicPartition, start: int) -> None:
+        mailer._scanned.add(partition)
+        revoking.append(asyncio.create_task(mailer.on_partitions_revoked([partition])))
+        await asyncio.sleep(0)  # the revocation has begun: it waits for the earlier email
+        revocation_began.set()
+
+    mailer._read_ahead = read_ahead  # type: ignore[method-assign]
+    consuming = asyncio.create_task(mailer._consume())
+    try:
+        await asyncio.wait_for(revocation_began.wait(), timeout=5)
+        for _ in range(3):  # let the loop finish the record it had in hand
+            await asyncio.sleep(0)
+        may_end.set()
+        await asyncio.wait_for(revoking[0], timeout=5)
+    finally:
+        consuming.cancel()
+    assert consumer.committed, "the revocation committed nothing"
+    assert consumer.committed[-1][tp] <= 3, consumer.committed
+    assert "job-3" not in mailer._sending
