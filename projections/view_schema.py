@@ -115,6 +115,9 @@ REQUESTER_RESOURCES = Table(
 # Data keys destroyed by erasures (`RequesterErased`): the pages of jobs whose address was sealed under one
 # say their requester was erased (a later request of the same person, under a new key, is not).
 ERASED_KEYS = Table("erased_keys", (("key_id", "text"),), ("key_id",))
+# The latest reset of the `requests` and `errors` statistics (`StatisticsReset`): the unix time of the cut.
+# Entries at or before it stay in their tables (and in the log) but are no longer listed or counted.
+STAT_RESETS = Table("stat_resets", (("which", "text"), ("cut", "float")), ("which",))
 # `accepted` and `finished` jobs: `/status` answers queue_length = accepted - finished.
 COUNTERS = Table("counters", (("name", "text"), ("value", "int")), ("name",))
 # Every ZIP name a job completed with: a download gone but once built answers 410, not 404.
@@ -133,6 +136,7 @@ TABLES: tuple[Table, ...] = (
     ERASED_KEYS,
     COUNTERS,
     BUILT_ZIPS,
+    STAT_RESETS,
 )
 # What `replay verify` compares row by row: every table but the tracking records (checked on their own) and
 # `meta`, which describes the views (schema version, the log they were built from, the projector's status)

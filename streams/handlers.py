@@ -18,11 +18,12 @@ from packager.core import retrying
 from packager.core.errors import BadRequestError, PackagingError, UnavailableError
 from packager.core.retrying import Backoff
 from packager.core.settings import Settings
-from packager.domain.emails import render_completed, render_failed
+from packager.domain.emails import render_cancelled, render_completed, render_failed
 from packager.domain.events import (
     EmailFailed,
     EmailSent,
     Envelope,
+    PackageCancelled,
     PackageCompleted,
     PackageFailed,
     PackageRequested,
@@ -67,7 +68,9 @@ ERASED_REQUESTER = "not sent: the requester was erased"
 UNREADABLE_KEY = "not sent: the requester's key cannot be read (KEY_SEALING_SECRET changed)"
 
 
-async def recipient(keys: RequesterKeys | None, payload: PackageCompleted | PackageFailed) -> str | None:
+async def recipient(
+    keys: RequesterKeys | None, payload: PackageCompleted | PackageFailed | PackageCancelled
+) -> str | None:
     """The address to write to: opened from its sealed form (None: erased), or a v1 event's clear one."""
     if not payload.email_sealed:
         return payload.email
@@ -95,8 +98,10 @@ async def notify(
     meanwhile gets no email (EmailFailed says so).
     """
     payload = env.payload
-    if isinstance(payload, PackageCompleted | PackageFailed):
+    if isinstance(payload, PackageCompleted | PackageFailed | PackageCancelled):
         if isinstance(payload, PackageFailed) and not settings.email_failures:
+            return None
+        if isinstance(payload, PackageCancelled) and not settings.email_cancellations:
             return None
         try:
             address = await recipient(keys, payload)
@@ -113,6 +118,8 @@ async def notify(
         if not settings.email_failures:
             return None
         message = render_failed(settings, env.job_id, payload)
+    elif isinstance(payload, PackageCancelled):
+        message = render_cancelled(settings, env.job_id, payload)
     else:  # pragma: no cover - the agent filters terminal events
         raise TypeError(f"not a terminal event: {env.type}")
     delivery = await deliver(settings, message, slot=slot)

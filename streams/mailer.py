@@ -37,7 +37,16 @@ from packager.core.errors import EventDecodeError
 from packager.core.logs import bind_job
 from packager.core.retrying import Backoff
 from packager.core.settings import Settings
-from packager.domain.events import NOTIFIED_TYPES, EmailFailed, EmailSent, Envelope, decode, encode, envelope
+from packager.domain.events import (
+    NOTIFIED_TYPES,
+    EmailFailed,
+    EmailSent,
+    Envelope,
+    PackageCancelled,
+    decode,
+    encode,
+    envelope,
+)
 from streams.handlers import notify
 from streams.pauses import TICK, PauseWatch
 from streams.readahead import LogReader
@@ -229,7 +238,9 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
             self._settled[tp].discard(env.job_id)
             self._remember(env.job_id)
             return
-        if env.type not in NOTIFIED_TYPES:
+        if env.type not in NOTIFIED_TYPES and not (
+            env.type == PackageCancelled.TYPE and self.settings.email_cancellations
+        ):
             return
         if tp not in self._scanned:
             await self._read_ahead(tp, offset)

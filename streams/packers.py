@@ -7,6 +7,7 @@ dispatches a job again); the build's events, terminal proposal included, go to t
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def add_packer(
     decoded: Any,
     publish: Any,
     worker_name: str,
+    cancelled: Container[str] = frozenset(),
 ) -> BuildPool:
     """Register the packer agent of one lane; its builds run in a `BuildPool` (see streams.builds)."""
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
@@ -68,6 +70,7 @@ def add_packer(
         emit=emit,
         make_context=context,
         open_session=lambda: http_session(settings),
+        cancelled=cancelled,
     )
 
     async def packer(stream: faust.StreamT) -> None:

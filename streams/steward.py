@@ -30,10 +30,12 @@ from packager.core.settings import Settings
 from packager.domain.events import (
     TERMINAL_TYPES,
     CacheCleared,
+    CancelRequested,
     Envelope,
     Event,
     LeaseExpired,
     PackageBuilt,
+    PackageCancelled,
     PackageCompleted,
     PackageExpired,
     PackageFailed,
@@ -43,8 +45,10 @@ from packager.domain.events import (
     decode,
 )
 from streams import leases
-from streams.cache import cache_entry, is_expired, is_fresh, reused, shared_failure, waiter
+from streams.cache import cache_entry, is_fresh, reused, shared_failure, waiter
+from streams.cancels import Cancels
 from streams.handlers import abandoned, plan_lane
+from streams.janitor import add_janitor
 from streams.packers import ATTEMPT_HEADER
 from streams.readahead import LogReader, committed_offsets
 
@@ -91,6 +95,8 @@ def add_planner_and_steward(
     # job id -> where its current attempt's lane record is (attempt, topic, partition, offset): the watchdog
     # compares it with the worker group's committed offset to find builds lost before they started.
     lane_records = app.Table("lane_records", default=None, partitions=settings.partitions)
+    # job id -> a cancel that arrived before its request was planned (streams.cancels).
+    pending_cancels = app.Table("cancels", default=None, partitions=settings.partitions)
     store = FileStore(Path(settings.store_directory), settings.partial_directory)
     events_name = events_topic.get_topic_name()
     seen: dict[int, int] = {}  # events partition -> the last offset the steward handled
@@ -173,6 +179,19 @@ def add_planner_and_steward(
             "offset": where.offset,
         }
 
+    cancels = Cancels(
+        partitions=settings.partitions,
+        leases=lease_table,
+        kept=kept,
+        waiting=waiting,
+        inflight=inflight,
+        ending=ending,
+        pending=pending_cancels,
+        end_once=end_once,
+        dispatch=dispatch,
+        store=store,
+    )
+
     @app.agent(requests_topic, name="planner")
     async def planner(stream: faust.StreamT) -> None:
         async with http_session(settings) as session:
@@ -188,13 +207,20 @@ def add_planner_and_steward(
                     planned[env.job_id] = "abandoned"
                     await app.producer.flush()
                     continue
+                if (request_cancelled := cancels.before_planning(env)) is not None:
+                    await end_once(env.job_id, key, request_cancelled, event.message.partition)
+                    planned[env.job_id] = "cancelled"
+                    await app.producer.flush()
+                    continue
                 entry = cache.get(key)
                 if is_fresh(entry, settings, store):
                     await end_once(env.job_id, key, reused(key, waiter(env), entry), event.message.partition)
                     planned[env.job_id] = "cache"
                 elif inflight.get(key) not in (None, env.job_id):
-                    # An identical request is being built: this one completes with it.
-                    waiting[key] = [*(waiting.get(key) or []), waiter(env)]
+                    # An identical request is being built: this one completes with it (its record is
+                    # kept in case that build is cancelled: it is then built for this one).
+                    who = {**waiter(env), "record": bytes(event.value).decode()}
+                    waiting[key] = [*(waiting.get(key) or []), who]
                     planned[env.job_id] = "shared"
                 else:
                     inflight[key] = env.job_id
@@ -243,12 +269,12 @@ def add_planner_and_steward(
                 record = kept.get(job_id)
                 if record is None:
                     log.error("the job's request is not kept; it cannot be built again")
-                    await end_once(job_id, key, leases.gave_up(_unknown_request(key), 1), partition)
+                    await end_once(job_id, key, leases.gave_up(leases.unknown_request(key), 1), partition)
                 else:
                     await dispatch(job_id, key, lane, attempt, record)
             case leases.GiveUp(lost=lost):
                 record = kept.get(job_id)
-                request = decode(record).payload if record else _unknown_request(key)
+                request = decode(record).payload if record else leases.unknown_request(key)
                 assert isinstance(request, PackageRequested)
                 log.error("the job's build was lost %d times; it fails", lost)
                 await end_once(job_id, key, leases.gave_up(request, lost), partition)
@@ -299,6 +325,7 @@ def add_planner_and_steward(
         if now - pruned.get(partition, 0.0) < 60.0:
             return
         pruned[partition] = now
+        cancels.forget_pending(partition, now)
         for job_id, mark in list(ending.items()):
             old = mark and mark.get("ended") and now - mark["at"] > ENDED_KEPT
             if old and mark["partition"] == partition:
@@ -311,13 +338,20 @@ def add_planner_and_steward(
             partition = message.partition
             seen[partition] = message.offset
             forget_ended(partition, time.time())
-            changed = await follow_lease(env, partition)
             key, p = env.cache_key, env.payload
+            if isinstance(p, CancelRequested):
+                if await cancels.requested(env, partition):
+                    await app.producer.flush()
+                continue
+            builder_record = cancels.before_fold(env)
+            changed = await follow_lease(env, partition)
             if isinstance(p, PackageCompleted) and not p.cached_from:
                 cache[key] = cache_entry(env, partition)
                 await end_waiters(key, partition, reused, cache[key], env.job_id)
             elif isinstance(p, PackageFailed) and inflight.get(key) == env.job_id:
                 await end_waiters(key, partition, shared_failure, p, env.job_id)
+            elif isinstance(p, PackageCancelled) and inflight.get(key) == env.job_id:
+                await cancels.replan(env, partition, builder_record)
             elif isinstance(p, CacheCleared) and p.partition == partition:
                 for cached_key, cached in list(cache.items()):
                     if cached and cached.get("partition") == partition:
@@ -454,33 +488,4 @@ def add_planner_and_steward(
         stalled.clear()
         stalled.update(passed)
 
-    @app.task
-    async def sweep_at_start() -> None:
-        """Remove partial files left by builds killed before this worker started."""
-        await sweep_partial_files(store, settings)
-
-    @app.timer(interval=settings.janitor_interval)
-    async def janitor() -> None:
-        """Sweep old partial files; expire packages older than CACHE_TIME (one PackageExpired each)."""
-        await sweep_partial_files(store, settings)
-        now = time.time()
-        for cached_key, cached in list(cache.items()):
-            if cached and is_expired(cached, settings, now):
-                expired = PackageExpired(cache_key=cached_key, zip_file_name=cached["zip_file_name"])
-                try:
-                    await publish(events_topic, cached["job_id"], cached_key, expired)
-                except KafkaError as exc:  # a timer that raises stops the worker: the next sweep tries again
-                    log.warning("PackageExpired not appended yet: %r", exc)
-                    return
-
-
-def _unknown_request(cache_key: str) -> PackageRequested:
-    """Stands in for a request the steward no longer has (it cannot happen unless a table was lost)."""
-    return PackageRequested(kind="", cache_key=cache_key, resource_id="", email="", ckan_host="", request={})
-
-
-async def sweep_partial_files(store: FileStore, settings: Settings) -> None:
-    """Remove partial files a killed build left behind (see FileStore.sweep_partials)."""
-    removed = await asyncio.to_thread(store.sweep_partials, settings.partial_max_age)
-    if removed:
-        log.warning("removed %d partial file(s) left by builds that were killed", len(removed))
+    add_janitor(app, settings, store, cache, events_topic, publish)

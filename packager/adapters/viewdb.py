@@ -213,6 +213,7 @@ class ViewDatabase:
         known.pairs.update(
             (who, res) for who, res in self._where_in(conn, sql, "who", whos) if (who, res) in wanted.pairs
         )
+        known.cuts = self.cuts(conn)
         return known
 
     def _where_in(self, conn: Any, select: str, column: str, values: set[str]) -> Iterator[Sequence[Any]]:
@@ -261,6 +262,8 @@ class ViewDatabase:
                 ),
                 [(res, *deltas) for res, deltas in changes.totals.items()],
             )
+        for which, cut in changes.resets.items():
+            self._reset(conn, which, cut)
         if changes.erased:
             many(
                 self._sql("INSERT INTO erased_keys VALUES (?) ON CONFLICT (key_id) DO NOTHING"),
@@ -287,6 +290,34 @@ class ViewDatabase:
             ),
             [(topic, partition, offset) for (topic, partition), offset in advanced.items()],
         )
+
+    def _reset(self, conn: Any, which: str, cut: float) -> None:
+        """Record a reset of the `requests` or `errors` statistics and recount that column of the totals
+        from the entries after its cut (run after the batch's own entries and deltas are written)."""
+        table, column = {"requests": ("stat_requests", "requests"), "errors": ("stat_errors", "errors")}[
+            which
+        ]
+        conn.execute(
+            self._sql(
+                "INSERT INTO stat_resets VALUES (?, ?) ON CONFLICT (which) DO UPDATE SET cut = excluded.cut"
+            ),
+            (which, cut),
+        )
+        count = f"SELECT COUNT(*) FROM {table} x WHERE x.ts > ?"
+        conn.execute(
+            self._sql(
+                f"UPDATE stat_totals SET {column} = ({count} AND x.resource_id = stat_totals.resource_id) "
+                "WHERE resource_id <> ?"
+            ),
+            (cut, ALL),
+        )
+        conn.execute(
+            self._sql(f"UPDATE stat_totals SET {column} = ({count}) WHERE resource_id = ?"), (cut, ALL)
+        )
+
+    def cuts(self, conn: Any) -> dict[str, float]:
+        """`requests` / `errors` -> the unix time of their latest reset (none: never reset)."""
+        return {str(w): float(c) for w, c in conn.execute("SELECT which, cut FROM stat_resets").fetchall()}
 
     def set_meta(self, conn: Any, name: str, value: str) -> None:
         """Write one row of `meta` (the log identity, the projector's status) in its own transaction."""
@@ -329,7 +360,7 @@ class ViewDatabase:
 
     def totals(self, conn: Any, resource_id: str | None = None) -> dict[str, dict[str, int]]:
         """`/statistics`: every resource and `*`, or only the one asked for (zeros when unknown)."""
-        sql = "SELECT resource_id, requests, errors, emails FROM stat_totals"
+        sql = "SELECT resource_id, requests, errors, emails FROM stat_totals"  # reset columns are recounted
         if resource_id:
             rows = conn.execute(self._sql(sql + " WHERE resource_id = ?"), (resource_id,)).fetchall()
             found = {r[0]: {"requests": r[1], "errors": r[2], "emails": r[3]} for r in rows}
@@ -361,7 +392,7 @@ class ViewDatabase:
                 "SELECT x.email, x.message, x.resource_id, x.ts, COALESCE(r.sealed, '') FROM stat_errors x "
                 "LEFT JOIN stat_requests r ON r.job_id = x.job_id"
             )
-        where, params = [], []
+        where, params = ["x.ts > ?"], [self.cuts(conn).get(kind, -1.0)]
         if resource_id:
             where.append("x.resource_id = ?")
             params.append(resource_id)

@@ -206,6 +206,8 @@ class Settings:
     smtp_retry_max_delay: float = 60.0
     # Email the requester when a job fails.
     email_failures: bool = True
+    # Email the requester a short note when their job is cancelled (`POST /jobs/{id}/cancel`).
+    email_cancellations: bool = False
 
     # Darwin Core Archives (the original's DWC_* options). Empty paths mean the definitions shipped in
     # packager/domain/dwc_data; DWC_EXTENSION_FIELDS is a JSON object

@@ -16,7 +16,7 @@ import dataclasses
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, get_type_hints
 
 import msgspec
@@ -24,19 +24,8 @@ import msgspec.structs
 import orjson
 
 from packager.core.errors import EventDecodeError
-
-
-def utc_now() -> str:
-    """The current time as an ISO 8601 UTC timestamp with milliseconds, e.g. 2026-11-26T14:21:00.123Z."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Event:
-    """Base of every payload type. `TYPE` is the wire name, `VERSION` the current schema version."""
-
-    TYPE: ClassVar[str] = ""
-    VERSION: ClassVar[int] = 1
+from packager.domain.event_base import Event, utc_now
+from packager.domain.operator_events import CancelRequested, PackageCancelled, StatisticsReset
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -312,11 +301,16 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RequestAbandoned,
         RecordRejected,
         RequesterErased,
+        CancelRequested,
+        PackageCancelled,
+        StatisticsReset,
     )
 }
 
-TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE, RequestAbandoned.TYPE})
-# Terminal events the requester hears about by email.
+TERMINAL_TYPES = frozenset(
+    {PackageCompleted.TYPE, PackageFailed.TYPE, RequestAbandoned.TYPE, PackageCancelled.TYPE}
+)
+# Terminal events the requester hears about by email (a cancellation only when EMAIL_CANCELLATIONS is on).
 NOTIFIED_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
 
 

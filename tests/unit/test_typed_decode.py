@@ -47,6 +47,9 @@ SAMPLES: dict[str, ev.Event] = {
         ev.RequestAbandoned("ck", T0, T0),
         ev.RecordRejected("k", "p.requests", 0, 17, "not JSON", "-"),
         ev.RequesterErased("ab" * 32, ["ab" * 32, "cd" * 32], ["0123456789abcdef"]),
+        ev.CancelRequested("*", 2, "requester"),
+        ev.PackageCancelled("ck", "r1", "h", "slow", "operator", "", *WHO),
+        ev.StatisticsReset("*", "errors"),
     )
 }
 
