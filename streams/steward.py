@@ -221,6 +221,7 @@ def add_planner_and_steward(
                     # kept in case that build is cancelled: it is then built for this one).
                     who = {**waiter(env), "record": bytes(event.value).decode()}
                     waiting[key] = [*(waiting.get(key) or []), who]
+                    log.info("an identical request is being built (job %s): waiting for it", inflight[key])
                     planned[env.job_id] = "shared"
                 else:
                     inflight[key] = env.job_id
