@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import sys
 import time
 import urllib.error
@@ -39,7 +38,7 @@ from packager.cli.operator_http import (
     Service,
     UsageError,
 )
-from packager.cli.operator_jobs import add_verbs
+from packager.cli.operator_jobs import add_verbs, job_id_of
 from packager.cli.operator_output import Output, ProgressDisplay, human_size, table, when
 
 PROG = "ckanpackager"
@@ -52,7 +51,6 @@ EVENTS_RECONNECTS = 5
 # there is no such job.
 JOB_APPEAR_TIMEOUT = 15.0
 TERMINAL_STATES = ("completed", "failed", "abandoned", "cancelled")
-_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 # --- Defaults file and parameters --------------------------------------------------------------------
@@ -267,12 +265,8 @@ def cmd_queue(args: argparse.Namespace, target: Target, out: Output) -> int:
 
 def job_events_path(job: str) -> tuple[str, str]:
     """(job id, events path) from a job id or a job's status URL."""
-    text = job.strip().rstrip("/")
-    if "/" in text:
-        text = text.rsplit("/", 1)[1]
-    if not _JOB_ID.match(text):
-        raise UsageError(f"not a job id: {job!r} (expected the job_id a queued task answered with)")
-    return text, f"/jobs/{text}/events"
+    job_id = job_id_of(job)
+    return job_id, f"/jobs/{job_id}/events"
 
 
 def cmd_watch(args: argparse.Namespace, target: Target, out: Output) -> int:

@@ -11,16 +11,23 @@ confirmation all the same (`--yes` to skip it, required when no one is at a term
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from packager.cli.operator_http import Service, UsageError
 from packager.cli.operator_output import Output
 
-if TYPE_CHECKING:
-    from packager.cli.operator import Target
 
+class Target(Protocol):
+    """Where the command sends requests (`operator.Target`)."""
+
+    host: str
+    secret: str | None
+
+
+_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 RESET_KINDS = ("requests", "errors")
 # How the command asks for confirmation; tests replace it.
 ask: Callable[[str], str] = input
@@ -28,9 +35,7 @@ ask: Callable[[str], str] = input
 
 def cmd_cancel(args: argparse.Namespace, target: Target, out: Output) -> int:
     """Cancel a job: exit 0 when cancelled or being cancelled, 1 when it had finished (409) or is unknown."""
-    from packager.cli.operator import job_events_path
-
-    job_id, _ = job_events_path(args.job)
+    job_id = job_id_of(args.job)
     params = {"token": args.token} if args.token else ({"secret": target.secret} if target.secret else {})
     body = Service(target.host).post(f"/jobs/{job_id}/cancel", params)
     out.document(body)
@@ -40,6 +45,16 @@ def cmd_cancel(args: argparse.Namespace, target: Target, out: Output) -> int:
     else:
         out.text(f"Job {job_id} is being cancelled: {body.get('message') or ''}".rstrip())
     return 0
+
+
+def job_id_of(job: str) -> str:
+    """The job id in a job id or a job's status URL."""
+    text = job.strip().rstrip("/")
+    if "/" in text:
+        text = text.rsplit("/", 1)[1]
+    if not _JOB_ID.match(text):
+        raise UsageError(f"not a job id: {job!r} (expected the job_id a queued task answered with)")
+    return text
 
 
 def confirmed(which: str, host: str, *, yes: bool) -> bool:
