@@ -84,17 +84,25 @@ class BuildPool:
         Once draining, the record in hand is released (so its job is dispatched again) and this call
         never returns: the agent must not take more work, and its record is safe in the log either way.
         """
-        if request.job_id in self.cancelled:
-            log.info("the job was cancelled: its build is not started", extra={"job_id": request.job_id})
+        if self._was_cancelled(request):
             return
         if not self.draining:
             await self._slots.acquire()
+            if self._was_cancelled(request):  # while it waited for a slot
+                self._slots.release()
+                return
             if not self.draining:
                 await self._begin(request, attempt)
                 return
             self._slots.release()
         await self._emit(request, self._released(request, attempt, "the worker is stopping"))
         await asyncio.Event().wait()  # until the agent is cancelled
+
+    def _was_cancelled(self, request: Envelope) -> bool:
+        if request.job_id not in self.cancelled:
+            return False
+        log.info("the job was cancelled: its build is not started", extra={"job_id": request.job_id})
+        return True
 
     async def _begin(self, request: Envelope, attempt: int) -> None:
         assert self._session is not None, "start() outside serving()"

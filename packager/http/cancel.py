@@ -19,7 +19,7 @@ import hmac
 import logging
 import re
 import time
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -78,7 +78,9 @@ async def _job(request: web.Request, job_id: str) -> JobState | None:
         raise UnavailableError(f"The job views cannot be read right now ({exc})") from None
 
 
-async def _watch(request: web.Request, job_id: str, within: float, done: Any) -> JobState | None:
+async def _watch(
+    request: web.Request, job_id: str, within: float, done: Callable[[JobState | None], bool]
+) -> JobState | None:
     """The job's state once `done(state)` holds, or the last state seen after `within` seconds."""
     deadline = time.monotonic() + within
     while True:

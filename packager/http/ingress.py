@@ -301,8 +301,9 @@ def create_app(
     return app
 
 
-# Query parameters whose values never reach a log line (GET /status takes the secret in its query string).
-REDACTED_PARAMETERS = frozenset({"secret", "key"})
+# Query parameters whose values never reach a log line (GET /status takes the secret in its query string;
+# a cancel token sent in a query string by mistake is hidden too).
+REDACTED_PARAMETERS = frozenset({"secret", "key", "token"})
 
 
 def redacted_path(request: web.BaseRequest) -> str:

@@ -1,12 +1,14 @@
 """Cancelling on the real service: worker, projector and ingress as processes, a real broker.
 
 A local server trickles a file one byte every 0.3 s, so a build of it runs for as long as the test needs.
-Job A builds it; job W, an identical request, waits for A's build. A's requester cancels A with the token
-from the accept answer: A ends with one `PackageCancelled`, its build stops and its partial file is gone
-within 2 s, and W (which did not ask for anything) gets a build of its own. The operator then cancels W
-with `ckanpackager cancel`. Neither job completes or is emailed as completed; with EMAIL_CANCELLATIONS on
-each requester gets the short "cancelled" note. A finished job answers 409, an unknown one 404, a wrong
-secret or token 401 (as every route of the service answers a wrong secret).
+The worker builds one file at a time: job A builds it, job Q (another resource) is queued behind it, and
+job W, an identical request to A, waits for A's build. The operator cancels Q while it is queued: it is
+never built. A's requester cancels A with the token from the accept answer: A ends with one
+`PackageCancelled`, its build stops and its partial file is gone within 2 s, and W (which did not ask for
+anything) gets a build of its own. The operator then cancels W with `ckanpackager cancel`. No job completes
+or is emailed as completed; with EMAIL_CANCELLATIONS on each requester gets the short "cancelled" note. A
+finished job answers 409, an unknown one 404, a wrong secret or token 401 (as every route of the service
+answers a wrong secret).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
     tmp_path: Path,
     store_dir: Path,
 ) -> None:
-    env = {**service_env, "PACKAGER_EMAIL_CANCELLATIONS": "true"}
+    env = {**service_env, "PACKAGER_EMAIL_CANCELLATIONS": "true", "PACKAGER_WORKER_CONCURRENCY": "1"}
     port = int(env["PACKAGER_PORT"])
     partial = store_dir / ".partial"
     logs = tmp_path / "logs"
@@ -117,6 +119,14 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
             await wait_until(lambda: partial_files(partial, job_a), 90, "A's build did not start")
         except TimeoutError:
             pytest.fail(diagnostics())
+        status, q = await post(
+            port, "/package_url", **{**asked, "resource_id": "res-queued"}, email="quinn@example.org"
+        )
+        assert status == 200, q
+        job_q = q["job_id"]
+        await wait_for_event(
+            kafka_bootstrap, topic_prefix, lambda e: e.job_id == job_q and e.type == "PackageQueued", 60
+        )
         status, w = await post(port, "/package_url", **asked, email="will@example.org")
         assert status == 200, w
         job_w = w["job_id"]
@@ -127,6 +137,13 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
         assert (await post(port, f"/jobs/{job_a}/cancel", secret="wrong-secret-0123456789"))[0] == 401
         assert (await post(port, f"/jobs/{job_a}/cancel", token=w["cancel_token"]))[0] == 401
         assert (await post(port, f"/jobs/{UNKNOWN}/cancel", secret=SECRET))[0] == 404
+
+        # Q, queued behind A's build, is cancelled before it starts.
+        status, answer = await post(port, f"/jobs/{job_q}/cancel", secret=SECRET)
+        assert status in (200, 202), answer
+        await wait_for_event(
+            kafka_bootstrap, topic_prefix, lambda e: e.job_id == job_q and e.type == "PackageCancelled", 30
+        )
 
         started = time.monotonic()
         gone = asyncio.create_task(
@@ -183,16 +200,17 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
             await asyncio.sleep(0.2)
         assert result[0] == 409 and "already finished" in result[1]["message"]
 
-        messages = await smtp.wait_for(3, timeout=60)
+        messages = await smtp.wait_for(4, timeout=60)
 
     events = [e for e in await read_events(kafka_bootstrap, Topics(topic_prefix).events)]
-    ends = Counter((e.job_id, e.type) for e in events if e.job_id in (job_a, job_w))
-    assert ends[(job_a, "PackageCancelled")] == 1 and ends[(job_w, "PackageCancelled")] == 1
+    ends = Counter((e.job_id, e.type) for e in events if e.job_id in (job_a, job_w, job_q))
+    assert [ends[(job, "PackageCancelled")] for job in (job_a, job_w, job_q)] == [1, 1, 1], ends
     assert not any(t in ("PackageCompleted", "PackageFailed") for _, t in ends), ends
+    assert ends[(job_q, "PackageStarted")] == 0, "a job cancelled while queued was built"
     cancelled_a = next(e for e in events if e.job_id == job_a and e.type == "PackageCancelled")
     assert cancelled_a.payload.by == "requester"  # type: ignore[attr-defined]
     about = {(m["X-Packager-Job"], m["Subject"]) for m in messages}
-    assert {job for job, _ in about} == {job_a, job_w, quick["job_id"]}
+    assert {job for job, _ in about} == {job_a, job_w, job_q, quick["job_id"]}
     for job, subject in about:
         assert ("cancelled" in subject) == (job != quick["job_id"]), subject
     assert list(partial.glob("*")) == [], "partial files were left behind"

@@ -332,6 +332,25 @@ async def test_a_lane_record_of_a_cancelled_job_starts_no_build() -> None:
     assert emitted == [] and pool.running == 0
 
 
+async def test_a_job_cancelled_while_its_record_waits_for_a_slot_is_not_built() -> None:
+    async def emit(request: Envelope, payload: Event) -> None:
+        raise AssertionError("nothing may be appended")
+
+    def no_context(*_: Any) -> Any:
+        raise AssertionError("no build may start")
+
+    cancelled: set[str] = set()
+    pool = BuildPool("fast", 1, 1.0, "w", emit, no_context, lambda: None, cancelled=cancelled)  # type: ignore[arg-type, return-value]
+    await pool._slots.acquire()  # the one slot is busy with another build
+    waiting = asyncio.create_task(pool.start(envelope(JOB, request()), 1))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    cancelled.add(JOB)  # the cancellation is read meanwhile
+    pool._slots.release()  # the other build ends
+    await asyncio.wait_for(waiting, 1.0)
+    assert pool.running == 0 and not pool._slots.locked()
+
+
 # --- what people see ---------------------------------------------------------------------------------------
 
 
