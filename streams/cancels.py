@@ -26,6 +26,7 @@ import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
 from packager.adapters.store import FileStore
+from packager.core.logs import bind_job
 from packager.domain.events import (
     CancelRequested,
     Envelope,
@@ -196,7 +197,11 @@ class Cancels:
                 await self.end_once(first["job_id"], key, waiter_cancelled(key, first, payload.by), partition)
                 continue
             log.info("the cancelled build had waiters: job %s is built for them", first["job_id"])
-            await self.dispatch(first["job_id"], key, payload.lane or "slow", 1, record)
+            bind_job(first["job_id"])  # the dispatch's log lines are about the waiter's job
+            try:
+                await self.dispatch(first["job_id"], key, payload.lane or "slow", 1, record)
+            finally:
+                bind_job(builder)
             self.kept[first["job_id"]] = record
             self.inflight[key] = first["job_id"]
             rest = [w for w in self.waiting.get(key) or [] if w["job_id"] != first["job_id"]]
