@@ -11,12 +11,14 @@ from operator import attrgetter
 from typing import Any
 
 from packager.domain.events import (
+    CancelRequested,
     EmailFailed,
     EmailSent,
     Envelope,
     ExpiryNoticeDue,
     LeaseExpired,
     PackageBuilt,
+    PackageCancelled,
     PackageCompleted,
     PackageFailed,
     PackageProgress,
@@ -28,6 +30,7 @@ from packager.domain.events import (
 )
 
 QUEUED, RUNNING, COMPLETED, FAILED, ABANDONED = "queued", "running", "completed", "failed", "abandoned"
+CANCELLED = "cancelled"
 
 
 # Not frozen, though never changed in place (`evolve` returns a copy): a frozen dataclass's __init__ sets
@@ -70,8 +73,8 @@ class JobState:
 
     @property
     def terminal(self) -> bool:
-        """True once the job completed or failed (or was abandoned: see RequestAbandoned)."""
-        return self.state in (COMPLETED, FAILED, ABANDONED)
+        """True once the job completed, failed or was cancelled (or abandoned: see RequestAbandoned)."""
+        return self.state in (COMPLETED, FAILED, ABANDONED, CANCELLED)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, as stored in tables (every field is a scalar, so no deep copy is needed)."""
@@ -147,6 +150,12 @@ def apply(state: JobState | None, event: Envelope) -> JobState:
                 return current
             error = "not accepted: the ingress answered 503 before the broker stored the request"
             return changed(state=ABANDONED, error=error, finished_at=event.occurred_at)
+        case PackageCancelled():
+            if current.terminal:
+                return current
+            return changed(state=CANCELLED, error=f"cancelled by the {p.by}", finished_at=event.occurred_at)
+        case CancelRequested():
+            return current  # the job's steward decides; its outcome is the next terminal event
         case PackageBuilt() | LeaseExpired() | PackageReleased():
             return current if current.terminal else changed()
         case EmailSent() | EmailFailed() if p.about == ExpiryNoticeDue.TYPE:

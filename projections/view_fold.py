@@ -23,6 +23,7 @@ from packager.domain.events import (
     PackageFailed,
     PackageRequested,
     RequesterErased,
+    StatisticsReset,
 )
 from projections import jobs as job_fold
 from projections.jobs import JobState
@@ -62,6 +63,12 @@ class Known:
     requesters: set[str] = field(default_factory=set)
     pairs: set[tuple[str, str]] = field(default_factory=set)
     worker: WorkerRows = field(default_factory=WorkerRows)  # changed in place by the fold
+    # `requests` / `errors` -> the unix time of their latest reset (StatisticsReset): what is counted.
+    cuts: dict[str, float] = field(default_factory=dict)
+
+    def counted(self, which: str, ts: float) -> bool:
+        """True when an entry of `which` that occurred at `ts` is after the latest reset of `which`."""
+        return ts > self.cuts.get(which, float("-inf"))
 
 
 @dataclass(slots=True)
@@ -84,6 +91,9 @@ class Changes:
     worker: WorkerRows = field(default_factory=WorkerRows)  # the worker's views, `touched` to be written
     # job id -> (who, resource id) of a job now queued or running, or None when it ended (`active_jobs`)
     active: dict[str, tuple[str, str] | None] = field(default_factory=dict)
+    # `requests` / `errors` -> a newer reset's cut: the store recounts that column of the totals from the
+    # entries after it, so a reset gives the same totals whatever order the partitions are folded in.
+    resets: dict[str, float] = field(default_factory=dict)
     folded: int = 0
 
     def _total(self, resource_id: str) -> list[int]:
@@ -163,10 +173,12 @@ def fold(
             out.details.append((job_id, orjson.dumps(request_details(p)).decode()))
             resource = p.resource_id
             domain = p.requester_domain or email_domain(p.email)
-            out.requests.append((job_id, unix_time(event.occurred_at), who, domain, resource, p.email_sealed))
+            ts = unix_time(event.occurred_at)
+            out.requests.append((job_id, ts, who, domain, resource, p.email_sealed))
             here, overall = out._total(resource), out._total(ALL)
-            here[0] += 1
-            overall[0] += 1
+            if known.counted("requests", ts):
+                here[0] += 1
+                overall[0] += 1
             if who not in seen_requesters:
                 seen_requesters.add(who)
                 out.requesters.append(who)
@@ -177,6 +189,11 @@ def fold(
                 here[2] += 1
         elif isinstance(p, RequesterErased):
             out.erased.update(p.key_ids)
+        elif isinstance(p, StatisticsReset):
+            cut = unix_time(event.occurred_at)
+            if not known.counted(p.which, cut) or p.which not in ("requests", "errors"):
+                continue  # an older reset than the one in force (or of nothing known) changes nothing
+            known.cuts[p.which] = out.resets[p.which] = cut
         elif event.type in TERMINAL_TYPES:
             if before is None or not before.terminal:
                 out.finished += 1
@@ -184,9 +201,11 @@ def fold(
             if isinstance(p, PackageFailed) and job_id not in failed:
                 failed.add(job_id)
                 assert who is not None
-                out.errors.append((job_id, unix_time(event.occurred_at), who, p.error, p.resource_id))
-                out._total(p.resource_id)[1] += 1
-                out._total(ALL)[1] += 1
+                ts = unix_time(event.occurred_at)
+                out.errors.append((job_id, ts, who, p.error, p.resource_id))
+                if known.counted("errors", ts):
+                    out._total(p.resource_id)[1] += 1
+                    out._total(ALL)[1] += 1
     finish_worker(out.worker, params)
     return out
 

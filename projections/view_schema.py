@@ -126,6 +126,10 @@ ACTIVE_JOBS = Table(
     ("job_id",),
     (("active_jobs_by_who", ("who",)), ("active_jobs_by_resource", ("resource_id",))),
 )
+
+# The latest reset of the `requests` and `errors` statistics (`StatisticsReset`): the unix time of the cut.
+# Entries at or before it stay in their tables (and in the log) but are no longer listed or counted.
+STAT_RESETS = Table("stat_resets", (("which", "text"), ("cut", "float")), ("which",))
 # `accepted` and `finished` jobs: `/status` answers queue_length = accepted - finished.
 COUNTERS = Table("counters", (("name", "text"), ("value", "int")), ("name",))
 # Every ZIP name a job completed with: a download gone but once built answers 410, not 404.
@@ -193,6 +197,7 @@ TABLES: tuple[Table, ...] = (
     BUILT_ZIPS,
     *WORKER_TABLES,
     ACTIVE_JOBS,
+    STAT_RESETS,
 )
 # What `replay verify` compares row by row: every table but the tracking records (checked on their own) and
 # `meta`, which describes the views (schema version, the log they were built from, the projector's status)

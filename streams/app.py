@@ -40,6 +40,7 @@ from packager.domain.events import (
 )
 from projections.analytics import pseudonymise
 from streams import offsets
+from streams.build_stops import CancelledJobs, follow_cancellations
 from streams.builds import BuildPool
 from streams.offsets import (
     OffsetGuard,
@@ -280,13 +281,31 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
                 await fut
 
     pools: list[BuildPool] = []
+    cancelled_jobs = CancelledJobs()
     for lane in LANES:
         if f"lane:{lane}" in roles:
             pools.append(
                 add_packer(
-                    app, settings, lane, lane_topics[lane], events_topic, decoded, publish, worker_name
+                    app,
+                    settings,
+                    lane,
+                    lane_topics[lane],
+                    events_topic,
+                    decoded,
+                    publish,
+                    worker_name,
+                    cancelled=cancelled_jobs,
                 )
             )
+    if pools:
+
+        @app.task
+        async def stop_cancelled_builds() -> None:
+            """Stop this worker's builds of jobs cancelled while they run (streams.build_stops)."""
+            await follow_cancellations(
+                settings.kafka_bootstrap_servers, topics.events, settings.partitions, pools, cancelled_jobs
+            )
+
     app._packager_pools = pools  # type: ignore[attr-defined]  # drained by the worker on SIGTERM (cli)
 
     add_recovery_watch(app, clock=time.monotonic)

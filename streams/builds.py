@@ -9,6 +9,9 @@ consumer offset alone (see `streams.leases`).
 On SIGTERM/SIGINT the worker calls `drain`: no new build starts, running ones get DRAIN_TIMEOUT to finish,
 and those still running then are cancelled (their partial files removed) and released with
 `PackageReleased`, so that the job's steward dispatches them again at once rather than at lease expiry.
+
+A cancelled job's build is stopped with `stop` (its partial files removed, nothing appended: the job has
+ended), and a lane record of a job known to be cancelled is skipped (see `streams.build_stops`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from dataclasses import asdict
 
 import aiohttp
@@ -44,6 +47,7 @@ class BuildPool:
         emit: Emit,
         make_context: MakeContext,
         open_session: Callable[[], aiohttp.ClientSession],
+        cancelled: Container[str] = frozenset(),
     ) -> None:
         self.lane = lane
         self.worker = worker
@@ -54,6 +58,8 @@ class BuildPool:
         self._slots = asyncio.Semaphore(capacity)
         self._running: dict[asyncio.Task[None], tuple[Envelope, int]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._stopped: set[asyncio.Task[None]] = set()  # builds of cancelled jobs, being stopped
+        self.cancelled = cancelled  # ids of jobs known to be cancelled: their records are skipped
         self.draining = False
 
     @property
@@ -78,14 +84,25 @@ class BuildPool:
         Once draining, the record in hand is released (so its job is dispatched again) and this call
         never returns: the agent must not take more work, and its record is safe in the log either way.
         """
+        if self._was_cancelled(request):
+            return
         if not self.draining:
             await self._slots.acquire()
+            if self._was_cancelled(request):  # while it waited for a slot
+                self._slots.release()
+                return
             if not self.draining:
                 await self._begin(request, attempt)
                 return
             self._slots.release()
         await self._emit(request, self._released(request, attempt, "the worker is stopping"))
         await asyncio.Event().wait()  # until the agent is cancelled
+
+    def _was_cancelled(self, request: Envelope) -> bool:
+        if request.job_id not in self.cancelled:
+            return False
+        log.info("the job was cancelled: its build is not started", extra={"job_id": request.job_id})
+        return True
 
     async def _begin(self, request: Envelope, attempt: int) -> None:
         assert self._session is not None, "start() outside serving()"
@@ -111,8 +128,17 @@ class BuildPool:
         )
         await self._emit(request, proposal)
 
+    def stop(self, job_id: str) -> int:
+        """Stop the builds of a cancelled job now; their partial files go as they unwind. How many ran."""
+        found = [task for task, (request, _) in self._running.items() if request.job_id == job_id]
+        for task in found:
+            self._stopped.add(task)
+            task.cancel()
+        return len(found)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self._stopped.discard(task)
         self._slots.release()
         if not task.cancelled() and (exc := task.exception()) is not None:
             # The outcome could not be recorded (the broker stayed away): the lease runs out and the job
@@ -131,7 +157,7 @@ class BuildPool:
 
     async def _release_all(self, reason: str) -> None:
         self.draining = True
-        unfinished = dict(self._running)
+        unfinished = {task: job for task, job in self._running.items() if task not in self._stopped}
         for task in unfinished:
             task.cancel()
         for task, (request, attempt) in unfinished.items():

@@ -18,12 +18,13 @@ from packager.core import retrying
 from packager.core.errors import BadRequestError, PackagingError, UnavailableError
 from packager.core.retrying import Backoff
 from packager.core.settings import Settings
-from packager.domain.emails import render_completed, render_expiry_notice, render_failed
+from packager.domain.emails import render_cancelled, render_completed, render_expiry_notice, render_failed
 from packager.domain.events import (
     EmailFailed,
     EmailSent,
     Envelope,
     ExpiryNoticeDue,
+    PackageCancelled,
     PackageCompleted,
     PackageFailed,
     PackageRequested,
@@ -69,7 +70,8 @@ UNREADABLE_KEY = "not sent: the requester's key cannot be read (KEY_SEALING_SECR
 
 
 async def recipient(
-    keys: RequesterKeys | None, payload: PackageCompleted | PackageFailed | ExpiryNoticeDue
+    keys: RequesterKeys | None,
+    payload: PackageCompleted | PackageFailed | ExpiryNoticeDue | PackageCancelled,
 ) -> str | None:
     """The address to write to: opened from its sealed form (None: erased), or a v1 event's clear one."""
     if not payload.email_sealed:
@@ -99,8 +101,10 @@ async def notify(
     meanwhile gets no email (EmailFailed says so).
     """
     payload = env.payload
-    if isinstance(payload, PackageCompleted | PackageFailed | ExpiryNoticeDue):
+    if isinstance(payload, PackageCompleted | PackageFailed | ExpiryNoticeDue | PackageCancelled):
         if isinstance(payload, PackageFailed) and not settings.email_failures:
+            return None
+        if isinstance(payload, PackageCancelled) and not settings.email_cancellations:
             return None
         try:
             address = await recipient(keys, payload)
@@ -119,6 +123,8 @@ async def notify(
         message = render_failed(settings, env.job_id, payload)
     elif isinstance(payload, ExpiryNoticeDue):
         message = render_expiry_notice(settings, env.job_id, payload)
+    elif isinstance(payload, PackageCancelled):
+        message = render_cancelled(settings, env.job_id, payload)
     else:  # pragma: no cover - the agent filters terminal events
         raise TypeError(f"not an event emailed about: {env.type}")
     delivery = await deliver(settings, message, slot=slot)
@@ -154,8 +160,3 @@ def abandoned(message: Any) -> tuple[str, str] | None:
     if appended_ms <= deadline_ms:
         return None
     return iso_ms(appended_ms), iso_ms(deadline_ms)
-
-
-def unknown_request(cache_key: str) -> PackageRequested:
-    """Stands in for a request the steward no longer has (it cannot happen unless a table was lost)."""
-    return PackageRequested(kind="", cache_key=cache_key, resource_id="", email="", ckan_host="", request={})

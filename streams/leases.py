@@ -228,3 +228,8 @@ def gave_up(request: PackageRequested, lost: int) -> PackageFailed:
         ),
         error_type="BuildLost",
     )
+
+
+def unknown_request(cache_key: str) -> PackageRequested:
+    """Stands in for a request the steward no longer has (it cannot happen unless a table was lost)."""
+    return PackageRequested(kind="", cache_key=cache_key, resource_id="", email="", ckan_host="", request={})

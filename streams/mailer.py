@@ -46,6 +46,7 @@ from packager.domain.events import (
     Envelope,
     Event,
     ExpiryNoticeDue,
+    PackageCancelled,
     decode,
     encode,
     envelope,
@@ -105,7 +106,8 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
 
     NAME = "mailer"  # the consumer group is `<prefix>-<NAME>`
     NOUN = "email"  # what one send delivers, in log lines
-    TRIGGERS: frozenset[str] = MAILED_TYPES  # the events that start a send (terminal ones, expiry notices)
+    # The events that start a send: terminal ones, expiry notices, cancellations (see `wants`).
+    TRIGGERS: frozenset[str] = MAILED_TYPES | {PackageCancelled.TYPE}
     OUTCOMES: frozenset[str] = OUTCOME_TYPES  # the events recording a send's outcome
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
@@ -304,8 +306,8 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         return self.settings.mail_concurrency
 
     def wants(self, env: Envelope) -> bool:
-        """Whether this terminal event has anything to deliver (every one may get an email)."""
-        return True
+        """Whether this event has anything to deliver: a cancellation only with EMAIL_CANCELLATIONS."""
+        return env.type != PackageCancelled.TYPE or self.settings.email_cancellations
 
     async def _deliver(self, env: Envelope) -> None:
         outcome = await notify(self.settings, env, slot=self._smtp, keys=self._keys)

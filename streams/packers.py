@@ -7,6 +7,7 @@ dispatches a job again); the build's events, terminal proposal included, go to t
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from typing import Any
 
 import aiohttp
@@ -38,6 +39,7 @@ def add_packer(
     decoded: Any,
     publish: Any,
     worker_name: str,
+    cancelled: Container[str] = frozenset(),
 ) -> BuildPool:
     """Register the packer agent of one lane; its builds run in a `BuildPool` (see streams.builds)."""
     store = open_store(settings)
@@ -67,6 +69,7 @@ def add_packer(
         emit=emit,
         make_context=context,
         open_session=lambda: http_session(settings),
+        cancelled=cancelled,
     )
 
     async def packer(stream: faust.StreamT) -> None:

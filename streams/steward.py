@@ -12,7 +12,6 @@ Both are registered on the app by `add_planner_and_steward`, called from `stream
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,10 +30,12 @@ from packager.core.settings import Settings
 from packager.domain.events import (
     TERMINAL_TYPES,
     CacheCleared,
+    CancelRequested,
     Envelope,
     Event,
     LeaseExpired,
     PackageBuilt,
+    PackageCancelled,
     PackageCompleted,
     PackageExpired,
     PackageFailed,
@@ -44,19 +45,10 @@ from packager.domain.events import (
     decode,
 )
 from streams import expiry_notices, leases
-from streams.cache import (
-    STALE_SWEEP_INTERVAL,
-    cache_entry,
-    is_expired,
-    is_fresh,
-    remove_zip,
-    reused,
-    shared_failure,
-    sweep_partial_files,
-    sweep_stale_packages,
-    waiter,
-)
-from streams.handlers import abandoned, plan_lane, unknown_request
+from streams.cache import cache_entry, is_fresh, remove_zip, reused, shared_failure, waiter
+from streams.cancels import Cancels
+from streams.handlers import abandoned, plan_lane
+from streams.janitor import add_janitor
 from streams.packers import ATTEMPT_HEADER
 from streams.readahead import LogReader, committed_offsets
 
@@ -103,6 +95,8 @@ def add_planner_and_steward(
     # compares it with the worker group's committed offset to find builds lost before they started.
     lane_records = app.Table("lane_records", default=None, partitions=settings.partitions)
     notices, reminders = expiry_notices.notices_table(app, settings), expiry_notices.Reminders()
+    # job id -> a cancel that arrived before its request was planned (streams.cancels).
+    pending_cancels = app.Table("cancels", default=None, partitions=settings.partitions)
     store = open_store(settings)
     events_name = events_topic.get_topic_name()
     seen: dict[int, int] = {}  # events partition -> the last offset the steward handled
@@ -185,6 +179,19 @@ def add_planner_and_steward(
             "offset": where.offset,
         }
 
+    cancels = Cancels(
+        partitions=settings.partitions,
+        leases=lease_table,
+        kept=kept,
+        waiting=waiting,
+        inflight=inflight,
+        ending=ending,
+        pending=pending_cancels,
+        end_once=end_once,
+        dispatch=dispatch,
+        store=store,
+    )
+
     @app.agent(requests_topic, name="planner")
     async def planner(stream: faust.StreamT) -> None:
         async with http_session(settings) as session:
@@ -200,13 +207,21 @@ def add_planner_and_steward(
                     planned[env.job_id] = "abandoned"
                     await app.producer.flush()
                     continue
+                if (request_cancelled := cancels.before_planning(env)) is not None:
+                    await end_once(env.job_id, key, request_cancelled, event.message.partition)
+                    planned[env.job_id] = "cancelled"
+                    await app.producer.flush()
+                    continue
                 entry = cache.get(key)
                 if await is_fresh(entry, settings, store):
                     await end_once(env.job_id, key, reused(key, waiter(env), entry), event.message.partition)
                     planned[env.job_id] = "cache"
                 elif inflight.get(key) not in (None, env.job_id):
-                    # An identical request is being built: this one completes with it.
-                    waiting[key] = [*(waiting.get(key) or []), waiter(env)]
+                    # An identical request is being built: this one completes with it (its record is
+                    # kept in case that build is cancelled: it is then built for this one).
+                    who = {**waiter(env), "record": bytes(event.value).decode()}
+                    waiting[key] = [*(waiting.get(key) or []), who]
+                    log.info("an identical request is being built (job %s): waiting for it", inflight[key])
                     planned[env.job_id] = "shared"
                 else:
                     inflight[key] = env.job_id
@@ -255,12 +270,12 @@ def add_planner_and_steward(
                 record = kept.get(job_id)
                 if record is None:
                     log.error("the job's request is not kept; it cannot be built again")
-                    await end_once(job_id, key, leases.gave_up(unknown_request(key), 1), partition)
+                    await end_once(job_id, key, leases.gave_up(leases.unknown_request(key), 1), partition)
                 else:
                     await dispatch(job_id, key, lane, attempt, record)
             case leases.GiveUp(lost=lost):
                 record = kept.get(job_id)
-                request = decode(record).payload if record else unknown_request(key)
+                request = decode(record).payload if record else leases.unknown_request(key)
                 assert isinstance(request, PackageRequested)
                 log.error("the job's build was lost %d times; it fails", lost)
                 await end_once(job_id, key, leases.gave_up(request, lost), partition)
@@ -311,6 +326,7 @@ def add_planner_and_steward(
         if now - pruned.get(partition, 0.0) < 60.0:
             return
         pruned[partition] = now
+        cancels.forget_pending(partition, now)
         for job_id, mark in list(ending.items()):
             old = mark and mark.get("ended") and now - mark["at"] > ENDED_KEPT
             if old and mark["partition"] == partition:
@@ -323,13 +339,20 @@ def add_planner_and_steward(
             partition = message.partition
             seen[partition] = message.offset
             forget_ended(partition, time.time())
-            changed = await follow_lease(env, partition)
             key, p = env.cache_key, env.payload
+            if isinstance(p, CancelRequested):
+                if await cancels.requested(env, partition):
+                    await app.producer.flush()
+                continue
+            builder_record = await cancels.before_fold(env)
+            changed = await follow_lease(env, partition)
             if isinstance(p, PackageCompleted) and not p.cached_from:
                 cache[key] = cache_entry(env, partition)
                 await end_waiters(key, partition, reused, cache[key], env.job_id)
             elif isinstance(p, PackageFailed) and inflight.get(key) == env.job_id:
                 await end_waiters(key, partition, shared_failure, p, env.job_id)
+            elif isinstance(p, PackageCancelled) and inflight.get(key) == env.job_id:
+                await cancels.replan(env, partition, builder_record)
             elif isinstance(p, CacheCleared) and p.partition == partition:
                 for cached_key, cached in list(cache.items()):
                     if cached and cached.get("partition") == partition:
@@ -468,32 +491,4 @@ def add_planner_and_steward(
         stalled.clear()
         stalled.update(passed)
 
-    @app.task
-    async def sweep_at_start() -> None:
-        """Remove partial files left by builds killed before this worker started."""
-        await sweep_partial_files(store, settings)
-
-    @app.timer(interval=STALE_SWEEP_INTERVAL)
-    async def stale_packages() -> None:
-        """Remove ZIPs past CACHE_TIME (and a margin) that no expiry removed: no link can serve them."""
-        await sweep_stale_packages(store, settings)
-
-    @app.timer(interval=settings.janitor_interval)
-    async def janitor() -> None:
-        """Sweep old partials; expire packages past CACHE_TIME (one PackageExpired each); remind before."""
-        await sweep_partial_files(store, settings)
-        now = time.time()
-        for cached_key, cached in list(cache.items()):
-            if cached and is_expired(cached, settings, now):
-                expired = PackageExpired(cache_key=cached_key, zip_file_name=cached["zip_file_name"])
-                try:
-                    await publish(events_topic, cached["job_id"], cached_key, expired)
-                except KafkaError as exc:  # a timer that raises stops the worker: the next sweep tries again
-                    log.warning("PackageExpired not appended yet: %r", exc)
-                    return
-        if settings.expiry_notice_before:
-            assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == events_name}
-            remind = functools.partial(publish, events_topic)
-            await expiry_notices.append_due(
-                notices, reminders, cache, store, assigned, caught_up, remind, settings
-            )
+    add_janitor(app, settings, store, cache, events_topic, publish, (notices, reminders), caught_up)

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from packager.adapters import worker_views
+from packager.adapters import stat_resets, worker_views
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings
 from packager.domain.events import Envelope
@@ -231,6 +231,7 @@ class ViewDatabase:
             (who, res) for who, res in self.where_in(conn, sql, "who", whos) if (who, res) in wanted.pairs
         )
         known.worker = worker_views.load(self, conn, wanted.worker)
+        known.cuts = stat_resets.cuts(conn)
         return known
 
     def where_in(self, conn: Any, select: str, column: str, values: set[str]) -> Iterator[Sequence[Any]]:
@@ -283,6 +284,8 @@ class ViewDatabase:
                 ),
                 [(res, *deltas) for res, deltas in changes.totals.items()],
             )
+        for which, cut in changes.resets.items():
+            stat_resets.record(self, conn, which, cut)
         if changes.erased:
             many(
                 self.sql("INSERT INTO erased_keys VALUES (?) ON CONFLICT (key_id) DO NOTHING"),
@@ -386,7 +389,7 @@ class ViewDatabase:
 
     def totals(self, conn: Any, resource_id: str | None = None) -> dict[str, dict[str, int]]:
         """`/statistics`: every resource and `*`, or only the one asked for (zeros when unknown)."""
-        sql = "SELECT resource_id, requests, errors, emails FROM stat_totals"
+        sql = "SELECT resource_id, requests, errors, emails FROM stat_totals"  # reset columns are recounted
         if resource_id:
             rows = conn.execute(self.sql(sql + " WHERE resource_id = ?"), (resource_id,)).fetchall()
             found = {r[0]: {"requests": r[1], "errors": r[2], "emails": r[3]} for r in rows}
@@ -418,7 +421,7 @@ class ViewDatabase:
                 "SELECT x.email, x.message, x.resource_id, x.ts, COALESCE(r.sealed, '') FROM stat_errors x "
                 "LEFT JOIN stat_requests r ON r.job_id = x.job_id"
             )
-        where, params = [], []
+        where, params = ["x.ts > ?"], [stat_resets.cuts(conn).get(kind, -1.0)]
         if resource_id:
             where.append("x.resource_id = ?")
             params.append(resource_id)

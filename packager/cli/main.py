@@ -98,7 +98,7 @@ def cmd_projector(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a Faust worker serving the planner, the mailer, the webhook sender and the chosen lanes."""
     from packager.adapters.kafka_log import Topics, ensure_topics
-    from packager.core.logs import faust_logging_config, log_handler
+    from packager.core.logs import configure_logging, faust_logging_config, log_handler
     from streams.app import build_pools, changelog_topics, create_app, roles_for
     from streams.mailer import Mailer
     from streams.ops import OpsServer
@@ -115,6 +115,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         app = create_app(settings, roles_for(settings.worker_lanes))
     except ConfigurationError as exc:
         _refuse_to_start(exc)
+    # Until Faust sets up its logging, lines (a retried topic creation on a slow broker) go through ours:
+    # Python's last-resort handler would write them as plain text where every line must be JSON.
+    configure_logging(settings)
     # Every topic, table changelogs included, exists before the worker subscribes: a changelog created
     # after the first assignment makes Faust's co-partitioning check fail once at start-up.
     asyncio.run(

@@ -7,6 +7,8 @@ ckanpackager [options] stats daily                     per UTC day: requests, er
 ckanpackager [options] queue TASK [PARAM:VALUE ...]    queue a job, e.g. queue package_url email:a@b.org ...
 ckanpackager [options] watch JOB_ID                    follow a job live until it completes or fails
 ckanpackager [options] erase EMAIL                     erase a requester (docs/privacy.md)
+ckanpackager [options] cancel JOB_ID [--token TOKEN]   cancel a job not finished yet
+ckanpackager [options] reset (requests|errors) [--yes] list and count statistics from now on only
 ckanpackager replay verify|stats|history ...           the audit tool (same as `packager replay`)
 
 Options may come before or after the verb. Exit status: 0 done, 1 failed (the service refused or could
@@ -20,7 +22,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import sys
 import time
 import urllib.error
@@ -38,6 +39,7 @@ from packager.cli.operator_http import (
     Service,
     UsageError,
 )
+from packager.cli.operator_jobs import add_verbs, job_id_of
 from packager.cli.operator_output import Output, ProgressDisplay, human_size
 from packager.cli.operator_stats import (
     STATS_KINDS,
@@ -53,8 +55,7 @@ EVENTS_RECONNECTS = 5
 # A job just accepted appears on the read side within a second or so; wait this long before saying
 # there is no such job.
 JOB_APPEAR_TIMEOUT = 15.0
-TERMINAL_STATES = ("completed", "failed", "abandoned")
-_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+TERMINAL_STATES = ("completed", "failed", "abandoned", "cancelled")
 
 
 # --- Defaults file and parameters --------------------------------------------------------------------
@@ -223,12 +224,8 @@ def cmd_queue(args: argparse.Namespace, target: Target, out: Output) -> int:
 
 def job_events_path(job: str) -> tuple[str, str]:
     """(job id, events path) from a job id or a job's status URL."""
-    text = job.strip().rstrip("/")
-    if "/" in text:
-        text = text.rsplit("/", 1)[1]
-    if not _JOB_ID.match(text):
-        raise UsageError(f"not a job id: {job!r} (expected the job_id a queued task answered with)")
-    return text, f"/jobs/{text}/events"
+    job_id = job_id_of(job)
+    return job_id, f"/jobs/{job_id}/events"
 
 
 def cmd_watch(args: argparse.Namespace, target: Target, out: Output) -> int:
@@ -292,7 +289,9 @@ def _report_end(job: Mapping[str, Any], out: Output) -> int:
         out.text(f"completed: {job.get('download_url')} ({human_size(job.get('size'))})")
         return 0
     if not out.quiet:
-        verb = "was abandoned" if job.get("state") == "abandoned" else "failed"
+        verb = {"abandoned": "was abandoned", "cancelled": "was cancelled"}.get(
+            str(job.get("state")), "failed"
+        )
         reason = job.get("error") or "no reason given"
         print(f"{PROG}: job {job.get('job_id')} {verb}: {reason}", file=out.err)
     return 1
@@ -380,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase = verb("erase", "erase a requester: destroy their data keys (docs/privacy.md)")
     erase.add_argument("email", metavar="EMAIL", help="the requester's address")
     erase.set_defaults(func=cmd_erase)
+    add_verbs(verb)
     replay_cmd = sub.add_parser(
         "replay", help="the audit tool: verify|stats|history (see `ckanpackager replay -h`)", add_help=False
     )

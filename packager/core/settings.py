@@ -184,6 +184,8 @@ class Settings:
     smtp_retry_max_delay: float = 60.0
     # Email the requester when a job fails.
     email_failures: bool = True
+    # Email the requester a short note when their job is cancelled (`POST /jobs/{id}/cancel`).
+    email_cancellations: bool = False
 
     # Webhooks (docs/http-api.md#webhooks): a signed JSON POST about every finished job to the request's
     # `callback_url` and to WEBHOOK_URL (empty: none). WEBHOOK_SECRET keys the signatures; without it no

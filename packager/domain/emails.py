@@ -26,7 +26,7 @@ from pathlib import Path
 
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings
-from packager.domain.events import ExpiryNoticeDue, PackageCompleted, PackageFailed
+from packager.domain.events import ExpiryNoticeDue, PackageCancelled, PackageCompleted, PackageFailed
 from packager.domain.wording import ask_again_text, failure_texts
 
 DOI_PLACEHOLDERS = frozenset(
@@ -214,6 +214,20 @@ def render_expiry_notice(settings: Settings, job_id: str, event: ExpiryNoticeDue
     msg = EmailMessage()
     msg["Subject"] = _one_line(EXPIRY_NOTICE_SUBJECT.format(**values))
     msg.set_content(EXPIRY_NOTICE_BODY.format(**values))
+    return _addressed(msg, settings, event.email, job_id)
+
+
+def render_cancelled(settings: Settings, job_id: str, event: PackageCancelled) -> EmailMessage:
+    """The short 'your request was cancelled' note (sent only with EMAIL_CANCELLATIONS on)."""
+    who = "you" if event.by == "requester" else "the service's operator"
+    msg = EmailMessage()
+    msg["Subject"] = _one_line(f"Your download request for {event.resource_id} was cancelled")
+    msg.set_content(
+        f"Your request for the data of resource {event.resource_id} was cancelled by {who} before it was"
+        " ready, so no download link will follow.\n\n"
+        "If you still want the data, please ask for it again from the portal.\n\n"
+        f"Details: {settings.status_base}/{job_id}\n"
+    )
     return _addressed(msg, settings, event.email, job_id)
 
 

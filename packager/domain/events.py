@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, get_type_hints
 
 import msgspec
@@ -23,22 +22,15 @@ import msgspec.structs
 import orjson
 
 from packager.core.errors import EventDecodeError
+from packager.domain.event_base import Event, utc_now
+
+# Defined apart so this module stays readable; part of the contract, imported from here like the rest.
+from packager.domain.operator_events import CancelRequested as CancelRequested
+from packager.domain.operator_events import PackageCancelled as PackageCancelled
+from packager.domain.operator_events import StatisticsReset as StatisticsReset
 from packager.domain.timestamps import RFC3339_PATTERN as RFC3339_PATTERN
 from packager.domain.timestamps import is_timestamp
 from packager.domain.upcasters import UPCASTERS
-
-
-def utc_now() -> str:
-    """The current time as an ISO 8601 UTC timestamp with milliseconds, e.g. 2026-11-26T14:21:00.123Z."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Event:
-    """Base of every payload type. `TYPE` is the wire name, `VERSION` the current schema version."""
-
-    TYPE: ClassVar[str] = ""
-    VERSION: ClassVar[int] = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -350,11 +342,14 @@ def requester_fields(event: Event | dict[str, Any]) -> dict[str, str]:
     return fields
 
 
-# Every payload type defined above, by wire name (subclasses of Event are defined nowhere else).
+# Every payload type, by wire name: the subclasses of Event defined above and in `operator_events`.
 EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in Event.__subclasses__()}
 
-TERMINAL_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE, RequestAbandoned.TYPE})
-# Terminal events the requester hears about by email (they also hear of `ExpiryNoticeDue`).
+TERMINAL_TYPES = frozenset(
+    {PackageCompleted.TYPE, PackageFailed.TYPE, RequestAbandoned.TYPE, PackageCancelled.TYPE}
+)
+# Terminal events the requester hears about by email (they also hear of `ExpiryNoticeDue`, and of a
+# cancellation when EMAIL_CANCELLATIONS is on).
 NOTIFIED_TYPES = frozenset({PackageCompleted.TYPE, PackageFailed.TYPE})
 
 

@@ -14,7 +14,7 @@ import time
 
 import orjson
 
-from packager.domain.events import Envelope, PackageCompleted, PackageFailed
+from packager.domain.events import Envelope, PackageCancelled, PackageCompleted, PackageFailed
 
 SIGNATURE_HEADER = "X-Packager-Signature"
 EVENT_HEADER = "X-Packager-Event"  # the terminal event's type, e.g. PackageCompleted
@@ -23,7 +23,11 @@ DEFAULT_TOLERANCE = 300.0  # seconds a receiver accepts between `t` and its own 
 
 # The terminal events a webhook reports, and the job state each names. RequestAbandoned is left out: its
 # requester was answered 503 (not accepted), so there is no job for them to hear about.
-WEBHOOK_STATES = {PackageCompleted.TYPE: "completed", PackageFailed.TYPE: "failed"}
+WEBHOOK_STATES = {
+    PackageCompleted.TYPE: "completed",
+    PackageFailed.TYPE: "failed",
+    PackageCancelled.TYPE: "cancelled",
+}
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:
@@ -65,7 +69,7 @@ def verify(
 def webhook_body(env: Envelope, *, download_base: str, status_base: str) -> bytes:
     """The JSON body about a terminal event (docs/http-api.md#webhooks lists every key)."""
     payload = env.payload
-    if not isinstance(payload, PackageCompleted | PackageFailed):
+    if not isinstance(payload, PackageCompleted | PackageFailed | PackageCancelled):
         raise TypeError(f"no webhook reports {env.type}")
     body: dict[str, object] = {
         "event_id": env.event_id,
@@ -85,6 +89,8 @@ def webhook_body(env: Envelope, *, download_base: str, status_base: str) -> byte
             "rows": payload.rows,
             "doi": payload.doi,
         }
-    else:
+    elif isinstance(payload, PackageFailed):
         body |= {"error": payload.error, "error_type": payload.error_type}
+    else:
+        body |= {"cancelled_by": payload.by}
     return orjson.dumps(body)

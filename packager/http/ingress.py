@@ -23,7 +23,7 @@ from packager.adapters.viewreads import ReadViews
 from packager.core.errors import BadRequestError
 from packager.core.logs import bind_job
 from packager.core.settings import Settings
-from packager.domain.events import CacheCleared, PackageRequested, envelope
+from packager.domain.events import CacheCleared, PackageRequested, StatisticsReset, envelope
 from packager.domain.requesters import pseudonym
 from packager.domain.secrets import seal
 from packager.domain.validation import (
@@ -35,6 +35,7 @@ from packager.domain.validation import (
 )
 from packager.http import downloads, health, read_api
 from packager.http.app_keys import EVENT_LOG, LIMITS, READ_VIEWS, REQUESTER_KEYS, RESOLVER, SETTINGS, STORE
+from packager.http.cancel import cancel_job, cancel_links
 from packager.http.common import authenticate, errors_as_json, json_response, read_params
 from packager.http.limits import Limits
 from packager.http.privacy import erase_requester, sealed_requester
@@ -96,13 +97,12 @@ async def _accept(
         raise
     # The access line that follows says the same at INFO (path, 200 and the job id).
     log.debug("accepted %s job %s", kind, job_id)
-    return json_response(
-        accepted_body(
-            job_id,
-            f"Your download is being prepared; a link will be emailed to {fields['email']} when it is ready.",
-            f"{settings.status_base}/{job_id}",
-        )
+    body = accepted_body(
+        job_id,
+        f"Your download is being prepared; a link will be emailed to {fields['email']} when it is ready.",
+        f"{settings.status_base}/{job_id}",
     )
+    return json_response({**body, **cancel_links(settings, job_id)})
 
 
 async def _append_request(
@@ -205,6 +205,27 @@ async def clear_caches(request: web.Request) -> web.Response:
     return json_response({"success": True, "msg": "Done.", "status": "success", "message": "Done."})
 
 
+async def reset_statistics(request: web.Request) -> web.Response:
+    """POST /statistics/reset: append StatisticsReset; the views then list and count `which` from now on.
+
+    The original command line listed `reset (requests|errors)` without implementing it. Here nothing is
+    deleted: the log keeps every entry (an audit replays them), the views keep their rows, and the reset is
+    a cut in time that the listings and totals of `which` start after (docs/cli.md).
+    """
+    settings = request.app[SETTINGS]
+    params = await read_params(request)
+    authenticate(params, settings)
+    which = str(params.get("which") or "")
+    if which not in ("requests", "errors"):
+        raise BadRequestError("Parameter which must be requests or errors")
+    event = envelope(str(uuid.uuid4()), StatisticsReset(cache_key="*", which=which))
+    await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).events, "*", event, partition=0)
+    log.info("statistics reset (%s) from %s", which, event.occurred_at)
+    message = f"The {which} statistics count from {event.occurred_at} on."
+    body = {"success": True, "msg": message, "status": "success", "message": message}
+    return json_response({**body, "which": which, "since": event.occurred_at})
+
+
 def create_app(
     settings: Settings,
     *,
@@ -266,14 +287,17 @@ def create_app(
     app.router.add_post("/package_datastore", package_datastore)
     app.router.add_post("/package_dwc_archive", package_dwc_archive)
     app.router.add_post("/clear_caches", clear_caches)
+    app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
+    app.router.add_post("/statistics/reset", reset_statistics)
     app.router.add_post("/requesters/erase", erase_requester)
     app.router.add_get("/downloads/{name}", downloads.download)
     health.add_routes(app)
     return app
 
 
-# Query parameters whose values never reach a log line (GET /status takes the secret in its query string).
-REDACTED_PARAMETERS = frozenset({"secret", "key"})
+# Query parameters whose values never reach a log line (GET /status takes the secret in its query string;
+# a cancel token sent in a query string by mistake is hidden too).
+REDACTED_PARAMETERS = frozenset({"secret", "key", "token"})
 
 
 def redacted_path(request: web.BaseRequest) -> str:

@@ -14,14 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from packager.domain.wording import ask_again_text, failure_texts
-from projections.jobs import ABANDONED, COMPLETED, FAILED, QUEUED, RUNNING, JobState
+from projections.jobs import ABANDONED, CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, JobState
 
 # Progress at or above which a running job is writing its archive (the rows are all fetched).
 FINISHING_AT = 99.5
 
 # Page states: the job's own states, plus `finishing` (running, rows done), `expired` (completed, the link
 # no longer works) and `cancelled` (abandoned: never accepted).
-FINISHING, EXPIRED, CANCELLED = "finishing", "expired", "cancelled"
+FINISHING, EXPIRED = "finishing", "expired"
 
 _FORMATS = {
     "csv": "CSV (comma-separated values)",
@@ -148,8 +148,9 @@ def display(
         state = FINISHING
     if state == COMPLETED and expiry is not None and expiry.gone:
         state = EXPIRED
-    if state == ABANDONED:
-        state = CANCELLED
+    abandoned = state == ABANDONED
+    if abandoned:
+        state = CANCELLED  # shown like a cancellation: nothing is coming
     out: dict[str, Any] = {
         "state": state,
         "percent": percent,
@@ -205,6 +206,12 @@ def display(
     elif state == FAILED:
         out["headline"] = "Could not be prepared"
         out["message"], out["next"] = failure_texts(job.error)
+    elif state == CANCELLED and not abandoned:
+        out["headline"] = "Cancelled"
+        out["message"] = (
+            f"This request was {job.error or 'cancelled'} before it was ready; nothing was kept of it."
+        )
+        out["next"] = "If you still want the data, please ask for it again from the portal."
     elif state == CANCELLED:
         out["headline"] = "Not accepted"
         out["message"] = (
@@ -219,6 +226,8 @@ def display(
 
 def email_text(job: JobState, state: str, expected: bool) -> str:
     """The email line: what will come, what came, or that none will."""
+    if job.state == CANCELLED and expected:
+        return "Sent: an email says it was cancelled." if job.emailed else "An email says it was cancelled."
     if state == CANCELLED or not expected:
         return "No email will be sent for this request."
     if job.emailed:

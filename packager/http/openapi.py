@@ -301,6 +301,39 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/jobs/{job_id}/cancel": {
+            "post": {
+                "summary": "Cancel a job not finished yet: with the shared secret (`secret`) or the job's "
+                "cancel token from its accept answer (`token`). The job ends with PackageCancelled; a build "
+                "in progress stops within 2 s and leaves no file; no completion email is sent (a short "
+                "cancellation email only with EMAIL_CANCELLATIONS). Identical requests that waited for its "
+                "build are built on their own.",
+                "tags": ["jobs"],
+                "parameters": [_JOB_ID_PARAM],
+                "requestBody": _body("CancelRequest"),
+                "responses": {
+                    "200": _json("CancelAnswer", "Cancelled (`state` is `cancelled`)."),
+                    "202": _json("CancelAnswer", "Asked; the job's outcome was not in the views within 5 s."),
+                    "401": _failure("Wrong or missing secret, or a wrong token for this job."),
+                    "404": not_found,
+                    "409": _json(
+                        "CancelAnswer", "The job has finished (or finished first): `state` says how."
+                    ),
+                    "503": _failure("The views cannot be read, or Kafka did not acknowledge."),
+                },
+            }
+        },
+        "/statistics/reset": {
+            "post": _secret_post(
+                "Reset the `requests` or `errors` statistics from now (StatisticsReset): the listings and "
+                "the totals' requests or errors count only what occurred after it. Nothing is deleted "
+                "from the log; unique requester counts are kept.",
+                "statistics",
+                "ResetRequest",
+                "ResetAnswer",
+                "Reset.",
+            )
+        },
         "/jobs/{job_id}/events": {
             "get": {
                 "summary": "Server-Sent Events: `event: job` with the Job JSON on every change, then "

@@ -250,6 +250,50 @@ def component_schemas() -> dict[str, Any]:
                 "message": {"type": "string"},
                 "job_id": {"type": "string", "format": "uuid"},
                 "status_url": {"type": "string"},
+                "cancel_token": _string(
+                    "Lets whoever holds it cancel this job (`POST /jobs/{job_id}/cancel` with `token`)."
+                ),
+                "cancel_url": _string("Where to post the cancel token."),
+            },
+        },
+        "CancelRequest": {
+            "type": "object",
+            "properties": {
+                "secret": _string("The shared secret (an operator's cancel); or give `token`."),
+                "token": _string("The job's `cancel_token` from its accept answer (the requester's cancel)."),
+            },
+        },
+        "CancelAnswer": {
+            "type": "object",
+            "required": ["success", "status", "message", "job_id", "state"],
+            "properties": {
+                "success": {"type": "boolean"},
+                "msg": {"type": "string"},
+                "status": {"type": "string"},
+                "message": {"type": "string"},
+                "error": {"type": "string"},
+                "job_id": {"type": "string", "format": "uuid"},
+                "state": {"type": "string", "nullable": True, "description": "The job's state now."},
+            },
+        },
+        "ResetRequest": {
+            "type": "object",
+            "required": ["secret", "which"],
+            "properties": {
+                "secret": _SECRET,
+                "which": {"type": "string", "enum": ["requests", "errors"]},
+            },
+        },
+        "ResetAnswer": {
+            "type": "object",
+            "required": ["success", "status", "message", "which", "since"],
+            "properties": {
+                "success": {"type": "boolean"},
+                "msg": {"type": "string"},
+                "status": {"type": "string"},
+                "message": {"type": "string"},
+                "which": {"type": "string", "enum": ["requests", "errors"]},
+                "since": _string("The cut: entries that occurred after it are listed and counted."),
             },
         },
         "Done": {

@@ -30,7 +30,7 @@ from packager.http.app_keys import READ_VIEWS, REQUESTER_KEYS, SETTINGS, STORE
 from packager.http.common import authenticate, json_response, read_params
 from packager.http.job_texts import Expiry, display, parse_time
 from packager.http.pages import wants_html
-from projections.jobs import ABANDONED, COMPLETED, FAILED, JobState
+from projections.jobs import ABANDONED, CANCELLED, COMPLETED, FAILED, JobState
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +263,8 @@ def email_expected(job: JobState, settings: Settings) -> bool:
     """Whether the requester will get an email about this job (the mailer's rule)."""
     if job.state == FAILED:
         return settings.email_failures
+    if job.state == CANCELLED:
+        return settings.email_cancellations
     return job.state != ABANDONED
 
 

@@ -54,6 +54,9 @@ SAMPLES: dict[str, ev.Event] = {
         ev.RecordRejected("k", "p.requests", 0, 17, "not JSON", "-"),
         ev.RequesterErased("ab" * 32, ["ab" * 32, "cd" * 32], ["0123456789abcdef"]),
         ev.ExpiryNoticeDue("ck", "r1", "h", "j.zip", T0, "", *WHO),
+        ev.CancelRequested("*", 2, "requester"),
+        ev.PackageCancelled("ck", "r1", "h", "slow", "operator", "", *WHO),
+        ev.StatisticsReset("*", "errors"),
     )
 }
 
