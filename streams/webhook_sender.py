@@ -26,6 +26,7 @@ from packager.core.settings import Settings
 from packager.domain.events import (
     Envelope,
     Event,
+    PackageCancelled,
     PackageCompleted,
     PackageFailed,
     WebhookDelivered,
@@ -79,7 +80,7 @@ class WebhookSender(Mailer):
     def wants(self, env: Envelope) -> bool:
         """A finished job gets a webhook when it named a callback or WEBHOOK_URL is set (and a key is)."""
         payload = env.payload
-        assert isinstance(payload, PackageCompleted | PackageFailed)
+        assert isinstance(payload, PackageCompleted | PackageFailed | PackageCancelled)
         if not self.settings.webhook_secret:
             return False  # the ingress refuses callbacks then; an older event's callback has no key to sign
         return bool(self.settings.webhook_url or payload.callback_sealed)
@@ -132,7 +133,7 @@ class WebhookSender(Mailer):
     def _receivers(self, env: Envelope, outcomes: list[Event]) -> list[tuple[str, str]]:
         """(target, url) of each receiver; a callback that cannot be opened is recorded as failed."""
         payload = env.payload
-        assert isinstance(payload, PackageCompleted | PackageFailed)
+        assert isinstance(payload, PackageCompleted | PackageFailed | PackageCancelled)
         receivers: list[tuple[str, str]] = []
         if payload.callback_sealed:
             try:

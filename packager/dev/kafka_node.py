@@ -225,7 +225,10 @@ def start_or_resume(
                 f"the data kept in {state_dir} belongs to a broker on port {kept.port}; start without "
                 "--port, or with --wipe to start an empty broker"
             )
-        log(f"Resuming the Kafka broker on the data kept in {state_dir} (--wipe starts an empty one)")
+        log(
+            f"Resuming the Kafka broker on the data kept in {state_dir} "
+            "(`packager dev kafka start --wipe` starts an empty one)"
+        )
         try:
             return resume(state_dir, timeout=timeout), True
         except BrokerError as exc:

@@ -91,7 +91,7 @@ _WEBHOOK: dict[str, Any] = {
             "name": "X-Packager-Event",
             "in": "header",
             "required": True,
-            "schema": {"type": "string", "enum": ["PackageCompleted", "PackageFailed"]},
+            "schema": {"type": "string", "enum": ["PackageCompleted", "PackageFailed", "PackageCancelled"]},
         },
         {
             "name": "X-Packager-Delivery",

@@ -147,7 +147,10 @@ _JOB = {
     "properties": {
         "success": {"type": "boolean"},
         "job_id": {"type": "string"},
-        "state": {"type": "string", "enum": ["queued", "running", "completed", "failed", "abandoned"]},
+        "state": {
+            "type": "string",
+            "enum": ["queued", "running", "completed", "failed", "cancelled", "abandoned"],
+        },
         "emailed": {"type": "boolean"},
         "email_error": {"type": "string", "nullable": True},
         "kind": {"type": "string", "enum": ["url", "datastore", "dwc"]},
@@ -197,9 +200,11 @@ _WEBHOOK_BODY = {
     "required": ["event_id", "event", "job_id", "state", "resource_id", "occurred_at", "status_url"],
     "properties": {
         "event_id": _string("The terminal event's id (also in X-Packager-Delivery)."),
-        "event": _string("PackageCompleted or PackageFailed.", enum=["PackageCompleted", "PackageFailed"]),
+        "event": _string(
+            "The terminal event's type.", enum=["PackageCompleted", "PackageFailed", "PackageCancelled"]
+        ),
         "job_id": _string("The job id of the accepted answer.", format="uuid"),
-        "state": _string("What became of the job.", enum=["completed", "failed"]),
+        "state": _string("What became of the job.", enum=["completed", "failed", "cancelled"]),
         "resource_id": _string("The requested resource."),
         "ckan_host": _string("The portal's host."),
         "occurred_at": _string("When the job ended (RFC 3339, UTC).", format="date-time"),
@@ -211,6 +216,7 @@ _WEBHOOK_BODY = {
         "doi": _string("Completed only: the DOI, if one was given."),
         "error": _string("Failed only: what went wrong, written for the requester."),
         "error_type": _string("Failed only: the kind of failure."),
+        "cancelled_by": _string("Cancelled only: who cancelled it.", enum=["operator", "requester"]),
     },
 }
 

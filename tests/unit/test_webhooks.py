@@ -22,6 +22,7 @@ from packager.adapters.webhook_client import WebhookPolicy, post_webhook, receiv
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings, load_settings
 from packager.domain.events import (
+    PackageCancelled,
     PackageFailed,
     PackageRequested,
     decode,
@@ -319,6 +320,18 @@ def test_the_sender_posts_only_for_jobs_with_a_receiver() -> None:
     no_key = load_settings({}, secret=SECRET, store_directory=".")
     assert not WebhookSender(no_key).wants(with_callback), "nothing to sign with: nothing sent"
     assert WebhookSender(no_key).NAME == "webhooks", "its own consumer group, not the mailer's"
+
+
+def test_a_cancelled_job_with_a_callback_gets_a_webhook_saying_so() -> None:
+    """Every terminal event a requester could hear of gets a webhook, a cancellation too (it once stopped
+    the sender's loop on its partition for good)."""
+    cancelled = PackageCancelled("ck", "r1", "h", "fast", "requester", callback_sealed=seal(SECRET, CALLBACK))
+    env = envelope("j3", cancelled)
+    sender = WebhookSender(sender_settings())
+    assert env.type in sender.TRIGGERS and sender.wants(env)
+    assert not sender.wants(envelope("j4", PackageCancelled("ck", "r1", "h", "fast", "operator")))
+    body = orjson.loads(webhook_body(env, download_base="https://d", status_base="https://s"))
+    assert (body["state"], body["cancelled_by"], body["job_id"]) == ("cancelled", "requester", "j3")
 
 
 class CommitsSeen:
