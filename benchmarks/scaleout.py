@@ -1,6 +1,6 @@
 """Scale-out: completed jobs per second for the same batch of I/O-bound jobs, by workers and by concurrency.
 
-    python -m benchmarks.scaleout --json [--jobs 48] [--rows 2000] [--delay 0.05] [--bootstrap HOST:PORT]
+    python -m benchmarks.scaleout --json [--jobs 144] [--rows 2000] [--delay 0.05] [--bootstrap HOST:PORT]
 
 A batch of `--jobs` distinct `/package_datastore` jobs (distinct `doi`, so none is a cache hit) of `--rows`
 rows each, read from the project's CKAN server (`packager dev ckan`) with `--delay` seconds added to every
@@ -23,6 +23,7 @@ object: `jobs`, `rows`, `delay_s`, `jobs_per_s` (`workers_1`, `workers_2`, `work
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -55,10 +56,42 @@ CONFIGURATIONS = {  # name -> (worker processes, WORKER_CONCURRENCY)
 }
 
 
+async def builds_per_worker(bootstrap: str, prefix: str, job_ids: set[str]) -> list[int]:
+    """How many of `job_ids` each worker started (`PackageStarted.worker`), busiest first."""
+    from aiokafka import AIOKafkaConsumer
+
+    from packager.adapters.kafka_log import Topics
+    from packager.adapters.readside import topic_partitions
+    from packager.domain.events import PackageStarted, decode
+
+    partitions = await topic_partitions(bootstrap, [Topics(prefix).events])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    counts: dict[str, int] = {}
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + 60
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("could not read the events topic to its end")
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    event = decode(record.value or b"")
+                    if isinstance(event.payload, PackageStarted) and event.job_id in job_ids:
+                        worker = event.payload.worker
+                        counts[worker] = counts.get(worker, 0) + 1
+    finally:
+        await consumer.stop()
+    return sorted(counts.values(), reverse=True)
+
+
 def run_configuration(
     name: str, bootstrap: str, workdir: Path, api_url: str, args: argparse.Namespace, log: Any
-) -> float:
-    """Seconds from the first request of the batch to its last email, for one configuration."""
+) -> tuple[float, list[int]]:
+    """Seconds from the first request of the batch to its last email, for one configuration, and the
+    builds each worker started (a job built again after a lost lease counts twice)."""
     from aiosmtpd.controller import Controller
 
     from packager.dev.kafka import free_port
@@ -103,8 +136,9 @@ def run_configuration(
                 jobs = list(pool.map(request, [f"10.0/{name}.{n}" for n in range(args.jobs)]))
             last = max(mailbox.wait(job_id, timeout=600) for job_id in jobs)
             seconds = last - started
-            log(json.dumps({"configuration": name, "seconds": round(seconds, 2)}))
-            return seconds
+            split = asyncio.run(builds_per_worker(bootstrap, prefix, set(jobs)))
+            log(json.dumps({"configuration": name, "seconds": round(seconds, 2), "builds_per_worker": split}))
+            return seconds, split
     finally:
         controller.stop()
 
@@ -116,7 +150,7 @@ def _ratio(per_s: dict[str, float], name: str, base: str) -> float | None:
 def main() -> None:
     """Run every configuration on the same batch and print one JSON object."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=48, help="jobs in the measured batch")
+    parser.add_argument("--jobs", type=int, default=144, help="jobs in the measured batch")
     parser.add_argument("--rows", type=int, default=2000, help="rows per job")
     parser.add_argument("--page-size", type=int, default=250, help="rows per CKAN page")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds added to every CKAN page")
@@ -135,6 +169,7 @@ def main() -> None:
 
     load_at_start = round(os.getloadavg()[0], 2)
     seconds: dict[str, float] = {}
+    splits: dict[str, list[int]] = {}
     with tempfile.TemporaryDirectory(prefix="scaleout-") as tmp:
         workdir = Path(tmp)
         (workdir / "logs").mkdir()
@@ -148,7 +183,7 @@ def main() -> None:
         ):
             _wait_for_url(api_url + "?resource_id=synthetic&limit=0")
             for name in names:
-                seconds[name] = run_configuration(name, bootstrap, workdir, api_url, args, log)
+                seconds[name], splits[name] = run_configuration(name, bootstrap, workdir, api_url, args, log)
         if args.logs:
             shutil.copytree(workdir / "logs", args.logs, dirs_exist_ok=True)
     per_s = {name: round(args.jobs / s, 3) for name, s in seconds.items()}
@@ -160,6 +195,12 @@ def main() -> None:
         "seconds": {name: round(s, 2) for name, s in seconds.items()},
         "workers_3_vs_1": _ratio(per_s, "workers_3", "workers_1"),
         "concurrency_4_vs_1": _ratio(per_s, "concurrency_4", "workers_1"),
+        "builds_per_worker": splits,
+        # Jobs go to partitions by the hash of their cache key, and each worker builds only its partitions'
+        # jobs: with perfect scaling, 3 workers finish when the busiest does, at most this many times faster.
+        "workers_3_split_bound": round(args.jobs / max(splits["workers_3"]), 2)
+        if "workers_3" in splits
+        else None,
         "machine": machine(),
         "load_avg_at_start": load_at_start,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
