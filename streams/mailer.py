@@ -59,9 +59,13 @@ log = logging.getLogger(__name__)
 
 OUTCOME_TYPES = frozenset({EmailSent.TYPE, EmailFailed.TYPE})
 MAILED_TYPES = NOTIFIED_TYPES | {ExpiryNoticeDue.TYPE}
+RESTART_DELAY = 1.0  # seconds before the consume loop starts again after an error
 REMEMBERED = 100_000  # job ids emailed recently, a second guard against repeated terminal events
 COMMIT_EVERY = 1.0
 REVOKE_GRACE = 5.0  # how long a revoked partition's sends may finish before they are left to the next owner
+# A record whose handling raised this many times running (a bug, not an outage: Kafka's errors are always
+# retried) is logged with its event, counted and passed, so it does not hold back every later job's email.
+HANDLE_ATTEMPTS = 5
 
 
 def mail_of(env: Envelope) -> str:
@@ -127,6 +131,8 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
         self._revoking: set[TopicPartition] = set()
         self._recent: OrderedDict[str, None] = OrderedDict()  # jobs whose email was settled lately
         self._sending: set[str] = set()  # jobs with a send task (a cancelled one leaves, and is sent again)
+        # Records whose handling raised, and how many times running.
+        self._failures: dict[tuple[TopicPartition, int], int] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._pause_task: asyncio.Task[None] | None = None
         self._reader = LogReader(settings.kafka_bootstrap_servers)
@@ -213,7 +219,7 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
                 log.exception(
                     "the %s's loop failed; reading on from the last %s handled", self.NAME, self.NOUN
                 )
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(RESTART_DELAY)
                 await self._rewind()
 
     async def _rewind(self) -> None:
@@ -243,7 +249,15 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
                 for record in records:
                     if tp not in self._sends or tp in self._revoking:
                         break  # revoked while the batch was in hand
-                    await self._handle(tp, record.offset, record.value)
+                    try:
+                        await self._handle(tp, record.offset, record.value)
+                    except (KafkaError, asyncio.CancelledError):
+                        raise
+                    except Exception:
+                        if not self._give_up(tp, record.offset, record.value):
+                            raise  # the loop starts again at this record (`_run`)
+                    if self._failures:
+                        self._failures.pop((tp, record.offset), None)  # handled at last
                     if tp not in self._sends or tp in self._revoking:
                         break  # revoked while it was handled, so perhaps not handled: never commit past it
                     self._next[tp] = record.offset + 1
@@ -260,6 +274,28 @@ class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
                     await self._commit(owned)
                 except KafkaError as exc:
                     log.warning("%s offsets not committed yet: %r", self.NAME, exc)
+
+    def _give_up(self, tp: TopicPartition, offset: int, raw: bytes | None) -> bool:
+        """Count a failed handling of a record; True (logged with the record, counted) when it is to be
+        passed: HANDLE_ATTEMPTS in a row failed."""
+        where = (tp, offset)
+        self._failures[where] = failures = self._failures.get(where, 0) + 1
+        if failures < HANDLE_ATTEMPTS:
+            return False
+        del self._failures[where]
+        metrics.NOTIFIER_RECORDS_SKIPPED.labels(self.NAME).inc()
+        log.exception(
+            "the %s passes the record at %s:%d@%d after %d failed attempts, its %s not sent: %.300r",
+            self.NAME,
+            tp.topic,
+            tp.partition,
+            offset,
+            failures,
+            self.NOUN,
+            raw,
+            extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
+        )
+        return True
 
     async def _handle(self, tp: TopicPartition, offset: int, raw: bytes | None) -> None:
         try:

@@ -128,6 +128,12 @@ INTERNAL_ERRORS = Counter(
     "traceback, and the requester is told only that the service failed.",
     ["lane"],
 )
+NOTIFIER_RECORDS_SKIPPED = Counter(
+    "packager_notifier_records_skipped",
+    "Events the mailer or the webhook sender passed after their handling raised again and again (a bug): "
+    "each is logged at ERROR with the record; its email or webhook was not sent.",
+    ["agent"],
+)
 WORKER_READY = Gauge("packager_worker_ready", "1 while the worker is started, assigned and not rebalancing.")
 
 PACKAGE_ENDPOINTS = frozenset({"/package_url", "/package_datastore", "/package_dwc_archive"})

@@ -182,3 +182,70 @@ async def test_the_consume_loop_never_commits_past_a_terminal_event_it_read_whil
     assert consumer.committed, "the revocation committed nothing"
     assert consumer.committed[-1][tp] <= 3, consumer.committed
     assert "job-3" not in mailer._sending
+
+
+class Records(OneBatch):
+    """Stands in for the consumer: the records of one partition from its position on, and `seek`."""
+
+    def __init__(self, tp: TopicPartition, records: list[Any]) -> None:
+        super().__init__({})
+        self.tp, self.records, self.position = tp, records, 0
+
+    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Any]]:
+        found = [r for r in self.records if r.offset >= self.position]
+        if not found:
+            await asyncio.sleep(0.01)
+            return {}
+        self.position = found[-1].offset + 1
+        return {self.tp: found}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.position = offset
+
+
+async def test_a_record_whose_handling_always_raises_is_passed_and_later_jobs_are_emailed(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    """A bug that makes one terminal event raise (the webhook sender once did on PackageCancelled) must not
+    hold back every later job of its partition: after HANDLE_ATTEMPTS tries it is logged, counted, passed."""
+    from packager.adapters import metrics
+    from streams import mailer as mailer_module
+
+    monkeypatch.setattr(mailer_module, "RESTART_DELAY", 0.0)
+    settings = load_settings({}, secret="unit-test-secret-0123456789abcdef", store_directory=str(Path(".")))
+    mailer = Mailer(settings)
+    tp = TopicPartition("events", 0)
+    failed = PackageFailed("ck", "res", "a@example.org", "h", "CKAN said no", "CkanError")
+    records = [SimpleNamespace(offset=n, value=encode(envelope(f"job-{n}", failed))) for n in range(3)]
+    mailer._consumer = Records(tp, records)  # type: ignore[assignment]
+    mailer._sends[tp], mailer._settled[tp] = {}, set()
+    mailer._scanned.add(tp)
+    attempts: list[str] = []
+    sent: list[str] = []
+    both_sent = asyncio.Event()
+
+    def wants(env: Any) -> bool:
+        attempts.append(env.job_id)
+        if env.job_id == "job-1":
+            raise RuntimeError("a bug in wants()")
+        return True
+
+    async def send(env: Any) -> None:
+        sent.append(env.job_id)
+        if len(sent) == 2:
+            both_sent.set()
+
+    mailer.wants = wants  # type: ignore[method-assign]
+    mailer._send = send  # type: ignore[method-assign]
+    skipped = metrics.NOTIFIER_RECORDS_SKIPPED.labels("mailer")
+    before = skipped._value.get()
+    running = asyncio.create_task(mailer._run())
+    try:
+        await asyncio.wait_for(both_sent.wait(), timeout=10)
+    finally:
+        running.cancel()
+    assert sent == ["job-0", "job-2"]
+    assert attempts.count("job-1") == mailer_module.HANDLE_ATTEMPTS
+    assert skipped._value.get() == before + 1
+    assert "passes the record at events:0@1 after 5 failed attempts" in caplog.text
+    assert mailer._next[tp] == 3
