@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from packager.adapters.http_client import http_session
-from packager.adapters.webhook_client import WebhookPolicy, post_webhook, receiver_host
+from packager.adapters.webhook_client import WebhookPolicy, WebhookResult, post_webhook, receiver_host
 from packager.core.errors import PackagingError
 from packager.core.settings import Settings
 from packager.domain.events import (
@@ -104,28 +104,9 @@ class WebhookSender(Mailer):
             host = receiver_host(url)
             if result.ok:
                 log.info("webhook delivered to %s (%s)", host, target, extra={"job_id": env.job_id})
-                outcomes.append(
-                    WebhookDelivered(
-                        cache_key=env.cache_key,
-                        about=env.type,
-                        target=target,
-                        host=host,
-                        status=result.status,
-                        attempts=result.attempts,
-                    )
-                )
             else:
                 log.error("webhook to %s failed: %s", host, result.error, extra={"job_id": env.job_id})
-                outcomes.append(
-                    WebhookFailed(
-                        cache_key=env.cache_key,
-                        about=env.type,
-                        target=target,
-                        host=host,
-                        error=result.error,
-                        attempts=result.attempts,
-                    )
-                )
+            outcomes.append(_outcome(env, target, host, result))
         # Recorded only once every receiver was tried: a crash in between repeats them all, loses none.
         for outcome in outcomes:
             await self._record(env, outcome)
@@ -140,16 +121,29 @@ class WebhookSender(Mailer):
                 receivers.append((CALLBACK, unseal(self.settings.secret, payload.callback_sealed)))
             except PackagingError:
                 log.error("webhook not sent: %s", UNREADABLE_CALLBACK, extra={"job_id": env.job_id})
-                outcomes.append(
-                    WebhookFailed(
-                        cache_key=env.cache_key,
-                        about=env.type,
-                        target=CALLBACK,
-                        host="",
-                        error=UNREADABLE_CALLBACK,
-                        attempts=0,
-                    )
-                )
+                unread = WebhookResult(ok=False, attempts=0, error=UNREADABLE_CALLBACK)
+                outcomes.append(_outcome(env, CALLBACK, "", unread))
         if self.settings.webhook_url:
             receivers.append((SERVICE, self.settings.webhook_url))
         return receivers
+
+
+def _outcome(env: Envelope, target: str, host: str, result: WebhookResult) -> Event:
+    """The event recording how a receiver answered: WebhookDelivered, or WebhookFailed."""
+    if result.ok:
+        return WebhookDelivered(
+            cache_key=env.cache_key,
+            about=env.type,
+            target=target,
+            host=host,
+            status=result.status,
+            attempts=result.attempts,
+        )
+    return WebhookFailed(
+        cache_key=env.cache_key,
+        about=env.type,
+        target=target,
+        host=host,
+        error=result.error,
+        attempts=result.attempts,
+    )
