@@ -165,16 +165,28 @@ class KafkaRequesterKeys:
                 consumer.pause(*self._partitions)
         self._read_at = time.monotonic()
         if self._to_rewrap:
-            pending, self._to_rewrap = self._to_rewrap, []
-            for key in pending:
-                await self._store(key)
-            log.info("rewrapped %d requester key(s) under the current sealing secret", len(pending))
+            await self._rewrap_pending()
+
+    async def _rewrap_pending(self) -> None:
+        """Store the keys found under a previous sealing secret again, under the current one. A key leaves
+        the list only once stored: a failure half-way leaves the rest for the next read, not forgotten."""
+        done = 0
+        try:
+            while self._to_rewrap:
+                key = self._to_rewrap[0]
+                if key.key_id in self._keys.get(key.requester, {}):  # not destroyed since it was read
+                    await self._store(key)
+                    done += 1
+                self._to_rewrap.pop(0)
+        finally:
+            if done:
+                log.info("rewrapped %d requester key(s) under the current sealing secret", done)
 
     def _apply(self, raw_key: bytes | None, value: bytes | None) -> None:
         requester, _, key_id = (raw_key or b"").decode("utf-8", "replace").partition(".")
         if not requester or not key_id:
             return
-        if value is None:  # a tombstone: the key was destroyed
+        if value is None:  # a tombstone: the key was destroyed (and must not be stored again by a rewrap)
             self._keys.get(requester, {}).pop(key_id, None)
             self._stored.get(requester, set()).discard(key_id)
             return
