@@ -51,7 +51,12 @@ class RequesterKeys(Protocol):
         """
 
     async def destroy(self, requesters: Sequence[str]) -> list[str]:
-        """Destroy every data key of these pseudonyms; return their key ids."""
+        """Destroy every data key of these pseudonyms; return the ids of those this call destroyed.
+        UnavailableError when the store cannot be reached in time (some may be destroyed already)."""
+
+    def destroyed(self, requesters: Sequence[str]) -> list[str]:
+        """The ids of every key of these pseudonyms destroyed so far, by any erasure this store knows of (an
+        erasure retried after a failure names those the failed try destroyed too)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -62,6 +67,7 @@ class InMemoryRequesterKeys:
 
     def __init__(self) -> None:
         self.keys: dict[str, dict[str, DataKey]] = {}
+        self.gone: dict[str, list[str]] = {}
 
     async def key_for(self, requester: str) -> DataKey:
         """The requester's key, created when they have none."""
@@ -83,7 +89,14 @@ class InMemoryRequesterKeys:
 
     async def destroy(self, requesters: Sequence[str]) -> list[str]:
         """Forget the requesters' keys."""
-        return [key_id for r in requesters for key_id in self.keys.pop(r, {})]
+        now = [key_id for r in requesters for key_id in self.keys.pop(r, {})]
+        for r in requesters:
+            self.gone.setdefault(r, []).extend(k for k in now if k not in self.gone.get(r, []))
+        return now
+
+    def destroyed(self, requesters: Sequence[str]) -> list[str]:
+        """Every key id of theirs forgotten so far."""
+        return [key_id for r in requesters for key_id in self.gone.get(r, [])]
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -109,6 +122,7 @@ class KafkaRequesterKeys:
         self._keys: dict[str, dict[str, DataKey]] = {}
         # Every key id stored per requester, readable or not: erasure tombstones them all.
         self._stored: dict[str, set[str]] = {}
+        self._destroyed: dict[str, set[str]] = {}  # key ids tombstoned, as long as the topic holds them
         self._to_rewrap: list[DataKey] = []
         self._creating: dict[str, asyncio.Future[DataKey]] = {}
         self._read_at = -FRESH_FOR
@@ -189,6 +203,7 @@ class KafkaRequesterKeys:
         if value is None:  # a tombstone: the key was destroyed (and must not be stored again by a rewrap)
             self._keys.get(requester, {}).pop(key_id, None)
             self._stored.get(requester, set()).discard(key_id)
+            self._destroyed.setdefault(requester, set()).add(key_id)
             return
         self._stored.setdefault(requester, set()).add(key_id)
         try:
@@ -273,15 +288,22 @@ class KafkaRequesterKeys:
             creating = [self._creating[r] for r in requesters if r in self._creating]
             await asyncio.gather(*creating, return_exceptions=True)
             assert self._producer is not None
-            destroyed: list[str] = []
-            for requester in requesters:
-                for key_id in sorted(self._stored.get(requester, set())):
-                    name = f"{requester}.{key_id}".encode()
-                    await self._producer.send_and_wait(self._topic, None, key=name)
-                    destroyed.append(key_id)
-                self._stored.pop(requester, None)
-                self._keys.pop(requester, None)
-            return destroyed
+            now: list[str] = []
+            try:
+                async with asyncio.timeout(self._timeout):
+                    for requester in requesters:
+                        for key_id in sorted(self._stored.get(requester, set())):
+                            name = f"{requester}.{key_id}".encode()
+                            await self._producer.send_and_wait(self._topic, None, key=name)
+                            self._apply(name, None)
+                            now.append(key_id)
+            except (KafkaError, TimeoutError) as exc:
+                raise UnavailableError(f"The requester keys could not be destroyed ({exc!r}).") from None
+            return now
+
+    def destroyed(self, requesters: Sequence[str]) -> list[str]:
+        """Every key id of these pseudonyms tombstoned in the topic (as far as read) or by this store."""
+        return [key_id for r in requesters for key_id in sorted(self._destroyed.get(r, set()))]
 
     async def close(self) -> None:
         """Stop the consumer and the producer."""

@@ -60,9 +60,11 @@ async def erase_requester(request: web.Request) -> web.Response:
     email = check_email(require(params, "email"))
     names = pseudonyms(settings.pseudonym_key, settings.previous_pseudonym_secrets, email)
     # Keys first: should the append fail, the address is unreadable all the same, and erasing again is safe.
-    destroyed = await request.app[REQUESTER_KEYS].destroy(names)
+    keys = request.app[REQUESTER_KEYS]
+    destroyed = await keys.destroy(names)
     operation = str(uuid.uuid4())
-    erased = RequesterErased(cache_key=names[0], requesters=names, key_ids=destroyed)
+    # Every key of theirs destroyed so far: an erasure retried after its append failed names those too.
+    erased = RequesterErased(cache_key=names[0], requesters=names, key_ids=keys.destroyed(names))
     event = envelope(operation, erased)
     await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).events, names[0], event)
     log.info("requester %s erased (%d data key(s) destroyed)", shown(names[0]), len(destroyed))

@@ -1,13 +1,16 @@
-"""Rewrapping requester keys under a new sealing secret: none forgotten half-way, none erased revived."""
+"""The requester-key store's rewrap and erasure when Kafka fails half-way: none forgotten, none revived."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from packager.adapters.requester_keys import KafkaRequesterKeys
+from packager.core.errors import UnavailableError
 from packager.core.settings import load_settings
 from packager.domain.requesters import DataKey, wrap_key
 
@@ -66,3 +69,36 @@ async def test_a_key_destroyed_before_its_rewrap_is_not_stored_again() -> None:
     await store._rewrap_pending()
     assert stored == [keys[1]]
     assert store._to_rewrap == []
+
+
+class FlakyProducer:
+    """Stands in for the key store's producer: acknowledges `good` appends, then fails."""
+
+    def __init__(self, good: int) -> None:
+        self.good, self.sent = good, []
+
+    async def send_and_wait(self, topic: str, value: bytes | None, *, key: bytes) -> None:
+        if len(self.sent) >= self.good:
+            raise KafkaTimeoutError()
+        self.sent.append(key)
+
+
+async def test_an_erasure_retried_after_a_failure_names_every_destroyed_key() -> None:
+    """The first try destroyed one key and failed (503): the retry's RequesterErased names both keys (what
+    the store says was destroyed), so the pages of the requester's old jobs say they were erased."""
+    store, _ = keys_read_under_the_old_secret(0)
+
+    async def read_nothing() -> None:
+        store._read_at = time.monotonic()
+
+    store._read_to_end = read_nothing  # type: ignore[method-assign]
+    keys = [DataKey.new("who"), DataKey.new("who")]
+    for key in keys:
+        store._apply(f"who.{key.key_id}".encode(), orjson.dumps(wrap_key(NEW, key)))
+    store._producer = FlakyProducer(good=1)  # type: ignore[assignment]
+    with pytest.raises(UnavailableError):
+        await store.destroy(["who"])
+    assert len(store.destroyed(["who"])) == 1
+    store._producer = FlakyProducer(good=10)  # type: ignore[assignment]
+    assert len(await store.destroy(["who"])) == 1  # the one left
+    assert store.destroyed(["who"]) == sorted(k.key_id for k in keys)
