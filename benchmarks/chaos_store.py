@@ -77,7 +77,7 @@ class CampaignStore:
         if self.kind == "folder":
             return self.folder
         target = self.root / "from-s3"
-        target.mkdir(exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
         server = self.server
         if server is None:
             raise RuntimeError("the S3 store's server is not started")
