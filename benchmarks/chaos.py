@@ -310,6 +310,7 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             topic_replicas=stack.replicas,
             machine=machine(),
             load_avg_at_start=load_at_start,
+            load_avg_at_end=round(os.getloadavg()[0], 2),
             date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             details=details,
         )
