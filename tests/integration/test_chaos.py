@@ -36,6 +36,7 @@ def test_quick_campaign_on_s3_loses_no_job_and_ends_none_twice() -> None:
     result = json.loads(done.stdout)
     summary = {k: v for k, v in result.items() if k != "details"}
     details = json.dumps(result["details"], indent=1)[:8000]
+    print(json.dumps(summary))  # the run's figures, shown by `pytest -rP` on a pass
     assert result["accepted"] >= 150, summary
     assert {kind: n for kind, n in result["faults"].items() if n < 1} == {}, summary
     assert set(result["faults"]) == set(FAULT_KINDS)
