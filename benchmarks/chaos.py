@@ -1,10 +1,12 @@
 """The chaos campaign: every fault a process can suffer, thrown at random at the real stack, then counted.
 
-    python -m benchmarks.chaos --quick --json   # CI: <= 5 minutes, >= 150 jobs, every fault at least once
+    python -m benchmarks.chaos --quick --json --store s3   # CI: <= 5 minutes, >= 150 jobs, every fault once
     python -m benchmarks.chaos --duration 1800 --jobs 2000   # the long run, by hand
 
 The stack (`benchmarks.chaos_stack`): a 3-node KRaft cluster (replication factor 3, min.insync.replicas=2),
-2 ingress processes, 3 worker processes, a real SMTP server and the CKAN-compatible server, all on loopback.
+2 ingress processes, 3 worker processes, the package store (`--store folder`, the default: one folder all
+share; `--store s3`: an s3proxy bucket, see `benchmarks.chaos_store`), a real SMTP server and the
+CKAN-compatible server, all on loopback.
 A client submits a mix to both ingresses all along: distinct datastore queries (small, medium and large, up
 to 40,000 rows, CSV, TSV and JSON lines), identical pairs (the same query to both ingresses at once), repeats
 of earlier queries (cache hits) and failing ones (an unknown resource, an unknown column). A nemesis injects,
@@ -14,7 +16,9 @@ topic, restarted later), `smtp_outage` (30 s) and `ckan_5xx` (a burst of 5xx ans
 `benchmarks.chaos_nemesis`. Process faults run one at a time; SMTP and CKAN faults run beside them.
 
 Afterwards (client stopped, faults healed, then waiting with a deadline until every accepted job has a
-terminal event and its email) `benchmarks.chaos_check` reads the whole events topic and the mailbox. The exit
+terminal event and its email) `benchmarks.chaos_check` reads the whole events topic, the mailbox and the
+ZIPs (from the store: the folder, or each object read through the service's S3 client), fetches every ZIP
+through both ingresses and counts the jobs each worker built (`jobs_per_worker`). The exit
 code is 1 when a job was lost or got two terminal events, 2 when the campaign itself failed.
 """
 
@@ -41,6 +45,7 @@ import orjson
 
 from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_table import COUNTRIES, FIRST_YEAR, YEARS
+from packager.domain.events import PackageCompleted
 
 from .chaos_check import (
     EventFollower,
@@ -49,6 +54,7 @@ from .chaos_check import (
     building,
     check,
     check_downloads,
+    jobs_per_worker,
     outstanding,
     place_requests,
 )
@@ -63,6 +69,7 @@ from .chaos_stack import (
     StackConfig,
     log,
 )
+from .chaos_store import STORES
 
 QUICK_BUDGET = 300.0  # seconds of wall clock for --quick, start-up and teardown included
 
@@ -242,7 +249,7 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
     load_at_start = round(os.getloadavg()[0], 2)
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     rng = random.Random(seed)
-    config = StackConfig(session_timeout=args.session_timeout, keep=args.keep)
+    config = StackConfig(session_timeout=args.session_timeout, keep=args.keep, store=args.store)
     stack = await Stack.start(config)
     follower: EventFollower | None = None
     try:
@@ -269,14 +276,17 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             client.jobs, follower, stack, time.monotonic() + drain, 3 if args.quick else 10
         )
         settled_s = time.monotonic() - client_start
-        figures, details = check(
-            client.jobs, follower.events, stack.mailbox.snapshot(), stack.store, follower.where
+        zips = await stack.store.readable_copy(
+            e.payload.zip_file_name for e in follower.events if isinstance(e.payload, PackageCompleted)
         )
+        figures, details = check(client.jobs, follower.events, stack.mailbox.snapshot(), zips, follower.where)
         details["unfinished_at_deadline"] = left
         downloads, details["downloads_bad"] = await check_downloads(
             stack.ingress_ports, follower.events, client.jobs
         )
         figures.update(downloads)
+        figures["store"] = stack.store.kind
+        figures["jobs_per_worker"] = jobs_per_worker(client.jobs, follower.events, stack.worker_names())
         if lost := set(details["lost"]):
             with contextlib.suppress(Exception):  # a report aid: never the reason a campaign fails
                 details["lost_requests"] = await place_requests(
@@ -300,6 +310,7 @@ async def campaign(args: argparse.Namespace) -> dict[str, Any]:
             topic_replicas=stack.replicas,
             machine=machine(),
             load_avg_at_start=load_at_start,
+            load_avg_at_end=round(os.getloadavg()[0], 2),
             date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             details=details,
         )
@@ -336,6 +347,8 @@ def _report(result: dict[str, Any]) -> str:
             "identical_shared_zip",
             "downloads_checked",
             "downloads_ok",
+            "store",
+            "jobs_per_worker",
         ),
         *("submitted", "jobs_per_s", "duration_s"),
     ]
@@ -372,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, store, data)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the mix and the nemesis")
+    parser.add_argument(
+        "--store", choices=STORES, default="folder", help="the package store: a shared folder or s3proxy"
+    )
     parser.add_argument("--session-timeout", type=float, default=6.0, help="workers' SESSION_TIMEOUT")
     args = parser.parse_args(argv)
     began = time.monotonic()

@@ -2,9 +2,10 @@
 
 It owns the campaign's expectations (`Job`: what was asked, and the rows it must yield, computed with the same
 `SyntheticTable` and query planner the CKAN server answers with), a follower of the events topic, and
-`check()`, which turns the log, the mailbox and the store into the report's figures, and `check_downloads()`,
-which asks every ingress for every ZIP (any ingress serves any download). Pure reading: nothing here changes
-the stack.
+`check()`, which turns the log, the mailbox and the ZIPs (a folder: the store's own, or a copy of the bucket's
+objects) into the report's figures, `check_downloads()`, which asks every ingress for every ZIP (any ingress
+serves any download), and `jobs_per_worker()` (jobs spread over the workers). Pure reading: nothing here
+changes the stack.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import io
 import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from packager.domain.events import (
     NOTIFIED_TYPES,
     TERMINAL_TYPES,
     Envelope,
+    PackageBuilt,
     PackageCompleted,
     PackageStarted,
     decode,
@@ -156,12 +159,45 @@ def building(events: list[Envelope]) -> Counter[int]:
     started: dict[str, int] = {}
     for e in list(events):
         if e.type == PackageStarted.TYPE:
-            _, _, pid = str(getattr(e.payload, "worker", "")).rpartition(":")
-            if pid.isdigit():
-                started[e.job_id] = int(pid)
+            if (pid := _pid_of(str(getattr(e.payload, "worker", "")))) is not None:
+                started[e.job_id] = pid
         elif e.type in TERMINAL_TYPES:
             started.pop(e.job_id, None)
     return Counter(started.values())
+
+
+def _pid_of(worker: str) -> int | None:
+    """The pid of a worker's name in events (`host:pid`), or None."""
+    _, _, pid = worker.rpartition(":")
+    return int(pid) if pid.isdigit() else None
+
+
+def jobs_per_worker(jobs: Iterable[str], events: list[Envelope], names: Mapping[int, str]) -> dict[str, int]:
+    """Worker process name -> accepted jobs whose terminal event is the outcome that worker built.
+
+    The builder of a job is the worker of its last `PackageBuilt` before its first terminal event; a job
+    ended without a build of its own (a cache hit, a request failed while planned) counts for no worker.
+    `names` maps every pid a worker ran under to its name (a restarted worker keeps its name); a pid it does
+    not know counts as "unknown". Every name appears, with 0 if that worker built nothing.
+    """
+    wanted = set(jobs)
+    builder: dict[str, str] = {}
+    ended: set[str] = set()
+    for e in events:
+        if e.job_id not in wanted or e.job_id in ended:
+            continue
+        if isinstance(e.payload, PackageBuilt):
+            builder[e.job_id] = e.payload.worker
+        elif e.type in TERMINAL_TYPES:
+            ended.add(e.job_id)
+    counts = dict.fromkeys(sorted(set(names.values())), 0)
+    for job_id in ended:
+        if (worker := builder.get(job_id)) is None:
+            continue
+        pid = _pid_of(worker)
+        name = names.get(pid, "unknown") if pid is not None else "unknown"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _count_rows(fmt: str, data: bytes) -> int:
@@ -203,6 +239,8 @@ def check(
     where: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(figures, details) of the campaign: terminal events, emails and ZIPs of every accepted job.
+
+    `store` is a folder where every ZIP the store holds can be read under its name in the events.
 
     `where` (event id -> "partition@offset") places each event of a reported job in the log.
     """

@@ -2,9 +2,10 @@
 
 It owns every process and server the campaign starts: a 3-node KRaft cluster (`packager.dev.kafka`), the
 CKAN-compatible server (`packager dev ckan --admin`, a process whose 5xx rate is switched at run time), a real
-SMTP server (aiosmtpd, in this process, stopped and started again for an outage), 2 ingress processes and 3
-worker processes. `Stack.close()` stops all of it, whatever state a fault left it in (a stopped worker is
-continued first), and is safe to call twice.
+SMTP server (aiosmtpd, in this process, stopped and started again for an outage), the package store (a shared
+folder or an s3proxy bucket, `benchmarks.chaos_store`), 2 ingress processes and 3 worker processes.
+`Stack.close()` stops all of it, whatever state a fault left it in (a stopped worker is continued first),
+and is safe to call twice.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from packager.dev import kafka as dev_kafka
 from packager.dev.ckan_server import ACTION_PATH, ADMIN_PATH
 from packager.dev.kafka import free_port
 from packager.domain.emails import JOB_HEADER
+
+from .chaos_store import CampaignStore
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +117,7 @@ class Proc:
     log_file: Path
     proc: subprocess.Popen[bytes] | None = None
     stopped: bool = False  # SIGSTOPped and not yet continued
+    pids: list[int] = field(default_factory=list)  # of every run, so events naming a pid name the process
 
     def start(self) -> None:
         """Start (or restart) the process; output appended to its log file."""
@@ -130,6 +134,7 @@ class Proc:
                 cwd=str(ROOT),
                 start_new_session=True,
             )
+        self.pids.append(self.proc.pid)
         self.stopped = False
         self._log_offset = self.log_file.stat().st_size
 
@@ -227,6 +232,7 @@ class StackConfig:
     drain_timeout: float = 10.0
     worker_concurrency: int = 2
     keep: bool = False
+    store: str = "folder"  # or "s3": see benchmarks.chaos_store
 
 
 class Stack:
@@ -235,8 +241,7 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.root = Path(tempfile.mkdtemp(prefix="chaos-"))
-        self.store = self.root / "store"
-        self.store.mkdir()
+        self.store = CampaignStore(config.store, self.root, log)
         (self.root / "logs").mkdir()
         self.prefix = f"chaos{os.getpid()}"
         self.mailbox = Mailbox()
@@ -266,7 +271,7 @@ class Stack:
         """The CKAN server's datastore_search URL."""
         return f"http://127.0.0.1:{self.ckan_port}{ACTION_PATH}"
 
-    def _env(self, **extra: str) -> dict[str, str]:
+    def _env(self, process: str, **extra: str) -> dict[str, str]:
         return {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -275,7 +280,7 @@ class Stack:
             "PACKAGER_TOPIC_PREFIX": self.prefix,
             "PACKAGER_PARTITIONS": str(PARTITIONS),
             "PACKAGER_REPLICATION_FACTOR": "3",
-            "PACKAGER_STORE_DIRECTORY": str(self.store),
+            **self.store.env(process),
             "PACKAGER_ALLOW_PRIVATE_URLS": "true",
             "PACKAGER_SMTP_HOST": "127.0.0.1",
             "PACKAGER_SMTP_PORT": str(self.smtp.port),
@@ -287,9 +292,10 @@ class Stack:
             **extra,
         }
 
-    def _worker_env(self) -> dict[str, str]:
+    def _worker_env(self, process: str) -> dict[str, str]:
         c = self.config
         return self._env(
+            process,
             PACKAGER_SESSION_TIMEOUT=str(c.session_timeout),
             # Queries of more than 10,000 rows take the slow lane, so both lanes carry work.
             PACKAGER_SLOW_REQUEST="10000",
@@ -314,6 +320,7 @@ class Stack:
     async def _start(self) -> None:
         log(f"state in {self.root}")
         self.smtp.start()
+        await blocking(self.store.start)
         python = sys.executable
         self.ckan = Proc(
             "ckan",
@@ -338,7 +345,7 @@ class Stack:
                 Proc(
                     f"worker-{i + 1}",
                     [python, "-m", "packager", "worker"],
-                    self._worker_env(),
+                    self._worker_env(f"worker-{i + 1}"),
                     self.root / "logs" / f"worker-{i + 1}.log",
                 )
             )
@@ -354,6 +361,7 @@ class Stack:
                     f"ingress-{i + 1}",
                     [python, "-m", "packager", "ingress"],
                     self._env(
+                        f"ingress-{i + 1}",
                         PACKAGER_PORT=str(port),
                         PACKAGER_READ_MODEL_DIRECTORY=str(self.root / f"readmodel-{i + 1}"),
                     ),
@@ -382,6 +390,10 @@ class Stack:
             for d in described
             if d["partitions"]
         }
+
+    def worker_names(self) -> dict[int, str]:
+        """Worker process name (`worker-1`...) of every pid a worker ran under, restarts included."""
+        return {pid: worker.name for worker in self.workers for pid in worker.pids}
 
     # --- faults -------------------------------------------------------------------------------------
 
@@ -436,6 +448,10 @@ class Stack:
             except Exception as exc:  # keep stopping the others
                 log(f"stopping {proc.name} failed: {exc!r}")
         self.smtp.stop()
+        try:
+            self.store.stop(keep_data=self.config.keep)
+        except Exception as exc:  # the cluster is stopped all the same
+            log(f"stopping the store failed: {exc!r}")
         if (cluster := dev_kafka.cluster_status(self.kafka_dir)) is not None:
             # Its data is thrown away: no need for a controlled shutdown of each node.
             for node in cluster.nodes:
