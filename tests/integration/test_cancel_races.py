@@ -7,9 +7,10 @@ Worker, projector and ingress run as processes on a real broker, with the projec
    file leaves the store within 2 s; the job ends with one `PackageCancelled`; no ZIP is published.
 2. The race: jobs whose build takes about two seconds are cancelled mid-build, after completion, then ever
    closer to the moment they complete (each cancel halves the window between the latest one that won and
-   the latest that lost: the last land within milliseconds of the completion). Whatever wins, each job has exactly one terminal event, the cancel answer
-   agrees with it (200 cancelled / 409 completed), the one email matches it (a cancellation note, or the
-   completion with its link), a cancelled job leaves no ZIP, and a completed one keeps its ZIP.
+   the latest that lost: the last ones land within milliseconds of the completion). Whatever wins, each job
+   has exactly one terminal event, the cancel answer agrees with it (200 cancelled / 409 completed), the one
+   email matches it (a cancellation note, or the completion with its link), a cancelled job leaves no ZIP,
+   and a completed one keeps its ZIP.
 3. After the run, the Grafana dashboard's expressions are checked against what the running ingress and
    worker really serve on `/metrics`.
 """
