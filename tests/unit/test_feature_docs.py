@@ -1,11 +1,13 @@
 """The service's features are where a user looks for them: every route of the ingress in the HTTP API doc,
 every parameter a POST route reads in its OpenAPI request schema (and nothing described that it ignores),
-and the README and `ckanpackager --help` naming the routes, parameters and verbs beyond the original's."""
+and the README and `ckanpackager --help` naming the routes, parameters and verbs beyond the original's; the
+webhook check the HTTP API doc gives its readers verifies what the service signs."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from packager.adapters.kafka_log import InMemoryEventLog
 from packager.core.settings import Settings, load_settings
+from packager.domain.webhooks import signature_header
 from packager.http import cancel, ingress
 from packager.http.ingress import create_app
 from packager.http.openapi import spec
@@ -200,3 +203,18 @@ def test_the_readme_and_the_http_api_doc_name_the_new_routes_parameters_settings
         *("`POST /statistics/reset`", "EXPIRY_NOTICE_BEFORE", "/statistics/daily", "PackageCancelled"),
     ):
         assert name in http_api, name
+
+
+def test_the_documented_webhook_check_verifies_what_the_service_signs() -> None:
+    http_api = (ROOT / "docs" / "http-api.md").read_text(encoding="utf-8")
+    webhooks = http_api[http_api.index("## Webhooks") :]
+    snippet = webhooks[webhooks.index("```python\n") + len("```python\n") :]
+    namespace: dict[str, Any] = {}
+    exec(snippet[: snippet.index("```")], namespace)  # the reader's copy, as written in the doc
+    body, secret = b'{"job_id":"j1","state":"completed"}', "webhook-secret-0123456789"
+    header = signature_header(secret, body, timestamp=int(time.time()))
+    assert namespace["verify"](secret, body, header)
+    assert not namespace["verify"](secret, body + b" ", header)
+    assert not namespace["verify"]("another-secret-0123456789", body, header)
+    old = signature_header(secret, body, timestamp=int(time.time()) - 3600)
+    assert not namespace["verify"](secret, body, old)
