@@ -3,7 +3,8 @@
 A completed job: the callback receiver fails its first attempt and takes the second; WEBHOOK_URL's receiver
 takes the first. Each gets one signed body about the job, and the log records one `WebhookDelivered` per
 receiver. A failed job and a cancelled one are posted too, each body saying how its job ended; a callback
-receiver that never takes its webhook is given up after WEBHOOK_RETRY_FOR, recorded as `WebhookFailed`.
+receiver that never takes its webhook is given up after WEBHOOK_RETRY_FOR, recorded as `WebhookFailed`; with
+EMAIL_CANCELLATIONS off (the default) the cancelled job's requester gets no email at all.
 """
 
 from __future__ import annotations
@@ -22,10 +23,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from packager.adapters.kafka_log import Topics
 from packager.dev.kafka import free_port
+from packager.domain.emails import JOB_HEADER
 from packager.domain.events import Envelope, PackageCompleted, WebhookDelivered, WebhookFailed
 from packager.domain.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
 from tests.integration.conftest import SECRET
-from tests.integration.support import end_offsets, read_events, service, submit, wait_for_event, wait_for_port
+from tests.integration.support import (
+    SmtpSink,
+    end_offsets,
+    read_events,
+    service,
+    submit,
+    wait_for_event,
+    wait_for_port,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.features]
 
@@ -83,10 +93,13 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-async def wait_until_handled(bootstrap: str, prefix: str, within: float = 60.0) -> None:
-    """Wait until the webhooks group committed the events topic's end: nothing is left for it to send."""
+async def wait_until_handled(
+    bootstrap: str, prefix: str, within: float = 60.0, group: str = "webhooks"
+) -> None:
+    """Wait until the `group` (the webhooks sender's, or the mailer's) committed the events topic's end:
+    nothing is left for it to send."""
     topic = Topics(prefix).events
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{prefix}-webhooks")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{prefix}-{group}")
     await consumer.start()
     try:
         deadline = time.monotonic() + within
@@ -96,7 +109,7 @@ async def wait_until_handled(bootstrap: str, prefix: str, within: float = 60.0) 
             if all(committed[p] >= end for p, end in ends.items()):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"webhooks group at {committed}, topic ends at {ends}")
+                raise TimeoutError(f"{group} group at {committed}, topic ends at {ends}")
             await asyncio.sleep(0.5)
     finally:
         await consumer.stop()
@@ -186,6 +199,7 @@ async def test_failed_and_cancelled_jobs_are_posted_and_a_receiver_that_never_ta
     service_env: dict[str, str],
     file_server: tuple[str, Path],
     receiver: Receiver,
+    smtp: SmtpSink,
     tmp_path: Path,
 ) -> None:
     base_url, _ = file_server
@@ -257,6 +271,7 @@ async def test_failed_and_cancelled_jobs_are_posted_and_a_receiver_that_never_ta
                     within=120,
                 )
             await wait_until_handled(kafka_bootstrap, topic_prefix)
+            await wait_until_handled(kafka_bootstrap, topic_prefix, group="mailer")
         except TimeoutError:
             pytest.fail(diagnostics())
 
@@ -283,3 +298,5 @@ async def test_failed_and_cancelled_jobs_are_posted_and_a_receiver_that_never_ta
     assert "download_url" not in posted[failing]
     assert (posted[cancelled]["state"], posted[cancelled]["cancelled_by"]) == ("cancelled", "requester")
     assert "download_url" not in posted[cancelled]
+    # EMAIL_CANCELLATIONS is off (the default): the failed job's requester is told, the cancelled one's not.
+    assert sorted(str(m[JOB_HEADER]) for m in smtp.messages) == [failing]
