@@ -84,7 +84,7 @@ def cmd_reset(args: argparse.Namespace, target: Target, out: Output) -> int:
 
 def add_verbs(verb: Callable[[str, str], Any]) -> None:
     """Register `cancel` and `reset` with the command's `verb(name, help)` factory."""
-    cancel = verb("cancel", "cancel a job that has not finished (its build stops, nothing is emailed)")
+    cancel = verb("cancel", "cancel a job not finished yet (its build stops; never emailed as completed)")
     cancel.add_argument("job", metavar="JOB_ID", help="a job id, or a job's status URL")
     cancel.add_argument(
         "-t", "--token", help="the job's cancel_token (from its accept answer) instead of the secret"

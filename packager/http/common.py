@@ -49,7 +49,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except TooManyRequestsError as exc:
-        # The CKAN extension shows `message`, which says when to ask again; programs read the header.
+        # `message` says when to ask again, for people (the CLI prints it); programs read the header.
         body = {**failure_body(exc.error_name, exc.message), "retry_after": exc.retry_after}
         response = json_response(body, exc.http_status)
         response.headers["Retry-After"] = str(exc.retry_after)

@@ -209,7 +209,22 @@ class Build:
         return self.ctx.store.partial_path(self.build_id, suffix)
 
     async def publish(self, partial: Path) -> PublishedFile:
-        """Move the finished ZIP into the store under its final name, never over another build's ZIP."""
+        """Move the finished ZIP into the store under its final name, never over another build's ZIP.
+
+        A build stopped meanwhile (its job cancelled, the worker draining, JOB_TIMEOUT) leaves no ZIP: the
+        move runs on in its thread (or upload) whatever happens to the build, so the build waits for it and
+        removes what it published before it unwinds."""
+        moving = asyncio.ensure_future(self._move(partial))
+        try:
+            return await asyncio.shield(moving)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                published = await moving
+                await self.ctx.store.remove(published.name)
+                log.info("build stopped as it published: %s removed", published.name)
+            raise
+
+    async def _move(self, partial: Path) -> PublishedFile:
         store, job_id, attempt = self.ctx.store, self.request.job_id, self.ctx.attempt
         try:
             return await store.publish(partial, zip_name_for(job_id, attempt))

@@ -4,8 +4,9 @@ screenshot every test keeps.
 The browser is Debian's `chromium` (installed by `packager.dev.browser` when missing), launched by Playwright
 with the flags a closed network needs and a user-data folder of its own under the test's tmp dir. Each test's
 screenshots are written to its tmp dir (`pytest`'s `--basetemp`, by default under
-/tmp/pytest-of-<user>/), whose path the test prints, and also to `$BROWSER_ARTEFACTS/<test>/` when that
-variable names a folder (CI keeps it). Every JavaScript error on a page fails the test.
+/tmp/pytest-of-<user>/), whose path the test prints, and copied to `$BROWSER_ARTEFACTS/<test>/`, by
+default `var/browser-artefacts/<test>/` in the work tree (so `bash .ci/run` leaves them where CI collects
+them). Every JavaScript error on a page fails the test.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from playwright.async_api import Page, async_playwright
 from packager.dev import browser
 from packager.dev.processes import ServiceError
 
+# Where screenshots are copied when BROWSER_ARTEFACTS names no folder (var/ is git-ignored).
+ARTEFACTS = Path(__file__).resolve().parents[2] / "var" / "browser-artefacts"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 # How long a page may take to show what a test waits for (the views are polled every 0.25 s).
@@ -82,9 +85,9 @@ async def keep_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
     path = folder / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
-    if artefacts := os.environ.get("BROWSER_ARTEFACTS"):
-        test = os.environ.get("PYTEST_CURRENT_TEST", "test").split("::")[-1].split(" ")[0]
-        kept = Path(artefacts) / test
-        kept.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, kept / path.name)
+    # pytest keeps only its last three tmp dirs: a copy outside them outlives later runs, for CI to collect.
+    test = os.environ.get("PYTEST_CURRENT_TEST", "test").split("::")[-1].split(" ")[0]
+    kept = Path(os.environ.get("BROWSER_ARTEFACTS") or ARTEFACTS) / test
+    kept.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, kept / path.name)
     return path

@@ -167,6 +167,7 @@ async def test_a_job_s_page_follows_it_live_to_the_download_and_the_email(
         views.add(JOB, progress(100_000))
         await expect(page.get_by_role("status")).to_have_text("Finishing")
         await expect(page.locator("#progress")).to_contain_text("the ZIP archive is being written")
+        await expect(bar).to_have_attribute("value", "100")
 
         # Completed: the link appears by itself, named by what it is, with its size in the right unit.
         (Path(settings.store_directory) / f"{JOB}.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)

@@ -18,7 +18,7 @@ from tests.browser.support import keep_screenshot, open_page, serious_accessibil
 from tests.integration.support import SmtpSink, service, wait_for_port
 from tests.integration.test_read_side import post
 
-pytestmark = [pytest.mark.kafka, pytest.mark.browser]
+pytestmark = [pytest.mark.kafka, pytest.mark.browser, pytest.mark.features]
 
 JOB_MS = 120_000  # the whole job, on a loaded 2-core machine
 

@@ -7,6 +7,8 @@ accepted jobs stay queued (in progress) until the test appends their end.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +24,7 @@ from packager.core.settings import Settings, load_settings
 from packager.domain.events import PackageFailed, envelope
 from packager.http.app_keys import SETTINGS
 from packager.http.ingress import create_app
-from tests.integration.support import end_offsets
+from tests.integration.support import ROOT, end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.features]
 
@@ -145,6 +147,19 @@ async def test_a_requester_past_the_hourly_limit_is_told_when_to_ask_again(
     await run_projector(settings, until_caught_up=True)
     async with ingress(settings) as client:
         retry_after, body = await refused(client, request(ann, n=3))
+        # The operator command line shows the same words.
+        pairs = [f"{k}:{v}" for k, v in request(ann, n=4).items() if k != "secret"]
+        cli = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "packager.cli.operator", "-D", "-s", SECRET),
+            *("-p", f"127.0.0.1:{client.port}", "queue", "package_url", *pairs),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(ROOT),
+        )
+        out, err = await asyncio.wait_for(cli.communicate(), 60)
+        assert cli.returncode == 1, out.decode()
+        assert "is limiting requests: You have asked for 2 downloads in the last hour" in err.decode()
+        assert "Please try again after " in err.decode()
     # The first request leaves the window an hour after it was made.
     assert started - 60 + 3600 <= time.time() + retry_after <= started + 3600 + 5
     assert "You have asked for 2 downloads in the last hour" in body["message"]
@@ -162,6 +177,7 @@ async def test_a_resource_with_as_many_jobs_in_progress_as_allowed_refuses_more(
         retry_after, body = await refused(client, request("bob@example.org", "busy"))
         assert retry_after == 60
         assert "This resource already has 1 download being prepared" in body["message"]
+        assert "Please try again in a few minutes" in body["message"]
         await accept(client, request("bob@example.org", "quiet"))
 
 

@@ -1,7 +1,10 @@
 """Webhooks on real components: a request naming a `callback_url`, a worker, and receivers on 127.0.0.1.
 
-The callback receiver fails its first attempt and takes the second; WEBHOOK_URL's receiver takes the first.
-Each gets one signed body about the job, and the log records one `WebhookDelivered` per receiver.
+A completed job: the callback receiver fails its first attempt and takes the second; WEBHOOK_URL's receiver
+takes the first. Each gets one signed body about the job, and the log records one `WebhookDelivered` per
+receiver. A failed job and a cancelled one are posted too, each body saying how its job ended; a callback
+receiver that never takes its webhook is given up after WEBHOOK_RETRY_FOR, recorded as `WebhookFailed`; with
+EMAIL_CANCELLATIONS off (the default) the cancelled job's requester gets no email at all.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -19,10 +23,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from packager.adapters.kafka_log import Topics
 from packager.dev.kafka import free_port
+from packager.domain.emails import JOB_HEADER
 from packager.domain.events import Envelope, PackageCompleted, WebhookDelivered, WebhookFailed
 from packager.domain.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
 from tests.integration.conftest import SECRET
-from tests.integration.support import end_offsets, read_events, service, submit, wait_for_event, wait_for_port
+from tests.integration.support import (
+    SmtpSink,
+    end_offsets,
+    read_events,
+    service,
+    submit,
+    wait_for_event,
+    wait_for_port,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.features]
 
@@ -36,9 +49,12 @@ class Receiver:
     base: str
     calls: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     refuse_first: set[str] = field(default_factory=lambda: {"/callback"})
+    always_refuse: set[str] = field(default_factory=lambda: {"/down"})
 
     async def handle(self, request: web.Request) -> web.Response:
         self.calls.append((request.path, await request.read(), dict(request.headers)))
+        if request.path in self.always_refuse:
+            return web.Response(status=500, text="broken")
         if request.path in self.refuse_first:
             self.refuse_first.discard(request.path)
             return web.Response(status=503, text="not now")
@@ -48,13 +64,27 @@ class Receiver:
         return [(body, headers) for p, body, headers in self.calls if p == path]
 
 
+async def trickle(request: web.Request) -> web.StreamResponse:
+    """A file sent one byte every 0.3 s: its build runs until it is cancelled."""
+    resp = web.StreamResponse(headers={"Content-Length": "100000"})
+    await resp.prepare(request)
+    try:
+        for _ in range(100_000):
+            await resp.write(b"x")
+            await asyncio.sleep(0.3)
+    except ConnectionError:
+        pass  # the build was stopped: what the test wants
+    return resp
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     port = free_port()
     hooks = Receiver(base=f"http://127.0.0.1:{port}")
     app = web.Application()
     app.router.add_post("/{name}", hooks.handle)
-    runner = web.AppRunner(app)
+    app.router.add_get("/slow.csv", trickle)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
@@ -63,10 +93,13 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-async def wait_until_handled(bootstrap: str, prefix: str, within: float = 60.0) -> None:
-    """Wait until the webhooks group committed the events topic's end: nothing is left for it to send."""
+async def wait_until_handled(
+    bootstrap: str, prefix: str, within: float = 60.0, group: str = "webhooks"
+) -> None:
+    """Wait until the `group` (the webhooks sender's, or the mailer's) committed the events topic's end:
+    nothing is left for it to send."""
     topic = Topics(prefix).events
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{prefix}-webhooks")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{prefix}-{group}")
     await consumer.start()
     try:
         deadline = time.monotonic() + within
@@ -76,7 +109,7 @@ async def wait_until_handled(bootstrap: str, prefix: str, within: float = 60.0) 
             if all(committed[p] >= end for p, end in ends.items()):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"webhooks group at {committed}, topic ends at {ends}")
+                raise TimeoutError(f"{group} group at {committed}, topic ends at {ends}")
             await asyncio.sleep(0.5)
     finally:
         await consumer.stop()
@@ -158,3 +191,112 @@ async def test_a_finished_job_is_posted_signed_to_its_callback_and_to_webhook_ur
         zip_name = completed.payload.zip_file_name
         assert sent["download_url"] == f"https://portal.example.org/downloads/{zip_name}"
     assert callback_calls[0][0] == callback_calls[1][0], "a retry sends the same body"
+
+
+async def test_failed_and_cancelled_jobs_are_posted_and_a_receiver_that_never_takes_one_is_recorded(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    service_env: dict[str, str],
+    file_server: tuple[str, Path],
+    receiver: Receiver,
+    smtp: SmtpSink,
+    tmp_path: Path,
+) -> None:
+    base_url, _ = file_server
+    env = {
+        **service_env,
+        "PACKAGER_WEBHOOK_SECRET": HOOK_SECRET,
+        "PACKAGER_WEBHOOK_URL": f"{receiver.base}/service",
+        "PACKAGER_WEBHOOK_RETRY_FOR": "3",
+        "PACKAGER_WEBHOOK_RETRY_MAX_DELAY": "1",
+    }
+    port = int(env["PACKAGER_PORT"])
+    with (
+        service(["worker"], env, tmp_path / "logs") as worker,
+        service(["projector"], env, tmp_path / "logs"),
+        service(["ingress"], env, tmp_path / "logs") as ingress,
+    ):
+        wait_for_port(port)
+
+        def diagnostics() -> str:
+            return f"worker log:\n{worker.log()}\ningress log:\n{ingress.log()}"
+
+        failing = await submit(
+            port,
+            "package_url",
+            SECRET,
+            resource_id="res-missing",
+            resource_url=f"{base_url}/no-such-file.csv",
+            email="requester@example.org",
+            callback_url=f"{receiver.base}/down",
+        )
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"http://127.0.0.1:{port}/package_url",
+                data={
+                    "secret": SECRET,
+                    "resource_id": "res-slow",
+                    "resource_url": f"{receiver.base}/slow.csv",
+                    "email": "requester@example.org",
+                },
+            ) as resp,
+        ):
+            slow = await resp.json()
+        assert resp.status == 200, slow
+        cancelled = slow["job_id"]
+        try:
+            await wait_for_event(
+                kafka_bootstrap, topic_prefix, lambda e: e.job_id == cancelled and e.type == "PackageStarted"
+            )
+            # The token proves the job was accepted: the route waits for the views to know it.
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"http://127.0.0.1:{port}/jobs/{cancelled}/cancel", data={"token": slow["cancel_token"]}
+                ) as resp,
+            ):
+                assert resp.status in (200, 202), await resp.text()
+            for job_id, outcome, target in (
+                (failing, WebhookFailed, "callback"),
+                (failing, WebhookDelivered, "service"),
+                (cancelled, WebhookDelivered, "service"),
+            ):
+                await wait_for_event(
+                    kafka_bootstrap,
+                    topic_prefix,
+                    lambda e, j=job_id, o=outcome, t=target: (
+                        e.job_id == j and isinstance(e.payload, o) and e.payload.target == t
+                    ),
+                    within=120,
+                )
+            await wait_until_handled(kafka_bootstrap, topic_prefix)
+            await wait_until_handled(kafka_bootstrap, topic_prefix, group="mailer")
+        except TimeoutError:
+            pytest.fail(diagnostics())
+
+    events = [e for e in await read_events(kafka_bootstrap, Topics(topic_prefix).events)]
+    outcomes = sorted(
+        (e.job_id == failing, type(e.payload).__name__, e.payload.target)
+        for e in events
+        if isinstance(e.payload, WebhookDelivered | WebhookFailed)
+    )
+    assert outcomes == [
+        (False, "WebhookDelivered", "service"),
+        (True, "WebhookDelivered", "service"),
+        (True, "WebhookFailed", "callback"),
+    ], "one outcome per receiver of each job"
+    [gave_up] = [e.payload for e in events if isinstance(e.payload, WebhookFailed)]
+    assert gave_up.attempts >= 2 and "500" in gave_up.error and gave_up.about == "PackageFailed"
+    assert len(receiver.received("/down")) == gave_up.attempts, "each attempt recorded"
+    posted = {}
+    for body, headers in receiver.received("/service"):
+        assert verify(HOOK_SECRET, body, headers[SIGNATURE_HEADER]), "the signature verifies"
+        sent = orjson.loads(body)
+        posted[sent["job_id"]] = sent
+    assert posted[failing]["state"] == "failed" and posted[failing]["error"]
+    assert "download_url" not in posted[failing]
+    assert (posted[cancelled]["state"], posted[cancelled]["cancelled_by"]) == ("cancelled", "requester")
+    assert "download_url" not in posted[cancelled]
+    # EMAIL_CANCELLATIONS is off (the default): the failed job's requester is told, the cancelled one's not.
+    assert sorted(str(m[JOB_HEADER]) for m in smtp.messages) == [failing]

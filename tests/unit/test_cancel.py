@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from packager.adapters.kafka_log import InMemoryEventLog, Topics
 from packager.adapters.resolver import system_resolver
+from packager.adapters.store import FileStore, PublishedFile
 from packager.core.settings import Settings, load_settings
+from packager.dev.ckan_server import SyntheticTable, serve_ckan
 from packager.domain.emails import render_cancelled
 from packager.domain.events import (
     CancelRequested,
@@ -29,6 +33,7 @@ from packager.http import cancel
 from packager.http.cancel import cancel_token
 from packager.http.ingress import create_app
 from packager.http.job_texts import display
+from packager.service.packaging import JobContext, run_job
 from projections import jobs
 from streams.build_stops import CancelledJobs, cancelled_job, stop_builds
 from streams.builds import BuildPool
@@ -385,3 +390,69 @@ def test_a_cancelled_job_is_emailed_only_when_the_setting_says_so(store_dir: Pat
     on = load_settings({}, secret=SECRET, store_directory=str(store_dir), email_cancellations=True)
     assert (email_expected(state, off), email_expected(state, on)) == (False, True)
     assert isinstance(completed(), PackageCompleted)
+
+
+# --- a build stopped while it publishes ---------------------------------------------------------------------
+
+
+class HeldStore(FileStore):
+    """The folder store, whose thread, once the ZIP is in place, waits until the test lets it return."""
+
+    def __init__(self, directory: Path, partial_directory: Path) -> None:
+        super().__init__(directory, partial_directory)
+        self.moving, self.go, self.moved = threading.Event(), threading.Event(), threading.Event()
+
+    def publish_now(self, partial: Path, name: str) -> PublishedFile:
+        try:
+            published = super().publish_now(partial, name)
+            self.moving.set()
+            self.go.wait(10)
+            return published
+        finally:
+            self.moved.set()
+
+
+async def test_a_build_stopped_while_its_zip_moves_into_the_store_leaves_no_zip(tmp_path: Path) -> None:
+    """The move runs in a thread that a cancellation does not stop: a cancellation that arrives while that
+    thread ends would leave the ZIP under its final name, for a job that has no package."""
+    store_dir = tmp_path / "store"
+    settings = load_settings({}, secret=SECRET, store_directory=str(store_dir), allow_private_urls=True)
+    store = HeldStore(store_dir, settings.partial_directory)
+    table = SyntheticTable("birds", 50, seed=1)
+
+    async def emit(event: Event) -> None:
+        pass
+
+    async def loopback(host: str) -> list[str]:
+        return ["127.0.0.1"]
+
+    async with serve_ckan({"birds": table}) as api_url, aiohttp.ClientSession() as session:
+        req = PackageRequested(
+            kind="datastore",
+            cache_key="ck",
+            resource_id="birds",
+            email="ann@example.org",
+            ckan_host="127.0.0.1",
+            request={"api_url": api_url, "resource_id": "birds", "format": "csv", "key_sealed": ""},
+        )
+        ctx = JobContext(
+            settings=settings, session=session, store=store, resolve=loopback, emit=emit, worker="w"
+        )
+        build = asyncio.create_task(run_job(envelope(JOB, req), "fast", ctx))
+        deadline = asyncio.get_running_loop().time() + 30
+        while not store.moving.is_set():
+            assert asyncio.get_running_loop().time() < deadline and not build.done(), "never published"
+            await asyncio.sleep(0.01)
+        build.cancel()  # the job is cancelled while its ZIP moves into the store
+        await asyncio.sleep(0)
+        store.go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await build
+    assert await asyncio.to_thread(store.moved.wait, 10), "the move never ended"
+    assert stored(store_dir) == [], "a stopped build left its ZIP"
+    assert stored(settings.partial_directory) == [], "a stopped build left a partial file"
+
+
+def stored(folder: Path) -> list[str]:
+    """The files in `folder` (the partial area is a folder inside the store's)."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
