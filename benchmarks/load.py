@@ -10,7 +10,11 @@ else one started with `packager.dev.kafka` and stopped at the end):
    CPU is not counted against the server's loop. No worker runs, so only the ingress and the broker work.
 2. `bare`: the same client load against a trivial aiohttp handler (reads the body, answers a small JSON) in
    its own process. The two alternate (bare, ingress, bare, ingress, ...) and the medians of `--repeat`
-   rounds are reported, with the ratio ingress ÷ bare.
+   rounds are reported, with the ratio ingress ÷ bare. Each server's CPU time (user + system, from
+   /proc/<pid>/stat) over each client run, divided by the requests it answered in that run (warm-up
+   included), gives `ingress_cpu_ms_per_request` and `bare_cpu_ms_per_request` (CPU-seconds per 1,000
+   requests) and `cpu_ratio` (bare ÷ ingress): unlike requests/s, they do not count time spent waiting for a
+   core, so they move less when other processes share the machine.
 3. `job`: request-to-email latency of a `/package_datastore` job of `--job-rows` rows from the project's CKAN
    server (`packager dev ckan`), with a worker process and an aiosmtpd server in this process; jobs one after
    another, each request distinct (its `doi`), so none is a cache hit.
