@@ -3,9 +3,9 @@
 Every component must put a key on the partition Kafka's own clients would (murmur2 of the key bytes, the
 sign bit cleared, modulo the partition count): the agents are keyed by cache key, so the requests topic and
 the events topic must agree with each other and with the Faust workers. aiokafka's `murmur2` computes that
-one byte at a time in Python: 20-70 us for a 64-character cache key, a tenth of the ingress's CPU per request
-under load (docs/benchmarks.md, issue 15). `murmur2` here reads the key four bytes at a time with `struct`
-and gives the same values (a unit test compares the two over many keys of every length).
+one byte at a time in Python: 30-70 us for a 64-character cache key on the development machine, 2-4% of
+the ingress's profile under load (docs/benchmarks.md, issue 15). `murmur2` here reads the key four bytes at a
+time with `struct` and gives the same values (a unit test compares the two over keys of every length).
 """
 
 from __future__ import annotations
