@@ -10,7 +10,11 @@ else one started with `packager.dev.kafka` and stopped at the end):
    CPU is not counted against the server's loop. No worker runs, so only the ingress and the broker work.
 2. `bare`: the same client load against a trivial aiohttp handler (reads the body, answers a small JSON) in
    its own process. The two alternate (bare, ingress, bare, ingress, ...) and the medians of `--repeat`
-   rounds are reported, with the ratio ingress ÷ bare.
+   rounds are reported, with the ratio ingress ÷ bare. Each server's CPU time (user + system, from
+   /proc/<pid>/stat) over each client run, divided by the requests it answered in that run (warm-up
+   included), gives `ingress_cpu_ms_per_request` and `bare_cpu_ms_per_request` (CPU-seconds per 1,000
+   requests) and `cpu_ratio` (bare ÷ ingress): unlike requests/s, they do not count time spent waiting for a
+   core, so they move less when other processes share the machine.
 3. `job`: request-to-email latency of a `/package_datastore` job of `--job-rows` rows from the project's CKAN
    server (`packager dev ckan`), with a worker process and an aiosmtpd server in this process; jobs one after
    another, each request distinct (its `doi`), so none is a cache hit.
@@ -57,6 +61,13 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a live process has used so far (/proc/<pid>/stat), in seconds."""
+    # The command name (field 2) may hold spaces: count the fields after its closing parenthesis.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_for_url(url: str, timeout: float = 60.0) -> None:
@@ -111,6 +122,7 @@ async def _client(url: str, body: bytes, requests: int, concurrency: int, warmup
         seconds = time.perf_counter() - started
     return {
         "requests": len(latencies),
+        "warmup_requests": max(warmup, concurrency),
         "seconds": seconds,
         "rps": len(latencies) / seconds,
         "p50_ms": _percentile(latencies, 0.50) * 1000,
@@ -252,7 +264,7 @@ def throughput(
         _process(["-m", "packager", "ingress"], env, logs / "ingress.log") as ingress,
         _process(
             ["-m", "benchmarks.load", "--role", "bare", "--port", str(bare_port)], {}, logs / "bare.log"
-        ),
+        ) as bare,
     ):
         _wait_for_url(f"http://127.0.0.1:{ingress_port}/health/live")
         _wait_for_url(f"http://127.0.0.1:{bare_port}/")
@@ -260,9 +272,14 @@ def throughput(
             "bare": f"http://127.0.0.1:{bare_port}/package_url",
             "ingress": f"http://127.0.0.1:{ingress_port}/package_url",
         }
+        pids = {"bare": bare.pid, "ingress": ingress.pid}
         for _ in range(repeat):
             for mode in ("bare", "ingress"):
+                cpu_before = _cpu_seconds(pids[mode])
                 result = _run_client(urls[mode], body, requests, concurrency)
+                # Per request the server answered in the run, warm-up included (its CPU is in the span).
+                served = result["requests"] + result["warmup_requests"]
+                result["cpu_ms_per_request"] = (_cpu_seconds(pids[mode]) - cpu_before) * 1000 / served
                 result["mode"] = mode
                 runs[mode].append(result)
                 log(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))
@@ -283,6 +300,18 @@ def throughput(
     }
     summary["ratio"] = round(
         statistics.median(i["rps"] / b["rps"] for i, b in zip(runs["ingress"], runs["bare"], strict=True)), 3
+    )
+    for mode in runs:
+        # CPU-milliseconds of the server per request = its CPU-seconds per 1,000 requests; steadier than
+        # requests/s on a shared machine, since time spent waiting for a core is not counted.
+        summary[f"{mode}_cpu_ms_per_request"] = round(med(mode, "cpu_ms_per_request"), 4)
+        summary[mode]["cpu_ms_per_request_runs"] = [round(r["cpu_ms_per_request"], 4) for r in runs[mode]]
+    summary["cpu_ratio"] = round(
+        statistics.median(
+            b["cpu_ms_per_request"] / i["cpu_ms_per_request"]
+            for i, b in zip(runs["ingress"], runs["bare"], strict=True)
+        ),
+        3,
     )
     summary["ingress_peak_rss_mb"] = round(ingress_rss, 1)
     return summary

@@ -23,6 +23,7 @@ from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
 from packager.adapters.kafka_metadata import TopicIdsRequest
+from packager.adapters.kafka_partitioner import kafka_partition
 from packager.core import retrying
 from packager.core.errors import UnavailableError
 from packager.domain.events import Envelope, encode
@@ -410,9 +411,13 @@ class KafkaEventLog:
             bootstrap_servers=self._bootstrap,
             acks="all",
             enable_idempotence=True,
-            # No linger: while one produce request awaits the acks, the next requests batch up anyway
-            # (measured: 5-13% more requests/s than 2 ms under load, and less latency when idle).
+            # No linger: aiokafka keeps one produce request in flight per broker, and while it awaits the
+            # acks the next requests batch up anyway (measured: 5-13% more requests/s than 2 ms under load,
+            # less latency when idle; with 64 appends in flight a produce request carries 62-63 of them with
+            # linger 0 or 2 ms alike, so a linger saves no CPU either).
             linger_ms=0,
+            # The default partitioner's murmur2, four bytes at a time: the same partitions, less CPU.
+            partitioner=kafka_partition,
             request_timeout_ms=int(self._send_timeout * 1000),
             retry_backoff_ms=200,
         )

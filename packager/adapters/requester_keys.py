@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from packager.adapters.kafka_log import Topics, ensure_topics, outside_any_job
+from packager.adapters.kafka_partitioner import kafka_partition
 from packager.adapters.readside import topic_partitions
 from packager.core.errors import UnavailableError
 from packager.core.settings import Settings
@@ -139,7 +140,9 @@ class KafkaRequesterKeys:
                 replication_factor=settings.replication_factor,
             )
             self._partitions = await topic_partitions(bootstrap, [self._topic])
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, partitioner=kafka_partition
+        )
         # A short fetch wait: every email reads the topic to its end first, under the store's lock. With
         # Kafka's default (500 ms) a fetch sent just before a new key landed holds each of those reads for
         # half a second, and a worker's mailer sent two emails a second (benchmarks.scaleout).
@@ -240,6 +243,12 @@ class KafkaRequesterKeys:
         A new key is stored outside the lock, so new requesters do not wait on each other's appends;
         concurrent requests of one new requester share the one key being stored.
         """
+        # The common case of a busy ingress, without the lock's await: a known requester, the topic read
+        # within FRESH_FOR, and no reading of it under way (the lock is free). Nothing can run between these
+        # checks and the return, so the answer is what the locked path would give.
+        known = self._keys.get(requester)
+        if known and not self._lock.locked() and time.monotonic() - self._read_at <= FRESH_FOR:
+            return next(reversed(known.values()))
         async with self._lock:
             await self._guarded(FRESH_FOR)
             known = self._keys.get(requester)

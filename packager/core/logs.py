@@ -53,6 +53,11 @@ _AUTHORIZATION = re.compile(
 )
 # JSON Web Tokens (CKAN 2.10+ API tokens are JWTs): three base64url parts, the first starting `eyJ`.
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+# Every match of the patterns above holds one of these (lower case; `eyJ` as is): ASCII text holding none of
+# them is left as it is without running the patterns, as most lines are (an access line, a job's progress).
+# Only ASCII text takes the shortcut: case-insensitive matching also pairs some other characters with ASCII
+# letters (the Kelvin sign with `k`), which `lower()` would not show.
+_SECRET_HINTS = ("secret", "pass", "key", "token", "authorization")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is written out.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -71,6 +76,10 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if text.isascii() and "eyJ" not in text:
+            lowered = text.lower()
+            if not any(hint in lowered for hint in _SECRET_HINTS):
+                return text
         text = _AUTHORIZATION.sub(
             lambda m: f"{m.group(1)}{m.group(2) + ' ' if m.group(2) else ''}{REDACTED}", text
         )

@@ -91,7 +91,7 @@ async def _accept(
     who = pseudonym(settings.pseudonym_key, fields["email"])
     await limits.admit(request.app.get(READ_VIEWS), job_id, who, fields["resource_id"])
     try:
-        await _append_request(request, kind, job_id, cache_key, fields, sealed)
+        await _append_request(request, kind, job_id, cache_key, fields, sealed, who)
     except BaseException:
         limits.withdraw(job_id)
         raise
@@ -112,9 +112,10 @@ async def _append_request(
     cache_key: str,
     fields: dict[str, Any],
     sealed: dict[str, str],
+    who: str,
 ) -> None:
-    """Append `PackageRequested` (`sealed`: the request's sealed API key and callback URL); return once Kafka
-    acknowledged it."""
+    """Append `PackageRequested` (`sealed`: the request's sealed API key and callback URL; `who`: the
+    requester's pseudonym); return once Kafka acknowledged it."""
     settings = request.app[SETTINGS]
     event = envelope(
         job_id,
@@ -124,7 +125,7 @@ async def _append_request(
             resource_id=fields["resource_id"],
             ckan_host=fields["ckan_host"],
             request={**fields["request"], **sealed},
-            **await sealed_requester(request.app, fields["email"]),
+            **await sealed_requester(request.app, fields["email"], who),
         ),
     )
     await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
@@ -302,6 +303,8 @@ REDACTED_PARAMETERS = frozenset({"secret", "key", "token"})
 
 def redacted_path(request: web.BaseRequest) -> str:
     """The request's path and query, with the values of `REDACTED_PARAMETERS` replaced by `***`."""
+    if not request.query_string:
+        return request.path  # the package requests: no query to parse
     try:
         query = [(k, "***" if k.lower() in REDACTED_PARAMETERS else v) for k, v in request.query.items()]
         return str(request.rel_url.with_query(query)) if query else request.path
@@ -317,16 +320,29 @@ class AccessLog(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the line (the job id, if any, comes from the request's context)."""
         ms = round(time * 1000, 1)
-        self.logger.info(
+        logger = self.logger
+        # The record is made here and handed to the logger's handlers as `logger.info` would, without
+        # `Logger.findCaller`: it walks the stack for a file and line that no formatter of ours writes, and
+        # that is a constant here anyway (issue 15: the access line's cost per request).
+        record = logger.makeRecord(
+            logger.name,
+            logging.INFO,
+            __file__,
+            0,
             "%s %s %s %d %d %sms",
-            request.remote or "-",
-            request.method,
-            redacted_path(request),
-            response.status,
-            response.body_length,
-            ms,
-            extra={"status": response.status, "duration_ms": ms},
+            (
+                request.remote or "-",
+                request.method,
+                redacted_path(request),
+                response.status,
+                response.body_length,
+                ms,
+            ),
+            None,
+            "AccessLog.log",
+            {"status": response.status, "duration_ms": ms},
         )
+        logger.handle(record)
 
     @property
     def enabled(self) -> bool:

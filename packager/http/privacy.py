@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 UNREACHABLE = "The event log (Kafka) is unreachable; the request was not accepted. Try again later."
 
 
-async def sealed_requester(app: web.Application, email: str) -> dict[str, str]:
+async def sealed_requester(app: web.Application, email: str, requester: str = "") -> dict[str, str]:
     """The requester fields of a new request: `email` empty, the address only sealed.
+
+    `requester`: the address's pseudonym when the caller has it already (computed here otherwise).
 
     The key store and the event log talk to the same broker: while the log knows it is down, the request
     gets its 503 at once; when the key store finds it down, the log is told so (the next requests too).
@@ -37,7 +39,7 @@ async def sealed_requester(app: web.Application, email: str) -> dict[str, str]:
     event_log = app[EVENT_LOG]
     if getattr(event_log, "available", True) is False:
         raise UnavailableError(UNREACHABLE)
-    requester = pseudonym(settings.pseudonym_key, email)
+    requester = requester or pseudonym(settings.pseudonym_key, email)
     try:
         key = await app[REQUESTER_KEYS].key_for(requester)
     except UnavailableError as exc:
