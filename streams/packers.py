@@ -6,8 +6,10 @@ dispatches a job again); the build's events, terminal proposal included, go to t
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Container
+import random
+from collections.abc import Container, Iterator
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,15 @@ log = logging.getLogger(__name__)
 
 
 ATTEMPT_HEADER = "attempt"
+
+
+def lane_partitions(partitions: int) -> Iterator[int]:
+    """The partitions of a lane topic to send its records to, in turn (from a random one): builds spread
+    evenly over the workers serving the lane, whatever the cache keys hash to. Nothing needs a key's lane
+    record in the key's partition: the steward dedupes a key's builds itself and records where each lane
+    record went (the watchdog's `lane_records`), and cancellations reach every worker (streams.build_stops).
+    """
+    return (n % partitions for n in itertools.count(random.randrange(partitions)))
 
 
 def add_packer(

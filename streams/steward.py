@@ -49,7 +49,7 @@ from streams.cache import cache_entry, is_fresh, remove_zip, reused, shared_fail
 from streams.cancels import Cancels
 from streams.handlers import abandoned, plan_lane
 from streams.janitor import add_janitor
-from streams.packers import ATTEMPT_HEADER
+from streams.packers import ATTEMPT_HEADER, lane_partitions
 from streams.readahead import LogReader, committed_offsets
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def add_planner_and_steward(
     # job id -> where its current attempt's lane record is (attempt, topic, partition, offset): the watchdog
     # compares it with the worker group's committed offset to find builds lost before they started.
     lane_records = app.Table("lane_records", default=None, partitions=settings.partitions)
+    turns = {lane: lane_partitions(settings.partitions) for lane in lane_topics}  # where lane records go
     notices, reminders = expiry_notices.notices_table(app, settings), expiry_notices.Reminders()
     # job id -> a cancel that arrived before its request was planned (streams.cancels).
     pending_cancels = app.Table("cancels", default=None, partitions=settings.partitions)
@@ -168,8 +169,9 @@ def add_planner_and_steward(
     async def dispatch(job_id: str, key: str, lane: str, attempt: int, record: str) -> None:
         """Queue build `attempt` of a job: the event first, so it precedes the build's own events."""
         await publish(events_topic, job_id, key, PackageQueued(cache_key=key, lane=lane, attempt=attempt))
+        headers, part = {ATTEMPT_HEADER: str(attempt).encode()}, next(turns[lane])
         fut = await lane_topics[lane].send(
-            key=key.encode(), value=record.encode(), headers={ATTEMPT_HEADER: str(attempt).encode()}
+            key=key.encode(), value=record.encode(), partition=part, headers=headers
         )
         where = await fut
         lane_records[job_id] = {
