@@ -17,7 +17,8 @@
 Also `decode_us_per_event`: the typed decode (`packager.domain.events.decode`, the projector's boundary) of
 up to 50,000 records of the same generated history, best of 3, in this process.
 
-Prints one JSON object with `events`, `projector_events_per_s` (`sqlite`, `postgres`), `ingress_rss_mb`
+Prints one JSON object with `events`, `projector_events_per_s` (`sqlite`, `postgres`; and
+`projector_events_per_cpu_s`, per second of the projector's own CPU, all threads), `ingress_rss_mb`
 (`small`, `large`), `rss_ratio`, `query_p50_ms`, `query_p99_ms`, `decode_us_per_event`.
 """
 
@@ -29,6 +30,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -68,11 +70,17 @@ async def _history(bootstrap: str, events: int) -> str:
     return prefix
 
 
-async def _project(bootstrap: str, prefix: str, url: str) -> tuple[int, float]:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _project(bootstrap: str, prefix: str, url: str) -> tuple[int, float, float]:
+    """Events applied, wall-clock seconds, and this process's CPU-seconds (all threads) doing it."""
     await asyncio.to_thread(ViewDatabase(url).reset)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     applied = await run_projector(_settings(bootstrap, prefix, url), until_caught_up=True)
-    return applied, time.perf_counter() - started
+    return applied, time.perf_counter() - started, _cpu_seconds() - cpu
 
 
 @contextlib.contextmanager
@@ -162,13 +170,16 @@ async def run(args: argparse.Namespace, bootstrap: str, scratch: Path) -> dict[s
     small_url = f"sqlite:///{scratch / 'small.sqlite3'}"
     large_url = f"sqlite:///{scratch / 'large.sqlite3'}"
     await _project(bootstrap, small_prefix, small_url)
-    applied, seconds = await _project(bootstrap, large_prefix, large_url)
+    applied, seconds, cpu = await _project(bootstrap, large_prefix, large_url)
     rates: dict[str, float | None] = {"sqlite": round(applied / seconds), "postgres": None}
+    # Per second of the projector's own CPU: what an idle core would give, whatever else the machine runs.
+    per_cpu: dict[str, float | None] = {"sqlite": round(applied / cpu), "postgres": None}
     if not args.no_postgres:
         server = await asyncio.to_thread(dev_postgres.start, scratch / "postgres", log=lambda m: None)
         try:
-            pg_applied, pg_seconds = await _project(bootstrap, large_prefix, server.url())
+            pg_applied, pg_seconds, pg_cpu = await _project(bootstrap, large_prefix, server.url())
             rates["postgres"] = round(pg_applied / pg_seconds)
+            per_cpu["postgres"] = round(pg_applied / pg_cpu)
         finally:
             await asyncio.to_thread(dev_postgres.stop, scratch / "postgres")
     rss: dict[str, float] = {}
@@ -185,6 +196,7 @@ async def run(args: argparse.Namespace, bootstrap: str, scratch: Path) -> dict[s
     return {
         "events": applied,
         "projector_events_per_s": rates,
+        "projector_events_per_cpu_s": per_cpu,
         "ingress_rss_mb": rss,
         "rss_ratio": round(rss["large"] / rss["small"], 3),
         "query_p50_ms": round(_percentile(latencies, 0.5), 2),
