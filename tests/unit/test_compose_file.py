@@ -16,6 +16,7 @@ import orjson
 import yaml
 
 from packager.core.settings import ENV_PREFIX, Settings
+from packager.dev import s3proxy
 from packager.dev.browser import npm_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,3 +76,22 @@ def test_the_kafka_cluster_loses_a_broker_without_losing_an_acknowledged_request
             f"{b}:9092" for b in sorted(brokers)
         ]
         assert env["PACKAGER_DATABASE_URL"].startswith("postgresql://")
+
+
+def test_packages_go_to_an_s3_compatible_store_that_is_not_minio() -> None:
+    """Every process publishes and serves through the s3proxy bucket (the version the tests run), with the
+    store's own credentials; no MinIO anywhere (its AGPL terms do not suit every portal)."""
+    document = compose()
+    services = document["services"]
+    assert "minio" not in orjson.dumps(document).decode().lower()
+    assert services["s3"]["image"] == f"andrewgaul/s3proxy:{s3proxy.DEFAULT_VERSION}"
+    store = services["s3"]["environment"]
+    assert store["JCLOUDS_PROVIDER"] == "filesystem"
+    for name in ("ingress", "projector", "worker-fast", "worker-slow"):
+        env = services[name]["environment"]
+        bucket = env["PACKAGER_STORE_URL"].removeprefix("s3://").split("/")[0]
+        assert f"/data/{bucket}" in " ".join(services["s3-bucket"]["entrypoint"])
+        assert env["PACKAGER_S3_ENDPOINT_URL"] == "http://s3:80"
+        assert env["PACKAGER_S3_ACCESS_KEY_ID"] == store["S3PROXY_IDENTITY"]
+        assert env["PACKAGER_S3_SECRET_ACCESS_KEY"] == store["S3PROXY_CREDENTIAL"]
+        assert "s3" in services[name]["depends_on"]
