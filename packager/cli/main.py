@@ -179,11 +179,16 @@ def cmd_dev_mail(args: argparse.Namespace) -> int:
 
 def cmd_dev_up(args: argparse.Namespace) -> int:
     """Start broker, mail sink, ingress and worker; stop them all on Ctrl-C or SIGTERM."""
-    from packager.dev import kafka
+    from packager.dev import kafka, stack_guard
     from packager.dev.readiness import StackAddresses, StackNotReady, stack_problem, wait_for_stack
 
     var = Path(args.var).resolve()
     var.mkdir(parents=True, exist_ok=True)
+    try:
+        held = stack_guard.hold_state_folder(var)  # noqa: F841 - released when this process ends
+    except stack_guard.StackBusy as exc:
+        print(f"packager: {exc}", file=sys.stderr)
+        return 2
     secret = os.environ.get("PACKAGER_SECRET")
     if not secret:
         secret_file = var / "secret"
@@ -203,12 +208,21 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             "PACKAGER_ALLOW_PRIVATE_URLS": env.get("PACKAGER_ALLOW_PRIVATE_URLS", "true"),
         }
     )
-    # A bad setting stops the stack here, before a broker is started that nothing would stop.
-    load_settings({"PACKAGER_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", **env})
+    # A bad setting, or a port in use, stops the stack here, before a broker starts that nothing would stop.
+    early = load_settings({"PACKAGER_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", **env})
+    try:
+        stack_guard.check_ports_free(
+            {"ingress": (early.host, early.port), "mail sink": ("127.0.0.1", args.mail_port)}
+        )
+    except stack_guard.StackBusy as exc:
+        print(f"packager: {exc}", file=sys.stderr)
+        return 2
 
     started_broker = False
     bootstrap = os.environ.get("PACKAGER_KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
+        # A broker already running in var/kafka (started by hand) is used and left running at the end.
+        already_running = kafka.status(var / "kafka") is not None
         try:
             # The broker's data outlives the stack (halted below, resumed here), so the jobs, statistics
             # and ZIP links of an earlier run stay true; `packager dev kafka stop --wipe` empties it.
@@ -216,7 +230,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
         except kafka.BrokerError as exc:
             print(f"packager: cannot start Kafka: {exc}", file=sys.stderr)
             return 2
-        bootstrap, started_broker = broker.bootstrap_servers, True
+        bootstrap, started_broker = broker.bootstrap_servers, not already_running
 
     env["PACKAGER_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
     settings = load_settings(env)

@@ -73,6 +73,23 @@ async def test_up_is_printed_only_when_status_and_requests_succeed(
 
         code, out = await audit()
         assert code == 0 and "identical" in out, out
+
+        # A second `dev up` on the same folder is refused at once, and the first stack keeps working.
+        second = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "packager", "dev", "up", "--var", str(tmp_path / "var")),
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        said, _ = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 2, said.decode()
+        assert "a stack is already running from" in said.decode()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/status", params={"secret": SECRET}) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
     finally:
         rest = await _stop_up(proc)
     assert "ckanpackager stopped" in rest, rest
