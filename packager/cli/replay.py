@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from packager.adapters.kafka_log import LogIdentity, Topics, identity_mismatch, log_identity
 from packager.adapters.projector import run_projector
@@ -287,10 +288,24 @@ def main(argv: list[str]) -> int:
     who.add_argument("--resource")
     args = parser.parse_args(argv)
     settings = stack_settings()
-    if args.action == "verify":
-        return asyncio.run(verify(settings, into=args.into))
-    if args.action == "rebuild":
-        return asyncio.run(rebuild_copy(settings, args.into))
-    if args.action == "stats":
-        return asyncio.run(stats_until(settings, log_time(args.until) if args.until else None))
-    return asyncio.run(history(settings, job_id=args.job, resource_id=args.resource))
+    try:
+        if args.action == "verify":
+            return asyncio.run(verify(settings, into=args.into))
+        if args.action == "rebuild":
+            return asyncio.run(rebuild_copy(settings, args.into))
+        if args.action == "stats":
+            return asyncio.run(stats_until(settings, log_time(args.until) if args.until else None))
+        return asyncio.run(history(settings, job_id=args.job, resource_id=args.resource))
+    except (KafkaError, OSError) as exc:
+        where = (
+            f"the settings of {STACK_SETTINGS.resolve()}"
+            if not os.environ.get("PACKAGER_CONFIG") and STACK_SETTINGS.exists()
+            else f"no {STACK_SETTINGS} here, so the environment's settings"
+        )
+        print(
+            f"packager replay: cannot read the log at {settings.kafka_bootstrap_servers} ({exc}). It uses "
+            f"{where}: is the stack running (bash scripts/up)? Run this from the folder the stack was "
+            "started in, or set PACKAGER_KAFKA_BOOTSTRAP_SERVERS and PACKAGER_TOPIC_PREFIX.",
+            file=sys.stderr,
+        )
+        return 2
