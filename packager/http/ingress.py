@@ -62,7 +62,10 @@ async def _callback(request: web.Request, params: Mapping[str, str]) -> str:
         params, resolve=request.app[RESOLVER], allow_private=settings.allow_private_urls
     )
     if url and not settings.webhook_secret:
-        raise BadRequestError("Parameter callback_url: this service sends no webhooks (no WEBHOOK_SECRET)")
+        raise BadRequestError(
+            "Parameter callback_url: this service sends no webhooks (its operator sets WEBHOOK_SECRET, "
+            "environment PACKAGER_WEBHOOK_SECRET, to turn them on)"
+        )
     return url
 
 
