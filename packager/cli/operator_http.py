@@ -134,8 +134,8 @@ def http_failure(host: str, status: int, reason: str, body: bytes) -> RefusedErr
         message = reason
     if status == 401:
         text = (
-            f"{host} refused the secret ({message}): give the right one with -s, "
-            f"${SECRET_ENVIRONMENT_VARIABLE} or the defaults file"
+            f"{host} refused the secret, or its absence ({message}): give the service's secret with -s, "
+            f"${SECRET_ENVIRONMENT_VARIABLE} or the defaults file (the local stack keeps it in var/secret)"
         )
     elif status == 400:
         text = f"{host} rejected the request: {message}"

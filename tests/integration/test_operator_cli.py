@@ -198,7 +198,7 @@ async def test_every_verb_against_the_running_service(
         # The error cases an operator meets, each one line on stderr.
         run = await ckanpackager(*d, "-s", "not-the-secret", "status")
         assert run.code == 1
-        assert "refused the secret (Wrong/missing secret)" in one_error_line(run)
+        assert "refused the secret, or its absence (Wrong/missing secret)" in one_error_line(run)
         run = await ckanpackager(*d, "queue", "package_zip", "resource_id:x")
         assert run.code == 2
         assert "unknown task 'package_zip'" in one_error_line(run)

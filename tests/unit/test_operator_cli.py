@@ -172,7 +172,7 @@ def test_server_sent_events_are_parsed_into_named_events() -> None:
 def test_refusals_are_explained_with_the_services_message() -> None:
     body = json.dumps({"status": "failed", "message": "Wrong/missing secret"}).encode()
     error = operator_http.http_failure("http://h", 401, "Unauthorized", body)
-    assert "refused the secret (Wrong/missing secret)" in error.message and "-s" in error.message
+    assert "refused the secret, or its absence (Wrong/missing secret)" in error.message and "-s" in error.message
     error = operator_http.http_failure(
         "http://h", 400, "Bad Request", b'{"message": "Parameter email is required"}'
     )
