@@ -9,7 +9,7 @@ ckanpackager [options] watch JOB_ID                    follow a job live until i
 ckanpackager [options] erase EMAIL                     erase a requester (docs/privacy.md)
 ckanpackager [options] cancel JOB_ID [--token TOKEN]   cancel a job not finished yet
 ckanpackager [options] reset (requests|errors) [--yes] list and count statistics from now on only
-ckanpackager replay verify|stats|history ...           the audit tool (same as `packager replay`)
+ckanpackager replay verify|rebuild|stats|history ...   the audit tool (same as `packager replay`)
 
 Options may come before or after the verb. Exit status: 0 done, 1 failed (the service refused or could
 not be reached, a watched job failed, `-x` found errors), 2 the command line or defaults file is wrong.
@@ -381,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     erase.set_defaults(func=cmd_erase)
     add_verbs(verb)
     replay_cmd = sub.add_parser(
-        "replay", help="the audit tool: verify|stats|history (see `ckanpackager replay -h`)", add_help=False
+        "replay",
+        help="the audit tool: verify|rebuild|stats|history (see `ckanpackager replay -h`)",
+        add_help=False,
     )
     replay_cmd.add_argument("rest", nargs=argparse.REMAINDER)
     replay_cmd.set_defaults(func=None)
@@ -401,12 +403,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if argv[:1] == ["replay"]:
         from packager.cli import replay
 
-        return replay.main(argv[1:])
+        return replay.main(argv[1:], prog="ckanpackager replay")
     args = build_parser().parse_args(argv)
     if args.verb == "replay":
         from packager.cli import replay
 
-        return replay.main(args.rest)
+        return replay.main(args.rest, prog="ckanpackager replay")
     out = Output(quiet=args.quiet, as_json=args.json)
     try:
         target = resolve_target(args, environ)

@@ -270,10 +270,10 @@ def stack_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return load_settings(env)
 
 
-def main(argv: list[str]) -> int:
-    """`packager replay verify|stats|history ...`."""
+def main(argv: list[str], prog: str = "packager replay") -> int:
+    """`packager replay verify|rebuild|stats|history ...` (`prog`: the command it is run as)."""
     parser = argparse.ArgumentParser(
-        prog="packager replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="action", required=True)
     check = sub.add_parser("verify", help="rebuild from the log and compare with the live views")
@@ -303,7 +303,7 @@ def main(argv: list[str]) -> int:
             else f"no {STACK_SETTINGS} here, so the environment's settings"
         )
         print(
-            f"packager replay: cannot read the log at {settings.kafka_bootstrap_servers} ({exc}). It uses "
+            f"{prog}: cannot read the log at {settings.kafka_bootstrap_servers} ({exc}). It uses "
             f"{where}: is the stack running (bash scripts/up)? Run this from the folder the stack was "
             "started in, or set PACKAGER_KAFKA_BOOTSTRAP_SERVERS and PACKAGER_TOPIC_PREFIX.",
             file=sys.stderr,
