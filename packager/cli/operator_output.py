@@ -78,7 +78,7 @@ def progress_line(job: Mapping[str, Any], width: int = 30) -> str:
         parts.append(f"{rows_done:,} rows")
     bytes_done = job.get("bytes_done") or 0
     if bytes_done:
-        parts.append(human_size(bytes_done))
+        parts.append(f"{human_size(bytes_done)} fetched")
     parts.append(str(job.get("state") or "?"))
     return "  ".join(parts)
 

@@ -187,7 +187,7 @@ def test_the_progress_line_shows_a_bar_counts_and_state() -> None:
     assert line == "[#####-----]  50.0%  1,500 of 3,000 rows  running"
     assert operator_output.progress_line({"state": "queued", "percent": None}) == "queued"
     assert (
-        operator_output.progress_line({"state": "running", "bytes_done": 3 * 1048576}) == "3.0 MiB  running"
+        operator_output.progress_line({"state": "running", "bytes_done": 3 * 1048576}) == "3.0 MiB fetched  running"
     )
 
 
