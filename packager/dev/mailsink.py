@@ -40,7 +40,9 @@ def show_latest(folder: Path) -> int:
     """Print the newest message in the sink folder as a person reads it (headers and plain-text part)."""
     messages = sorted(folder.glob("*.eml"))
     if not messages:
-        print(f"no messages in {folder}")
+        where = folder.resolve()
+        hint = "" if folder.is_absolute() else " (run it where the stack started, or give --dir)"
+        print(f"no messages in {where}{hint}")
         return 1
     parsed = email.message_from_bytes(messages[-1].read_bytes(), policy=email.policy.default)
     for header in ("From", "To", "Subject", "Date"):
