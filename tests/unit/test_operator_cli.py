@@ -172,7 +172,8 @@ def test_server_sent_events_are_parsed_into_named_events() -> None:
 def test_refusals_are_explained_with_the_services_message() -> None:
     body = json.dumps({"status": "failed", "message": "Wrong/missing secret"}).encode()
     error = operator_http.http_failure("http://h", 401, "Unauthorized", body)
-    assert "refused the secret, or its absence (Wrong/missing secret)" in error.message and "-s" in error.message
+    assert "refused the secret, or its absence (Wrong/missing secret)" in error.message
+    assert "-s" in error.message and "var/secret" in error.message
     error = operator_http.http_failure(
         "http://h", 400, "Bad Request", b'{"message": "Parameter email is required"}'
     )
@@ -186,9 +187,8 @@ def test_the_progress_line_shows_a_bar_counts_and_state() -> None:
     )
     assert line == "[#####-----]  50.0%  1,500 of 3,000 rows  running"
     assert operator_output.progress_line({"state": "queued", "percent": None}) == "queued"
-    assert (
-        operator_output.progress_line({"state": "running", "bytes_done": 3 * 1048576}) == "3.0 MiB fetched  running"
-    )
+    fetched = operator_output.progress_line({"state": "running", "bytes_done": 3 * 1048576})
+    assert fetched == "3.0 MiB fetched  running"
 
 
 # --- watch against a scripted service -----------------------------------------------------------------
