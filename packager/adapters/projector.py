@@ -52,7 +52,7 @@ from packager.adapters.kafka_log import (
 )
 from packager.adapters.read_guard import FoldHealth, decode_record, supervise
 from packager.adapters.readside import identity_for, topic_partitions
-from packager.adapters.viewdb import Decoded, ViewDatabase, database_url, worker_parameters
+from packager.adapters.viewdb import Decoded, ViewDatabase, ViewsRewound, database_url, worker_parameters
 from packager.core.settings import Settings
 from projections.view_fold import Identity
 from projections.view_schema import LOG_IDENTITY, PROJECTOR_STATUS, SCHEMA_VERSION
@@ -132,6 +132,9 @@ async def _follow(settings: Settings, db: ViewDatabase, until: str, progress: Pr
         except PartitionsChanged as exc:
             log.info("%s: reading every partition again", exc)
             await asyncio.sleep(PARTITION_RECHECK_SECONDS)
+        except ViewsRewound as exc:
+            log.warning("%s: reading again from the positions they hold", exc)
+            metrics.READ_MODEL_REBUILDS.inc()
 
 
 async def _publish(db: ViewDatabase, health: FoldHealth) -> None:
@@ -301,6 +304,9 @@ async def _consume(
     ends = await consumer.end_offsets(partitions)
     limits = {tp: stop_at[(tp.topic, tp.partition)] if stop_at is not None else ends[tp] for tp in partitions}
     reached = {tp: max(stored.get((tp.topic, tp.partition), 0), starts[tp]) for tp in partitions}
+    # The positions this projector last saw in the views: a batch finding them lower (the views dropped
+    # and being rebuilt by another projector) stops, and the reading starts again from the views.
+    expected = dict(stored)
 
     def done() -> bool:
         return all(reached[tp] >= limits[tp] for tp in partitions)
@@ -330,14 +336,14 @@ async def _consume(
             count += len(records)
             reached[tp] = records[-1].offset + 1
         if pending and (count >= BATCH_RECORDS or time.monotonic() - first_at >= BATCH_SECONDS or not batch):
-            progress.applied += await _apply(db, conn, pending, identity, until, progress.health)
+            progress.applied += await _apply(db, conn, pending, identity, until, progress.health, expected)
             progress.batches += 1
             pending, count = [], 0
         if not progress.caught_up and not pending and done():
             progress.caught_up = True
             log.info("the views caught up with the log (%d events applied)", progress.applied)
     if pending:
-        progress.applied += await _apply(db, conn, pending, identity, until, progress.health)
+        progress.applied += await _apply(db, conn, pending, identity, until, progress.health, expected)
     progress.caught_up = True
     return progress.applied
 
@@ -369,10 +375,13 @@ async def _apply(
     identity: Identity,
     until: str,
     health: FoldHealth,
+    expected: dict[tuple[str, int], int],
 ) -> int:
     """Apply one batch in a thread; a cancellation waits for the batch's transaction to end first, so the
     connection is never closed under it."""
-    work = asyncio.ensure_future(asyncio.to_thread(_decode_and_apply, db, conn, raw, identity, until, health))
+    work = asyncio.ensure_future(
+        asyncio.to_thread(_decode_and_apply, db, conn, raw, identity, until, health, expected)
+    )
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -388,6 +397,7 @@ def _decode_and_apply(
     identity: Identity,
     until: str,
     health: FoldHealth,
+    expected: dict[tuple[str, int], int],
 ) -> int:
     """Runs in a thread: decoding and folding are CPU work the event loop need not wait for. One
     transaction per BATCH_RECORDS records: one fetch may bring many more."""
@@ -397,7 +407,8 @@ def _decode_and_apply(
     applied = 0
     failures = health.fold_failures
     for start in range(0, len(records), BATCH_RECORDS):
-        applied += _apply_run(db, conn, records[start : start + BATCH_RECORDS], identity, until, health)
+        run = records[start : start + BATCH_RECORDS]
+        applied += _apply_run(db, conn, run, identity, until, health, expected)
     if health.fold_failures != failures:
         db.set_meta(conn, PROJECTOR_STATUS, health.problem() or "")
     return applied
@@ -410,23 +421,27 @@ def _apply_run(
     identity: Identity,
     until: str,
     health: FoldHealth,
+    expected: dict[tuple[str, int], int],
 ) -> int:
     """Apply records in one transaction; when a fold raises (the transaction rolled back: nothing of the
     batch is in the views), apply them again one at a time, skipping the event whose fold raises."""
     try:
-        return db.apply(conn, records, identity, until=until)
-    except db.errors:
-        raise  # the database failed, not a fold: the run is retried whole by the supervisor
+        return db.apply(conn, records, identity, until=until, expected=expected)
+    except (*db.errors, ViewsRewound):
+        raise  # the database failed (or went back), not a fold: the run is read again
     except Exception:  # which event raised is found below, and logged there
         pass
     applied = 0
     for topic, partition, offset, event in records:
         try:
-            applied += db.apply(conn, [(topic, partition, offset, event)], identity, until=until)
-        except db.errors:
+            applied += db.apply(
+                conn, [(topic, partition, offset, event)], identity, until=until, expected=expected
+            )
+        except (*db.errors, ViewsRewound):
             raise
         except Exception as exc:  # a fold's bug must not stop the projector: logged, counted, degraded
             assert event is not None  # an undecoded record folds nothing, so cannot raise
             health.fold_failed(topic, partition, offset, event, exc)
-            db.apply(conn, [(topic, partition, offset, None)], identity, until=until)  # only the position
+            only_position = [(topic, partition, offset, None)]
+            db.apply(conn, only_position, identity, until=until, expected=expected)
     return applied

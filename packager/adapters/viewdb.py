@@ -11,7 +11,8 @@ nothing but a second code path.
 Exactly once: a batch's rows and its positions commit together, and the positions are read again inside
 the transaction (under an exclusive write lock: SQLite's `BEGIN IMMEDIATE`, a PostgreSQL advisory lock),
 so records already applied, by this projector before a crash or by another one, are dropped, never folded
-twice; a crash before the commit loses rows and positions together, and they are read again.
+twice; a crash before the commit loses rows and positions together, and they are read again. Positions
+found lower than the projector last saw (views dropped by another, rebuilding) stop it: `ViewsRewound`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import orjson
 
 from packager.adapters import stat_resets, worker_views
 from packager.core.errors import ConfigurationError
+from packager.core.logs import redacted_url as redacted
 from packager.core.settings import Settings
 from packager.domain.events import Envelope
 from packager.domain.requesters import key_id_of
@@ -59,6 +61,10 @@ def worker_parameters(settings: Settings) -> WorkerParameters:
 def database_url(settings: Settings) -> str:
     """The views' database: DATABASE_URL, or the embedded SQLite file of `views_path`."""
     return settings.database_url or f"sqlite:///{views_path(settings)}"
+
+
+class ViewsRewound(Exception):
+    """The views hold an older position than a projector last saw (dropped and being rebuilt by another)."""
 
 
 class ViewsUnavailable(Exception):
@@ -186,11 +192,22 @@ class ViewDatabase:
 
     # --- writing -----------------------------------------------------------------------------------------
 
-    def apply(self, conn: Any, records: Sequence[Decoded], identity: Identity, *, until: str = "") -> int:
+    def apply(
+        self,
+        conn: Any,
+        records: Sequence[Decoded],
+        identity: Identity,
+        *,
+        until: str = "",
+        expected: dict[tuple[str, int], int] | None = None,
+    ) -> int:
         """Fold `records` in and store their positions, in one transaction; return the events folded.
 
         Records before a partition's stored position were applied already and are skipped; undecodable
         ones (None) and, with `until`, events that occurred after it only advance the position.
+        `expected`: the positions the caller last saw in the views, raised to the new ones on commit; a
+        partition whose stored position is below it raises ViewsRewound (folding on from the caller's
+        place would leave a gap), and nothing is written.
         """
         with self.transaction(conn, write=True):
             stored = self.positions(conn)
@@ -205,12 +222,17 @@ class ViewDatabase:
                 if event is not None and not (until and event.occurred_at > until):
                     events.append(event)
                     parts.append(partition)
+            for where, saw in (expected or {}).items():
+                if where in advanced and stored.get(where, 0) < saw:
+                    raise ViewsRewound(f"the views went back on {where}: {stored.get(where, 0)} < {saw}")
             if not advanced:
                 return 0
             requesters = [requester_of(e, identity) for e in events]
             known = self._known(conn, needs(events, requesters, parts))
             changes = fold(events, requesters, known, parts, self.params)
             self._write(conn, changes, advanced)
+        if expected is not None:
+            expected.update(advanced)
         return changes.folded
 
     def _known(self, conn: Any, wanted: Any) -> Known:
@@ -332,23 +354,17 @@ class ViewDatabase:
             if worker_views.parameters_of(saved) == self.params:
                 return False
             worker_views.refold(self, conn, self._many(conn), self.params)
-            conn.execute(
-                self.sql(
-                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-                ),
-                (schema.WORKER_FOLD, worker_views.parameters_text(self.params)),
-            )
+            self._put_meta(conn, schema.WORKER_FOLD, worker_views.parameters_text(self.params))
         return True
 
     def set_meta(self, conn: Any, name: str, value: str) -> None:
         """Write one row of `meta` (the log identity, the projector's status) in its own transaction."""
         with self.transaction(conn, write=True):
-            conn.execute(
-                self.sql(
-                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-                ),
-                (name, value),
-            )
+            self._put_meta(conn, name, value)
+
+    def _put_meta(self, conn: Any, name: str, value: str) -> None:
+        sql = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+        conn.execute(self.sql(sql), (name, value))
 
     # --- reading -----------------------------------------------------------------------------------------
 
@@ -481,13 +497,3 @@ class ViewDatabase:
             if len(page) < _PAGE:
                 return
             page = conn.execute(after, tuple(page[-1][:width])).fetchall()
-
-
-def redacted(url: str) -> str:
-    """The URL with any password replaced by `***` (for log lines and messages)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user, colon, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"

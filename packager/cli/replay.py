@@ -37,10 +37,10 @@ from packager.adapters.viewdb import (
     ViewDatabase,
     ViewsUnavailable,
     database_url,
-    redacted,
     worker_parameters,
 )
 from packager.core.errors import EventDecodeError
+from packager.core.logs import redacted_url as redacted
 from packager.core.settings import Settings, load_settings
 from packager.domain.events import Envelope, decode, encode
 from projections import view_schema as schema

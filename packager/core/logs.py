@@ -99,6 +99,16 @@ class Redactor:
         return value
 
 
+def redacted_url(url: str) -> str:
+    """The URL with any password replaced by `***` (for log lines and messages)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
 def redactor_for(settings: Settings) -> Redactor:
     """A redactor that knows the configured secrets (shared secret, SMTP password, object store key, webhook
     secret)."""

@@ -231,6 +231,36 @@ async def test_a_following_projector_reads_partitions_added_while_it_runs(
             await following
 
 
+async def test_a_following_projector_whose_views_are_dropped_under_it_folds_the_whole_log_again(
+    kafka_bootstrap: str, topic_prefix: str, views_url: str
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
+    await write_history(settings, 0, 20)
+    following = asyncio.create_task(run_projector(settings))
+    try:
+
+        async def counters_are(expected: tuple[int, int]) -> None:
+            deadline = time.monotonic() + 60
+            while await asyncio.to_thread(read_counters, views_url) != expected:
+                assert not following.done(), following
+                assert time.monotonic() < deadline, f"the views never counted {expected} jobs"
+                await asyncio.sleep(0.2)
+
+        await counters_are((20, 20))
+        # Another projector (a newer version, say) drops the views to rebuild them; before it has folded
+        # anything, more jobs arrive. Folding them from where this projector had read would leave the
+        # first 20 jobs out of the views for good.
+        await asyncio.to_thread(ViewDatabase(views_url).reset)
+        await write_history(settings, 20, 30)
+        await counters_are((50, 50))
+        assert read(views_url, lambda db, c: db.totals(c, "*"))["*"]["requests"] == 50
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+    assert await replay.verify(settings) == 0
+
+
 def read_counters(url: str) -> tuple[int, int] | None:
     try:
         return read(url, lambda db, c: db.counters(c))

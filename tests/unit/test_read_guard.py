@@ -64,7 +64,9 @@ def project(
     """Hand the projector one run of raw records of TOPIC partition 0, offsets from `first`."""
     db, conn = views
     run = [SimpleNamespace(offset=first + i, value=v) for i, v in enumerate(values)]
-    return projector._decode_and_apply(db, conn, [(TOPIC, 0, run)], identity_for(settings), "", health_now)
+    return projector._decode_and_apply(
+        db, conn, [(TOPIC, 0, run)], identity_for(settings), "", health_now, {}
+    )
 
 
 def table(views: tuple[ViewDatabase, Any], which: Any) -> list[tuple[Any, ...]]:
