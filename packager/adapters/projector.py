@@ -134,7 +134,6 @@ async def _follow(settings: Settings, db: ViewDatabase, until: str, progress: Pr
             await asyncio.sleep(PARTITION_RECHECK_SECONDS)
         except ViewsRewound as exc:
             log.warning("%s: reading again from the positions they hold", exc)
-            metrics.READ_MODEL_REBUILDS.inc()
 
 
 async def _publish(db: ViewDatabase, health: FoldHealth) -> None:
