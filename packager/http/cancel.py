@@ -89,7 +89,9 @@ async def _watch(
         await asyncio.sleep(POLL)
 
 
-def _answer(job_id: str, state: JobState | None, status: int, message: str) -> web.Response:
+def _answer(
+    settings: Settings, job_id: str, state: JobState | None, status: int, message: str
+) -> web.Response:
     body = {
         "success": status < 300,
         "msg": message,
@@ -97,10 +99,14 @@ def _answer(job_id: str, state: JobState | None, status: int, message: str) -> w
         "message": message,
         "job_id": job_id,
         "state": state.state if state is not None else None,
+        "status_url": f"{settings.status_base}/{job_id}",  # the job's page, which shows the outcome
     }
     if status == 409:
-        body = {**failure_body("ConflictError", message), "job_id": job_id, "state": body["state"]}
+        body = {**failure_body("ConflictError", message), **{k: body[k] for k in _JOB_KEYS}}
     return json_response(body, status)
+
+
+_JOB_KEYS = ("job_id", "state", "status_url")
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -115,7 +121,9 @@ async def cancel_job(request: web.Request) -> web.Response:
     if state is None:
         raise web.HTTPNotFound(reason="No such job")
     if state.terminal:
-        return _answer(job_id, state, 409, f"The job has already finished ({state.state}): nothing to cancel")
+        return _answer(
+            settings, job_id, state, 409, f"The job has already finished ({state.state}): nothing to cancel"
+        )
     topics = Topics(settings.topic_prefix)
     for partition in range(settings.partitions):
         event = envelope(job_id, CancelRequested(cache_key="*", partition=partition, by=by))
@@ -123,7 +131,9 @@ async def cancel_job(request: web.Request) -> web.Response:
     log.info("cancel of job %s asked by the %s", job_id, by)
     state = await _watch(request, job_id, OUTCOME_WITHIN, lambda s: s is not None and s.terminal)
     if state is not None and state.state == CANCELLED:
-        return _answer(job_id, state, 200, "The job is cancelled.")
+        return _answer(settings, job_id, state, 200, "The job is cancelled.")
     if state is not None and state.terminal:
-        return _answer(job_id, state, 409, f"The job finished ({state.state}) before it could be cancelled")
-    return _answer(job_id, state, 202, "The job is being cancelled; its page shows when it is.")
+        return _answer(
+            settings, job_id, state, 409, f"The job finished ({state.state}) before it could be cancelled"
+        )
+    return _answer(settings, job_id, state, 202, "The job is being cancelled; its page shows when it is.")

@@ -271,7 +271,7 @@ def component_schemas() -> dict[str, Any]:
         },
         "CancelAnswer": {
             "type": "object",
-            "required": ["success", "status", "message", "job_id", "state"],
+            "required": ["success", "status", "message", "job_id", "state", "status_url"],
             "properties": {
                 "success": {"type": "boolean"},
                 "msg": {"type": "string"},
@@ -280,6 +280,7 @@ def component_schemas() -> dict[str, Any]:
                 "error": {"type": "string"},
                 "job_id": {"type": "string", "format": "uuid"},
                 "state": {"type": "string", "nullable": True, "description": "The job's state now."},
+                "status_url": _string("The job's status page, which shows its outcome."),
             },
         },
         "ResetRequest": {

@@ -118,6 +118,7 @@ async def test_a_requester_cancels_with_the_token_on_every_partition(
     body = await resp.json()
     assert resp.status == 202, body  # no steward here: the outcome is not in the views yet
     assert body["state"] == "queued"
+    assert body["status_url"] == f"{settings.status_base}/{JOB}"  # where the outcome will show
     asked = cancels_asked(log, settings)
     assert [(e.job_id, e.payload) for e in asked] == [
         (JOB, CancelRequested(cache_key="*", partition=p, by="requester")) for p in range(PARTITIONS)
@@ -151,6 +152,7 @@ async def test_a_finished_job_is_a_409_and_nothing_is_appended(
     body = await resp.json()
     assert (resp.status, body["state"], body["error"]) == (409, "completed", "ConflictError")
     assert "already finished" in body["message"]
+    assert body["status_url"] == f"{settings.status_base}/{JOB}"
     assert cancels_asked(log, settings) == []
 
 
