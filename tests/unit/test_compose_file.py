@@ -95,3 +95,12 @@ def test_packages_go_to_an_s3_compatible_store_that_is_not_minio() -> None:
         assert env["PACKAGER_S3_ACCESS_KEY_ID"] == store["S3PROXY_IDENTITY"]
         assert env["PACKAGER_S3_SECRET_ACCESS_KEY"] == store["S3PROXY_CREDENTIAL"]
         assert "s3" in services[name]["depends_on"]
+
+
+def test_requesters_data_keys_are_sealed_under_a_secret_of_their_own() -> None:
+    """The portals hold PACKAGER_SECRET: the data keys' wrapping is not derived from it (docs/privacy.md)."""
+    services = compose()["services"]
+    for name in ("ingress", "projector", "worker-fast", "worker-slow"):
+        env = services[name]["environment"]
+        assert env["PACKAGER_KEY_SEALING_SECRET"].startswith("${KEY_SEALING_SECRET:?")
+        assert env["PACKAGER_KEY_SEALING_SECRET"] != env["PACKAGER_SECRET"]
