@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -98,7 +99,8 @@ async def notify(
 
     `slot` bounds how many emails talk to the SMTP server at once (see `packager.adapters.smtp.deliver`).
     The address is opened with `keys` just before sending and kept in memory only; a requester erased
-    meanwhile gets no email (EmailFailed says so).
+    meanwhile gets no email (EmailFailed says so), nor does one erased while the SMTP server defers it: the
+    key is looked at again before each retry.
     """
     payload = env.payload
     if isinstance(payload, PackageCompleted | PackageFailed | ExpiryNoticeDue | PackageCancelled):
@@ -127,7 +129,7 @@ async def notify(
         message = render_cancelled(settings, env.job_id, payload)
     else:  # pragma: no cover - the agent filters terminal events
         raise TypeError(f"not an event emailed about: {env.type}")
-    delivery = await deliver(settings, message, slot=slot)
+    delivery = await deliver(settings, message, slot=slot, before_retry=_erased_check(keys, env.payload))
     if delivery.ok:
         log.info("email sent", extra={"job_id": env.job_id})
         return EmailSent(
@@ -140,6 +142,22 @@ async def notify(
     return EmailFailed(
         cache_key=env.cache_key, about=env.type, error=delivery.error, attempts=delivery.attempts
     )
+
+
+def _erased_check(keys: RequesterKeys | None, payload: Any) -> Callable[[], Awaitable[str]] | None:
+    """For `deliver`'s retries: ERASED_REQUESTER once the key of the payload's sealed address is destroyed."""
+    token = getattr(payload, "email_sealed", "")
+    if keys is None or not token:
+        return None
+
+    async def check() -> str:
+        try:
+            still = await keys.open(payload.requester, token)
+        except (UnavailableError, SealError):
+            return ""  # cannot tell now: the retry goes on, as the first attempt did with the opened address
+        return "" if still is not None else ERASED_REQUESTER
+
+    return check
 
 
 def abandoned(message: Any) -> tuple[str, str] | None:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -34,11 +35,14 @@ async def deliver(
     *,
     first_delay: float = 1.0,
     slot: contextlib.AbstractAsyncContextManager[Any] | None = None,
+    before_retry: Callable[[], Awaitable[str]] | None = None,
 ) -> Delivery:
     """Send `message`; retry connection errors and 4xx answers for SMTP_RETRY_FOR seconds (core.retrying).
 
     Each attempt holds `slot` (when given) only while it talks to the server, never while it waits to
-    retry: one address the server keeps deferring does not hold up the other emails.
+    retry: one address the server keeps deferring does not hold up the other emails. `before_retry`, asked
+    before every attempt after the first, gives a reason to stop trying ("" to go on): the requester was
+    erased during the retries, say.
     """
     try:
         async for attempt in retrying.attempts(
@@ -50,6 +54,8 @@ async def deliver(
         ):
             with attempt:
                 count = attempt.retry_state.attempt_number
+                if count > 1 and before_retry is not None and (reason := await before_retry()):
+                    return Delivery(ok=False, attempts=count - 1, error=reason)
                 async with slot or contextlib.nullcontext():
                     error, permanent = await _attempt(settings, message)
                 if not error:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from packager.adapters.requester_keys import InMemoryRequesterKeys
 from packager.adapters.smtp import deliver
 from packager.core.settings import load_settings
 from packager.dev.kafka import free_port
+from packager.domain.events import EmailFailed, PackageCompleted, envelope
+from packager.domain.requesters import pseudonym, seal_email
+from streams.handlers import ERASED_REQUESTER, notify
+from tests.integration.conftest import SECRET
 from tests.integration.support import SmtpSink, smtp_sink
+
+JOB = "00000000-0000-0000-0000-00000000e4a5"
 
 
 def message() -> EmailMessage:
@@ -67,3 +75,41 @@ async def test_a_permanent_refusal_is_not_retried() -> None:
     assert not result.ok and result.attempts == 1 and "550" in result.error
     # The error becomes EmailFailed.error (the log, job pages): it must not hold the address.
     assert "r@example.org" not in result.error and "Recipient address rejected" in result.error
+
+
+@dataclass
+class Deferring(SmtpSink):
+    """A server that defers every recipient (greylisting, a full mailbox): the sender retries."""
+
+    deferred: int = 0
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        self.deferred += 1
+        return "451 4.7.1 Greylisted, try again later"
+
+
+async def test_a_requester_erased_while_the_server_defers_the_email_gets_no_further_attempt() -> None:
+    settings = load_settings(
+        {}, secret=SECRET, smtp_host="127.0.0.1", smtp_port=free_port(), smtp_retry_for=60
+    )
+    handler = Deferring(port=settings.smtp_port)
+    controller = Controller(handler, hostname="127.0.0.1", port=settings.smtp_port)
+    controller.start()
+    keys = InMemoryRequesterKeys()
+    who = pseudonym(settings.pseudonym_key, "r@example.org")
+    sealed = seal_email(await keys.key_for(who), "r@example.org")
+    done = PackageCompleted(
+        "ck", "r1", "", "h", "", "fast", "j.zip", 9, "0" * 64, 1, "a", "b", requester=who, email_sealed=sealed
+    )
+    try:
+        sending = asyncio.create_task(notify(settings, envelope(JOB, done), keys=keys))
+        deadline = time.monotonic() + 10
+        while handler.deferred < 1:  # the first attempt was deferred
+            assert time.monotonic() < deadline and not sending.done()
+            await asyncio.sleep(0.02)
+        await keys.destroy([who])  # the requester is erased while the mailer waits to retry
+        outcome = await asyncio.wait_for(sending, 30)
+    finally:
+        controller.stop()
+    assert isinstance(outcome, EmailFailed) and outcome.error == ERASED_REQUESTER
+    assert (outcome.attempts, handler.deferred, handler.messages) == (1, 1, [])
