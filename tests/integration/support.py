@@ -120,20 +120,47 @@ async def wait_until(check: Callable[[], object], within: float, what: str, ever
         await asyncio.sleep(every)
 
 
+async def _group_position(
+    consumer: AIOKafkaConsumer, bootstrap: str, topic: str
+) -> tuple[dict[int, int], dict[int, int]]:
+    """(what `consumer`'s group committed, where `topic` ends), per partition; nothing committed reads 0."""
+    ends = await end_offsets(bootstrap, topic)
+    committed = {p: await consumer.committed(TopicPartition(topic, p)) or 0 for p in ends}
+    return committed, ends
+
+
+def _group_reader(bootstrap: str, group: str) -> AIOKafkaConsumer:
+    """A consumer with `group`'s id and no subscription: it reads the group's commits, never joins the group
+    (so no rebalance of the service's workers) and never commits."""
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+
+
+async def group_caught_up(bootstrap: str, group: str, *topics: str) -> bool:
+    """True when consumer `group` committed the end of every partition of each of `topics`."""
+    consumer = _group_reader(bootstrap, group)
+    await consumer.start()
+    try:
+        for topic in topics:
+            committed, ends = await _group_position(consumer, bootstrap, topic)
+            if any(committed[p] < end for p, end in ends.items()):
+                return False
+        return True
+    finally:
+        await consumer.stop()
+
+
 async def wait_until_group_caught_up(bootstrap: str, topic: str, group: str, within: float = 60.0) -> None:
     """Wait until consumer `group` committed `topic`'s end on every partition: nothing left for it to handle.
 
     What a test waits for before counting emails or webhooks: once the group is caught up, nothing more
     can arrive from the records already on the log, so a duplicate would already be there to count.
     """
-    # A consumer with the group's id but no subscription reads the group's commits without joining it.
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    consumer = _group_reader(bootstrap, group)
     await consumer.start()
     try:
         deadline = time.monotonic() + within
         while True:
-            ends = await end_offsets(bootstrap, topic)
-            committed = {p: await consumer.committed(TopicPartition(topic, p)) or 0 for p in ends}
+            committed, ends = await _group_position(consumer, bootstrap, topic)
             if all(committed[p] >= end for p, end in ends.items()):
                 return
             if time.monotonic() > deadline:
