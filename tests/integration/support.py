@@ -1,15 +1,17 @@
-"""Helpers for integration tests: reading topics, running the service as processes, SMTP and file servers."""
+"""Helpers for integration tests: reading topics, waiting on conditions and consumer groups, running the
+service as processes (one at a time or as a whole stack), SMTP and slow file servers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -18,6 +20,7 @@ from threading import Lock
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiosmtpd.controller import Controller
@@ -81,6 +84,11 @@ async def read_events(bootstrap: str, topic: str) -> list[Envelope]:
     return [decode(value) for _, value in await read_topic(bootstrap, topic)]
 
 
+async def job_events(bootstrap: str, prefix: str, job_id: str) -> list[Envelope]:
+    """Every event of one job on the `prefix` deployment's events topic, in log order."""
+    return [e for e in await read_events(bootstrap, Topics(prefix).events) if e.job_id == job_id]
+
+
 async def wait_for_event(
     bootstrap: str, prefix: str, matches: Callable[[Envelope], bool], within: float = 120.0
 ) -> Envelope:
@@ -92,6 +100,74 @@ async def wait_for_event(
                 return event
         await asyncio.sleep(0.3)
     raise TimeoutError(f"no matching event on {Topics(prefix).events} within {within:.0f}s")
+
+
+async def wait_until(check: Callable[[], object], within: float, what: str, every: float = 0.02) -> float:
+    """Poll `check()` (a value or an awaitable) until it is truthy; return when it became so (monotonic).
+
+    Raises TimeoutError(`what`) after `within` seconds, so a caller can fail with the services' logs. The
+    short default interval lets a test time what it waits for (a build stopping after a cancel).
+    """
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(every)
+
+
+async def _group_position(
+    consumer: AIOKafkaConsumer, bootstrap: str, topic: str
+) -> tuple[dict[int, int], dict[int, int]]:
+    """(what `consumer`'s group committed, where `topic` ends), per partition; nothing committed reads 0."""
+    ends = await end_offsets(bootstrap, topic)
+    committed = {p: await consumer.committed(TopicPartition(topic, p)) or 0 for p in ends}
+    return committed, ends
+
+
+def _group_reader(bootstrap: str, group: str) -> AIOKafkaConsumer:
+    """A consumer with `group`'s id and no subscription: it reads the group's commits, never joins the group
+    (so no rebalance of the service's workers) and never commits."""
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+
+
+async def group_caught_up(bootstrap: str, group: str, *topics: str) -> bool:
+    """True when consumer `group` committed the end of every partition of each of `topics`."""
+    consumer = _group_reader(bootstrap, group)
+    await consumer.start()
+    try:
+        for topic in topics:
+            committed, ends = await _group_position(consumer, bootstrap, topic)
+            if any(committed[p] < end for p, end in ends.items()):
+                return False
+        return True
+    finally:
+        await consumer.stop()
+
+
+async def wait_until_group_caught_up(bootstrap: str, topic: str, group: str, within: float = 60.0) -> None:
+    """Wait until consumer `group` committed `topic`'s end on every partition: nothing left for it to handle.
+
+    What a test waits for before counting emails or webhooks: once the group is caught up, nothing more
+    can arrive from the records already on the log, so a duplicate would already be there to count.
+    """
+    consumer = _group_reader(bootstrap, group)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            committed, ends = await _group_position(consumer, bootstrap, topic)
+            if all(committed[p] >= end for p, end in ends.items()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group} at {committed}, {topic} ends at {ends}")
+            await asyncio.sleep(0.3)
+    finally:
+        await consumer.stop()
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
@@ -160,6 +236,48 @@ def service(argv: list[str], env: dict[str, str], log_dir: Path) -> Iterator[Ser
 
 
 @dataclass
+class Stack:
+    """The service's processes in one test: its workers, the ingress on `port`, the projector if asked."""
+
+    port: int
+    workers: list[ServiceProcess]
+    ingress: ServiceProcess
+    projector: ServiceProcess | None = None
+
+    @property
+    def worker(self) -> ServiceProcess:
+        """The first (usually the only) worker."""
+        return self.workers[0]
+
+    def diagnostics(self) -> str:
+        """The worker's and the ingress's output, for a failure message."""
+        return f"worker log:\n{self.worker.log()}\ningress log:\n{self.ingress.log()}"
+
+
+@contextlib.contextmanager
+def running_stack(
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    projector: bool = False,
+    workers: Sequence[list[str]] = (["worker"],),
+    worker_env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """Run the workers (argv each, `env` plus `worker_env`), the projector if asked, then the ingress on
+    `env`'s PACKAGER_PORT, and wait until the ingress listens. Stopped in reverse order when the block ends,
+    even on failure, as nested `service` blocks would be."""
+    port = int(env["PACKAGER_PORT"])
+    with contextlib.ExitStack() as processes:
+        started = [
+            processes.enter_context(service(argv, {**env, **(worker_env or {})}, log_dir)) for argv in workers
+        ]
+        views = processes.enter_context(service(["projector"], env, log_dir)) if projector else None
+        ingress = processes.enter_context(service(["ingress"], env, log_dir))
+        wait_for_port(port)
+        yield Stack(port=port, workers=started, ingress=ingress, projector=views)
+
+
+@dataclass
 class SmtpSink:
     """A real SMTP server (aiosmtpd) on a free port that keeps every message it accepts."""
 
@@ -200,6 +318,34 @@ async def submit(port: int, endpoint: str, secret: str, **params: str) -> str:
         body = await resp.json()
     assert resp.status == 200, body
     return str(body["job_id"])
+
+
+async def post_form(port: int, path: str, **data: str) -> tuple[int, dict[str, Any]]:
+    """POST a form to `path` on 127.0.0.1:`port`; (status, JSON body). No secret is added: callers choose
+    the credentials (a secret, a cancel token, a wrong one)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{port}{path}", data=data) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+def partial_files(folder: Path, job_id: str) -> list[Path]:
+    """The files in `folder` named after `job_id` (a build's partial file, or a ZIP under the job's name)."""
+    return list(folder.glob(f"{job_id}.*")) if folder.is_dir() else []
+
+
+async def trickle(request: web.Request) -> web.StreamResponse:
+    """aiohttp handler: a 100,000-byte file sent one byte every 0.3 s, so a build of it runs until stopped."""
+    resp = web.StreamResponse(headers={"Content-Length": "100000"})
+    await resp.prepare(request)
+    try:
+        for _ in range(100_000):
+            await resp.write(b"x")
+            await asyncio.sleep(0.3)
+    except ConnectionError:
+        pass  # the build was stopped: what the tests want
+    return resp
 
 
 @contextlib.contextmanager

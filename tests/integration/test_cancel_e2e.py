@@ -19,16 +19,24 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from packager.adapters.kafka_log import Topics
 from packager.dev.kafka import free_port
 from tests.integration.conftest import SECRET
-from tests.integration.support import ROOT, SmtpSink, read_events, service, wait_for_event, wait_for_port
+from tests.integration.support import (
+    ROOT,
+    SmtpSink,
+    partial_files,
+    post_form,
+    read_events,
+    running_stack,
+    trickle,
+    wait_for_event,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.features]
 
@@ -38,18 +46,6 @@ UNKNOWN = "00000000-0000-4000-8000-000000000000"
 @pytest.fixture
 async def trickling_url() -> AsyncIterator[str]:
     """The URL of a file sent one byte every 0.3 s (each connection its own trickle)."""
-
-    async def trickle(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Length": "100000"})
-        await resp.prepare(request)
-        try:
-            for _ in range(100_000):
-                await resp.write(b"x")
-                await asyncio.sleep(0.3)
-        except ConnectionError:
-            pass  # the build was stopped: what the test wants
-        return resp
-
     app = web.Application()
     app.router.add_get("/slow.csv", trickle)
     runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
@@ -60,28 +56,6 @@ async def trickling_url() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}/slow.csv"
     finally:
         await runner.cleanup()
-
-
-async def post(port: int, path: str, **data: str) -> tuple[int, dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{port}{path}", data=data) as resp,
-    ):
-        return resp.status, await resp.json()
-
-
-def partial_files(partial: Path, job_id: str) -> list[Path]:
-    return [p for p in partial.glob(f"{job_id}.*")] if partial.is_dir() else []
-
-
-async def wait_until(check: Any, within: float, what: str) -> float:
-    """Poll `check()` until true; return when it became true (time.monotonic)."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.02)
-    return time.monotonic()
 
 
 async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_its_own(
@@ -102,24 +76,15 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
     (quick_folder / "quick.csv").write_text("a,b\n1,2\n")
     asked = {"secret": SECRET, "resource_id": "res-slow", "resource_url": trickling_url}
 
-    with (
-        service(["worker"], env, logs) as worker,
-        service(["projector"], env, logs),
-        service(["ingress"], env, logs) as ingress,
-    ):
-        wait_for_port(port)
-
-        def diagnostics() -> str:
-            return f"worker log:\n{worker.log()}\ningress log:\n{ingress.log()}"
-
-        status, a = await post(port, "/package_url", **asked, email="ann@example.org")
+    with running_stack(env, logs, projector=True) as stack:
+        status, a = await post_form(port, "/package_url", **asked, email="ann@example.org")
         assert status == 200, a
         job_a = a["job_id"]
         try:
             await wait_until(lambda: partial_files(partial, job_a), 90, "A's build did not start")
         except TimeoutError:
-            pytest.fail(diagnostics())
-        status, q = await post(
+            pytest.fail(stack.diagnostics())
+        status, q = await post_form(
             port, "/package_url", **{**asked, "resource_id": "res-queued"}, email="quinn@example.org"
         )
         assert status == 200, q
@@ -127,19 +92,19 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
         await wait_for_event(
             kafka_bootstrap, topic_prefix, lambda e: e.job_id == job_q and e.type == "PackageQueued", 60
         )
-        status, w = await post(port, "/package_url", **asked, email="will@example.org")
+        status, w = await post_form(port, "/package_url", **asked, email="will@example.org")
         assert status == 200, w
         job_w = w["job_id"]
         # W waits for A's build (the planner says so; waiting leaves no event in the log).
-        await worker.wait_for_output(f"being built (job {job_a})")
+        await stack.worker.wait_for_output(f"being built (job {job_a})")
 
         # Wrong credentials change nothing.
-        assert (await post(port, f"/jobs/{job_a}/cancel", secret="wrong-secret-0123456789"))[0] == 401
-        assert (await post(port, f"/jobs/{job_a}/cancel", token=w["cancel_token"]))[0] == 401
-        assert (await post(port, f"/jobs/{UNKNOWN}/cancel", secret=SECRET))[0] == 404
+        assert (await post_form(port, f"/jobs/{job_a}/cancel", secret="wrong-secret-0123456789"))[0] == 401
+        assert (await post_form(port, f"/jobs/{job_a}/cancel", token=w["cancel_token"]))[0] == 401
+        assert (await post_form(port, f"/jobs/{UNKNOWN}/cancel", secret=SECRET))[0] == 404
 
         # Q, queued behind A's build, is cancelled before it starts.
-        status, answer = await post(port, f"/jobs/{job_q}/cancel", secret=SECRET)
+        status, answer = await post_form(port, f"/jobs/{job_q}/cancel", secret=SECRET)
         assert status in (200, 202), answer
         await wait_for_event(
             kafka_bootstrap, topic_prefix, lambda e: e.job_id == job_q and e.type == "PackageCancelled", 30
@@ -149,12 +114,12 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
         gone = asyncio.create_task(
             wait_until(lambda: not partial_files(partial, job_a), 10, "A's partial file stayed")
         )
-        status, answer = await post(port, f"/jobs/{job_a}/cancel", token=a["cancel_token"])
+        status, answer = await post_form(port, f"/jobs/{job_a}/cancel", token=a["cancel_token"])
         assert status in (200, 202), answer
         try:
             stopped_after = await gone - started
         except TimeoutError:
-            pytest.fail(diagnostics())
+            pytest.fail(stack.diagnostics())
         assert stopped_after < 2.0, f"the build stopped {stopped_after:.2f}s after the cancel"
 
         # W was not cancelled: it is built on its own, from its own request.
@@ -164,8 +129,8 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
             )
             await wait_until(lambda: partial_files(partial, job_w), 30, "W's build did not start")
         except TimeoutError:
-            pytest.fail(diagnostics())
-        status, again = await post(port, f"/jobs/{job_a}/cancel", secret=SECRET)
+            pytest.fail(stack.diagnostics())
+        status, again = await post_form(port, f"/jobs/{job_a}/cancel", secret=SECRET)
         assert (status, again["state"]) == (409, "cancelled"), again
 
         cli = await asyncio.create_subprocess_exec(
@@ -181,7 +146,7 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
         await wait_until(lambda: not partial_files(partial, job_w), 10, "W's partial file stayed")
 
         # A job that completed cannot be cancelled.
-        status, quick = await post(
+        status, quick = await post_form(
             port,
             "/package_url",
             secret=SECRET,
@@ -193,9 +158,9 @@ async def test_a_running_build_is_cancelled_at_once_and_its_waiter_is_built_on_i
             kafka_bootstrap, topic_prefix, lambda e: e.job_id == quick["job_id"] and e.type == "EmailSent"
         )
         deadline = time.monotonic() + 30
-        while (result := await post(port, f"/jobs/{quick['job_id']}/cancel", token=quick["cancel_token"]))[
-            1
-        ].get("state") != "completed":  # the views may not have folded the completion yet
+        while (
+            result := await post_form(port, f"/jobs/{quick['job_id']}/cancel", token=quick["cancel_token"])
+        )[1].get("state") != "completed":  # the views may not have folded the completion yet
             assert time.monotonic() < deadline, result
             await asyncio.sleep(0.2)
         assert result[0] == 409 and "already finished" in result[1]["message"]

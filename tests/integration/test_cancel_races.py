@@ -21,13 +21,11 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from packager.adapters.kafka_log import Topics
@@ -37,11 +35,13 @@ from packager.domain.emails import JOB_HEADER
 from tests.integration.conftest import SECRET
 from tests.integration.support import (
     SmtpSink,
-    end_offsets,
+    partial_files,
+    post_form,
     read_events,
-    service,
+    running_stack,
     wait_for_event,
-    wait_for_port,
+    wait_until,
+    wait_until_group_caught_up,
 )
 from tests.unit.test_grafana_dashboard import DASHBOARD, expressions, series_in
 
@@ -57,52 +57,12 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 RACES = 10
 
 
-async def post(port: int, path: str, **data: str) -> tuple[int, dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{port}{path}", data=data) as resp,
-    ):
-        return resp.status, await resp.json()
-
-
 async def job_state(port: int, job_id: str) -> str | None:
     async with (
         aiohttp.ClientSession() as http,
         http.get(f"http://127.0.0.1:{port}/jobs/{job_id}", headers={"Accept": "application/json"}) as resp,
     ):
         return str((await resp.json())["state"]) if resp.status == 200 else None
-
-
-async def wait_until(check: Callable[[], Any], within: float, what: str) -> float:
-    """Poll `check()` (a value or an awaitable) until true; return when it became true (monotonic)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.02)
-
-
-async def wait_until_group_caught_up(bootstrap: str, topic: str, group: str, within: float = 60.0) -> None:
-    """Wait until consumer `group` committed `topic`'s end on every partition: nothing left to handle."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + within
-        while True:
-            ends = await end_offsets(bootstrap, topic)
-            committed = {p: await consumer.committed(TopicPartition(topic, p)) or 0 for p in ends}
-            if all(committed[p] >= end for p, end in ends.items()):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{group} at {committed}, {topic} ends at {ends}")
-            await asyncio.sleep(0.3)
-    finally:
-        await consumer.stop()
 
 
 async def served_series(url: str) -> set[str]:
@@ -118,11 +78,6 @@ async def served_series(url: str) -> set[str]:
         names.update(family.name + s for s in suffixes)
         names.update(sample.name for sample in family.samples)
     return names
-
-
-def partial_files(folder: Path, job_id: str) -> list[Path]:
-    """The files in `folder` named after `job_id` (a partial file, or a ZIP under the job's name)."""
-    return list(folder.glob(f"{job_id}.*")) if folder.is_dir() else []
 
 
 async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends_the_job_once(
@@ -145,19 +100,12 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
         serve_ckan({slow_table.resource_id: slow_table}, faults=Faults(slow_page_delay=0.4)) as slow_api,
         serve_ckan({quick_table.resource_id: quick_table}, faults=Faults(slow_page_delay=0.12)) as quick_api,
     ):
-        with (
-            service(["worker"], {**env, "PACKAGER_METRICS_PORT": str(worker_metrics)}, logs) as worker,
-            service(["projector"], env, logs),
-            service(["ingress"], env, logs) as ingress,
-        ):
-            wait_for_port(port)
-
-            def diagnostics() -> str:
-                return f"worker log:\n{worker.log()}\ningress log:\n{ingress.log()}"
-
+        with running_stack(
+            env, logs, projector=True, worker_env={"PACKAGER_METRICS_PORT": str(worker_metrics)}
+        ) as stack:
             # 1. A build fetching pages from a slow portal is stopped, and its partial file removed.
             asked = {"secret": SECRET, "api_url": slow_api, "resource_id": slow_table.resource_id}
-            status, slow = await post(port, "/package_datastore", **asked, email="sam@example.org")
+            status, slow = await post_form(port, "/package_datastore", **asked, email="sam@example.org")
             assert status == 200, slow
             try:
                 await wait_for_event(
@@ -168,12 +116,14 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
                 )
                 await wait_until(lambda: partial_files(partial, slow["job_id"]), 30, "no partial file")
             except TimeoutError:
-                pytest.fail(diagnostics())
+                pytest.fail(stack.diagnostics())
             started = time.monotonic()
             gone = asyncio.create_task(
                 wait_until(lambda: not partial_files(partial, slow["job_id"]), 10, "the partial file stayed")
             )
-            status, answer = await post(port, f"/jobs/{slow['job_id']}/cancel", token=slow["cancel_token"])
+            status, answer = await post_form(
+                port, f"/jobs/{slow['job_id']}/cancel", token=slow["cancel_token"]
+            )
             assert (status, answer.get("state")) in ((200, "cancelled"), (202, None)), answer
             stopped_after = await gone - started
             assert stopped_after < 2.0, f"the build stopped {stopped_after:.2f}s after the cancel"
@@ -181,14 +131,14 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
             # 2. Calibration: one build left alone, timed from its accept answer to its completion.
             quick = {"secret": SECRET, "api_url": quick_api, "resource_id": quick_table.resource_id}
             accepted = time.monotonic()
-            status, alone = await post(port, "/package_datastore", **quick, email="al@example.org")
+            status, alone = await post_form(port, "/package_datastore", **quick, email="al@example.org")
             assert status == 200, alone
             try:
                 done = await wait_until(
                     lambda: _is(job_state(port, alone["job_id"]), "completed"), 120, "no completion"
                 )
             except TimeoutError:
-                pytest.fail(diagnostics())
+                pytest.fail(stack.diagnostics())
             build_time = done - accepted
 
             # The races: each job asks for different rows (its own cache key, so its own build).
@@ -197,7 +147,7 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
             for n in range(1, RACES + 1):
                 at = 0.0 if n == 1 else lost if n == 2 else (won + lost) / 2
                 accepted = time.monotonic()
-                status, job = await post(
+                status, job = await post_form(
                     port, "/package_datastore", **quick, offset=str(n), email=f"r{n}@example.org"
                 )
                 assert status == 200, job
@@ -206,7 +156,7 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
                         lambda j=job["job_id"]: _is(job_state(port, j), "completed"), 120, "no completion"
                     )
                 await asyncio.sleep(max(0.0, accepted + at * build_time - time.monotonic()))
-                answered = await post(port, f"/jobs/{job['job_id']}/cancel", token=job["cancel_token"])
+                answered = await post_form(port, f"/jobs/{job['job_id']}/cancel", token=job["cancel_token"])
                 races[job["job_id"]] = (at, *answered)
                 try:
                     await wait_until(
@@ -215,7 +165,7 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
                         f"job {job['job_id']} never ended",
                     )
                 except TimeoutError:
-                    pytest.fail(diagnostics())
+                    pytest.fail(stack.diagnostics())
                 if n > 2 and await job_state(port, job["job_id"]) == "cancelled":
                     won = at
                 elif n > 2:
@@ -228,7 +178,7 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
                     kafka_bootstrap, Topics(topic_prefix).events, f"{topic_prefix}-mailer"
                 )
             except TimeoutError:
-                pytest.fail(diagnostics())
+                pytest.fail(stack.diagnostics())
 
             # 3. The dashboard reads only series the running processes serve.
             served = await served_series(f"http://127.0.0.1:{port}/metrics")

@@ -28,7 +28,7 @@ from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
 from packager.domain.events import Envelope
 from packager.domain.numbers import NumberText, loads_exact
 from tests.integration.conftest import SECRET
-from tests.integration.support import SmtpSink, read_events, service, wait_for_event, wait_for_port
+from tests.integration.support import SmtpSink, read_events, running_stack, wait_for_event
 from tests.integration.support import submit as submit_request
 
 pytestmark = pytest.mark.kafka
@@ -167,11 +167,7 @@ async def test_a_filtered_query_is_packaged_row_for_row_in_every_format(
     assert 90_000 < len(server_rows) < 110_000
     filters = orjson.dumps(FILTERS).decode()
     formats = ("csv", "tsv", "jsonl", "xlsx")
-    with (
-        service(["worker"], service_env, tmp_path / "logs") as worker,
-        service(["ingress"], service_env, tmp_path / "logs"),
-    ):
-        wait_for_port(port)
+    with running_stack(service_env, tmp_path / "logs") as stack:
         jobs = {
             fmt: await submit(
                 port,
@@ -187,7 +183,7 @@ async def test_a_filtered_query_is_packaged_row_for_row_in_every_format(
         try:
             await smtp.wait_for(len(formats), timeout=300)
         except TimeoutError:
-            pytest.fail(f"not every job emailed.\nworker log:\n{worker.log()}")
+            pytest.fail(f"not every job emailed.\nworker log:\n{stack.worker.log()}")
 
     events = await events_of(kafka_bootstrap, topic_prefix)
     for fmt, job_id in jobs.items():
@@ -231,18 +227,14 @@ async def test_injected_errors_timeouts_and_resets_change_nothing_in_the_output(
         serve_ckan({table.resource_id: table}) as clean_url,
     ):
         columns, expected = await plain_read(clean_url, {}, table.resource_id)
-        with (
-            service(["worker"], env, tmp_path / "logs") as worker,
-            service(["ingress"], env, tmp_path / "logs"),
-        ):
-            wait_for_port(port)
+        with running_stack(env, tmp_path / "logs") as stack:
             job_id = await submit(
                 port, api_url=faulty_url, resource_id=table.resource_id, email="r@example.org"
             )
             try:
                 await smtp.wait_for(1, timeout=240)
             except TimeoutError:
-                pytest.fail(f"the job did not finish.\nworker log:\n{worker.log()}")
+                pytest.fail(f"the job did not finish.\nworker log:\n{stack.worker.log()}")
     counts = Counter(e.type for e in await events_of(kafka_bootstrap, topic_prefix) if e.job_id == job_id)
     assert (counts["PackageCompleted"], counts["PackageFailed"]) == (1, 0)
     with zip_of(store_dir, job_id) as zf:
@@ -266,12 +258,12 @@ async def test_a_fast_job_finishes_while_a_slow_one_runs(
         serve_ckan({big.resource_id: big}, faults=Faults(slow_page_delay=0.6)) as slow_url,
         serve_ckan({small.resource_id: small}) as fast_url,
     ):
-        with (
-            service(["worker", "--lanes", "fast,slow"], env, tmp_path / "logs") as worker_a,
-            service(["worker", "--lanes", "fast"], env, tmp_path / "logs") as worker_b,
-            service(["ingress"], env, tmp_path / "logs"),
-        ):
-            wait_for_port(port)
+        with running_stack(
+            env,
+            tmp_path / "logs",
+            workers=(["worker", "--lanes", "fast,slow"], ["worker", "--lanes", "fast"]),
+        ) as stack:
+            worker_a, worker_b = stack.workers
             # Both workers in the group and assigned before the first job: this test is about lanes, not about
             # a rebalance in the middle of planning (issue 7's fault suite covers those).
             await worker_a.wait_for_output("[^Worker]: Ready")

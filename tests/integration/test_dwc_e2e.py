@@ -8,15 +8,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from dwca.read import DwCAReader
 
-from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_server import SyntheticTable, serve_ckan
 from tests.integration.conftest import SECRET
-from tests.integration.support import SmtpSink, read_events, service, wait_for_port
+from tests.integration.support import SmtpSink, job_events, running_stack, submit
 
 pytestmark = pytest.mark.kafka
 
@@ -40,38 +38,25 @@ async def test_a_query_is_packaged_as_a_darwin_core_archive(
     expected = [table.row(i) for i in range(table.rows) if table.country_of(i) == "Kenya"]
     port = int(service_env["PACKAGER_PORT"])
     async with serve_ckan({table.resource_id: table}) as api_url:
-        with (
-            service(["worker"], service_env, tmp_path / "logs") as worker,
-            service(["ingress"], service_env, tmp_path / "logs"),
-        ):
-            wait_for_port(port)
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(
-                    f"http://127.0.0.1:{port}/package_dwc_archive",
-                    data={
-                        "secret": SECRET,
-                        "api_url": api_url,
-                        "resource_id": table.resource_id,
-                        "email": "curator@example.org",
-                        "filters": orjson.dumps(filters).decode(),
-                        "eml": EML,
-                        "for_gbif": "true",
-                    },
-                ) as resp,
-            ):
-                body = await resp.json()
-            assert resp.status == 200, body
-            job_id = body["job_id"]
+        with running_stack(service_env, tmp_path / "logs") as stack:
+            job_id = await submit(
+                port,
+                "package_dwc_archive",
+                SECRET,
+                api_url=api_url,
+                resource_id=table.resource_id,
+                email="curator@example.org",
+                filters=orjson.dumps(filters).decode(),
+                eml=EML,
+                for_gbif="true",
+            )
             try:
                 [message] = await smtp.wait_for(1, timeout=120)
             except TimeoutError:
-                pytest.fail(f"no email.\nworker log:\n{worker.log()}")
+                pytest.fail(f"no email.\nworker log:\n{stack.worker.log()}")
     assert job_id in message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
 
-    events = [
-        e for e in await read_events(kafka_bootstrap, Topics(topic_prefix).events) if e.job_id == job_id
-    ]
+    events = await job_events(kafka_bootstrap, topic_prefix, job_id)
     counts = Counter(e.type for e in events)
     assert (counts["PackageCompleted"], counts["PackageFailed"]) == (1, 0)
 

@@ -8,15 +8,13 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 from dwca.read import DwCAReader
 
-from packager.adapters.kafka_log import Topics
 from packager.dev.ckan_server import SyntheticTable, serve_ckan
 from tests.integration.conftest import SECRET
-from tests.integration.support import SmtpSink, read_events, service, wait_for_port
+from tests.integration.support import SmtpSink, job_events, running_stack, submit
 
 pytestmark = [pytest.mark.kafka, pytest.mark.features]
 
@@ -41,35 +39,22 @@ async def test_a_gbif_archive_without_eml_describes_its_dataset(
     table = SyntheticTable("gbif-birds", 3_000, seed=18)
     port = int(service_env["PACKAGER_PORT"])
     async with serve_ckan({table.resource_id: table}, datasets={table.resource_id: DATASET}) as api_url:
-        with (
-            service(["worker"], service_env, tmp_path / "logs") as worker,
-            service(["ingress"], service_env, tmp_path / "logs"),
-        ):
-            wait_for_port(port)
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(
-                    f"http://127.0.0.1:{port}/package_dwc_archive",
-                    data={
-                        "secret": SECRET,
-                        "api_url": api_url,
-                        "resource_id": table.resource_id,
-                        "email": "curator@example.org",
-                        "for_gbif": "true",
-                    },
-                ) as resp,
-            ):
-                body = await resp.json()
-            assert resp.status == 200, body
-            job_id = body["job_id"]
+        with running_stack(service_env, tmp_path / "logs") as stack:
+            job_id = await submit(
+                port,
+                "package_dwc_archive",
+                SECRET,
+                api_url=api_url,
+                resource_id=table.resource_id,
+                email="curator@example.org",
+                for_gbif="true",
+            )
             try:
                 await smtp.wait_for(1, timeout=120)
             except TimeoutError:
-                pytest.fail(f"no email.\nworker log:\n{worker.log()}")
+                pytest.fail(f"no email.\nworker log:\n{stack.worker.log()}")
 
-    events = [
-        e for e in await read_events(kafka_bootstrap, Topics(topic_prefix).events) if e.job_id == job_id
-    ]
+    events = await job_events(kafka_bootstrap, topic_prefix, job_id)
     counts = Counter(e.type for e in events)
     assert (counts["PackageCompleted"], counts["PackageFailed"]) == (1, 0)
 

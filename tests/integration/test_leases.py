@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -32,14 +33,16 @@ from tests.integration.conftest import SECRET
 from tests.integration.support import (
     SmtpSink,
     end_offsets,
+    group_caught_up,
     read_events,
     service,
     serving,
     submit,
     wait_for_event,
     wait_for_port,
+    wait_until,
 )
-from tests.integration.test_faults import committed_offsets, emailed_jobs, submit_datastore
+from tests.integration.test_faults import emailed_jobs, submit_datastore
 
 pytestmark = pytest.mark.kafka
 
@@ -52,13 +55,12 @@ def of_job(events: list[Envelope], job_id: str, kind: str) -> list[Envelope]:
     return [e for e in events if e.job_id == job_id and e.type == kind]
 
 
-async def until(condition: object, within: float, what: str) -> None:
-    """Poll an async condition until it holds, failing with `what` after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {within:.0f}s")
-        await asyncio.sleep(0.3)
+async def until(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    """Poll an async condition until it holds, failing the test with `what` after `within` seconds."""
+    try:
+        await wait_until(condition, within, what, every=0.3)
+    except TimeoutError:
+        pytest.fail(f"{what} within {within:.0f}s")
 
 
 async def test_sigterm_to_the_only_worker_mid_build_releases_the_job_and_it_completes_once(
@@ -192,19 +194,16 @@ async def test_a_builder_killed_for_good_loses_its_lease_and_another_attempt_com
             # The same query again: it waits for the build in progress rather than building twice.
             second = await submit_datastore(port, api_url, "lost", "second@example.org")
 
-            async def consumed(*names: str) -> bool:
-                """The workers have handled (and committed) every record of these topics."""
-                for name in names:
-                    ends = await end_offsets(kafka_bootstrap, name)
-                    done = await committed_offsets(kafka_bootstrap, f"{topic_prefix}-worker", name, len(ends))
-                    if any((done.get(p) or 0) < end for p, end in ends.items()):
-                        return False
-                return True
-
             # The second request is planned, and the lane record is committed: from here, only the lease
             # can bring the first job back.
             await until(
-                lambda: consumed(topics.requests, topics.lane("fast"), topics.lane("slow")),
+                lambda: group_caught_up(
+                    kafka_bootstrap,
+                    f"{topic_prefix}-worker",
+                    topics.requests,
+                    topics.lane("fast"),
+                    topics.lane("slow"),
+                ),
                 30,
                 "the requests were never consumed",
             )
@@ -283,17 +282,13 @@ async def test_a_queued_build_passed_in_its_lane_without_starting_is_queued_agai
                     return sum((await end_offsets(kafka_bootstrap, topics.lane("fast"))).values()) == 1
 
                 await until(dispatched, 30, "the job's lane record was not written")
-
-                async def lease_recorded() -> bool:
-                    """The steward has handled PackageQueued and the group committed past it."""
-                    ends = await end_offsets(kafka_bootstrap, topics.events)
-                    done = await committed_offsets(
-                        kafka_bootstrap, f"{topic_prefix}-worker", topics.events, len(ends)
-                    )
-                    return all((done.get(p) or 0) >= end for p, end in ends.items())
-
-                # Stopped within a moment of planning, the worker may not have recorded the lease yet.
-                await until(lease_recorded, 30, "the steward did not handle PackageQueued")
+                # Stopped within a moment of planning, the worker may not have recorded the lease yet: wait
+                # until the steward has handled PackageQueued and the group committed past it.
+                await until(
+                    lambda: group_caught_up(kafka_bootstrap, f"{topic_prefix}-worker", topics.events),
+                    30,
+                    "the steward did not handle PackageQueued",
+                )
             # The record is passed with no PackageStarted: nothing but the watchdog can bring the job back.
             await pass_lane_records(kafka_bootstrap, f"{topic_prefix}-worker", topics.lane("fast"))
             with service(["worker"], env, tmp_path / "logs") as builder:
@@ -428,16 +423,12 @@ async def test_events_read_again_after_a_rebalance_end_no_job_twice(
             await rewind(kafka_bootstrap, f"{topic_prefix}-worker", topics.events)
 
             with service(["worker"], service_env, tmp_path / "logs") as second:
-
-                async def read_through() -> bool:
-                    ends = await end_offsets(kafka_bootstrap, topics.events)
-                    done = await committed_offsets(
-                        kafka_bootstrap, f"{topic_prefix}-worker", topics.events, len(ends)
-                    )
-                    return all((done.get(p) or 0) >= end for p, end in ends.items())
-
                 try:
-                    await until(read_through, 60, "the restarted worker did not read the events again")
+                    await until(
+                        lambda: group_caught_up(kafka_bootstrap, f"{topic_prefix}-worker", topics.events),
+                        60,
+                        "the restarted worker did not read the events again",
+                    )
                 except BaseException:
                     print(second.log())
                     raise

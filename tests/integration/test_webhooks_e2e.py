@@ -9,17 +9,13 @@ EMAIL_CANCELLATIONS off (the default) the cancelled job's requester gets no emai
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from packager.adapters.kafka_log import Topics
 from packager.dev.kafka import free_port
@@ -29,12 +25,14 @@ from packager.domain.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
 from tests.integration.conftest import SECRET
 from tests.integration.support import (
     SmtpSink,
-    end_offsets,
+    job_events,
+    post_form,
     read_events,
-    service,
+    running_stack,
     submit,
+    trickle,
     wait_for_event,
-    wait_for_port,
+    wait_until_group_caught_up,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.features]
@@ -64,19 +62,6 @@ class Receiver:
         return [(body, headers) for p, body, headers in self.calls if p == path]
 
 
-async def trickle(request: web.Request) -> web.StreamResponse:
-    """A file sent one byte every 0.3 s: its build runs until it is cancelled."""
-    resp = web.StreamResponse(headers={"Content-Length": "100000"})
-    await resp.prepare(request)
-    try:
-        for _ in range(100_000):
-            await resp.write(b"x")
-            await asyncio.sleep(0.3)
-    except ConnectionError:
-        pass  # the build was stopped: what the test wants
-    return resp
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     port = free_port()
@@ -91,28 +76,6 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield hooks
     finally:
         await runner.cleanup()
-
-
-async def wait_until_handled(
-    bootstrap: str, prefix: str, within: float = 60.0, group: str = "webhooks"
-) -> None:
-    """Wait until the `group` (the webhooks sender's, or the mailer's) committed the events topic's end:
-    nothing is left for it to send."""
-    topic = Topics(prefix).events
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{prefix}-{group}")
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + within
-        while True:
-            ends = await end_offsets(bootstrap, topic)
-            committed = {p: await consumer.committed(TopicPartition(topic, p)) or 0 for p in ends}
-            if all(committed[p] >= end for p, end in ends.items()):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{group} group at {committed}, topic ends at {ends}")
-            await asyncio.sleep(0.5)
-    finally:
-        await consumer.stop()
 
 
 async def test_a_finished_job_is_posted_signed_to_its_callback_and_to_webhook_url(
@@ -134,11 +97,7 @@ async def test_a_finished_job_is_posted_signed_to_its_callback_and_to_webhook_ur
         "PACKAGER_DOWNLOAD_URL_BASE": "https://portal.example.org/downloads",
     }
     port = int(env["PACKAGER_PORT"])
-    with (
-        service(["worker"], env, tmp_path / "logs") as worker,
-        service(["ingress"], env, tmp_path / "logs") as ingress,
-    ):
-        wait_for_port(port)
+    with running_stack(env, tmp_path / "logs") as stack:
         job_id = await submit(
             port,
             "package_url",
@@ -159,13 +118,14 @@ async def test_a_finished_job_is_posted_signed_to_its_callback_and_to_webhook_ur
         try:
             for target in ("callback", "service"):
                 await wait_for_event(kafka_bootstrap, topic_prefix, delivered(target), within=120)
-            await wait_until_handled(kafka_bootstrap, topic_prefix)
+            # Nothing is left for the webhooks sender to send: a second delivery would be on the log by now.
+            await wait_until_group_caught_up(
+                kafka_bootstrap, Topics(topic_prefix).events, f"{topic_prefix}-webhooks"
+            )
         except TimeoutError:
-            pytest.fail(f"no webhook recorded.\nworker log:\n{worker.log()}\ningress log:\n{ingress.log()}")
+            pytest.fail(f"no webhook recorded.\n{stack.diagnostics()}")
 
-    events = [
-        e for e in await read_events(kafka_bootstrap, Topics(topic_prefix).events) if e.job_id == job_id
-    ]
+    events = await job_events(kafka_bootstrap, topic_prefix, job_id)
     outcomes = [e.payload for e in events if isinstance(e.payload, WebhookDelivered | WebhookFailed)]
     assert sorted((type(o).__name__, o.target) for o in outcomes) == [
         ("WebhookDelivered", "callback"),
@@ -211,16 +171,7 @@ async def test_failed_and_cancelled_jobs_are_posted_and_a_receiver_that_never_ta
         "PACKAGER_WEBHOOK_RETRY_MAX_DELAY": "1",
     }
     port = int(env["PACKAGER_PORT"])
-    with (
-        service(["worker"], env, tmp_path / "logs") as worker,
-        service(["projector"], env, tmp_path / "logs"),
-        service(["ingress"], env, tmp_path / "logs") as ingress,
-    ):
-        wait_for_port(port)
-
-        def diagnostics() -> str:
-            return f"worker log:\n{worker.log()}\ningress log:\n{ingress.log()}"
-
+    with running_stack(env, tmp_path / "logs", projector=True) as stack:
         failing = await submit(
             port,
             "package_url",
@@ -230,33 +181,23 @@ async def test_failed_and_cancelled_jobs_are_posted_and_a_receiver_that_never_ta
             email="requester@example.org",
             callback_url=f"{receiver.base}/down",
         )
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                f"http://127.0.0.1:{port}/package_url",
-                data={
-                    "secret": SECRET,
-                    "resource_id": "res-slow",
-                    "resource_url": f"{receiver.base}/slow.csv",
-                    "email": "requester@example.org",
-                },
-            ) as resp,
-        ):
-            slow = await resp.json()
-        assert resp.status == 200, slow
+        status, slow = await post_form(
+            port,
+            "/package_url",
+            secret=SECRET,
+            resource_id="res-slow",
+            resource_url=f"{receiver.base}/slow.csv",
+            email="requester@example.org",
+        )
+        assert status == 200, slow
         cancelled = slow["job_id"]
         try:
             await wait_for_event(
                 kafka_bootstrap, topic_prefix, lambda e: e.job_id == cancelled and e.type == "PackageStarted"
             )
             # The token proves the job was accepted: the route waits for the views to know it.
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(
-                    f"http://127.0.0.1:{port}/jobs/{cancelled}/cancel", data={"token": slow["cancel_token"]}
-                ) as resp,
-            ):
-                assert resp.status in (200, 202), await resp.text()
+            status, answer = await post_form(port, f"/jobs/{cancelled}/cancel", token=slow["cancel_token"])
+            assert status in (200, 202), answer
             for job_id, outcome, target in (
                 (failing, WebhookFailed, "callback"),
                 (failing, WebhookDelivered, "service"),
@@ -270,10 +211,13 @@ async def test_failed_and_cancelled_jobs_are_posted_and_a_receiver_that_never_ta
                     ),
                     within=120,
                 )
-            await wait_until_handled(kafka_bootstrap, topic_prefix)
-            await wait_until_handled(kafka_bootstrap, topic_prefix, group="mailer")
+            # Nothing is left for the webhooks sender or the mailer to send.
+            for group in ("webhooks", "mailer"):
+                await wait_until_group_caught_up(
+                    kafka_bootstrap, Topics(topic_prefix).events, f"{topic_prefix}-{group}"
+                )
         except TimeoutError:
-            pytest.fail(diagnostics())
+            pytest.fail(stack.diagnostics())
 
     events = [e for e in await read_events(kafka_bootstrap, Topics(topic_prefix).events)]
     outcomes = sorted(
