@@ -20,6 +20,11 @@ else one started with `packager.dev.kafka` and stopped at the end):
    another, each request distinct (its `doi`), so none is a cache hit.
 4. `cache_hit`: the same for a request identical to one already completed.
 
+`--limits` adds a second ingress with every fair limit set high enough that nothing is refused (each
+request still runs the check), and a projector writing the views it reads; `ingress_limits` then alternates
+with the other two (bare, ingress, ingress_limits, ...), and `limits_ratio` is its requests/s ÷ the plain
+ingress's. Both ingresses append the same requester's requests to one log, so the views it counts grow.
+
 Peak RSS (VmHWM) of the ingress and the worker is read from /proc before they stop. Prints one JSON object.
 """
 
@@ -45,6 +50,12 @@ from typing import Any
 
 SECRET = "load-benchmark-secret-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
+# Every fair limit on, above what one run can reach: each request is checked, none refused.
+GENEROUS_LIMITS = {
+    "PACKAGER_MAX_ACTIVE_JOBS_PER_REQUESTER": "1000000",
+    "PACKAGER_MAX_REQUESTS_PER_HOUR_PER_REQUESTER": "1000000",
+    "PACKAGER_MAX_ACTIVE_JOBS_PER_RESOURCE": "1000000",
+}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -239,11 +250,13 @@ def throughput(
     log: Any,
     *,
     distinct_emails: bool = False,
+    limits: bool = False,
 ) -> dict[str, Any]:
     """Parts 1 and 2: the ingress and the bare handler under the same client load, interleaved.
 
     `distinct_emails`: every request from a new requester, so the ingress stores a data key for each
-    (docs/privacy.md); otherwise one requester, whose key is stored once.
+    (docs/privacy.md); otherwise one requester, whose key is stored once. `limits`: also an ingress with
+    the fair limits on (generous: the check runs, nothing is refused) and the projector it reads.
     """
     from packager.dev.kafka import free_port
 
@@ -260,12 +273,13 @@ def throughput(
     )
     runs: dict[str, list[dict[str, Any]]] = {"bare": [], "ingress": []}
     logs = workdir / "logs"
-    with (
-        _process(["-m", "packager", "ingress"], env, logs / "ingress.log") as ingress,
-        _process(
-            ["-m", "benchmarks.load", "--role", "bare", "--port", str(bare_port)], {}, logs / "bare.log"
-        ) as bare,
-    ):
+    with contextlib.ExitStack() as stack:
+        ingress = stack.enter_context(_process(["-m", "packager", "ingress"], env, logs / "ingress.log"))
+        bare = stack.enter_context(
+            _process(
+                ["-m", "benchmarks.load", "--role", "bare", "--port", str(bare_port)], {}, logs / "bare.log"
+            )
+        )
         _wait_for_url(f"http://127.0.0.1:{ingress_port}/health/live")
         _wait_for_url(f"http://127.0.0.1:{bare_port}/")
         urls = {
@@ -273,8 +287,20 @@ def throughput(
             "ingress": f"http://127.0.0.1:{ingress_port}/package_url",
         }
         pids = {"bare": bare.pid, "ingress": ingress.pid}
+        if limits:
+            runs["ingress_limits"] = []
+            stack.enter_context(_process(["-m", "packager", "projector"], env, logs / "projector.log"))
+            limited_port = free_port()
+            limited_env = {**env, **GENEROUS_LIMITS, "PACKAGER_PORT": str(limited_port)}
+            limited_env["PACKAGER_METRICS_PORT"] = str(free_port())
+            limited = stack.enter_context(
+                _process(["-m", "packager", "ingress"], limited_env, logs / "ingress-limits.log")
+            )
+            _wait_for_url(f"http://127.0.0.1:{limited_port}/health/live")
+            urls["ingress_limits"] = f"http://127.0.0.1:{limited_port}/package_url"
+            pids["ingress_limits"] = limited.pid
         for _ in range(repeat):
-            for mode in ("bare", "ingress"):
+            for mode in runs:
                 cpu_before = _cpu_seconds(pids[mode])
                 result = _run_client(urls[mode], body, requests, concurrency)
                 # Per request the server answered in the run, warm-up included (its CPU is in the span).
@@ -284,6 +310,7 @@ def throughput(
                 runs[mode].append(result)
                 log(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))
         ingress_rss = _peak_rss_mb(ingress.pid)
+        limited_rss = _peak_rss_mb(pids["ingress_limits"]) if limits else 0.0
 
     def med(mode: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[mode])
@@ -314,6 +341,14 @@ def throughput(
         3,
     )
     summary["ingress_peak_rss_mb"] = round(ingress_rss, 1)
+    if limits:
+        summary["limits_ratio"] = round(
+            statistics.median(
+                li["rps"] / i["rps"] for li, i in zip(runs["ingress_limits"], runs["ingress"], strict=True)
+            ),
+            3,
+        )
+        summary["ingress_limits_peak_rss_mb"] = round(limited_rss, 1)
     return summary
 
 
@@ -446,6 +481,9 @@ def main() -> None:
     parser.add_argument(
         "--distinct-emails", action="store_true", help="every request from a new requester (a key each)"
     )
+    parser.add_argument(
+        "--limits", action="store_true", help="also an ingress with generous fair limits (and a projector)"
+    )
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     parser.add_argument("--role", choices=["client", "bare"], help=argparse.SUPPRESS)
@@ -486,6 +524,7 @@ def main() -> None:
                 args.repeat,
                 log,
                 distinct_emails=args.distinct_emails,
+                limits=args.limits,
             )
         if "jobs" in parts:
             summary["latency"] = job_latency(boot, workdir, args.jobs, args.job_rows, log)
