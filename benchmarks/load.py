@@ -18,7 +18,12 @@ else one started with `packager.dev.kafka` and stopped at the end):
 3. `job`: request-to-email latency of a `/package_datastore` job of `--job-rows` rows from the project's CKAN
    server (`packager dev ckan`), with a worker process and an aiosmtpd server in this process; jobs one after
    another, each request distinct (its `doi`), so none is a cache hit.
-4. `cache_hit`: the same for a request identical to one already completed.
+4. `cache_hit`: the same for a request identical to one already completed (3 and 4: `benchmarks.load_jobs`).
+
+`--limits` adds a second ingress with every fair limit set high enough that nothing is refused (each
+request still runs the check), and a projector writing the views it reads; `ingress_limits` then alternates
+with the other two (bare, ingress, ingress_limits, ...), and `limits_ratio` is its requests/s ÷ the plain
+ingress's. Both ingresses append the same requester's requests to one log, so the views it counts grow.
 
 Peak RSS (VmHWM) of the ingress and the worker is read from /proc before they stop. Prints one JSON object.
 """
@@ -34,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -45,6 +49,12 @@ from typing import Any
 
 SECRET = "load-benchmark-secret-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
+# Every fair limit on, above what one run can reach: each request is checked, none refused.
+GENEROUS_LIMITS = {
+    "PACKAGER_MAX_ACTIVE_JOBS_PER_REQUESTER": "1000000",
+    "PACKAGER_MAX_REQUESTS_PER_HOUR_PER_REQUESTER": "1000000",
+    "PACKAGER_MAX_ACTIVE_JOBS_PER_RESOURCE": "1000000",
+}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -239,11 +249,13 @@ def throughput(
     log: Any,
     *,
     distinct_emails: bool = False,
+    limits: bool = False,
 ) -> dict[str, Any]:
     """Parts 1 and 2: the ingress and the bare handler under the same client load, interleaved.
 
     `distinct_emails`: every request from a new requester, so the ingress stores a data key for each
-    (docs/privacy.md); otherwise one requester, whose key is stored once.
+    (docs/privacy.md); otherwise one requester, whose key is stored once. `limits`: also an ingress with
+    the fair limits on (generous: the check runs, nothing is refused) and the projector it reads.
     """
     from packager.dev.kafka import free_port
 
@@ -260,12 +272,13 @@ def throughput(
     )
     runs: dict[str, list[dict[str, Any]]] = {"bare": [], "ingress": []}
     logs = workdir / "logs"
-    with (
-        _process(["-m", "packager", "ingress"], env, logs / "ingress.log") as ingress,
-        _process(
-            ["-m", "benchmarks.load", "--role", "bare", "--port", str(bare_port)], {}, logs / "bare.log"
-        ) as bare,
-    ):
+    with contextlib.ExitStack() as stack:
+        ingress = stack.enter_context(_process(["-m", "packager", "ingress"], env, logs / "ingress.log"))
+        bare = stack.enter_context(
+            _process(
+                ["-m", "benchmarks.load", "--role", "bare", "--port", str(bare_port)], {}, logs / "bare.log"
+            )
+        )
         _wait_for_url(f"http://127.0.0.1:{ingress_port}/health/live")
         _wait_for_url(f"http://127.0.0.1:{bare_port}/")
         urls = {
@@ -273,8 +286,20 @@ def throughput(
             "ingress": f"http://127.0.0.1:{ingress_port}/package_url",
         }
         pids = {"bare": bare.pid, "ingress": ingress.pid}
+        if limits:
+            runs["ingress_limits"] = []
+            stack.enter_context(_process(["-m", "packager", "projector"], env, logs / "projector.log"))
+            limited_port = free_port()
+            limited_env = {**env, **GENEROUS_LIMITS, "PACKAGER_PORT": str(limited_port)}
+            limited_env["PACKAGER_METRICS_PORT"] = str(free_port())
+            limited = stack.enter_context(
+                _process(["-m", "packager", "ingress"], limited_env, logs / "ingress-limits.log")
+            )
+            _wait_for_url(f"http://127.0.0.1:{limited_port}/health/live")
+            urls["ingress_limits"] = f"http://127.0.0.1:{limited_port}/package_url"
+            pids["ingress_limits"] = limited.pid
         for _ in range(repeat):
-            for mode in ("bare", "ingress"):
+            for mode in runs:
                 cpu_before = _cpu_seconds(pids[mode])
                 result = _run_client(urls[mode], body, requests, concurrency)
                 # Per request the server answered in the run, warm-up included (its CPU is in the span).
@@ -284,6 +309,7 @@ def throughput(
                 runs[mode].append(result)
                 log(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))
         ingress_rss = _peak_rss_mb(ingress.pid)
+        limited_rss = _peak_rss_mb(pids["ingress_limits"]) if limits else 0.0
 
     def med(mode: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[mode])
@@ -314,124 +340,15 @@ def throughput(
         3,
     )
     summary["ingress_peak_rss_mb"] = round(ingress_rss, 1)
-    return summary
-
-
-class _Mailbox:
-    """aiosmtpd handler: the arrival time of each message, by the job id in its subject."""
-
-    def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-        self._cond = threading.Condition()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        now = time.perf_counter()
-        from email import message_from_bytes, policy
-
-        message = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
-        job_id = str(message["Subject"]).rsplit(" ", 1)[-1]
-        with self._cond:
-            self.arrived[job_id] = now
-            self._cond.notify_all()
-        return "250 OK"
-
-    def wait(self, job_id: str, timeout: float) -> float:
-        with self._cond:
-            if not self._cond.wait_for(lambda: job_id in self.arrived, timeout=timeout):
-                raise TimeoutError(f"no email for job {job_id} within {timeout}s")
-            return self.arrived[job_id]
-
-
-def submit_datastore(ingress_port: int, api_url: str, doi: str, **extra: str) -> str:
-    """POST one `/package_datastore` job of the synthetic table (distinct by its `doi`); its job id."""
-    fields = {
-        "secret": SECRET,
-        "api_url": api_url,
-        "resource_id": "synthetic",
-        "email": "someone@example.org",
-        "format": "csv",
-        "doi": doi,
-        **extra,
-    }
-    body = urllib.parse.urlencode(fields).encode()
-    url = f"http://127.0.0.1:{ingress_port}/package_datastore"
-    with urllib.request.urlopen(url, data=body, timeout=60) as resp:
-        return str(json.loads(resp.read())["job_id"])
-
-
-def wait_workers_ready(logs: list[Path], procs: list[Any], timeout: float = 180.0) -> None:
-    """Until every worker has said `[^Worker]: Ready` (SystemExit naming its log if one does not)."""
-    deadline = time.monotonic() + timeout
-    for log_file, proc in zip(logs, procs, strict=True):
-        while "[^Worker]: Ready" not in log_file.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"a worker did not start; see {log_file}")
-            time.sleep(0.2)
-
-
-def job_latency(bootstrap: str, workdir: Path, jobs: int, rows: int, log: Any) -> dict[str, Any]:
-    """Parts 3 and 4: request-to-email latency of small jobs, then of cache hits, with one worker."""
-    from aiosmtpd.controller import Controller
-
-    from packager.dev.kafka import free_port
-
-    mailbox = _Mailbox()
-    smtp_port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
-    prefix = f"load{uuid.uuid4().hex[:8]}"
-    ingress_port, ckan_port = free_port(), free_port()
-    env = _service_env(bootstrap, workdir, prefix, ingress_port, smtp_port)
-    logs = workdir / "logs"
-    api_url = f"http://127.0.0.1:{ckan_port}/api/3/action/datastore_search"
-    worker_log = logs / "worker.log"
-    try:
-        with (
-            _process(
-                ["-m", "packager", "dev", "ckan", "--rows", str(rows), "--port", str(ckan_port)],
-                {},
-                logs / "ckan.log",
+    if limits:
+        summary["limits_ratio"] = round(
+            statistics.median(
+                li["rps"] / i["rps"] for li, i in zip(runs["ingress_limits"], runs["ingress"], strict=True)
             ),
-            _process(["-m", "packager", "worker"], env, worker_log) as worker,
-            _process(["-m", "packager", "ingress"], env, logs / "ingress-jobs.log"),
-        ):
-            _wait_for_url(f"http://127.0.0.1:{ingress_port}/health/live")
-            _wait_for_url(api_url + "?resource_id=synthetic&limit=0")
-            wait_workers_ready([worker_log], [worker], timeout=120)
-
-            def request(doi: str) -> float:
-                started = time.perf_counter()
-                job_id = submit_datastore(ingress_port, api_url, doi)
-                return mailbox.wait(job_id, timeout=120) - started
-
-            for n in range(2):  # warm-up: connections, first assignment; not counted
-                log(json.dumps({"warmup_job_s": round(request(f"10.0/warmup.{n}"), 3)}))
-            fresh = []
-            for n in range(jobs):
-                fresh.append(request(f"10.0/bench.{n}"))
-                log(json.dumps({"job": n, "seconds": round(fresh[-1], 3)}))
-            hits = []
-            for n in range(jobs):
-                hits.append(request(f"10.0/bench.{n}"))  # identical to a completed job
-                log(json.dumps({"cache_hit": n, "seconds": round(hits[-1], 3)}))
-            worker_rss = _peak_rss_mb(worker.pid)
-    finally:
-        controller.stop()
-
-    def stats(values: list[float]) -> dict[str, Any]:
-        return {
-            "p50_s": round(statistics.median(values), 3),
-            "p95_s": round(_percentile(values, 0.95), 3),
-            "max_s": round(max(values), 3),
-            "jobs": len(values),
-        }
-
-    return {
-        "rows": rows,
-        "job": stats(fresh),
-        "cache_hit": stats(hits),
-        "worker_peak_rss_mb": round(worker_rss, 1),
-    }
+            3,
+        )
+        summary["ingress_limits_peak_rss_mb"] = round(limited_rss, 1)
+    return summary
 
 
 def main() -> None:
@@ -445,6 +362,9 @@ def main() -> None:
     parser.add_argument("--parts", default="throughput,jobs")
     parser.add_argument(
         "--distinct-emails", action="store_true", help="every request from a new requester (a key each)"
+    )
+    parser.add_argument(
+        "--limits", action="store_true", help="also an ingress with generous fair limits (and a projector)"
     )
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
@@ -486,8 +406,11 @@ def main() -> None:
                 args.repeat,
                 log,
                 distinct_emails=args.distinct_emails,
+                limits=args.limits,
             )
         if "jobs" in parts:
+            from benchmarks.load_jobs import job_latency  # it uses this module's helpers
+
             summary["latency"] = job_latency(boot, workdir, args.jobs, args.job_rows, log)
     print(json.dumps(summary))
 

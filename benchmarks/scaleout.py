@@ -37,15 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from .chaos import machine
-from .load import (
-    _broker,
-    _Mailbox,
-    _process,
-    _service_env,
-    _wait_for_url,
-    submit_datastore,
-    wait_workers_ready,
-)
+from .load import _broker, _process, _service_env, _wait_for_url
+from .load_jobs import _Mailbox, submit_datastore, wait_workers_ready
 
 PARTITIONS = 6
 CONFIGURATIONS = {  # name -> (worker processes, WORKER_CONCURRENCY)

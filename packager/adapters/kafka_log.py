@@ -274,11 +274,22 @@ def identity_mismatch(saved: LogIdentity | None, current: LogIdentity) -> str | 
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where a record went: its partition and offset (what the views' positions are compared with)."""
+
+    partition: int
+    offset: int
+
+
 class EventLog(Protocol):
     """Where accepted requests and events are appended."""
 
-    async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
-        """Append one event (to `partition`, else by key); return only once it is durably stored."""
+    async def append(
+        self, topic: str, key: str, event: Envelope, *, partition: int | None = None
+    ) -> Appended | None:
+        """Append one event (to `partition`, else by key); return once it is durably stored, with where it
+        went when the log knows (None: a log without partitions and offsets)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -291,12 +302,15 @@ class InMemoryEventLog:
     records: dict[str, list[tuple[str, Envelope]]] = field(default_factory=dict)
     available: bool = True
 
-    async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
-        """Store the event, or fail as an unreachable broker would."""
+    async def append(
+        self, topic: str, key: str, event: Envelope, *, partition: int | None = None
+    ) -> Appended | None:
+        """Store the event, or fail as an unreachable broker would (no offsets: None)."""
         if not self.available:
             raise UnavailableError("The event log is unavailable; the request was not accepted.")
         encode(event)  # the same serialisation errors as the real log
         self.records.setdefault(topic, []).append((key, event))
+        return None
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -431,15 +445,17 @@ class KafkaEventLog:
             raise
         return producer
 
-    async def append(self, topic: str, key: str, event: Envelope, *, partition: int | None = None) -> None:
-        """Append and wait for the broker's acknowledgement from all in-sync replicas."""
+    async def append(
+        self, topic: str, key: str, event: Envelope, *, partition: int | None = None
+    ) -> Appended | None:
+        """Append and wait for the broker's acknowledgement from all in-sync replicas; where it went."""
         if self._down_since is not None:
             raise self._unavailable()
         producer = await self._ready_producer()
         deadline_ms = int((time.time() + self._send_timeout) * 1000)
         try:
             async with asyncio.timeout(self._send_timeout):
-                await producer.send_and_wait(
+                stored = await producer.send_and_wait(
                     topic,
                     value=encode(event),
                     key=key.encode(),
@@ -453,6 +469,7 @@ class KafkaEventLog:
                 "The event log (Kafka) did not acknowledge the request in time; it was not accepted. "
                 "Try again later."
             ) from None
+        return Appended(stored.partition, stored.offset)
 
     async def close(self) -> None:
         """Stop probing, flush and stop the producer."""

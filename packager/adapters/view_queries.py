@@ -11,13 +11,28 @@ from projections import view_schema as schema
 
 
 @dataclass(frozen=True, slots=True)
+class UsageAsked:
+    """What the fair limits ask the views about one request: a count is asked only for a limit that is set
+    (its most, else 0), and the times of the requester's newest requests only when they may be refused."""
+
+    who: str  # the requester's pseudonym
+    resource_id: str
+    since: float  # the hour's start
+    most_active: int
+    most_per_hour: int
+    most_for_resource: int
+    unseen_at_most: int  # the requester's requests the views may not show yet (what the ingress holds)
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
-    """A requester's and a resource's use of the service as the views know it."""
+    """A requester's and a resource's use of the service as the views know it, and how far they know."""
 
     active: int  # the requester's jobs queued or running
     resource_active: int  # the resource's jobs queued or running
-    recent: list[float]  # unix times of the requester's requests in the window, oldest first
-    known: set[str]  # the job ids asked about whose request the views have folded
+    requests: int  # the requester's requests in the window
+    recent: list[float]  # unix times of the newest of them (up to the hourly most), oldest first
+    positions: dict[tuple[str, int], int]  # (topic, partition) -> next offset the views will fold
 
 
 def daily(
@@ -40,17 +55,29 @@ def daily(
     return found
 
 
-def usage(db: ViewDatabase, conn: Any, who: str, resource_id: str, since: float, pending: set[str]) -> Usage:
-    """What the fair limits count of a requester (pseudonym) and a resource (`packager.http.limits`);
-    `known`: those of the `pending` job ids whose request the views have folded."""
-    one = db.sql("SELECT count(*) FROM active_jobs WHERE who = ?")
-    by_resource = db.sql("SELECT count(*) FROM active_jobs WHERE resource_id = ?")
-    recent = db.sql("SELECT ts FROM stat_requests WHERE email = ? AND ts >= ? ORDER BY ts")
-    known = "SELECT job_id FROM stat_requests"
+def usage(db: ViewDatabase, conn: Any, asked: UsageAsked) -> Usage:
+    """What the fair limits count (`packager.http.limits`), in one snapshot with the views' positions: one
+    statement for the counts, and the newest request times only when the hourly limit may be reached."""
+    parts: list[tuple[int, str, list[Any]]] = [  # a count no limit needs is a constant 0
+        (asked.most_active, "SELECT count(*) FROM active_jobs WHERE who = ?", [asked.who]),
+        (
+            asked.most_for_resource,
+            "SELECT count(*) FROM active_jobs WHERE resource_id = ?",
+            [asked.resource_id],
+        ),
+        (
+            asked.most_per_hour,
+            "SELECT count(*) FROM stat_requests WHERE email = ? AND ts >= ?",
+            [asked.who, asked.since],
+        ),
+    ]
+    counts = db.sql("SELECT " + ", ".join(f"({sql})" if most else "0" for most, sql, _ in parts))
+    params = [value for most, _, values in parts if most for value in values]
+    newest = db.sql("SELECT ts FROM stat_requests WHERE email = ? AND ts >= ? ORDER BY ts DESC LIMIT ?")
     with db.transaction(conn, write=False):  # one snapshot: a job is not counted twice, or missed
-        return Usage(
-            active=int(conn.execute(one, (who,)).fetchone()[0]),
-            resource_active=int(conn.execute(by_resource, (resource_id,)).fetchone()[0]),
-            recent=[float(row[0]) for row in conn.execute(recent, (who, since))],
-            known={str(row[0]) for row in db.where_in(conn, known, "job_id", pending)},
-        )
+        active, resource_active, requests = (int(n) for n in conn.execute(counts, params).fetchone())
+        recent: list[float] = []
+        if asked.most_per_hour and requests + asked.unseen_at_most >= asked.most_per_hour:
+            rows = conn.execute(newest, (asked.who, asked.since, asked.most_per_hour)).fetchall()
+            recent = sorted(float(row[0]) for row in rows)
+        return Usage(active, resource_active, requests, recent, db.positions(conn))

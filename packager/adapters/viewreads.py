@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from packager.adapters import view_queries
 from packager.adapters.kafka_log import Topics
 from packager.adapters.readside import identity_for, topic_partitions
-from packager.adapters.view_queries import Usage
+from packager.adapters.view_queries import Usage, UsageAsked
 from packager.adapters.viewdb import ViewDatabase, ViewsUnavailable, database_url
 from packager.core.settings import Settings
 from projections.jobs import JobState
@@ -124,11 +124,9 @@ class ReadViews:
         """True when some job completed with this ZIP."""
         return await self.run(lambda conn: self.db.zip_was_built(conn, name))
 
-    async def usage(self, who: str, resource_id: str, since: float, pending: set[str]) -> Usage:
-        """What the fair limits count (`ViewDatabase.usage`)."""
-        return await self.run(
-            lambda conn: view_queries.usage(self.db, conn, who, resource_id, since, pending)
-        )
+    async def usage(self, asked: UsageAsked) -> Usage:
+        """What the fair limits count, and how far the views have read the log (`view_queries.usage`)."""
+        return await self.run(lambda conn: view_queries.usage(self.db, conn, asked))
 
     async def positions(self) -> dict[tuple[str, int], int]:
         """The projector's tracking records."""

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from packager.adapters.kafka_log import EventLog, KafkaEventLog, Topics
+from packager.adapters.kafka_log import Appended, EventLog, KafkaEventLog, Topics
 from packager.adapters.requester_keys import InMemoryRequesterKeys, KafkaRequesterKeys, RequesterKeys
 from packager.adapters.resolver import system_resolver
 from packager.adapters.stores import open_store
@@ -94,10 +94,11 @@ async def _accept(
     who = pseudonym(settings.pseudonym_key, fields["email"])
     await limits.admit(request.app.get(READ_VIEWS), job_id, who, fields["resource_id"])
     try:
-        await _append_request(request, kind, job_id, cache_key, fields, sealed, who)
+        where = await _append_request(request, kind, job_id, cache_key, fields, sealed, who)
     except BaseException:
         limits.withdraw(job_id)
         raise
+    limits.appended(job_id, Topics(settings.topic_prefix).requests, where)
     # The access line that follows says the same at INFO (path, 200 and the job id).
     log.debug("accepted %s job %s", kind, job_id)
     body = accepted_body(
@@ -116,9 +117,9 @@ async def _append_request(
     fields: dict[str, Any],
     sealed: dict[str, str],
     who: str,
-) -> None:
+) -> Appended | None:
     """Append `PackageRequested` (`sealed`: the request's sealed API key and callback URL; `who`: the
-    requester's pseudonym); return once Kafka acknowledged it."""
+    requester's pseudonym); return once Kafka acknowledged it, with where it went."""
     settings = request.app[SETTINGS]
     event = envelope(
         job_id,
@@ -131,7 +132,7 @@ async def _append_request(
             **await sealed_requester(request.app, fields["email"], who),
         ),
     )
-    await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
+    return await request.app[EVENT_LOG].append(Topics(settings.topic_prefix).requests, cache_key, event)
 
 
 async def package_url(request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from packager.adapters.kafka_log import KafkaEventLog, Topics
 from packager.adapters.projector import run_projector
 from packager.core.settings import Settings, load_settings
 from packager.domain.events import PackageFailed, envelope
-from packager.http.app_keys import SETTINGS
+from packager.http.app_keys import LIMITS, SETTINGS
 from packager.http.ingress import create_app
 from tests.integration.support import ROOT, end_offsets
 
@@ -179,6 +179,24 @@ async def test_a_resource_with_as_many_jobs_in_progress_as_allowed_refuses_more(
         assert "This resource already has 1 download being prepared" in body["message"]
         assert "Please try again in a few minutes" in body["message"]
         await accept(client, request("bob@example.org", "quiet"))
+
+
+async def test_the_ingress_forgets_what_the_views_show_and_counts_it_once(
+    settings_for: Callable[..., Settings],
+) -> None:
+    """The offsets Kafka gave the requests, against the projector's positions in the views."""
+    settings = settings_for(max_active_jobs_per_requester=3)
+    ann = "ann@example.org"
+    async with ingress(settings) as client:
+        limits = client.app[LIMITS]
+        for n in (1, 2):
+            await accept(client, request(ann, n=n))
+        assert limits.pending == 2
+        await run_projector(settings, until_caught_up=True)
+        await accept(client, request(ann, n=3))
+        assert limits.pending == 1  # the first two are in the views now, counted there only
+        _, body = await refused(client, request(ann, n=4))
+        assert "You already have 3 downloads being prepared" in body["message"]
 
 
 async def test_without_limits_nothing_is_counted(settings_for: Callable[..., Settings]) -> None:
