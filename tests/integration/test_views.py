@@ -206,15 +206,7 @@ async def test_a_following_projector_reads_partitions_added_while_it_runs(
     await write_history(settings, 0, 20)
     following = asyncio.create_task(run_projector(settings))
     try:
-
-        async def counters_are(expected: tuple[int, int]) -> None:
-            deadline = time.monotonic() + 60
-            while await asyncio.to_thread(read_counters, url) != expected:
-                assert not following.done(), following
-                assert time.monotonic() < deadline, f"the views never counted {expected} jobs"
-                await asyncio.sleep(0.2)
-
-        await counters_are((20, 20))
+        await counted(url, (20, 20), following)
         # An operator adds partitions (kafka-topics --alter); new jobs' keys land on all three.
         topics = Topics(topic_prefix)
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -224,7 +216,7 @@ async def test_a_following_projector_reads_partitions_added_while_it_runs(
         finally:
             await admin.close()
         await write_history(settings, 20, 30)
-        await counters_are((50, 50))
+        await counted(url, (50, 50), following)
     finally:
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -238,27 +230,28 @@ async def test_a_following_projector_whose_views_are_dropped_under_it_folds_the_
     await write_history(settings, 0, 20)
     following = asyncio.create_task(run_projector(settings))
     try:
-
-        async def counters_are(expected: tuple[int, int]) -> None:
-            deadline = time.monotonic() + 60
-            while await asyncio.to_thread(read_counters, views_url) != expected:
-                assert not following.done(), following
-                assert time.monotonic() < deadline, f"the views never counted {expected} jobs"
-                await asyncio.sleep(0.2)
-
-        await counters_are((20, 20))
+        await counted(views_url, (20, 20), following)
         # Another projector (a newer version, say) drops the views to rebuild them; before it has folded
         # anything, more jobs arrive. Folding them from where this projector had read would leave the
         # first 20 jobs out of the views for good.
         await asyncio.to_thread(ViewDatabase(views_url).reset)
         await write_history(settings, 20, 30)
-        await counters_are((50, 50))
+        await counted(views_url, (50, 50), following)
         assert read(views_url, lambda db, c: db.totals(c, "*"))["*"]["requests"] == 50
     finally:
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await following
     assert await replay.verify(settings) == 0
+
+
+async def counted(url: str, expected: tuple[int, int], following: asyncio.Task[int]) -> None:
+    """Wait until the views at `url` count `expected` (accepted, finished) jobs, while `following` runs."""
+    deadline = time.monotonic() + 60
+    while await asyncio.to_thread(read_counters, url) != expected:
+        assert not following.done(), following
+        assert time.monotonic() < deadline, f"the views never counted {expected} jobs"
+        await asyncio.sleep(0.2)
 
 
 def read_counters(url: str) -> tuple[int, int] | None:
