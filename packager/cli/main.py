@@ -4,11 +4,15 @@ packager ingress                      serve the HTTP API
 packager worker [--lanes fast,slow]   run a Faust worker (planner, mailer, webhooks and the given lanes)
 packager projector [--until-caught-up] [--metrics-port N]
                                       fold the log into the views database (jobs, statistics)
+packager replay verify|rebuild|stats|history
+                                      audit: rebuild the views from the log and compare (docs/cli.md)
 packager dev kafka start|stop|status  a local KRaft broker (or --nodes 3: a cluster) from Maven Central
 packager dev postgres start|stop|status      a throwaway PostgreSQL cluster from Debian's packages
 packager dev real-ckan start|stop|status     a real CKAN 2.12 (PyPI) with its datastore, for tests
 packager dev s3 start|stop|status     an S3-compatible server (s3proxy from Maven Central) on a folder
 packager dev mailsink                 a local SMTP sink that writes .eml files
+packager dev mail                     show the newest message in the local mail sink
+packager dev ckan                     a CKAN-compatible datastore_search server (tests, benchmarks)
 packager dev up                       broker + mail sink + ingress + projector + worker, until Ctrl-C
 """
 
@@ -389,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Faust worker")
     worker.add_argument("--lanes", help="comma-separated lanes to serve (default: PACKAGER_WORKER_LANES)")
     worker.set_defaults(func=cmd_worker)
+    # Dispatched before parsing (its own parser, `packager replay --help`); listed here for `--help`.
+    sub.add_parser(
+        "replay", help="audit: verify|rebuild|stats|history of the views from the log", add_help=False
+    ).add_argument("rest", nargs=argparse.REMAINDER)
 
     dev = sub.add_parser("dev", help="development helpers").add_subparsers(dest="dev", required=True)
     kafka_cmd = dev.add_parser(
@@ -403,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         dev.add_parser(name, help=text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     sink = dev.add_parser("mailsink", help="local SMTP sink writing .eml files")
-    sink.add_argument("--dir", default="var/mail")
-    sink.add_argument("--port", type=int, default=8025)
+    sink.add_argument("--dir", default="var/mail", help="folder for the .eml files (default var/mail)")
+    sink.add_argument("--port", type=int, default=8025, help="SMTP port on 127.0.0.1 (default 8025)")
     sink.set_defaults(func=cmd_dev_mailsink)
     ckan = dev.add_parser(
         "ckan", help="CKAN-compatible datastore_search server (tests, benchmarks)", add_help=False
@@ -412,11 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     ckan.add_argument("rest", nargs=argparse.REMAINDER)
     ckan.set_defaults(func=cmd_dev_ckan)
     mail = dev.add_parser("mail", help="show the newest message in the local mail sink")
-    mail.add_argument("--dir", default="var/mail")
+    mail.add_argument("--dir", default="var/mail", help="the mail sink's folder (default var/mail)")
     mail.set_defaults(func=cmd_dev_mail)
     up = dev.add_parser("up", help="start the whole stack locally until Ctrl-C")
     up.add_argument("--var", default="var", help="folder for state, mail, zips and logs")
-    up.add_argument("--mail-port", type=int, default=8025)
+    up.add_argument("--mail-port", type=int, default=8025, help="the mail sink's SMTP port (default 8025)")
     up.add_argument(
         "--ready-timeout",
         type=float,

@@ -145,7 +145,15 @@ async def verify(settings: Settings, *, into: str | None = None, show: int = 50)
     try:
         live_conn = await asyncio.to_thread(live.connect)
     except ViewsUnavailable as exc:
-        print(f"no live views at {redacted(live.url)}: {exc}", file=sys.stderr)
+        hint = (
+            ""
+            if STACK_SETTINGS.exists() or os.environ.get("PACKAGER_CONFIG")
+            else (
+                f" (no {STACK_SETTINGS} here: run it from the folder the stack was started in, or set"
+                " PACKAGER_DATABASE_URL)"
+            )
+        )
+        print(f"no live views at {redacted(live.url)}: {exc}{hint}", file=sys.stderr)
         return 2
     try:
         why = await _views_from_another_log(settings, live, live_conn)
