@@ -50,6 +50,7 @@ from packager.adapters.kafka_log import (
     identity_mismatch,
     log_identity,
 )
+from packager.adapters.log_alignment import Aligner, Run, merged
 from packager.adapters.read_guard import FoldHealth, decode_record, supervise
 from packager.adapters.readside import identity_for, topic_partitions
 from packager.adapters.viewdb import Decoded, ViewDatabase, ViewsRewound, database_url, worker_parameters
@@ -313,8 +314,17 @@ async def _consume(
     if follow and progress.health.stopped:
         progress.health.running()
         await asyncio.to_thread(db.set_meta, conn, PROJECTOR_STATUS, progress.health.problem() or "")
-    # Whole runs of records per partition, in the order they came: the event loop does no per-record work.
-    pending: list[tuple[str, int, Sequence[Any]]] = []
+    # Whole runs of records per partition, held back to read the partitions in step (`log_alignment`):
+    # the event loop does no per-record work beyond that.
+    aligner = Aligner(partitions)
+
+    def behind(tp: TopicPartition) -> bool:
+        if not follow:
+            return reached[tp] < limits[tp]
+        end = consumer.highwater(tp)
+        return end is None or reached[tp] < end
+
+    pending: list[Run] = []
     count, first_at = 0, 0.0
     checked_at = time.monotonic()
     while follow or not done():
@@ -327,18 +337,22 @@ async def _consume(
         for tp, records in batch.items():
             if not follow and records and records[-1].offset >= limits[tp]:
                 records = [r for r in records if r.offset < limits[tp]]
-            if not records:
-                continue
+            if records:
+                aligner.add(tp, records)
+                reached[tp] = records[-1].offset + 1
+        for run in aligner.release(behind):
             if not pending:
                 first_at = time.monotonic()
-            pending.append((tp.topic, tp.partition, records))
-            count += len(records)
-            reached[tp] = records[-1].offset + 1
+            pending.append(run)
+            count += len(run[2])
+        pause, resume = aligner.pausing()
+        consumer.pause(*pause)
+        consumer.resume(*resume)
         if pending and (count >= BATCH_RECORDS or time.monotonic() - first_at >= BATCH_SECONDS or not batch):
             progress.applied += await _apply(db, conn, pending, identity, until, progress.health, expected)
             progress.batches += 1
             pending, count = [], 0
-        if not progress.caught_up and not pending and done():
+        if not progress.caught_up and not pending and not aligner.count and done():
             progress.caught_up = True
             log.info("the views caught up with the log (%d events applied)", progress.applied)
     if pending:
@@ -370,7 +384,7 @@ async def _checkpoint_every(db: ViewDatabase, seconds: float) -> None:
 async def _apply(
     db: ViewDatabase,
     conn: object,
-    raw: Sequence[tuple[str, int, Sequence[Any]]],
+    raw: Sequence[Run],
     identity: Identity,
     until: str,
     health: FoldHealth,
@@ -392,7 +406,7 @@ async def _apply(
 def _decode_and_apply(
     db: ViewDatabase,
     conn: object,
-    raw: Sequence[tuple[str, int, Sequence[Any]]],
+    raw: Sequence[Run],
     identity: Identity,
     until: str,
     health: FoldHealth,
@@ -401,7 +415,7 @@ def _decode_and_apply(
     """Runs in a thread: decoding and folding are CPU work the event loop need not wait for. One
     transaction per BATCH_RECORDS records: one fetch may bring many more."""
     records: list[Decoded] = [
-        (t, p, r.offset, decode_record(t, p, r.offset, r.value)) for t, p, run in raw for r in run
+        (t, p, r.offset, decode_record(t, p, r.offset, r.value)) for t, p, r in merged(raw)
     ]
     applied = 0
     failures = health.fold_failures
