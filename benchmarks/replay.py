@@ -107,6 +107,9 @@ def job_events(n: int) -> list[tuple[str, bytes, bytes]]:
     return [(topic, key.encode(), encode(envelope(job_id, payload))) for topic, payload in records]
 
 
+_JOBS_AT_ONCE = 200
+
+
 async def produce(bootstrap: str, topics: Topics, events: int, partitions: int) -> float:
     """Write the history; returns seconds taken."""
     await ensure_topics(bootstrap, topics, partitions)
@@ -117,10 +120,20 @@ async def produce(bootstrap: str, topics: Topics, events: int, partitions: int) 
     started = time.perf_counter()
     try:
         pending = []
-        for n in range(events // PER_JOB):
-            for suffix, key, value in job_events(n):
-                topic = topics.requests if suffix == "requests" else topics.events
-                pending.append(await producer.send(topic, value=value, key=key))
+        jobs = events // PER_JOB
+        for first in range(0, jobs, _JOBS_AT_ONCE):
+            made = [job_events(n) for n in range(first, min(first + _JOBS_AT_ONCE, jobs))]
+            # The requests first, stored before their jobs' events are sent, as in the service (the worker
+            # acts on a request it read): the requests topic keeps the broker's append time, the events
+            # topic the sender's, and a projector reading the two in step by time meets each job whole.
+            records = [record for job in made for record in job]
+            requests = [
+                await producer.send(topics.requests, value=v, key=k) for s, k, v in records if s == "requests"
+            ]
+            await asyncio.gather(*requests)
+            for suffix, key, value in records:
+                if suffix != "requests":
+                    pending.append(await producer.send(topics.events, value=value, key=key))
             if len(pending) > 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()
