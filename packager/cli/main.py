@@ -185,6 +185,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     """Start broker, mail sink, ingress and worker; stop them all on Ctrl-C or SIGTERM."""
     from packager.dev import kafka, stack_guard
     from packager.dev.readiness import StackAddresses, StackNotReady, stack_problem, wait_for_stack
+    from packager.dev.stack_stop import Child, StopRequests, stop_children
 
     var = Path(args.var).resolve()
     var.mkdir(parents=True, exist_ok=True)
@@ -241,6 +242,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     _write_stack_settings(var / "stack.toml", env)
     python = sys.executable
     children: list[subprocess.Popen[bytes]] = []
+    names: list[str] = []  # children's names, in the same order
     logs = var / "logs"
     logs.mkdir(exist_ok=True)
 
@@ -257,16 +259,13 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
                 start_new_session=True,
             )
         )
+        names.append(name)
 
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    names: list[str] = []
+    # Counted, not acted on, in the handler: the loops below read the count (stack_stop says what a Ctrl-C
+    # during the stop does).
+    stops = StopRequests()
+    signal.signal(signal.SIGTERM, stops.handle)
+    signal.signal(signal.SIGINT, stops.handle)
 
     def exited() -> str | None:
         """The first child that ended, with the end of its log."""
@@ -286,7 +285,6 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             ("worker", "worker"),
         ):
             spawn(name, *argv)
-            names.append(name)
         print(
             "Starting the projector, the ingress and the worker (it joins Kafka's consumer group)...",
             flush=True,
@@ -305,11 +303,14 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             # "up" means a request would succeed now, not merely that ports are open.
             wait_for_stack(
                 lambda: stack_problem(stack),
-                exited,
+                # Ctrl-C while starting ends the wait; the stop below stops what started.
+                lambda: "stopped by Ctrl-C or SIGTERM" if stops.requested else exited(),
                 timeout=args.ready_timeout,
                 say=lambda m: print(f"  {m}", flush=True),
             )
         except StackNotReady as exc:
+            if stops.requested:
+                return 0
             print(f"packager: the stack did not come up: {exc}\nSee {logs}/", file=sys.stderr)
             return 1
         print(
@@ -323,7 +324,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             "Press Ctrl-C to stop.",
             flush=True,
         )
-        while not stopping:
+        while not stops.requested:
             if (ended := exited()) is not None:
                 print(f"packager: {ended}\nSee {logs}/", file=sys.stderr)
                 return 1
@@ -332,29 +333,24 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     finally:
         # Projector, ingress and worker first (the worker drains its builds for up to DRAIN_TIMEOUT and
         # sends their emails), the mail sink after them, the broker last.
-        mailsink, *services = children or [None]
-        grace = settings.drain_timeout + 15
-        if stopping:
+        if stops.requested:
             print(
                 "Stopping: builds still running get up to "
                 f"{settings.drain_timeout:g} s (DRAIN_TIMEOUT) to finish; the rest are built again at the "
                 "next start...",
                 flush=True,
             )
-        for child in services:
-            if child is not None and child.poll() is None:
-                child.terminate()
-        for child in [*services, mailsink]:
-            if child is None:
-                continue
-            if child is mailsink and child.poll() is None:
-                child.terminate()
-            try:
-                child.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        named = [Child(name, child) for name, child in zip(names, children, strict=True)]
+        stop_children(
+            [c for c in named if c.name != "mailsink"],
+            next((c for c in named if c.name == "mailsink"), None),
+            stops,
+            drain_timeout=settings.drain_timeout,
+            lease_time=settings.lease_time,
+            say=lambda m: print(m, flush=True),
+        )
         if started_broker:
+            print(f"Stopping Kafka (its data stays in {var / 'kafka'})...", flush=True)
             kafka.halt(var / "kafka")
         print("ckanpackager stopped", flush=True)
 

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiosmtpd.controller import Controller
 
 from packager.adapters.kafka_log import Topics
@@ -168,6 +169,44 @@ async def wait_until_group_caught_up(bootstrap: str, topic: str, group: str, wit
             await asyncio.sleep(0.3)
     finally:
         await consumer.stop()
+
+
+async def _group_assignments(admin: AIOKafkaAdminClient, group: str) -> tuple[str, list[int]]:
+    """(`group`'s state, how many partitions each member holds), as the group coordinator describes them."""
+    [response] = await admin.describe_consumer_groups([group])
+    # (error_code, group_id, state, protocol_type, protocol, members[, authorized_operations]); each member
+    # (member_id, client_id, client_host, member_metadata, member_assignment)
+    [described] = response.groups
+    held = []
+    for member in described[5]:
+        raw = member[4]
+        topics = ConsumerProtocolMemberAssignment.decode(raw).assignment if raw else []
+        held.append(sum(len(partitions) for _, partitions in topics))
+    return described[2], held
+
+
+async def wait_until_group_settled(bootstrap: str, group: str, members: int, within: float = 60.0) -> None:
+    """Wait until consumer `group` is Stable with `members` members, each of them holding partitions.
+
+    What a test with several workers waits for before its first job: printing "Ready" says a worker joined,
+    not that the rebalance its joining started (or the next worker's) is over. Until then a record's
+    partition may move to another worker while it is handled, which is the fault suite's subject.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            state, held = await _group_assignments(admin, group)
+            if state == "Stable" and len(held) == members and all(held):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{group} is {state} with partitions per member {held}, not {members} Stable"
+                )
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:

@@ -8,7 +8,6 @@ server with a deliberately plain reader (offset pages of `objects`), independent
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
@@ -28,7 +27,13 @@ from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
 from packager.domain.events import Envelope
 from packager.domain.numbers import NumberText, loads_exact
 from tests.integration.conftest import SECRET
-from tests.integration.support import SmtpSink, read_events, running_stack, wait_for_event
+from tests.integration.support import (
+    SmtpSink,
+    read_events,
+    running_stack,
+    wait_for_event,
+    wait_until_group_settled,
+)
 from tests.integration.support import submit as submit_request
 
 pytestmark = pytest.mark.kafka
@@ -268,7 +273,7 @@ async def test_a_fast_job_finishes_while_a_slow_one_runs(
             # a rebalance in the middle of planning (issue 7's fault suite covers those).
             await worker_a.wait_for_output("[^Worker]: Ready")
             await worker_b.wait_for_output("[^Worker]: Ready")
-            await asyncio.sleep(2)
+            await wait_until_group_settled(kafka_bootstrap, f"{topic_prefix}-worker", members=2)
             slow_job = await submit(
                 port, api_url=slow_url, resource_id=big.resource_id, email="s@example.org"
             )

@@ -34,6 +34,7 @@ from tests.integration.support import (
     submit,
     wait_for_event,
     wait_for_port,
+    wait_until_group_settled,
 )
 
 pytestmark = pytest.mark.kafka
@@ -200,7 +201,7 @@ async def test_two_workers_one_killed_mid_job_the_other_finishes_its_jobs(
             wait_for_port(port)
             await worker_a.wait_for_output("[^Worker]: Ready")
             await worker_b.wait_for_output("[^Worker]: Ready")
-            await asyncio.sleep(2)
+            await wait_until_group_settled(kafka_bootstrap, f"{topic_prefix}-worker", members=2)
             jobs = [await submit_datastore(port, api_url, rid, f"{rid}@example.org") for rid in tables]
             victim = f":{worker_a.proc.pid}"
             started = await wait_for_event(
