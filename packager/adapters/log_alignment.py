@@ -3,16 +3,17 @@
 A fetch brings about as many bytes from every partition, and there are five event records for each request,
 so read as it comes the requests topic runs far ahead of the events topic: catching up on a long log, a job's
 request is folded in one batch and its events in later ones, and its row in the views is read and written
-once per batch instead of once (measured on a 300,000-event history: 99,682 job rows written for 50,000 jobs,
-56,531 in step; 15-17% more events per second).
+in each (measured on a 300,000-event history: 99,682 job rows written for 50,000 jobs, 56,531 in step, and
+1.13 times the events per CPU-second; docs/benchmarks.md).
 
 `Aligner` holds back the fetched records timestamped after the "watermark": the newest timestamp fetched from
 the slowest partition that still has records to read. The requests topic keeps the broker's append time and
-the events topic the sender's, so a request is earlier than the events about it. While many records are held,
-the partitions ahead of the watermark are paused (memory stays bounded); the slowest never is, so the
-watermark moves on. A partition that brings nothing in `hold_rounds` reads (its broker does not answer) stops
-holding the others. Only the grouping into batches changes: each partition's records keep their order, and
-the folds give the same views for any interleaving of the partitions, so clocks need not agree.
+the events topic the sender's, so a request is earlier than the events about it. While more than
+`hold_records` are held, the partitions ahead of the watermark are paused (what is held stays under that plus
+one fetch per partition); the slowest never is, so the watermark moves on. A partition that brings nothing in
+`hold_rounds` reads (its broker does not answer) stops holding the others. Only the grouping into batches
+changes: each partition's records keep their order, and the folds give the same views for any interleaving of
+the partitions, so clocks need not agree.
 """
 
 from __future__ import annotations
@@ -93,18 +94,23 @@ class Aligner:
 
 
 def merged(runs: Sequence[Run]) -> Iterator[tuple[str, int, Any]]:
-    """(topic, partition, record) of every run, merged by timestamp; each run's order is kept."""
-    if len(runs) == 1:
-        topic, partition, records = runs[0]
+    """(topic, partition, record) of every run, merged by timestamp. A partition's records stay in the order
+    they came, whatever their timestamps (two producers' clocks): its runs are joined first, in order."""
+    joined: dict[tuple[str, int], list[Any]] = {}
+    for topic, partition, records in runs:
+        joined.setdefault((topic, partition), []).extend(records)
+    if len(joined) == 1:
+        (((topic, partition), records),) = joined.items()
         for record in records:
             yield topic, partition, record
         return
-    streams = [_keyed(i, records) for i, (_, _, records) in enumerate(runs)]
+    places = list(joined)
+    streams = [_keyed(i, records) for i, records in enumerate(joined.values())]
     for _, i, record in heapq.merge(*streams):
-        yield runs[i][0], runs[i][1], record
+        yield places[i][0], places[i][1], record
 
 
 def _keyed(i: int, records: Sequence[Any]) -> Iterator[tuple[int, int, Any]]:
-    """(timestamp, run number, record): the run number breaks ties, so records are never compared."""
+    """(timestamp, stream number, record): the stream number breaks ties, so records are never compared."""
     for record in records:
         yield record.timestamp, i, record

@@ -314,8 +314,8 @@ async def _consume(
     if follow and progress.health.stopped:
         progress.health.running()
         await asyncio.to_thread(db.set_meta, conn, PROJECTOR_STATUS, progress.health.problem() or "")
-    # Whole runs of records per partition, held back to read the partitions in step (`log_alignment`):
-    # the event loop does no per-record work beyond that.
+    # Whole runs of records per partition, held back to read the partitions in step (`log_alignment`): the
+    # event loop only holds and releases records; decoding and folding happen in the batch's thread.
     aligner = Aligner(partitions)
 
     def behind(tp: TopicPartition) -> bool:

@@ -104,3 +104,15 @@ def test_merged_interleaves_runs_by_time_and_keeps_each_runs_order() -> None:
         ("p.requests", 0, 2),
     ]
     assert [r.offset for _, _, r in merged(runs[:1])] == [0, 1, 2]
+
+
+def test_merged_keeps_a_partitions_order_across_its_runs_when_its_timestamps_go_back() -> None:
+    # Two reads of one partition in one batch; the second's record was stamped earlier by another producer.
+    runs = [
+        ("p.events", 0, [Record(0, 100)]),
+        ("p.requests", 0, [Record(0, 97)]),
+        ("p.events", 0, [Record(1, 95)]),
+    ]
+    got = [(topic, r.offset) for topic, _, r in merged(runs)]
+    assert got == [("p.requests", 0), ("p.events", 0), ("p.events", 1)]
+    assert [r.offset for _, _, r in merged([runs[0], runs[2]])] == [0, 1]
