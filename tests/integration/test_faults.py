@@ -288,7 +288,7 @@ async def test_smtp_that_drops_the_connection_mid_message_still_delivers_each_em
             for n in range(4)
         ]
         await sink.wait_for(4, timeout=120)
-        await asyncio.sleep(3)
+        await nothing_left_to_repeat(kafka_bootstrap, topic_prefix)
     assert sink.drops == 0, "the server never dropped a connection"
     assert emailed_jobs(sink) == Counter(jobs)
     events = await read_events(kafka_bootstrap, Topics(topic_prefix).events)
@@ -419,7 +419,12 @@ async def test_a_broker_restart_mid_job_loses_nothing_and_the_ingress_recovers_b
                     await smtp.wait_for(len(jobs), timeout=240)
                 except TimeoutError:
                     pytest.fail(f"jobs did not finish after the broker came back.\n{worker.log()}")
-                await asyncio.sleep(3)
+                try:
+                    await nothing_left_to_repeat(broker.bootstrap_servers, topic_prefix)
+                except TimeoutError as exc:
+                    pytest.fail(
+                        f"the worker never caught up after the broker came back: {exc}\n{worker.log()}"
+                    )
         events = await read_events(broker.bootstrap_servers, Topics(topic_prefix).events)
     finally:
         dev_kafka.stop(state_dir)
