@@ -11,8 +11,11 @@ ckanpackager [options] cancel JOB_ID [--token TOKEN]   cancel a job not finished
 ckanpackager [options] reset (requests|errors) [--yes] list and count statistics from now on only
 ckanpackager replay verify|rebuild|stats|history ...   the audit tool (same as `packager replay`)
 
-Options may come before or after the verb. Exit status: 0 done, 1 failed (the service refused or could
-not be reached, a watched job failed, `-x` found errors), 2 the command line or defaults file is wrong.
+Run from the folder a Quickstart stack was started in (`packager dev up`), it reaches that stack with the
+secret and address in its `var/stack.toml` unless options, $CKANPACKAGER_SECRET or a defaults file say
+otherwise. Options may come before or after the verb. Exit status: 0 done, 1 failed (the service refused
+or could not be reached, a watched job failed, `-x` found errors), 2 the command line, defaults file or
+stack file is wrong.
 The HTTP side lives in `operator_http`, what is printed in `operator_output`, `stats` in `operator_stats`.
 """
 
@@ -46,6 +49,8 @@ from packager.cli.operator_stats import (
     add_stats_options,
     cmd_stats,
 )
+from packager.cli.stack_file import STACK_SETTINGS, ingress_url, stack_file_in_use, stack_settings
+from packager.core.errors import ConfigurationError
 
 PROG = "ckanpackager"
 DEFAULT_HOST = "http://127.0.0.1:8765"
@@ -146,11 +151,31 @@ class Target:
 
 
 def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Target:
-    """Merge, highest first: options, the environment (secret only), the defaults file, built-in defaults."""
+    """Merge, highest first: options, the environment (secret only), the defaults file, the Quickstart
+    stack's `var/stack.toml` in the current folder, built-in defaults.
+
+    The stack's secret is sent only to the stack's own ingress: with another host chosen it stays home.
+    """
     defaults = load_defaults(Path(args.defaults) if args.defaults else None, use_file=not args.no_defaults)
-    host = normalise_host(args.host or defaults.host or DEFAULT_HOST)
+    chosen = args.host or defaults.host
     secret = args.secret or environ.get(SECRET_ENVIRONMENT_VARIABLE) or defaults.secret
+    stack = local_stack(environ) if not (chosen and secret) else None
+    host = normalise_host(chosen or (stack[0] if stack else DEFAULT_HOST))
+    if not secret and stack is not None and host == stack[0]:
+        secret = stack[1] or None
     return Target(host=host, secret=secret, defaults=defaults)
+
+
+def local_stack(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(ingress URL, secret) of the Quickstart stack started from this folder, read from its
+    `var/stack.toml` as `packager replay` reads it (PACKAGER_* variables win); None without that file."""
+    if not stack_file_in_use(environ):
+        return None
+    try:
+        settings = stack_settings(environ)
+    except (ConfigurationError, OSError) as exc:
+        raise UsageError(f"cannot use the stack's settings in {STACK_SETTINGS.resolve()}: {exc}") from None
+    return normalise_host(ingress_url(settings)), settings.secret
 
 
 def queue_params(target: Target, pairs: Sequence[str]) -> dict[str, str]:
@@ -307,7 +332,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         return argparse.SUPPRESS if suppress else value
 
     group = parser.add_argument_group("service options")
-    group.add_argument("-p", "--host", metavar="HOST", default=default(None), help=f"default {DEFAULT_HOST}")
+    group.add_argument(
+        "-p",
+        "--host",
+        metavar="HOST",
+        default=default(None),
+        help=f"default: the Quickstart stack's ingress when {STACK_SETTINGS} is here, else {DEFAULT_HOST}",
+    )
     group.add_argument(
         "-d",
         "--defaults",
@@ -324,7 +355,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         "--secret",
         metavar="SECRET",
         default=default(None),
-        help=f"the shared secret (beats ${SECRET_ENVIRONMENT_VARIABLE} and the defaults file)",
+        help=f"the shared secret (beats ${SECRET_ENVIRONMENT_VARIABLE}, the defaults file, {STACK_SETTINGS})",
     )
     group.add_argument(
         "-q", "--quiet", action="store_true", default=default(False), help="print nothing but errors"

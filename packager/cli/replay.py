@@ -39,14 +39,12 @@ from packager.adapters.viewdb import (
     database_url,
     worker_parameters,
 )
+from packager.cli.stack_file import STACK_SETTINGS, stack_file_in_use, stack_settings
 from packager.core.errors import EventDecodeError
 from packager.core.logs import redacted_url as redacted
-from packager.core.settings import Settings, load_settings
+from packager.core.settings import Settings
 from packager.domain.events import Envelope, decode, encode
 from projections import view_schema as schema
-
-# Written by `packager dev up`: the settings the local stack's processes run with.
-STACK_SETTINGS = Path("var") / "stack.toml"
 
 
 async def read_log(
@@ -147,7 +145,7 @@ async def verify(settings: Settings, *, into: str | None = None, show: int = 50)
     except ViewsUnavailable as exc:
         hint = (
             ""
-            if STACK_SETTINGS.exists() or os.environ.get("PACKAGER_CONFIG")
+            if stack_file_in_use() or os.environ.get("PACKAGER_CONFIG")
             else (
                 f" (no {STACK_SETTINGS} here: run it from the folder the stack was started in, or set"
                 " PACKAGER_DATABASE_URL)"
@@ -269,15 +267,6 @@ def log_time(text: str) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def stack_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """The settings of the environment, over the Quickstart stack's `var/stack.toml` when there is one and
-    no PACKAGER_CONFIG names another file."""
-    env = os.environ if environ is None else environ
-    if not env.get("PACKAGER_CONFIG") and STACK_SETTINGS.exists():
-        return load_settings(env, config_file=STACK_SETTINGS)
-    return load_settings(env)
-
-
 def main(argv: list[str], prog: str = "packager replay") -> int:
     """`packager replay verify|rebuild|stats|history ...` (`prog`: the command it is run as)."""
     parser = argparse.ArgumentParser(
@@ -307,7 +296,7 @@ def main(argv: list[str], prog: str = "packager replay") -> int:
     except (KafkaError, OSError) as exc:
         where = (
             f"the settings of {STACK_SETTINGS.resolve()}"
-            if not os.environ.get("PACKAGER_CONFIG") and STACK_SETTINGS.exists()
+            if stack_file_in_use()
             else f"no {STACK_SETTINGS} here, so the environment's settings"
         )
         print(

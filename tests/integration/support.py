@@ -171,6 +171,40 @@ async def wait_until_group_caught_up(bootstrap: str, topic: str, group: str, wit
         await consumer.stop()
 
 
+async def wait_until_consumers_caught_up(
+    bootstrap: str, groups: dict[str, Sequence[str]], within: float = 60.0
+) -> None:
+    """Wait until each consumer group in `groups` committed the end of each of its topics, and no record
+    was appended to those topics while they were checked.
+
+    What a test waits for before counting duplicates when several groups feed each other (the worker's
+    steward appends terminal events the mailer reads; the mailer appends `EmailSent` the worker reads):
+    one group caught up proves nothing while another may still append. Every group is checked between two
+    readings of the topics' ends that agree, so at that moment nothing on the log is left for any of them,
+    and anything they were going to repeat would be on the log (or in the mailbox) already.
+    """
+    topics = sorted({topic for its in groups.values() for topic in its})
+    lagging = "nothing checked yet"
+
+    async def ends() -> dict[str, dict[int, int]]:
+        return {topic: await end_offsets(bootstrap, topic) for topic in topics}
+
+    async def settled() -> bool:
+        nonlocal lagging
+        before = await ends()
+        for group, its in groups.items():
+            if not await group_caught_up(bootstrap, group, *its):
+                lagging = f"{group} not caught up with {list(its)} (ends {before})"
+                return False
+        lagging = f"the topics moved while the groups were checked (ends {before})"
+        return await ends() == before
+
+    try:
+        await wait_until(settled, within, "", every=0.3)
+    except TimeoutError:
+        raise TimeoutError(lagging) from None
+
+
 async def _group_assignments(admin: AIOKafkaAdminClient, group: str) -> tuple[str, list[int]]:
     """(`group`'s state, how many partitions each member holds), as the group coordinator describes them."""
     [response] = await admin.describe_consumer_groups([group])

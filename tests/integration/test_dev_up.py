@@ -54,25 +54,30 @@ async def test_up_is_printed_only_when_status_and_requests_succeed(
                 assert resp.status == 200, await resp.text()
         assert any("Starting the projector, the ingress and the worker" in line for line in printed)
 
-        # The audit on the running stack, from the stack's folder, with no setting exported by hand.
-        async def audit() -> tuple[int, str]:
-            bare = {k: v for k, v in os.environ.items() if not k.startswith("PACKAGER_")}
-            verify = await asyncio.create_subprocess_exec(
+        # The audit and the operator command on the running stack, from the stack's folder, with no
+        # setting exported by hand: both read var/stack.toml.
+        async def from_the_stacks_folder(*argv: str) -> tuple[int, str]:
+            bare = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith("PACKAGER_") and k != "CKANPACKAGER_SECRET"
+            }
+            run = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "packager",
-                "replay",
-                "verify",
+                *argv,
                 cwd=tmp_path,
                 env={**bare, "PYTHONPATH": str(ROOT)},
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )
-            out, _ = await asyncio.wait_for(verify.communicate(), 120)
-            return verify.returncode or 0, out.decode()
+            out, _ = await asyncio.wait_for(run.communicate(), 120)
+            return run.returncode or 0, out.decode()
 
-        code, out = await audit()
+        code, out = await from_the_stacks_folder("packager", "replay", "verify")
         assert code == 0 and "identical" in out, out
+        code, out = await from_the_stacks_folder("packager.cli.operator", "--no-defaults", "status")
+        assert code == 0 and f"service             http://127.0.0.1:{port}" in out, out
 
         # A second `dev up` on the same folder is refused at once, and the first stack keeps working.
         second = await asyncio.create_subprocess_exec(

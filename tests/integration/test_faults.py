@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from packager.adapters.kafka_log import Topics
+from packager.adapters.kafka_log import LANES, Topics
 from packager.dev import kafka as dev_kafka
 from packager.dev.ckan_server import Faults, SyntheticTable, serve_ckan
 from packager.dev.kafka import free_port
@@ -34,6 +34,7 @@ from tests.integration.support import (
     submit,
     wait_for_event,
     wait_for_port,
+    wait_until_consumers_caught_up,
     wait_until_group_settled,
 )
 
@@ -104,6 +105,21 @@ async def explain_missing(bootstrap: str, prefix: str, missing: set[str]) -> str
     return "\n".join(lines)
 
 
+async def nothing_left_to_repeat(bootstrap: str, prefix: str) -> None:
+    """Wait until the worker and mailer groups have handled everything on the log.
+
+    A duplicate terminal event could only come from the worker group (planner, packers, steward) and a
+    duplicate email from the mailer group, each re-handling a record it has not committed past yet. Once
+    both committed the end of every topic they read, with nothing appended meanwhile, any duplicate is
+    already on the log or in the mailbox to be counted.
+    """
+    topics = Topics(prefix)
+    work = [topics.requests, topics.events, *(topics.lane(lane) for lane in LANES)]
+    await wait_until_consumers_caught_up(
+        bootstrap, {f"{prefix}-worker": work, f"{prefix}-mailer": [topics.events]}
+    )
+
+
 def terminal_counts(events: list[Envelope], jobs: list[str]) -> Counter[str]:
     return Counter(e.job_id for e in events if e.type in TERMINAL_TYPES and e.job_id in jobs)
 
@@ -158,7 +174,10 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_mails_each_job_once(
                     f"emails missing after the restart: {missing}\n{where}\n"
                     f"first worker: {first_log}\nrestarted: {restarted.log_file}"
                 )
-            await asyncio.sleep(5)  # let any duplicate arrive
+            try:
+                await nothing_left_to_repeat(kafka_bootstrap, topic_prefix)
+            except TimeoutError as exc:
+                pytest.fail(f"the restarted worker never caught up: {exc}\n{restarted.log()}")
     assert sent_before_restart < count, "the kill came too late to test anything"
 
     per_job = emailed_jobs(sink)
@@ -214,7 +233,10 @@ async def test_two_workers_one_killed_mid_job_the_other_finishes_its_jobs(
                 await smtp.wait_for(len(jobs), timeout=180)
             except TimeoutError:
                 pytest.fail(f"jobs did not finish after the kill.\nB:\n{worker_b.log()}")
-            await asyncio.sleep(3)  # let any duplicate arrive
+            try:
+                await nothing_left_to_repeat(kafka_bootstrap, topic_prefix)
+            except TimeoutError as exc:
+                pytest.fail(f"the surviving worker never caught up: {exc}\nB:\n{worker_b.log()}")
 
     events = await read_events(kafka_bootstrap, Topics(topic_prefix).events)
     taken_over = started.job_id
@@ -266,7 +288,7 @@ async def test_smtp_that_drops_the_connection_mid_message_still_delivers_each_em
             for n in range(4)
         ]
         await sink.wait_for(4, timeout=120)
-        await asyncio.sleep(3)
+        await nothing_left_to_repeat(kafka_bootstrap, topic_prefix)
     assert sink.drops == 0, "the server never dropped a connection"
     assert emailed_jobs(sink) == Counter(jobs)
     events = await read_events(kafka_bootstrap, Topics(topic_prefix).events)
@@ -397,7 +419,12 @@ async def test_a_broker_restart_mid_job_loses_nothing_and_the_ingress_recovers_b
                     await smtp.wait_for(len(jobs), timeout=240)
                 except TimeoutError:
                     pytest.fail(f"jobs did not finish after the broker came back.\n{worker.log()}")
-                await asyncio.sleep(3)
+                try:
+                    await nothing_left_to_repeat(broker.bootstrap_servers, topic_prefix)
+                except TimeoutError as exc:
+                    pytest.fail(
+                        f"the worker never caught up after the broker came back: {exc}\n{worker.log()}"
+                    )
         events = await read_events(broker.bootstrap_servers, Topics(topic_prefix).events)
     finally:
         dev_kafka.stop(state_dir)

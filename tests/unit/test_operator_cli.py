@@ -19,7 +19,9 @@ JOB = "0232e797-71da-4658-8d92-52080d82db79"
 
 @pytest.fixture(autouse=True)
 def no_system_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the standard defaults file at a path the test controls (absent unless written)."""
+    """Point the standard defaults file at a path the test controls (absent unless written), and run in a
+    folder with no Quickstart stack's `var/stack.toml` (a developer's checkout may have one)."""
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "etc" / "ckanpackager-cli.json"
     monkeypatch.setattr(cli, "DEFAULT_DEFAULTS_FILE", path)
     return path
