@@ -51,7 +51,8 @@ class Child:
 
 def _listed(names: Sequence[str]) -> str:
     """`names` as a user reads them ("mailsink" is the mail sink's log name)."""
-    return ", ".join("mail sink" if n == "mailsink" else n for n in names)
+    said = ["mail sink" if n == "mailsink" else n for n in names]
+    return said[0] if len(said) == 1 else f"{', '.join(said[:-1])} and {said[-1]}"
 
 
 def still_stopping(running: Sequence[str], elapsed: float, drain_timeout: float, grace: float) -> str:
@@ -76,7 +77,7 @@ def killed_line(names: Sequence[str], lease_time: float) -> str:
     line = f"Killed the {_listed(names)} (SIGKILL)."
     if "worker" in names:
         line += (
-            " Its unfinished builds are built again once the stack runs again and their lease "
+            " The worker's unfinished builds are built again once the stack runs again and their lease "
             f"(LEASE_TIME, {lease_time:g} s) has run out; an email it was sending may arrive twice."
         )
     return line

@@ -104,7 +104,7 @@ def test_a_second_ctrl_c_says_what_it_waits_for_and_a_third_kills_what_still_run
     assert first.startswith("Still stopping: the worker is finishing its builds (up to 17 s more)")
     assert "Ctrl-C again to kill it now" in first
     assert first.endswith("built again at the next start).")
-    assert second.startswith("Killed the worker, mail sink (SIGKILL).")
+    assert second.startswith("Killed the worker and mail sink (SIGKILL). The worker's unfinished builds")
     assert "built again once the stack runs again" in second and "LEASE_TIME, 30 s" in second
     # Only the processes still running are killed, each once, and no later than the third Ctrl-C.
     assert journal == [
@@ -119,7 +119,9 @@ def test_a_second_ctrl_c_says_what_it_waits_for_and_a_third_kills_what_still_run
 def test_ctrl_cs_pressed_while_the_stack_was_starting_count_as_pressed_during_the_stop() -> None:
     said, journal = stop(StopRequests(count=3), [], worker_exits_after=None)
     # Nothing said first: the third Ctrl-C was already pressed. Everything still running is killed.
-    assert [line.split(" (")[0] for line in said] == ["Killed the projector, ingress, worker, mail sink"]
+    assert [line.split(" (")[0] for line in said] == [
+        "Killed the projector, ingress, worker and the mail sink"
+    ]
     assert not [entry for entry in journal if entry.startswith("TERM mailsink")]
 
 
