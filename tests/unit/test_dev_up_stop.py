@@ -120,7 +120,7 @@ def test_ctrl_cs_pressed_while_the_stack_was_starting_count_as_pressed_during_th
     said, journal = stop(StopRequests(count=3), [], worker_exits_after=None)
     # Nothing said first: the third Ctrl-C was already pressed. Everything still running is killed.
     assert [line.split(" (")[0] for line in said] == [
-        "Killed the projector, ingress, worker and the mail sink"
+        "Killed the projector, ingress, worker and mail sink"
     ]
     assert not [entry for entry in journal if entry.startswith("TERM mailsink")]
 
