@@ -119,9 +119,7 @@ def test_a_second_ctrl_c_says_what_it_waits_for_and_a_third_kills_what_still_run
 def test_ctrl_cs_pressed_while_the_stack_was_starting_count_as_pressed_during_the_stop() -> None:
     said, journal = stop(StopRequests(count=3), [], worker_exits_after=None)
     # Nothing said first: the third Ctrl-C was already pressed. Everything still running is killed.
-    assert [line.split(" (")[0] for line in said] == [
-        "Killed the projector, ingress, worker and mail sink"
-    ]
+    assert [line.split(" (")[0] for line in said] == ["Killed the projector, ingress, worker and mail sink"]
     assert not [entry for entry in journal if entry.startswith("TERM mailsink")]
 
 
