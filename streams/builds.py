@@ -28,6 +28,7 @@ from packager.adapters import metrics
 from packager.core.logs import bind_job
 from packager.domain.events import Envelope, Event, PackageBuilt, PackageReleased
 from packager.service.packaging import Build, JobContext
+from streams.cache import remove_zip
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,16 @@ class BuildPool:
             outcome=outcome.TYPE,
             result=asdict(outcome),
         )
-        await self._emit(request, proposal)
+        try:
+            await self._emit(request, proposal)
+        except asyncio.CancelledError:
+            # Stopped (its job was cancelled) with its ZIP already in the store: a proposal not appended
+            # names it to no one, and nothing else would remove it (one appended is dropped by the steward,
+            # which removes it too: removing twice is harmless).
+            name = getattr(outcome, "zip_file_name", "")
+            if name and asyncio.current_task() in self._stopped:
+                await remove_zip(build.ctx.store, name)
+            raise
 
     def stop(self, job_id: str) -> int:
         """Stop the builds of a cancelled job now; their partial files go as they unwind. How many ran."""
