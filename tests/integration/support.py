@@ -228,17 +228,18 @@ async def wait_until_group_settled(bootstrap: str, group: str, members: int, wit
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    seen = "not described yet"
+
+    async def settled() -> bool:
+        nonlocal seen
+        state, held = await _group_assignments(admin, group)
+        seen = f"{group} is {state} with partitions per member {held}, not {members} Stable"
+        return state == "Stable" and len(held) == members and all(held)
+
     try:
-        deadline = time.monotonic() + within
-        while True:
-            state, held = await _group_assignments(admin, group)
-            if state == "Stable" and len(held) == members and all(held):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{group} is {state} with partitions per member {held}, not {members} Stable"
-                )
-            await asyncio.sleep(0.2)
+        await wait_until(settled, within, "", every=0.2)
+    except TimeoutError:
+        raise TimeoutError(seen) from None
     finally:
         await admin.close()
 

@@ -29,34 +29,8 @@ class Store:
         self.removed.append(name)
 
 
-async def test_a_build_stopped_after_its_zip_was_stored_but_before_its_proposal_removes_the_zip() -> None:
-    # Seen in CI: the cancel's PackageCancelled arrived while the finished build was appending its
-    # PackageBuilt; the build was stopped there, no proposal named the ZIP, and it stayed in the store.
-    appending = asyncio.Event()
-
-    async def emit(request: Envelope, payload: Event) -> None:
-        appending.set()
-        await asyncio.Event().wait()  # the append is under way when the stop comes
-
-    async def run() -> Any:
-        return completed(zip_file_name="job-1-1.zip")
-
-    store = Store()
-    build = SimpleNamespace(run=run, ctx=SimpleNamespace(store=store))
-    pool = BuildPool("fast", 1, 1.0, "w", emit, lambda *_: None, lambda: None)  # type: ignore[arg-type, return-value]
-    job = envelope(JOB, request())
-    task = asyncio.create_task(pool._run(build, job, 1))  # type: ignore[arg-type]
-    pool._running[task] = (job, 1)
-    await asyncio.wait_for(appending.wait(), 1.0)
-
-    assert pool.stop(JOB) == 1
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert store.removed == ["job-1-1.zip"]
-
-
-async def test_a_build_released_by_a_drain_keeps_its_zip_for_the_steward() -> None:
-    # Not a cancellation: a task cancelled for another reason (the drain's release) removes nothing.
+async def build_stuck_appending(pool: BuildPool) -> tuple[asyncio.Task[None], Store]:
+    """A finished build (its ZIP `job-1-1.zip` stored) whose append of its proposal is under way."""
     appending = asyncio.Event()
 
     async def emit(request: Envelope, payload: Event) -> None:
@@ -66,11 +40,35 @@ async def test_a_build_released_by_a_drain_keeps_its_zip_for_the_steward() -> No
     async def run() -> Any:
         return completed(zip_file_name="job-1-1.zip")
 
+    pool._emit = emit
     store = Store()
     build = SimpleNamespace(run=run, ctx=SimpleNamespace(store=store))
-    pool = BuildPool("fast", 1, 1.0, "w", emit, lambda *_: None, lambda: None)  # type: ignore[arg-type, return-value]
-    task = asyncio.create_task(pool._run(build, envelope(JOB, request()), 1))  # type: ignore[arg-type]
+    job = envelope(JOB, request())
+    task = asyncio.create_task(pool._run(build, job, 1))  # type: ignore[arg-type]
+    pool._running[task] = (job, 1)
     await asyncio.wait_for(appending.wait(), 1.0)
+    return task, store
+
+
+def a_pool() -> BuildPool:
+    return BuildPool("fast", 1, 1.0, "w", None, lambda *_: None, lambda: None)  # type: ignore[arg-type, return-value]
+
+
+async def test_a_build_stopped_after_its_zip_was_stored_but_before_its_proposal_removes_the_zip() -> None:
+    # Seen in CI: the cancel's PackageCancelled arrived while the finished build was appending its
+    # PackageBuilt; the build was stopped there, no proposal named the ZIP, and it stayed in the store.
+    pool = a_pool()
+    task, store = await build_stuck_appending(pool)
+
+    assert pool.stop(JOB) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.removed == ["job-1-1.zip"]
+
+
+async def test_a_build_released_by_a_drain_keeps_its_zip_for_the_steward() -> None:
+    # Not a cancellation: a task cancelled for another reason (the drain's release) removes nothing.
+    task, store = await build_stuck_appending(a_pool())
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
