@@ -346,6 +346,9 @@ async def _consume(
             pending.append(run)
             count += len(run[2])
         pause, resume = aligner.pausing()
+        if not follow:  # a partition read up to its limit fetches nothing more that would be thrown away
+            ended = [tp for tp in partitions if reached[tp] >= limits[tp]]
+            pause, resume = [*pause, *ended], [tp for tp in resume if reached[tp] < limits[tp]]
         consumer.pause(*pause)
         consumer.resume(*resume)
         if pending and (count >= BATCH_RECORDS or time.monotonic() - first_at >= BATCH_SECONDS or not batch):

@@ -4,7 +4,7 @@ A synthetic history (jobs of six events: requested, queued, started, progress, c
 emailed) is written to the topics; the projector folds it. Checked: the numbers it implies, resuming where
 the views end, a projector killed mid-batch and restarted (no event lost, none counted twice), `replay
 verify` catching a row changed by hand, `replay rebuild --into` making an identical copy, `replay stats
---until`, partitions added under a following projector, and two ingress processes on one PostgreSQL
+--until`, a rebuild stopping each partition at given positions, partitions added under a following projector, and two ingress processes on one PostgreSQL
 answering alike.
 """
 
@@ -24,11 +24,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from packager.adapters.kafka_log import Topics, ensure_topics
 from packager.adapters.projector import run_projector
+from packager.adapters.readside import topic_partitions
 from packager.adapters.viewdb import ViewDatabase
 from packager.cli import replay
 from packager.core.settings import Settings, load_settings
@@ -138,6 +139,33 @@ async def test_the_projector_folds_the_log_and_resumes_where_the_views_end(
     job = read(views_url, lambda db, c: db.job(c, str(uuid.UUID(int=120))))
     assert (job.state, job.emailed, job.rows_done) == ("failed", True, 5)
     assert await replay.verify(settings) == 0
+
+
+async def test_a_rebuild_up_to_given_positions_stops_each_partition_exactly_there(
+    kafka_bootstrap: str, topic_prefix: str, views_url: str
+) -> None:
+    # Replay's `stop_at`: one partition stopped after a few records while the others are read to their end
+    # (it stops fetching once there), one not named at all (not read).
+    settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
+    await write_history(settings, 0, 300)
+    topics = Topics(topic_prefix)
+    ends = await read_ends(kafka_bootstrap, [topics.requests, topics.events])
+    stop_at = dict(ends)
+    stop_at[(topics.events, 0)] = 7
+    del stop_at[(topics.events, 1)]
+    assert await run_projector(settings, stop_at=stop_at) == sum(stop_at.values())
+    assert read(views_url, lambda db, c: db.positions(c)) == stop_at
+
+
+async def read_ends(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the log's end offset, for every partition of `topics`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        found = await consumer.end_offsets(await topic_partitions(bootstrap, topics))
+    finally:
+        await consumer.stop()
+    return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
 
 async def test_a_projector_killed_mid_batch_and_restarted_gives_exactly_the_same_views(
