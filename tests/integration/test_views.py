@@ -4,8 +4,8 @@ A synthetic history (jobs of six events: requested, queued, started, progress, c
 emailed) is written to the topics; the projector folds it. Checked: the numbers it implies, resuming where
 the views end, a projector killed mid-batch and restarted (no event lost, none counted twice), `replay
 verify` catching a row changed by hand, `replay rebuild --into` making an identical copy, `replay stats
---until`, a rebuild stopping each partition at given positions, partitions added under a following projector, and two ingress processes on one PostgreSQL
-answering alike.
+--until`, a rebuild stopping each partition at given positions, partitions added under a following
+projector, and two ingress processes on one PostgreSQL answering alike.
 """
 
 from __future__ import annotations
