@@ -165,11 +165,19 @@ def display(
         "finished": time_text(parse_time(job.finished_at)),
         "email": "",
     }
-    rows = (
-        f"{job.rows_done:,} of {job.rows_total:,} rows"
-        if job.rows_total
-        else f"{job.rows_done:,} rows so far"
-    )
+    if job.kind == "url":  # a file at a URL: its progress is in bytes of the file (not of the ZIP)
+        fetched = size_text(job.bytes_done)
+        rows = (
+            f"Fetched {fetched} of the file's {size_text(job.bytes_total)}"
+            if job.bytes_total
+            else f"Fetched {fetched} of the file so far"
+        )
+    else:
+        rows = (
+            f"{job.rows_done:,} of {job.rows_total:,} rows"
+            if job.rows_total
+            else f"{job.rows_done:,} rows so far"
+        )
     if state == QUEUED:
         out["headline"] = "Waiting to start"
         out["progress"] = "Your request is in the queue; it starts as soon as a worker is free."
@@ -178,7 +186,8 @@ def display(
         out["progress"] = f"{rows} ({percent:g}%)" if percent is not None else rows
     elif state == FINISHING:
         out["headline"] = "Finishing"
-        out["progress"] = "Every row is fetched; the ZIP archive is being written. This can take a minute."
+        fetched = "The file is fetched" if job.kind == "url" else "Every row is fetched"
+        out["progress"] = f"{fetched}; the ZIP archive is being written. This can take a minute."
     elif state == COMPLETED:
         out["headline"] = "Ready"
         out["progress"] = f"{job.rows_done:,} rows" if job.kind != "url" else "The file is packaged."

@@ -73,6 +73,17 @@ def test_a_running_job_with_every_row_fetched_is_finishing() -> None:
     assert display(job)["headline"] == "Finishing"
 
 
+def test_a_file_at_a_url_shows_its_progress_in_bytes_of_the_file_and_the_link_the_zip_s_size() -> None:
+    job = JobState(job_id="j", state="running", kind="url", bytes_done=3 * 1024**2, bytes_total=10 * 1024**2)
+    assert display(job)["progress"] == "Fetched 3.0 MiB of the file's 10.0 MiB (30%)"
+    unknown = JobState(job_id="j", state="running", kind="url", bytes_done=2048)
+    assert display(unknown)["progress"] == "Fetched 2.0 KiB of the file so far"
+    nearly = JobState(job_id="j", state="running", kind="url", bytes_done=999, bytes_total=1000)
+    assert display(nearly)["progress"].startswith("The file is fetched; the ZIP archive is being written")
+    done = JobState(job_id="j", state="completed", kind="url", zip_file_name="j.zip", size=4 * 1024**2)
+    assert display(done, download_url="http://x/j.zip")["download"]["text"] == "Download ZIP (4.0 MiB)"
+
+
 def test_a_completed_job_past_its_link_s_life_is_expired() -> None:
     job = JobState(job_id="j", state="completed", zip_file_name="j.zip", size=10)
     shown = display(job, expiry=Expiry(at=None, gone=True), download_url="http://x/j.zip")
