@@ -167,13 +167,13 @@ def display(
     }
     if job.kind == "url":  # a file at a URL: its progress is in bytes of the file (not of the ZIP)
         fetched = size_text(job.bytes_done)
-        rows = (
+        so_far = (
             f"Fetched {fetched} of the file's {size_text(job.bytes_total)}"
             if job.bytes_total
             else f"Fetched {fetched} of the file so far"
         )
     else:
-        rows = (
+        so_far = (
             f"{job.rows_done:,} of {job.rows_total:,} rows"
             if job.rows_total
             else f"{job.rows_done:,} rows so far"
@@ -183,7 +183,7 @@ def display(
         out["progress"] = "Your request is in the queue; it starts as soon as a worker is free."
     elif state == RUNNING:
         out["headline"] = "Being prepared"
-        out["progress"] = f"{rows} ({percent:g}%)" if percent is not None else rows
+        out["progress"] = f"{so_far} ({percent:g}%)" if percent is not None else so_far
     elif state == FINISHING:
         out["headline"] = "Finishing"
         fetched = "The file is fetched" if job.kind == "url" else "Every row is fetched"

@@ -144,8 +144,8 @@ async def test_the_projector_folds_the_log_and_resumes_where_the_views_end(
 async def test_a_rebuild_up_to_given_positions_stops_each_partition_exactly_there(
     kafka_bootstrap: str, topic_prefix: str, views_url: str
 ) -> None:
-    # Replay's `stop_at`: one partition stopped after a few records while the others are read to their end
-    # (it stops fetching once there), one not named at all (not read).
+    # Replay's `stop_at`: one partition stopped after a few records (and paused there) while the others are
+    # read to their end, one not named at all (not read). Each ends exactly at its limit.
     settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
     await write_history(settings, 0, 300)
     topics = Topics(topic_prefix)
