@@ -11,14 +11,16 @@ the slowest partition that still has records to read. The requests topic keeps t
 the events topic the sender's, so a request is earlier than the events about it. While more than
 `hold_records` are held, the partitions ahead of the watermark are paused (what is held stays under that plus
 one fetch per partition); the slowest never is, so the watermark moves on. A partition that brings nothing in
-`hold_rounds` reads (its broker does not answer) stops holding the others. Only the grouping into batches
-changes: each partition's records keep their order, and the folds give the same views for any interleaving of
-the partitions, so clocks need not agree.
+`hold_rounds` reads and `hold_seconds` (its broker does not answer) stops holding the others: both, so that
+neither one broker's quick answers nor a slow round of reads marks another broker's partition quiet early.
+Only the grouping into batches changes: each partition's records keep their order, and the folds give the same
+views for any interleaving of the partitions, so clocks need not agree.
 """
 
 from __future__ import annotations
 
 import heapq
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 HOLD_ROUNDS = 10  # reads in which a partition still behind brought nothing before it stops holding others
+HOLD_SECONDS = 1.0  # and the time since it last brought any (ten empty reads of the projector's 0.1 s)
 HOLD_RECORDS = 20_000  # held records above which the partitions ahead are paused
 
 # (topic, partition, records in offset order): one partition's run, as the projector applies it
@@ -40,12 +43,17 @@ class Aligner:
         partitions: Sequence[TopicPartition],
         *,
         hold_rounds: int = HOLD_ROUNDS,
+        hold_seconds: float = HOLD_SECONDS,
         hold_records: int = HOLD_RECORDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._held: dict[TopicPartition, deque[Any]] = {tp: deque() for tp in partitions}
         self._front: dict[TopicPartition, int] = {}  # timestamp of the newest record fetched
         self._quiet: dict[TopicPartition, int] = dict.fromkeys(partitions, 0)  # reads since it brought any
+        self._brought: dict[TopicPartition, float] = dict.fromkeys(partitions, clock())  # when it last did
         self._hold_rounds = hold_rounds
+        self._hold_seconds = hold_seconds
+        self._clock = clock
         self._hold_records = hold_records
         self.count = 0
 
@@ -57,15 +65,19 @@ class Aligner:
         newest = max(record.timestamp for record in records)
         self._front[tp] = max(self._front.get(tp, newest), newest)
         self._quiet[tp] = 0
+        self._brought[tp] = self._clock()
         self.count += len(records)
 
     def release(self, behind: Callable[[TopicPartition], bool]) -> list[Run]:
         """Called once per read: the runs of records no later than the watermark, computed over the
         partitions `behind` (still with records to fetch) that brought records in the last `hold_rounds`
-        reads; every record when there are none."""
-        quiet = self._quiet
+        reads or `hold_seconds`; every record when there are none."""
+        quiet, brought = self._quiet, self._brought
+        since = self._clock() - self._hold_seconds
         fronts = [
-            self._front.get(tp, -1) for tp in self._held if quiet[tp] < self._hold_rounds and behind(tp)
+            self._front.get(tp, -1)
+            for tp in self._held
+            if (quiet[tp] < self._hold_rounds or brought[tp] > since) and behind(tp)
         ]
         for tp in quiet:
             quiet[tp] += 1

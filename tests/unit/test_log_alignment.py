@@ -51,13 +51,27 @@ def test_a_partition_read_to_its_end_holds_back_nothing() -> None:
 
 
 def test_a_partition_behind_that_brings_nothing_stops_holding_the_others() -> None:
-    aligner = Aligner([REQUESTS, EVENTS], hold_rounds=3)
+    now = [0.0]
+    aligner = Aligner([REQUESTS, EVENTS], hold_rounds=3, hold_seconds=1.0, clock=lambda: now[0])
     aligner.add(EVENTS, records([5]))
     aligner.add(REQUESTS, records([10, 20]))
-    assert offsets(aligner.release(lambda tp: True), "p.requests") == []
-    assert offsets(aligner.release(lambda tp: True), "p.requests") == []
-    assert offsets(aligner.release(lambda tp: True), "p.requests") == []
-    # three reads without a record from the events partition (its broker does not answer, say)
+    for _ in range(3):
+        now[0] += 0.5
+        assert offsets(aligner.release(lambda tp: True), "p.requests") == []
+    # three reads and 1.5 s without a record from the events partition (its broker does not answer, say)
+    assert offsets(aligner.release(lambda tp: True), "p.requests") == [0, 1]
+
+
+def test_quick_reads_do_not_mark_a_partition_quiet_before_its_time() -> None:
+    # Another broker answering at once: many reads within a moment say nothing of the events' broker.
+    now = [0.0]
+    aligner = Aligner([REQUESTS, EVENTS], hold_rounds=3, hold_seconds=1.0, clock=lambda: now[0])
+    aligner.add(EVENTS, records([5]))
+    aligner.add(REQUESTS, records([10, 20]))
+    for _ in range(20):
+        now[0] += 0.01
+        assert offsets(aligner.release(lambda tp: True), "p.requests") == []
+    now[0] = 1.5
     assert offsets(aligner.release(lambda tp: True), "p.requests") == [0, 1]
 
 
