@@ -194,10 +194,10 @@ async def verify(settings: Settings, *, into: str | None = None, show: int = 50)
     if len(found) > show:
         print(f"... and {len(found) - show} more")
     rate = folded / seconds if seconds else 0.0
+    # The verdict is the result, so on stdout after the differences (a report redirected to a file has both).
     print(
         f"{'DIFFERENT' if found else 'identical'}: {folded} events replayed in {seconds:.2f}s "
-        f"({rate:,.0f} events/s), {len(found)} difference(s)",
-        file=sys.stderr,
+        f"({rate:,.0f} events/s), {len(found)} difference(s)"
     )
     return 1 if found else 0
 
@@ -219,9 +219,7 @@ async def rebuild_copy(settings: Settings, into: str) -> int:
         return 2
     started = time.perf_counter()
     folded = await rebuild(settings, into)
-    print(
-        f"rebuilt {redacted(into)}: {folded} events in {time.perf_counter() - started:.2f}s", file=sys.stderr
-    )
+    print(f"rebuilt {redacted(into)}: {folded} events in {time.perf_counter() - started:.2f}s")
     return 0
 
 

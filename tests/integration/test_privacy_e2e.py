@@ -169,7 +169,7 @@ async def test_an_erased_requester_cannot_be_read_anywhere_and_statistics_and_re
     env = {**service_env}
     # A replay from the start of the log: the views it builds equal the live ones, statistics included.
     audit = await run("-m", "packager", "replay", "verify", env=env)
-    assert audit.returncode == 0 and "identical" in audit.stderr, audit.stdout + audit.stderr
+    assert audit.returncode == 0 and "identical" in audit.stdout, audit.stdout + audit.stderr
     replayed = await run("-m", "packager", "replay", "stats", env=env)
     assert replayed.returncode == 0, replayed.stderr
     assert orjson.loads(replayed.stdout)["totals"] == later["totals"]

@@ -162,7 +162,7 @@ async def test_statistics_status_and_jobs_come_from_the_log_and_survive_a_restar
         check=False,
     )
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "identical" in audit.stderr
+    assert "identical" in audit.stdout
 
     await check_schemas_and_analytics(kafka_bootstrap, service_env, env)
 

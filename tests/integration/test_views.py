@@ -323,7 +323,7 @@ async def test_replay_verify_catches_a_row_changed_by_hand_and_rebuild_makes_a_c
     assert await replay.verify(settings) == 1
     out = capsys.readouterr()
     assert f"jobs job_id='{uuid.UUID(int=10)}': state live 'completed' != rebuilt 'failed'" in out.out
-    assert "DIFFERENT" in out.err
+    assert "DIFFERENT" in out.out
 
     copy = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
     assert await replay.rebuild_copy(settings, copy) == 0

@@ -115,7 +115,7 @@ async def test_replay_verify_catches_a_row_of_the_worker_cache_index_changed_by_
         "!= rebuilt '2026-11-27T10:00:00.003Z'"
     ) in out.out
     assert f"inflight_builds cache_key='{KEY}': only in the rebuilt views" in out.out
-    assert "DIFFERENT" in out.err and "2 difference(s)" in out.err
+    assert "DIFFERENT" in out.out and "2 difference(s)" in out.out
 
     copy = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
     assert await replay.rebuild_copy(settings, copy) == 0
