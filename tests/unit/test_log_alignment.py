@@ -50,11 +50,17 @@ def test_a_partition_read_to_its_end_holds_back_nothing() -> None:
     assert aligner.count == 0
 
 
-def test_a_partition_behind_that_brings_nothing_stops_holding_the_others() -> None:
-    now = [0.0]
+def events_behind_requests_held(now: list[float]) -> Aligner:
+    """An aligner on the clock `now[0]` holding two requests behind the events partition's one record."""
     aligner = Aligner([REQUESTS, EVENTS], hold_rounds=3, hold_seconds=1.0, clock=lambda: now[0])
     aligner.add(EVENTS, records([5]))
     aligner.add(REQUESTS, records([10, 20]))
+    return aligner
+
+
+def test_a_partition_behind_that_brings_nothing_stops_holding_the_others() -> None:
+    now = [0.0]
+    aligner = events_behind_requests_held(now)
     for _ in range(3):
         now[0] += 0.5
         assert offsets(aligner.release(lambda tp: True), "p.requests") == []
@@ -65,9 +71,7 @@ def test_a_partition_behind_that_brings_nothing_stops_holding_the_others() -> No
 def test_quick_reads_do_not_mark_a_partition_quiet_before_its_time() -> None:
     # Another broker answering at once: many reads within a moment say nothing of the events' broker.
     now = [0.0]
-    aligner = Aligner([REQUESTS, EVENTS], hold_rounds=3, hold_seconds=1.0, clock=lambda: now[0])
-    aligner.add(EVENTS, records([5]))
-    aligner.add(REQUESTS, records([10, 20]))
+    aligner = events_behind_requests_held(now)
     for _ in range(20):
         now[0] += 0.01
         assert offsets(aligner.release(lambda tp: True), "p.requests") == []
