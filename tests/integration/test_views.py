@@ -24,13 +24,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from packager.adapters.kafka_log import Topics, ensure_topics
 from packager.adapters.projector import run_projector
-from packager.adapters.readside import topic_partitions
 from packager.adapters.viewdb import ViewDatabase
+from packager.adapters.viewreads import log_end_offsets
 from packager.cli import replay
 from packager.core.settings import Settings, load_settings
 from packager.domain.events import (
@@ -149,23 +149,11 @@ async def test_a_rebuild_up_to_given_positions_stops_each_partition_exactly_ther
     settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
     await write_history(settings, 0, 300)
     topics = Topics(topic_prefix)
-    ends = await read_ends(kafka_bootstrap, [topics.requests, topics.events])
-    stop_at = dict(ends)
+    stop_at = await log_end_offsets(settings)
     stop_at[(topics.events, 0)] = 7
     del stop_at[(topics.events, 1)]
     assert await run_projector(settings, stop_at=stop_at) == sum(stop_at.values())
     assert read(views_url, lambda db, c: db.positions(c)) == stop_at
-
-
-async def read_ends(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> the log's end offset, for every partition of `topics`."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        found = await consumer.end_offsets(await topic_partitions(bootstrap, topics))
-    finally:
-        await consumer.stop()
-    return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
 
 async def test_a_projector_killed_mid_batch_and_restarted_gives_exactly_the_same_views(
