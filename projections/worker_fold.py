@@ -190,12 +190,11 @@ def fold_worker(
     if kind not in _KEYED and kind != CacheCleared.TYPE:
         return  # an email, an erasure: nothing of the cache or the builds changes
     key = event.cache_key
-    if kind == PackageCompleted.TYPE and not p.cached_from:  # type: ignore[attr-defined]
+    if isinstance(p, PackageCompleted) and not p.cached_from:
         # `expires_at` is filled in by `finish_worker`, once per entry and batch.
-        entry = CacheEntry(
+        rows.cache[key] = CacheEntry(
             key, event.job_id, p.zip_file_name, p.size, p.sha256, p.rows, event.occurred_at, "", part
         )
-        rows.cache[key] = entry
         rows.touched_cache.add(key)
     elif isinstance(p, CacheCleared):
         if p.partition == part:  # the steward of that partition empties its own entries only

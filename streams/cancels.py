@@ -158,7 +158,7 @@ class Cancels:
         lease = self.leases.get(job_id)
         record = self.kept.get(job_id)
         if lease is not None or record is not None:
-            key = lease["key"] if lease is not None else decode(record).cache_key
+            key = lease["key"] if lease is not None else decode(record or b"").cache_key
             if (lease["partition"] if lease is not None else partition_of(key, self.partitions)) != partition:
                 return "the job belongs to another partition"
             request = decode(record).payload if record is not None else unknown_request(key)

@@ -20,8 +20,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import cast
 
 import faust
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,14 @@ class RecoveryWatch:
         return True
 
 
+def _recovery(app: faust.App) -> Recovery:
+    """The recovery of `app`'s tables (the manager's interface type does not name it)."""
+    return cast(TableManager, app.tables).recovery
+
+
 def recovery_marker(app: faust.App) -> Hashable:
     """What changes when the recovery of `app`'s tables moves on."""
-    recovery = app.tables.recovery
+    recovery = _recovery(app)
     return (
         app.consumer_generation_id,
         recovery.in_recovery,
@@ -71,7 +79,7 @@ def recovery_marker(app: faust.App) -> Hashable:
 
 def recovering(app: faust.App) -> bool:
     """True while `app` restores its tables and changelog records are still to be read."""
-    recovery = app.tables.recovery
+    recovery = _recovery(app)
     return bool(recovery.in_recovery) and recovery.active_remaining_total() > 0
 
 
@@ -99,7 +107,7 @@ def add_recovery_watch(
     async def recovery_watch() -> None:
         if not watch.observe(clock(), recovering(app), recovery_marker(app)):
             return
-        recovery = app.tables.recovery
+        recovery = _recovery(app)
         log.warning(
             "table recovery made no progress for %.0fs (%d changelog records still to read); "
             "asking the group to rebalance",

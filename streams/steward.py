@@ -215,7 +215,7 @@ def add_planner_and_steward(
                     await app.producer.flush()
                     continue
                 entry = cache.get(key)
-                if await is_fresh(entry, settings, store):
+                if entry is not None and await is_fresh(entry, settings, store):
                     await end_once(env.job_id, key, reused(key, waiter(env), entry), event.message.partition)
                     planned[env.job_id] = "cache"
                 elif inflight.get(key) not in (None, env.job_id):

@@ -223,7 +223,7 @@ async def _same_log(db: ViewDatabase, conn: Any, current: LogIdentity, progress:
     saved_text = await asyncio.to_thread(db.meta, conn, LOG_IDENTITY)
     saved = LogIdentity.from_dict(orjson.loads(saved_text)) if saved_text else None
     why = identity_mismatch(saved, current)
-    if why is None and saved is None and await asyncio.to_thread(db.positions, conn):
+    if why is None and saved is None and bool(await asyncio.to_thread(db.positions, conn)):
         why = "the views do not say which log they were built from"
     if why is not None:
         why = f"the views were built from another log ({why})"
@@ -441,9 +441,10 @@ def _apply_run(
 ) -> int:
     """Apply records in one transaction; when a fold raises (the transaction rolled back: nothing of the
     batch is in the views), apply them again one at a time, skipping the event whose fold raises."""
+    not_folds: tuple[type[BaseException], ...] = (*db.errors, ViewsRewound)
     try:
         return db.apply(conn, records, identity, until=until, expected=expected)
-    except (*db.errors, ViewsRewound):
+    except not_folds:
         raise  # the database failed (or went back), not a fold: the run is read again
     except Exception:  # which event raised is found below, and logged there
         pass
@@ -453,7 +454,7 @@ def _apply_run(
             applied += db.apply(
                 conn, [(topic, partition, offset, event)], identity, until=until, expected=expected
             )
-        except (*db.errors, ViewsRewound):
+        except not_folds:
             raise
         except Exception as exc:  # a fold's bug must not stop the projector: logged, counted, degraded
             assert event is not None  # an undecoded record folds nothing, so cannot raise

@@ -101,7 +101,7 @@ class FoldHealth:
 
 async def supervise(
     what: str,
-    run: Callable[[], Awaitable[None]],
+    run: Callable[[], Awaitable[object]],
     health: FoldHealth,
     *,
     on_stop: Callable[[], Awaitable[None]] | None = None,

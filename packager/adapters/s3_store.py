@@ -31,6 +31,8 @@ from obstore.store import S3Store as ObjectStoreS3
 from packager.adapters.store import COPY_CHUNK, PartialArea, PublishedFile, StoredFile, safe_file_name
 
 if TYPE_CHECKING:
+    from obstore.store import S3Config
+
     from packager.core.settings import Settings
 
 # Parts uploaded at once: bounds the memory an upload holds (this many parts) and its share of the link.
@@ -54,7 +56,7 @@ class S3Store(PartialArea):
         presign_time: float | None = None,
     ) -> None:
         super().__init__(partial_directory)
-        config: dict[str, Any] = {"region": region}
+        config: S3Config = {"region": region}
         if endpoint_url:
             # Path-style requests: what s3proxy, MinIO and most self-hosted stores answer.
             config |= {"endpoint": endpoint_url, "virtual_hosted_style_request": False}

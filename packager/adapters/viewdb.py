@@ -107,6 +107,7 @@ class ViewDatabase:
     def connect(self, *, create: bool = False) -> Any:
         """A new connection in autocommit mode (transactions are explicit); `create` makes the tables."""
         try:
+            conn: Any
             if self.dialect == schema.SQLITE:
                 conn = self._connect_sqlite(create)
             else:
@@ -437,7 +438,7 @@ class ViewDatabase:
                 "SELECT x.email, x.message, x.resource_id, x.ts, COALESCE(r.sealed, '') FROM stat_errors x "
                 "LEFT JOIN stat_requests r ON r.job_id = x.job_id"
             )
-        where, params = ["x.ts > ?"], [stat_resets.cuts(conn).get(kind, -1.0)]
+        where, params = ["x.ts > ?"], list[object]([stat_resets.cuts(conn).get(kind, -1.0)])
         if resource_id:
             where.append("x.resource_id = ?")
             params.append(resource_id)

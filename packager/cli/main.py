@@ -29,13 +29,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings, load_settings
 
 
-def _settings_or_exit(**overrides: object) -> Settings:
+def _settings_or_exit(**overrides: Any) -> Settings:
     from packager.domain.dwc import config_from_settings
     from packager.domain.dwc.eml import load_eml_template
     from packager.domain.emails import load_templates

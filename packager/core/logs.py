@@ -182,11 +182,12 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """The record as text; a traceback follows on the next lines."""
         job_id = _job_id_of(record)
-        record.job = f" [job {job_id}]" if job_id else ""
+        # `%(job)s` of the format: set on the record for this call only.
+        record.__dict__["job"] = f" [job {job_id}]" if job_id else ""
         try:
             return self.redact(super().format(record))
         finally:
-            del record.job
+            del record.__dict__["job"]
 
 
 class RepeatFilter(logging.Filter):

@@ -69,10 +69,10 @@ def render_records(
         rows: list[Any] = []
         for i in indexes:
             values = values_of(i)
-            cells = [values[p] for p in positions]
+            row: list[Any] = [values[p] for p in positions]
             if ranked:
-                cells.extend(plan.rank_values(table, values))
-            rows.append(cells)
+                row.extend(plan.rank_values(table, values))
+            rows.append(row)
         return rows
     names = plan.output
     if whole and not ranked:

@@ -373,7 +373,8 @@ def create_ckan_app(
 
 def _faults_body(app: web.Application) -> dict[str, Any]:
     faults = app[_STATE].faults
-    return {"faults": None if faults is None else asdict(faults), "stats": dict(app[STATS])}
+    stats: dict[str, int] = app[STATS]
+    return {"faults": None if faults is None else asdict(faults), "stats": dict(stats)}
 
 
 async def _show_faults(request: web.Request) -> web.Response:

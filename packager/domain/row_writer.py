@@ -11,7 +11,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, BinaryIO, Final
+from typing import IO, Any, Final
 
 from packager.core.errors import PackagingError
 
@@ -37,7 +37,7 @@ class _HashingSink:
 
     __slots__ = ("_digest", "_out", "bytes_written")
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self._digest = hashlib.sha256()
         self.bytes_written = 0
@@ -65,7 +65,7 @@ class RowWriter(ABC):
 
     format: str
 
-    def __init__(self, columns: Sequence[str], out: BinaryIO) -> None:
+    def __init__(self, columns: Sequence[str], out: IO[bytes]) -> None:
         self.columns: tuple[str, ...] = tuple(columns)
         self.rows_written: int = 0
         self._sink = _HashingSink(out)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from packager.domain.row_writer import RowWriter
 from packager.domain.value_text import column_texts, utf8
@@ -27,7 +27,7 @@ class DelimitedWriter(RowWriter):
     line_end: str
     needs_encoding: Callable[[str], bool]
 
-    def __init__(self, columns: Sequence[str], out: BinaryIO) -> None:
+    def __init__(self, columns: Sequence[str], out: IO[bytes]) -> None:
         super().__init__(columns, out)
         self._write_lines([self.encode_fields(self.columns)])
 

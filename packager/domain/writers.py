@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from packager.core.errors import PackagingError
 from packager.domain.jsonl_writer import JsonLinesWriter
@@ -79,7 +79,7 @@ __all__ = [
 
 
 def open_writer(
-    fmt: str, columns: Sequence[str], out: BinaryIO, *, spool_dir: Path | None = None
+    fmt: str, columns: Sequence[str], out: IO[bytes], *, spool_dir: Path | None = None
 ) -> RowWriter:
     """A writer of rows with these column ids, in format `fmt`, onto the write-only binary stream `out`."""
     check_format(fmt)

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import IO, Any, Final
 
 import xlsxwriter
 from xlsxwriter.exceptions import FileSizeError
@@ -64,7 +64,7 @@ class XlsxWriter(RowWriter):
 
     format = "xlsx"
 
-    def __init__(self, columns: Sequence[str], out: BinaryIO, *, spool_dir: Path | None = None) -> None:
+    def __init__(self, columns: Sequence[str], out: IO[bytes], *, spool_dir: Path | None = None) -> None:
         super().__init__(columns, out)
         if len(self.columns) > XLSX_MAX_COLUMNS:
             raise PackagingError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import stat
 import time
 import zipfile
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 # Regular file, rw-r--r--, in the upper 16 bits of `external_attr` (the Unix mode, as `zip` writes it).
 ENTRY_MODE = 0o644
@@ -33,7 +33,7 @@ class PackageZipFile(zipfile.ZipFile):
     def open(  # type: ignore[override]
         self,
         name: str | zipfile.ZipInfo,
-        mode: str = "r",
+        mode: Literal["r", "w"] = "r",
         pwd: bytes | None = None,
         *,
         force_zip64: bool = False,

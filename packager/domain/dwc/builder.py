@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO, Final
+from typing import IO, Any, Final
 
 import orjson
 
@@ -138,7 +138,7 @@ class _DataFile:
     """One CSV data file being written: a header, then records; counts and hashes what it writes."""
 
     def __init__(
-        self, layout: DataFileLayout, out: BinaryIO | None = None, *, spool_dir: Path | None = None
+        self, layout: DataFileLayout, out: IO[bytes] | None = None, *, spool_dir: Path | None = None
     ) -> None:
         self.layout = layout
         self.rows = 0
@@ -195,7 +195,7 @@ class _DataFile:
             self._write(end.join(lines) + end)
             self.rows += len(records)
 
-    def copy_spool(self, out: BinaryIO) -> None:
+    def copy_spool(self, out: IO[bytes]) -> None:
         """Copy the spooled file into `out`, a chunk at a time, and remove it."""
         assert self._out is not None
         self._out.flush()
@@ -268,7 +268,7 @@ class DwcArchiveBuilder:
         self._dropped = {
             spec.column: _ItemCounter() for layout in self.layout.extensions for _, spec in layout.fields
         }
-        self._entry: BinaryIO = zip_file.open(self.layout.core.file_name, "w", force_zip64=True)
+        self._entry: IO[bytes] = zip_file.open(self.layout.core.file_name, "w", force_zip64=True)
         try:
             self._core = _DataFile(self.layout.core, self._entry)
         except BaseException:
