@@ -30,7 +30,7 @@ def stack_settings(environ: Mapping[str, str] | None = None) -> Settings:
     no PACKAGER_CONFIG names another file. `PACKAGER_*` variables win over the file."""
     env = os.environ if environ is None else environ
     if stack_file_in_use(env):
-        return load_settings(env, config_file=STACK_SETTINGS)
+        return load_settings(env, STACK_SETTINGS)
     return load_settings(env)
 
 

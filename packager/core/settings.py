@@ -306,7 +306,7 @@ def _convert(name: str, raw: Any, annotation: Any) -> Any:
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, config_file: str | Path | None = None, **overrides: Any
+    environ: Mapping[str, str] | None = None, config_file: str | Path | None = None, /, **overrides: Any
 ) -> Settings:
     """Read settings from defaults, an optional TOML file and `PACKAGER_*` variables, then `overrides`."""
     env = os.environ if environ is None else environ

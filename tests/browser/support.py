@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page, ViewportSize, async_playwright
 
 from packager.dev import browser
 from packager.dev.processes import ServiceError
 
 # Where screenshots are copied when BROWSER_ARTEFACTS names no folder (var/ is git-ignored).
 ARTEFACTS = Path(__file__).resolve().parents[2] / "var" / "browser-artefacts"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 # How long a page may take to show what a test waits for (the views are polled every 0.25 s).
 WAIT_MS = 15_000
 
@@ -41,7 +41,7 @@ def chromium_and_axe() -> tuple[Path, Path]:
 
 
 @contextlib.asynccontextmanager
-async def open_page(tmp_path: Path, viewport: dict[str, int] = DESKTOP) -> AsyncIterator[Page]:
+async def open_page(tmp_path: Path, viewport: ViewportSize = DESKTOP) -> AsyncIterator[Page]:
     """A page of a fresh headless chromium; fails the test on any JavaScript error the page raised."""
     executable, _ = chromium_and_axe()
     profile = tmp_path / "chromium-profile"
@@ -52,7 +52,7 @@ async def open_page(tmp_path: Path, viewport: dict[str, int] = DESKTOP) -> Async
             executable_path=str(executable),
             args=list(browser.CHROMIUM_ARGS),
             headless=True,
-            viewport=viewport,  # type: ignore[arg-type]
+            viewport=viewport,
             locale="en-GB",
             timezone_id="UTC",
         )

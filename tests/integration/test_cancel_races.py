@@ -18,6 +18,7 @@ Worker, projector and ingress run as processes on a real broker, with the projec
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections import Counter
@@ -135,7 +136,7 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
             assert status == 200, alone
             try:
                 done = await wait_until(
-                    lambda: _is(job_state(port, alone["job_id"]), "completed"), 120, "no completion"
+                    functools.partial(_state_in, port, alone["job_id"], ("completed",)), 120, "no completion"
                 )
             except TimeoutError:
                 pytest.fail(stack.diagnostics())
@@ -153,14 +154,18 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
                 assert status == 200, job
                 if n == 2:
                     await wait_until(
-                        lambda j=job["job_id"]: _is(job_state(port, j), "completed"), 120, "no completion"
+                        functools.partial(_state_in, port, job["job_id"], ("completed",)),
+                        120,
+                        "no completion",
                     )
                 await asyncio.sleep(max(0.0, accepted + at * build_time - time.monotonic()))
                 answered = await post_form(port, f"/jobs/{job['job_id']}/cancel", token=job["cancel_token"])
                 races[job["job_id"]] = (at, *answered)
                 try:
                     await wait_until(
-                        lambda j=job["job_id"]: _in(job_state(port, j), ("completed", "cancelled", "failed")),
+                        functools.partial(
+                            _state_in, port, job["job_id"], ("completed", "cancelled", "failed")
+                        ),
                         120,
                         f"job {job['job_id']} never ended",
                     )
@@ -195,11 +200,11 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
     assert outcome[slow["job_id"]] == "PackageCancelled" and outcome[alone["job_id"]] == "PackageCompleted"
     first, second = list(races)[:2]
     assert (outcome[first], outcome[second]) == ("PackageCancelled", "PackageCompleted"), "at once, after"
-    for job, (at, status, answer) in races.items():
-        if outcome[job] == "PackageCancelled":
+    for job_id, (at, status, answer) in races.items():
+        if outcome[job_id] == "PackageCancelled":
             assert (status, answer.get("state")) in ((200, "cancelled"), (202, None)), (at, answer)
         else:
-            assert outcome[job] == "PackageCompleted", (at, outcome[job])
+            assert outcome[job_id] == "PackageCompleted", (at, outcome[job_id])
             assert (status, answer.get("state")) in ((409, "completed"), (202, None)), (at, answer)
             assert status == 202 or "finished" in answer["message"], answer
 
@@ -207,16 +212,16 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
     assert mails == Counter(jobs), f"not one email per job: {mails}"
     zips = {e.job_id: e.payload.zip_file_name for e in events if e.type == "PackageCompleted"}  # type: ignore[attr-defined]
     for message in smtp.messages:
-        job = str(message[JOB_HEADER])
-        cancelled, body = outcome[job] == "PackageCancelled", message.get_body(("plain",))
+        job_id = str(message[JOB_HEADER])
+        cancelled, body = outcome[job_id] == "PackageCancelled", message.get_body(("plain",))
         assert body is not None
         text = body.get_content()
-        assert ("cancelled" in str(message["Subject"])) == cancelled, (message["Subject"], outcome[job])
+        assert ("cancelled" in str(message["Subject"])) == cancelled, (message["Subject"], outcome[job_id])
         if cancelled:
             assert "/downloads/" not in text, "a cancelled job was emailed a download link"
-            assert partial_files(store_dir, job) == [], "a cancelled job left its ZIP"
+            assert partial_files(store_dir, job_id) == [], "a cancelled job left its ZIP"
         else:
-            assert f"/downloads/{zips[job]}" in text and (store_dir / zips[job]).is_file()
+            assert f"/downloads/{zips[job_id]}" in text and (store_dir / zips[job_id]).is_file()
     assert list(partial.glob("*")) == [], "partial files were left behind"
     print(
         f"build time {build_time:.2f}s; races: "
@@ -224,9 +229,6 @@ async def test_cancels_stop_datastore_builds_and_a_cancel_racing_completion_ends
     )
 
 
-async def _is(state: Any, wanted: str) -> bool:
-    return bool(await state == wanted)
-
-
-async def _in(state: Any, wanted: tuple[str, ...]) -> bool:
-    return await state in wanted
+async def _state_in(port: int, job_id: str, wanted: tuple[str, ...]) -> bool:
+    """True when the service says the job is in one of the `wanted` states."""
+    return await job_state(port, job_id) in wanted

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -184,7 +185,7 @@ async def test_a_restart_on_a_wiped_broker_with_the_same_var_answers_from_the_ne
             assert time.monotonic() < deadline, f"job {job_id}: {status} {body}"
             await asyncio.sleep(0.5)
 
-    async def answers(http: aiohttp.ClientSession) -> tuple[dict[str, object], dict[str, object]]:
+    async def answers(http: aiohttp.ClientSession) -> tuple[dict[str, Any], dict[str, Any]]:
         async with http.get(f"http://127.0.0.1:{port}/status", params={"secret": SECRET}) as resp:
             status = await resp.json()
         async with http.post(f"http://127.0.0.1:{port}/statistics", data={"secret": SECRET}) as resp:

@@ -328,7 +328,7 @@ async def test_a_record_that_is_not_an_event_is_dead_lettered_and_work_goes_on(
             await producer.stop()
         job = await post(port, resource_id="ok", resource_url=f"{base_url}/ok.csv", email="ok@example.org")
         await smtp.wait_for(1, timeout=120)
-        rejected = []
+        rejected: list[Any] = []
         deadline = time.monotonic() + 60
         while len(rejected) < len(garbage) and time.monotonic() < deadline:
             events = await read_events(kafka_bootstrap, topics.events)

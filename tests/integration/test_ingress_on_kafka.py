@@ -146,7 +146,8 @@ async def test_the_kafka_clients_tasks_do_not_carry_the_first_jobs_id(client: Te
         after_request = len(capture.seen)
         # Wake the producer's metadata task (started during the request) from outside any job, and wait for
         # the line it writes.
-        event_log = client.server.app[EVENT_LOG]
+        assert client.app is not None
+        event_log = client.app[EVENT_LOG]
         assert isinstance(event_log, KafkaEventLog)
         producer = event_log._producer
         assert producer is not None

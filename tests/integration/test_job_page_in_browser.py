@@ -49,7 +49,7 @@ async def test_a_requester_follows_a_job_live_in_the_browser_to_its_download_and
             )
             async with open_page(tmp_path) as page:
                 loads: list[str] = []
-                page.on("load", lambda: loads.append(page.url))
+                page.on("load", lambda loaded: loads.append(loaded.url))
                 await page.goto(good["status_url"])
                 bar = page.get_by_role("progressbar", name="Progress of the download being prepared")
                 # Progress shown part-way, then the link: all in the page first loaded.

@@ -20,6 +20,7 @@ import uuid
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -140,7 +141,7 @@ async def every_record(
         topics = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
     finally:
         await admin.close()
-    records = []
+    records: list[Any] = []
     for topic in topics:
         ends = await end_offsets(bootstrap, topic)
         tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
@@ -322,8 +323,8 @@ async def test_no_secret_leaks_no_file_escapes_the_store_and_the_status_page_esc
         path = store_dir / completed.zip_file_name
         assert path.parent == store_dir and path.is_file() and not path.is_symlink()
         with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as zf:
-            [entry] = zf.namelist()
-            assert "/" not in entry and len(entry) <= 150
+            [entry_name] = zf.namelist()
+            assert "/" not in entry_name and len(entry_name) <= 150
 
     # The status page shows what was asked for (the resource, the file's name) only as escaped text, and
     # never the requester's address; the job's data carries it verbatim, as data.

@@ -9,6 +9,7 @@ EMAIL_CANCELLATIONS off (the default) the cancelled job's requester gets no emai
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,9 +207,7 @@ async def test_failed_and_cancelled_jobs_are_posted_and_a_receiver_that_never_ta
                 await wait_for_event(
                     kafka_bootstrap,
                     topic_prefix,
-                    lambda e, j=job_id, o=outcome, t=target: (
-                        e.job_id == j and isinstance(e.payload, o) and e.payload.target == t
-                    ),
+                    functools.partial(_webhook_event, job_id, outcome, target),
                     within=120,
                 )
             # Nothing is left for the webhooks sender or the mailer to send.
@@ -244,3 +243,10 @@ async def test_failed_and_cancelled_jobs_are_posted_and_a_receiver_that_never_ta
     assert "download_url" not in posted[cancelled]
     # EMAIL_CANCELLATIONS is off (the default): the failed job's requester is told, the cancelled one's not.
     assert sorted(str(m[JOB_HEADER]) for m in smtp.messages) == [failing]
+
+
+def _webhook_event(
+    job_id: str, outcome: type[WebhookDelivered | WebhookFailed], target: str, e: Envelope
+) -> bool:
+    """True for the job's webhook event of kind `outcome` sent to `target`."""
+    return e.job_id == job_id and isinstance(e.payload, outcome) and e.payload.target == target

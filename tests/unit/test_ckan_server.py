@@ -264,7 +264,7 @@ async def test_sort_ascending_descending_and_by_several_columns(client: TestClie
 async def test_solr_cursor_walk_visits_every_row_once() -> None:
     app = create_ckan_app({TABLE.resource_id: TABLE}, backend="solr")
     async with TestClient(TestServer(app)) as c:
-        cursor, seen = "*", []
+        cursor, seen = "*", list[Any]()
         for _ in range(100):
             resp = await c.post(
                 ACTION_PATH,
@@ -433,7 +433,8 @@ async def _statuses(app_faults: Faults, calls: int) -> tuple[list[int], dict[str
                 )
                 assert retry.status == 200  # the same request never fails twice in a row
                 await retry.read()
-        return statuses, dict(app[STATS])
+        stats: dict[str, int] = app[STATS]
+        return statuses, dict(stats)
 
 
 async def test_error_rate_answers_5xx_at_about_the_rate_and_deterministically() -> None:

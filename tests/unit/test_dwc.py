@@ -204,7 +204,7 @@ def test_columns_map_to_terms_by_name_or_camel_case() -> None:
 
 def test_unmatched_columns_become_dynamic_properties_json(tmp_path: Path) -> None:
     columns = ["_id", "scientificName", "colour", "weight", "extra", "flags"]
-    rows = [
+    rows: list[list[Any]] = [
         [1, "Puma concolor", "tawny", 61.5, '{"a": [1, 2]}', [True, None]],
         [2, "Lynx lynx", None, None, None, None],
         [3, None, "", 0, "{not json", {"k": "v"}],
@@ -222,7 +222,11 @@ def test_unmatched_columns_become_dynamic_properties_json(tmp_path: Path) -> Non
 
 def test_several_columns_on_one_term_become_a_json_object(tmp_path: Path) -> None:
     columns = ["_id", "eventDate", "Event date", "country"]
-    rows = [[1, "2020-01-02", "2 Jan 2020", "Kenya"], [2, None, "yesterday", "Peru"], [3, None, None, None]]
+    rows: list[list[Any]] = [
+        [1, "2020-01-02", "2 Jan 2020", "Kenya"],
+        [2, None, "yesterday", "Peru"],
+        [3, None, None, None],
+    ]
     path, _ = build(tmp_path, columns, rows)
     core = read_archive(path)[OCCURRENCE]
     assert [json.loads(r[DWC + "eventDate"]) if r[DWC + "eventDate"] else None for r in core] == [
@@ -290,7 +294,7 @@ def test_additional_extension_terms_and_skipped_empty_rows(tmp_path: Path) -> No
     )
     config = DwcConfig(additional_extensions=(definition,))
     columns = ["_id", "Taxon resource ID", "Resource note", "scientificName"]
-    rows = [[10, "tr-1", None, "A a"], [11, None, None, "B b"], [12, None, "noted", None]]
+    rows: list[list[Any]] = [[10, "tr-1", None, "A a"], [11, None, None, "B b"], [12, None, "noted", None]]
     path, summary = build(tmp_path, columns, rows, config=config)
     archive = read_archive(path)
     assert archive["http://example.org/terms/TaxonResource"] == [
@@ -367,7 +371,7 @@ def test_meta_xml_describes_every_file_as_written(tmp_path: Path) -> None:
         }
     )
     columns = ["_id", "Scientific name", "notes", "associatedMedia", "measurements", "year"]
-    rows = [
+    rows: list[list[Any]] = [
         [1, "Puma concolor", 'quote " and, comma', [{"identifier": "http://e.org/1"}], None, 2001],
         [
             2,

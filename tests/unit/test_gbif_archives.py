@@ -196,8 +196,8 @@ def test_an_operator_template_is_used_and_checked(tmp_path: Path) -> None:
     root = parsed(render_eml(loaded, DatasetMetadata(title="a\"b'<c>"), package_id="z"))
     assert (
         root.get("packageId") == "z"
-        and root.findtext("title") == root.find("title").get("lang") == "a\"b'<c>"
-    )  # type: ignore[union-attr]
+        and root.findtext("title") == root.find("title").get("lang") == "a\"b'<c>"  # type: ignore[union-attr]
+    )
 
 
 @pytest.mark.parametrize(

@@ -168,6 +168,7 @@ def test_a_queued_attempt_passed_in_its_lane_is_queued_again_and_counts_as_lost(
 def test_a_queued_expiry_read_after_the_build_started_is_ignored() -> None:
     """The watchdog saw the record passed; the build's PackageStarted was already in the log, unread."""
     building = fold(queued(), started())
+    assert building is not None
     expiry = at(passed_in_lane(1))
     assert leases.decide(building, expiry, max_attempts=1) is None
     assert leases.apply(building, expiry, LEASE_TIME) == building
@@ -195,7 +196,7 @@ async def test_the_worker_appends_through_an_idempotent_producer(
     monkeypatch.setattr(offsets, "_resume_points", offsets._resume_points)
     settings = load_settings({}, secret="unit-test-secret-0123456789abcdef", store_directory=str(tmp_path))
     app = create_app(settings, roles_for(["fast"]))
-    producer = app.producer._new_producer()  # not started: nothing connects
+    producer = app.producer._new_producer()  # type: ignore[attr-defined]  # not started: nothing connects
     try:
         assert producer._txn_manager is not None, "the producer is not idempotent"
         assert producer.client._bootstrap_servers == [settings.kafka_bootstrap_servers]

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from aiokafka import TopicPartition
 
-from packager.adapters.log_alignment import Aligner, merged
+from packager.adapters.log_alignment import Aligner, Run, merged
 
 REQUESTS = TopicPartition("p.requests", 0)
 EVENTS = TopicPartition("p.events", 0)
@@ -21,7 +21,7 @@ def records(timestamps: list[int], first_offset: int = 0) -> list[Record]:
     return [Record(first_offset + i, ts) for i, ts in enumerate(timestamps)]
 
 
-def offsets(runs: list[tuple[str, int, list[Record]]], topic: str) -> list[int]:
+def offsets(runs: list[Run], topic: str) -> list[int]:
     return [r.offset for t, _, run in runs if t == topic for r in run]
 
 

@@ -169,7 +169,7 @@ async def test_the_consume_loop_never_commits_past_a_terminal_event_it_read_whil
         await asyncio.sleep(0)  # the revocation has begun: it waits for the earlier email
         revocation_began.set()
 
-    mailer._read_ahead = read_ahead  # type: ignore[method-assign]
+    mailer._read_ahead = read_ahead  # type: ignore[method-assign, assignment]
     consuming = asyncio.create_task(mailer._consume())
     try:
         await asyncio.wait_for(revocation_began.wait(), timeout=5)

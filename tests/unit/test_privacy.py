@@ -26,6 +26,7 @@ from packager.core.errors import ConfigurationError
 from packager.core.settings import Settings, load_settings
 from packager.domain import requesters
 from packager.domain.events import (
+    EmailFailed,
     Envelope,
     PackageCompleted,
     PackageRequested,
@@ -199,7 +200,7 @@ async def test_erasure_stops_pending_emails_keeps_statistics_and_a_new_request_g
 
     # The mailer cannot open the address any more: nothing is sent, and the job says why.
     outcome = await notify(settings, pending, keys=keys)
-    assert outcome is not None and outcome.error == ERASED_REQUESTER and outcome.attempts == 0
+    assert isinstance(outcome, EmailFailed) and outcome.error == ERASED_REQUESTER and outcome.attempts == 0
 
     fill_views(settings, records_of(log))
     stats_after = await (await client.post("/statistics", data={"secret": SECRET})).json()
@@ -350,7 +351,8 @@ async def test_an_address_whose_key_cannot_be_unwrapped_is_not_sent_and_the_job_
     token = requesters.seal_email(DataKey.new(who), EMAIL)
     done = completed(email="", requester=who, requester_domain="example.org", email_sealed=token)
     outcome = await notify(settings, envelope("job-1", done), keys=UnreadableKeys())
-    assert outcome is not None and outcome.error == UNREADABLE_KEY and "KEY_SEALING_SECRET" in outcome.error
+    assert isinstance(outcome, EmailFailed) and outcome.error == UNREADABLE_KEY
+    assert "KEY_SEALING_SECRET" in outcome.error
 
 
 async def test_views_of_the_version_that_held_addresses_are_dropped_and_rebuilt(settings: Settings) -> None:

@@ -75,7 +75,8 @@ class FlakyProducer:
     """Stands in for the key store's producer: acknowledges `good` appends, then fails."""
 
     def __init__(self, good: int) -> None:
-        self.good, self.sent = good, []
+        self.good = good
+        self.sent: list[bytes] = []
 
     async def send_and_wait(self, topic: str, value: bytes | None, *, key: bytes) -> None:
         if len(self.sent) >= self.good:

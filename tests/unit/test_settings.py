@@ -64,7 +64,7 @@ def test_unknown_keys_in_the_file_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "packager.toml"
     config.write_text('ZIP_COMAND = "zip"\n')
     with pytest.raises(ConfigurationError, match="ZIP_COMAND"):
-        load_settings({}, config_file=config)
+        load_settings({}, config)
 
 
 def test_download_links_default_to_the_ingress() -> None:

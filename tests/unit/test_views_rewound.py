@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.adapters.viewdb import ViewDatabase, ViewsRewound
+from packager.adapters.viewdb import Decoded, ViewDatabase, ViewsRewound
 from packager.domain.events import PackageQueued, PackageRequested, envelope
 from packager.domain.requesters import pseudonym
 
@@ -17,9 +17,9 @@ def identity(email: str) -> str:
     return pseudonym("k" * 32, email)
 
 
-def records(first: int, count: int) -> list[tuple[str, int, int, object]]:
+def records(first: int, count: int) -> list[Decoded]:
     """`count` events of partition 0 from offset `first`: a request, then its job's queued events."""
-    out: list[tuple[str, int, int, object]] = []
+    out: list[Decoded] = []
     for offset in range(first, first + count):
         job = f"job-{offset}"
         payload = (

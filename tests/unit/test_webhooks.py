@@ -263,7 +263,10 @@ async def test_a_webhook_is_retried_until_the_receiver_takes_it() -> None:
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    async with TestServer(app, host="127.0.0.1") as server, TestClient(server) as client:
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        TestClient[web.Request, web.Application](server) as client,
+    ):
         policy = WebhookPolicy(secret=HOOK_SECRET, timeout=5, retry_for=30, max_delay=1, first_delay=0.05)
         result = await post_webhook(
             client.session,
@@ -285,7 +288,10 @@ async def test_a_webhook_gives_up_after_its_retry_window() -> None:
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    async with TestServer(app, host="127.0.0.1") as server, TestClient(server) as client:
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        TestClient[web.Request, web.Application](server) as client,
+    ):
         policy = WebhookPolicy(secret=HOOK_SECRET, timeout=5, retry_for=0.3, max_delay=0.1, first_delay=0.05)
         result = await post_webhook(
             client.session,
