@@ -97,11 +97,11 @@ class _Gate:
             self.talking.add(task)
 
     async def __aexit__(self, *exc: object) -> None:
-        self.talking.discard(asyncio.current_task())  # type: ignore[arg-type]
+        self.talking.discard(asyncio.current_task())
         self._slots.release()
 
 
-class Mailer(Service, ConsumerRebalanceListener):  # type: ignore[misc]
+class Mailer(Service, ConsumerRebalanceListener):
     """Consumes the events topic in group `<prefix>-mailer` and sends one email per terminal event.
 
     The webhook sender (streams/webhook_sender.py) is this same machinery in a group of its own: it overrides

@@ -30,7 +30,7 @@ class Producer(faust_aiokafka.Producer):
 class Transport(faust_aiokafka.Transport):
     """Faust's aiokafka transport with the idempotent producer."""
 
-    Producer: ClassVar[type[Producer]] = Producer  # type: ignore[assignment]
+    Producer: ClassVar[type[Producer]] = Producer
 
 
 drivers.TRANSPORTS.aliases[SCHEME] = f"{__name__}:Transport"

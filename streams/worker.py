@@ -38,7 +38,7 @@ def wiped_log_explanation(reason: BaseException | None) -> str | None:
     )
 
 
-class Worker(faust.Worker):  # type: ignore[misc]
+class Worker(faust.Worker):
     """A Faust worker that drains `pools` before it stops on SIGTERM or SIGINT."""
 
     def __init__(self, *args: Any, pools: list[BuildPool], **kwargs: Any) -> None:

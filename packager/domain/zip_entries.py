@@ -30,7 +30,7 @@ class PackageZipFile(zipfile.ZipFile):
         info._compresslevel = self.compresslevel  # type: ignore[attr-defined]
         return info
 
-    def open(  # type: ignore[override]
+    def open(
         self,
         name: str | zipfile.ZipInfo,
         mode: Literal["r", "w"] = "r",
@@ -43,9 +43,7 @@ class PackageZipFile(zipfile.ZipFile):
             name = self.new_entry(name)
         return super().open(name, mode, pwd, force_zip64=force_zip64)
 
-    def writestr(  # type: ignore[override]
-        self, zinfo_or_arcname: str | zipfile.ZipInfo, data: Any, *args: Any, **kwargs: Any
-    ) -> None:
+    def writestr(self, zinfo_or_arcname: str | zipfile.ZipInfo, data: Any, *args: Any, **kwargs: Any) -> None:
         """As `ZipFile.writestr`; an entry given by name gets the package's mode and time."""
         if isinstance(zinfo_or_arcname, str):
             zinfo_or_arcname = self.new_entry(zinfo_or_arcname)

@@ -13,9 +13,9 @@ from packager.domain.validation import Resolver
 from packager.http.limits import Limits
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-EVENT_LOG: web.AppKey[EventLog] = web.AppKey("event_log", EventLog)  # type: ignore[type-abstract]
-RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")  # type: ignore[arg-type]
+EVENT_LOG: web.AppKey[EventLog] = web.AppKey("event_log", EventLog)
+RESOLVER: web.AppKey[Resolver] = web.AppKey("resolver")
 READ_VIEWS: web.AppKey[ReadViews] = web.AppKey("read_views", ReadViews)
-REQUESTER_KEYS: web.AppKey[RequesterKeys] = web.AppKey("requester_keys", RequesterKeys)  # type: ignore[type-abstract]
-STORE: web.AppKey[Store] = web.AppKey("store")  # type: ignore[arg-type]
+REQUESTER_KEYS: web.AppKey[RequesterKeys] = web.AppKey("requester_keys", RequesterKeys)
+STORE: web.AppKey[Store] = web.AppKey("store")
 LIMITS: web.AppKey[Limits] = web.AppKey("limits", Limits)

@@ -363,7 +363,7 @@ class SmtpSink:
         """aiosmtpd hook: keep the message."""
         with self._lock:
             self.messages.append(
-                message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)  # type: ignore[arg-type]
+                message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
             )
         return "250 OK"
 

@@ -69,8 +69,8 @@ async def test_a_query_is_packaged_as_a_darwin_core_archive(
     assert "eml" not in manifest["query"]
 
     with DwCAReader(str(archive)) as reader:
-        assert reader.descriptor.core.type == DWC + "Occurrence"  # type: ignore[union-attr]
-        assert "Specimens & more" in reader.metadata.find(".//title").text  # type: ignore[union-attr]
+        assert reader.descriptor.core.type == DWC + "Occurrence"
+        assert "Specimens & more" in reader.metadata.find(".//title").text
         rows = list(reader)
     assert len(rows) == len(expected)
     for row, record in zip(rows, expected, strict=True):

@@ -335,10 +335,10 @@ async def test_a_record_that_is_not_an_event_is_dead_lettered_and_work_goes_on(
             rejected = [e for e in events if e.type == "RecordRejected"]
             await asyncio.sleep(0.5)
 
-    assert {e.payload.source_topic for e in rejected} == {topics.requests}  # type: ignore[attr-defined]
+    assert {e.payload.source_topic for e in rejected} == {topics.requests}
     assert len(rejected) == len(garbage), "one RecordRejected per bad record"
     assert {e.job_id for e in rejected} == {"-"}
-    assert sorted(e.payload.claimed_job_id for e in rejected) == ["", "", "j-bad"]  # type: ignore[attr-defined]
+    assert sorted(e.payload.claimed_job_id for e in rejected) == ["", "", "j-bad"]
     dead = await read_topic(kafka_bootstrap, topics.dead_letters)
     assert sorted(value for _, value in dead) == sorted(value for _, value in garbage)
     assert [e.type for e in events if e.job_id == job][-1] == "EmailSent"

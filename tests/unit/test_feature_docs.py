@@ -43,7 +43,7 @@ class Reads(dict[str, str]):
 
     asked: set[str] = set()
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         Reads.asked.add(key)
         return super().get(key, default)
 

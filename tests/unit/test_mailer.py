@@ -88,7 +88,7 @@ async def test_a_terminal_event_read_while_its_partition_is_being_revoked_is_lef
     mailer = Mailer(settings)
     tp = TopicPartition("events", 0)
     consumer = CommitsSeen()
-    mailer._consumer = consumer  # type: ignore[assignment]
+    mailer._consumer = consumer
     conversation_may_end, talking, started = asyncio.Event(), asyncio.Event(), []
 
     async def being_sent() -> None:
@@ -149,7 +149,7 @@ async def test_the_consume_loop_never_commits_past_a_terminal_event_it_read_whil
     tp = TopicPartition("events", 3)
     done = PackageFailed("ck", "res", "a@example.org", "h", "CKAN said no", "CkanError")
     consumer = OneBatch({tp: [SimpleNamespace(offset=3, value=encode(envelope("job-3", done)))]})
-    mailer._consumer = consumer  # type: ignore[assignment]
+    mailer._consumer = consumer
     talking, may_end, revocation_began = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def being_sent() -> None:  # the email of an earlier job, in its SMTP conversation
@@ -217,7 +217,7 @@ async def test_a_record_whose_handling_always_raises_is_passed_and_later_jobs_ar
     tp = TopicPartition("events", 0)
     failed = PackageFailed("ck", "res", "a@example.org", "h", "CKAN said no", "CkanError")
     records = [SimpleNamespace(offset=n, value=encode(envelope(f"job-{n}", failed))) for n in range(3)]
-    mailer._consumer = Records(tp, records)  # type: ignore[assignment]
+    mailer._consumer = Records(tp, records)
     mailer._sends[tp], mailer._settled[tp] = {}, set()
     mailer._scanned.add(tp)
     attempts: list[str] = []

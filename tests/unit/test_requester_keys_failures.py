@@ -96,10 +96,10 @@ async def test_an_erasure_retried_after_a_failure_names_every_destroyed_key() ->
     keys = [DataKey.new("who"), DataKey.new("who")]
     for key in keys:
         store._apply(f"who.{key.key_id}".encode(), orjson.dumps(wrap_key(NEW, key)))
-    store._producer = FlakyProducer(good=1)  # type: ignore[assignment]
+    store._producer = FlakyProducer(good=1)
     with pytest.raises(UnavailableError):
         await store.destroy(["who"])
     assert len(store.destroyed(["who"])) == 1
-    store._producer = FlakyProducer(good=10)  # type: ignore[assignment]
+    store._producer = FlakyProducer(good=10)
     assert len(await store.destroy(["who"])) == 1  # the one left
     assert store.destroyed(["who"]) == sorted(k.key_id for k in keys)

@@ -14,6 +14,7 @@ from packager.core.settings import load_settings
 from packager.domain.events import Envelope, PackageFailed, PackageRequested, envelope
 from projections import statistics as stats_fold
 from projections import view_schema
+from projections.view_fold import Identity
 from tests.unit.samples import completed as completed_payload
 
 PLAIN = identity_for(load_settings({}, secret="unit-test-secret-0123456789"))
@@ -47,7 +48,9 @@ EVENTS = [
 ]
 
 
-def views(tmp_path: Path, events: list[Envelope], identity=PLAIN, batch: int = 0) -> tuple[ViewDatabase, Any]:  # type: ignore[no-untyped-def]
+def views(
+    tmp_path: Path, events: list[Envelope], identity: Identity = PLAIN, batch: int = 0
+) -> tuple[ViewDatabase, Any]:
     """A SQLite views database with `events` folded in (in batches of `batch`, default all at once)."""
     db = ViewDatabase(f"sqlite:///{tmp_path / f'views-{uuid.uuid4().hex[:6]}.sqlite3'}")
     conn = db.connect(create=True)

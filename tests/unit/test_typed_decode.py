@@ -74,28 +74,28 @@ STORED_OLD: dict[tuple[str, int], tuple[dict[str, Any], ev.Event]] = {
     # Before crypto-shredding: the address in clear, no pseudonym, nothing sealed (replays of old logs).
     ("PackageCompleted", 1): (
         {**dataclasses.asdict(SAMPLES["PackageCompleted"]), **CLEAR},
-        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER, **NO_CALLBACK),  # type: ignore[arg-type]
+        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER, **NO_CALLBACK),
     ),
     ("PackageCompleted", 2): (
         {**dataclasses.asdict(SAMPLES["PackageCompleted"]), **CLEAR},
-        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER, **NO_CALLBACK),  # type: ignore[arg-type]
+        dataclasses.replace(SAMPLES["PackageCompleted"], **CLEAR, **NO_REQUESTER, **NO_CALLBACK),
     ),
     # Before webhooks: no callback.
     ("PackageCompleted", 3): (
         dataclasses.asdict(SAMPLES["PackageCompleted"]),
-        dataclasses.replace(SAMPLES["PackageCompleted"], **NO_CALLBACK),  # type: ignore[arg-type]
+        dataclasses.replace(SAMPLES["PackageCompleted"], **NO_CALLBACK),
     ),
     ("PackageFailed", 2): (
         dataclasses.asdict(SAMPLES["PackageFailed"]),
-        dataclasses.replace(SAMPLES["PackageFailed"], **NO_CALLBACK),  # type: ignore[arg-type]
+        dataclasses.replace(SAMPLES["PackageFailed"], **NO_CALLBACK),
     ),
     ("PackageRequested", 1): (
         {**dataclasses.asdict(SAMPLES["PackageRequested"]), **CLEAR},
-        dataclasses.replace(SAMPLES["PackageRequested"], **CLEAR, **NO_REQUESTER),  # type: ignore[arg-type]
+        dataclasses.replace(SAMPLES["PackageRequested"], **CLEAR, **NO_REQUESTER),
     ),
     ("PackageFailed", 1): (
         {**dataclasses.asdict(SAMPLES["PackageFailed"]), **CLEAR},
-        dataclasses.replace(SAMPLES["PackageFailed"], **CLEAR, **NO_REQUESTER, **NO_CALLBACK),  # type: ignore[arg-type]
+        dataclasses.replace(SAMPLES["PackageFailed"], **CLEAR, **NO_REQUESTER, **NO_CALLBACK),
     ),
 }
 for (_type, _version), (_payload, _) in STORED_OLD.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from packager.core.errors import BadRequestError
@@ -17,7 +19,7 @@ from packager.domain.validation import (
 SECRET = "unit-test-secret-0123456789"
 
 
-def resolver(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+def resolver(table: dict[str, list[str]]) -> Callable[[str], Awaitable[list[str]]]:
     async def resolve(host: str) -> list[str]:
         if host not in table:
             raise OSError("no such host")

@@ -39,14 +39,14 @@ def db(tmp_path: Path) -> ViewDatabase:
 def test_views_dropped_under_a_projector_stop_its_next_batch_and_nothing_is_written(db: ViewDatabase) -> None:
     conn = db.connect(create=True)
     expected: dict[tuple[str, int], int] = {}
-    assert db.apply(conn, records(0, 10), identity, expected=expected) == 10  # type: ignore[arg-type]
+    assert db.apply(conn, records(0, 10), identity, expected=expected) == 10
     assert expected == {(TOPIC, 0): 10}
     conn.close()
 
     db.reset()  # another projector dropped the views to rebuild them from the log's start
     conn = db.connect(create=True)
     with pytest.raises(ViewsRewound, match=r"went back .* 0 < 10"):
-        db.apply(conn, records(10, 10), identity, expected=expected)  # type: ignore[arg-type]
+        db.apply(conn, records(10, 10), identity, expected=expected)
     # Folding offsets 10.. into empty views would have lost 0..9 for good: nothing was written.
     assert db.positions(conn) == {}
     assert db.counters(conn) == (0, 0)
@@ -56,7 +56,7 @@ def test_views_ahead_of_a_projector_skip_what_another_applied(db: ViewDatabase) 
     conn = db.connect(create=True)
     db.apply(conn, records(0, 20), identity)  # another projector got further
     mine: dict[tuple[str, int], int] = {(TOPIC, 0): 10}
-    assert db.apply(conn, records(10, 20), identity, expected=mine) == 10  # type: ignore[arg-type]
+    assert db.apply(conn, records(10, 20), identity, expected=mine) == 10
     assert db.positions(conn) == {(TOPIC, 0): 30}
     assert mine == {(TOPIC, 0): 30}
     assert db.counters(conn) == (15, 0)

@@ -355,7 +355,7 @@ async def test_a_finished_job_read_while_its_partition_is_being_revoked_is_left_
     sender = WebhookSender(sender_settings(webhook_url="https://hooks.example.org/all"))
     tp = TopicPartition("events", 0)
     consumer = CommitsSeen()
-    sender._consumer = consumer  # type: ignore[assignment]
+    sender._consumer = consumer
     may_end, talking, started = asyncio.Event(), asyncio.Event(), []
 
     async def being_sent() -> None:

@@ -206,7 +206,9 @@ LOG: list[tuple[str, int, Envelope]] = [
 ]
 
 
-def views(tmp_path: Path, records: list[tuple[str, int, Envelope]], batch: int, params=PARAMS) -> Any:  # type: ignore[no-untyped-def]
+def views(
+    tmp_path: Path, records: list[tuple[str, int, Envelope]], batch: int, params: WorkerParameters = PARAMS
+) -> Any:
     """The worker's tables after folding `records` in batches of `batch`, each partition in log order."""
     db = ViewDatabase(f"sqlite:///{tmp_path / f'views-{uuid.uuid4().hex[:6]}.sqlite3'}", params)
     conn = db.connect(create=True)

@@ -408,7 +408,7 @@ def test_writes_into_a_zip_entry_and_hashes_what_it_wrote(fmt: str, tmp_path: Pa
     archive = tmp_path / "package.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         with zf.open(data_file_name(fmt), "w") as entry:
-            writer = open_writer(fmt, COLUMNS, entry, spool_dir=tmp_path)  # type: ignore[arg-type]
+            writer = open_writer(fmt, COLUMNS, entry, spool_dir=tmp_path)
             assert writer.file_name == f"resource.{fmt}"
             writer.write_rows(rows)
             writer.close()
