@@ -311,7 +311,7 @@ def watch(service: Service, job: str, out: Output) -> int:
 
 def _report_end(job: Mapping[str, Any], out: Output) -> int:
     if job.get("state") == "completed":
-        out.text(f"completed: {job.get('download_url')} ({human_size(job.get('size'))})")
+        out.text(f"completed: {job.get('download_url')} (ZIP of {human_size(job.get('size'))})")
         return 0
     if not out.quiet:
         verb = {"abandoned": "was abandoned", "cancelled": "was cancelled"}.get(

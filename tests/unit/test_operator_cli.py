@@ -237,7 +237,7 @@ def test_watch_ends_with_the_download_link_and_status_0_when_the_job_completes(n
     )
     display, out, err = output()
     assert cli.watch(service, JOB, display) == 0
-    assert out.getvalue() == "completed: http://h/downloads/x.zip (2.0 KiB)\n"
+    assert out.getvalue() == "completed: http://h/downloads/x.zip (ZIP of 2.0 KiB)\n"
     assert err.getvalue().splitlines() == [
         "queued",
         "[############------------------]  40.0%  running",
