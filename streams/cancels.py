@@ -158,10 +158,16 @@ class Cancels:
         lease = self.leases.get(job_id)
         record = self.kept.get(job_id)
         if lease is not None or record is not None:
-            key = lease["key"] if lease is not None else decode(record or b"").cache_key
-            if (lease["partition"] if lease is not None else partition_of(key, self.partitions)) != partition:
+            request_event = decode(record) if record is not None else None
+            if lease is not None:
+                key, owner = lease["key"], lease["partition"]
+            else:
+                assert request_event is not None  # the request is kept when no lease is
+                key = request_event.cache_key
+                owner = partition_of(key, self.partitions)
+            if owner != partition:
                 return "the job belongs to another partition"
-            request = decode(record).payload if record is not None else unknown_request(key)
+            request = request_event.payload if request_event is not None else unknown_request(key)
             assert isinstance(request, PackageRequested)
             lane = lease["lane"] if lease is not None else ""
             await self.end_once(job_id, key, cancelled(request, by, lane), partition)

@@ -41,7 +41,8 @@ def daily(
     """Per UTC day (days since 1970-01-01) from `since` on: (requests, errors, unique requesters); days
     with neither are absent. A grouping of the statistics' rows by their indexed time."""
     day = "CAST(ts / 86400 AS INTEGER)" if db.dialect == schema.SQLITE else "FLOOR(ts / 86400)"
-    where, params = "ts >= ?", list[object]([since])
+    where = "ts >= ?"
+    params: list[object] = [since]
     if resource_id:
         where, params = "resource_id = ? AND ts >= ?", [resource_id, since]
     found: dict[int, tuple[int, int, int]] = {}

@@ -438,15 +438,15 @@ class ViewDatabase:
                 "SELECT x.email, x.message, x.resource_id, x.ts, COALESCE(r.sealed, '') FROM stat_errors x "
                 "LEFT JOIN stat_requests r ON r.job_id = x.job_id"
             )
-        where, params = ["x.ts > ?"], list[object]([stat_resets.cuts(conn).get(kind, -1.0)])
+        where = ["x.ts > ?"]
+        params: list[object] = [stat_resets.cuts(conn).get(kind, -1.0)]
         if resource_id:
             where.append("x.resource_id = ?")
             params.append(resource_id)
         if email:
             where.append("x.email = ?")
             params.append(email)
-        sql = select + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY x.ts DESC, x.job_id DESC LIMIT ? OFFSET ?"
+        sql = f"{select} WHERE {' AND '.join(where)} ORDER BY x.ts DESC, x.job_id DESC LIMIT ? OFFSET ?"
         rows = conn.execute(self.sql(sql), (*params, limit, offset)).fetchall()
         if kind == "requests":
             found = [

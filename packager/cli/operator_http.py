@@ -97,7 +97,8 @@ class Service:
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
     """Server-Sent Events from text lines: (event name, data) for each event, `message` when unnamed."""
-    event, data = "", list[str]()
+    event = ""
+    data: list[str] = []
     for raw in lines:
         line = raw.rstrip("\r\n")
         if not line:
