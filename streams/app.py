@@ -18,12 +18,11 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faust
 import orjson
 from aiokafka.errors import KafkaError
-from faust.transport.consumer import Consumer
 from faust.types import TP
 
 from packager.adapters import metrics
@@ -198,7 +197,7 @@ def create_app(settings: Settings, roles: set[str]) -> faust.App:
             starts=resume_points,
             assigned=lambda: app.consumer.assignment(),
             seek=lambda tp, offset: app.consumer.seek(tp, offset),
-            skip=lambda tp, offsets: acknowledge_missing(cast(Consumer, app.consumer), tp, offsets),
+            skip=lambda tp, offsets: acknowledge_missing(app.consumer, tp, offsets),
         )
         guards.append(guard)
         offsets.track(guard)

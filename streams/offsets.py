@@ -29,12 +29,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from faust.types.transports import ConsumerT
 
 from packager.core import retrying
 from packager.core.errors import ConfigurationError
@@ -384,8 +386,9 @@ def held_offset(tp: TP, generation: int | None) -> int | None:
     return min(held, default=None)
 
 
-def acknowledge_missing(consumer: Consumer, tp: TP, offsets: range) -> None:
+def acknowledge_missing(app_consumer: ConsumerT, tp: TP, offsets: range) -> None:
     """Count offsets that will never be delivered (removed by retention, say) as acknowledged."""
+    consumer = cast(Consumer, app_consumer)  # the app's consumer, whose private bookkeeping this fills in
     index = consumer._acked_index[tp]
     fresh = [o for o in offsets if o not in index]
     index.update(fresh)

@@ -228,8 +228,6 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     if not bootstrap:
         # A broker already running in var/kafka (started by hand) is used and left running at the end.
         already_running = kafka.status(var / "kafka") is not None
-        if not already_running and kafka.kept_data(var / "kafka") is None:
-            print(f"Starting a Kafka broker (KRaft; its data in {var / 'kafka'})...", flush=True)
         try:
             # The broker's data outlives the stack (halted below, resumed here), so the jobs, statistics
             # and ZIP links of an earlier run stay true; `packager dev kafka stop --wipe` empties it.

@@ -233,6 +233,7 @@ def start_or_resume(
             return resume(state_dir, timeout=timeout), True
         except BrokerError as exc:
             raise BrokerError(f"{exc}\n(--wipe removes the kept data and starts an empty broker)") from None
+    log(f"Starting a Kafka broker (KRaft; its data in {state_dir})...")
     record = state_dir / "broker.json"
     if record.exists():
         previous = Broker(**json.loads(record.read_text()))

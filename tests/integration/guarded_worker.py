@@ -25,11 +25,9 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.transport.consumer import Consumer
 from faust.types import TP
 
 from streams import offsets
@@ -87,7 +85,7 @@ def build(bootstrap: str, topic_name: str, group: str, journal: Path) -> faust.A
             starts=resume_points,
             assigned=lambda: app.consumer.assignment(),
             seek=lambda tp, offset: app.consumer.seek(tp, offset),
-            skip=lambda tp, offsets: acknowledge_missing(cast(Consumer, app.consumer), tp, offsets),
+            skip=lambda tp, offsets: acknowledge_missing(app.consumer, tp, offsets),
         )
         guards.append(guard)
         try:
