@@ -1,13 +1,16 @@
 """The read side at scale: projector throughput, the ingress's memory, and query latency on the views.
 
     python -m benchmarks.readside --events 1000000 --json [--bootstrap HOST:PORT] [--no-postgres]
+                                  [--projectors K]
 
 1. A generated history of N events (jobs of six events: requested, queued, started, progress, completed or
    failed, emailed; 200 resources, 3,000 requesters; see `benchmarks.replay.job_events`) is written to a
    fresh topic prefix on a real broker (`--bootstrap`, `KAFKA_BOOTSTRAP_SERVERS`, else one started here).
-2. `packager.adapters.projector.run_projector(until_caught_up=True)` folds it into a fresh SQLite file, then
-   into a fresh database on a PostgreSQL started with `packager dev postgres` (unless `--no-postgres`):
-   events per second for each.
+2. `packager projector --processes K --until-caught-up` (K shares of the partitions, `--projectors`, 2 by
+   default) folds it into a fresh SQLite file, then into a fresh database on a PostgreSQL started with
+   `packager dev postgres` (unless `--no-postgres`): events per second for each, from the command's start
+   to its end. Beside it, one projector in this process (`run_projector(until_caught_up=True)`) into
+   SQLite, for the ratio the shares give in the same run.
 3. An ingress process reads the SQLite views of a 1,000-event history (`small`) and of the N-event one
    (`large`), answering the same query mix; its peak RSS (VmHWM) for each, and their ratio.
 4. The latency of that mix at N, one request at a time: `/statistics`, `/statistics` for one resource,
@@ -18,7 +21,8 @@ Also `decode_us_per_event`: the typed decode (`packager.domain.events.decode`, t
 up to 50,000 records of the same generated history, best of 3, in this process.
 
 Prints one JSON object with `events`, `projector_events_per_s` (`sqlite`, `postgres`; and
-`projector_events_per_cpu_s`, per second of the projector's own CPU, all threads), `ingress_rss_mb`
+`projector_events_per_cpu_s`, per second of the projectors' own CPU, all processes and threads),
+`projector_processes` (K), `projector_events_per_s_one_process` (`sqlite`, when K > 1), `ingress_rss_mb`
 (`small`, `large`), `rss_ratio`, `query_p50_ms`, `query_p99_ms`, `decode_us_per_event`.
 """
 
@@ -70,8 +74,8 @@ async def _history(bootstrap: str, events: int) -> str:
     return prefix
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -81,6 +85,33 @@ async def _project(bootstrap: str, prefix: str, url: str) -> tuple[int, float, f
     started, cpu = time.perf_counter(), _cpu_seconds()
     applied = await run_projector(_settings(bootstrap, prefix, url), until_caught_up=True)
     return applied, time.perf_counter() - started, _cpu_seconds() - cpu
+
+
+async def _project_in(processes: int, bootstrap: str, prefix: str, url: str) -> tuple[int, float, float]:
+    """`_project` by `packager projector --processes K --until-caught-up`: events applied, wall-clock seconds
+    from the command's start to its end, and the CPU-seconds of its processes."""
+    if processes == 1:
+        return await _project(bootstrap, prefix, url)
+    await asyncio.to_thread(ViewDatabase(url).reset)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PACKAGER_SECRET": SECRET,
+        "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "PACKAGER_TOPIC_PREFIX": prefix,
+        "PACKAGER_DATABASE_URL": url,
+        "PACKAGER_LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "packager", "projector", "--processes", str(processes)]
+    started, cpu = time.perf_counter(), _cpu_seconds(resource.RUSAGE_CHILDREN)
+    done = await asyncio.to_thread(
+        subprocess.run, [*command, "--until-caught-up"], env=env, capture_output=True, text=True, check=False
+    )
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    applied = sum(int(line.split()[0]) for line in done.stdout.splitlines() if "events applied" in line)
+    return applied, seconds, cpu
 
 
 @contextlib.contextmanager
@@ -170,14 +201,20 @@ async def run(args: argparse.Namespace, bootstrap: str, scratch: Path) -> dict[s
     small_url = f"sqlite:///{scratch / 'small.sqlite3'}"
     large_url = f"sqlite:///{scratch / 'large.sqlite3'}"
     await _project(bootstrap, small_prefix, small_url)
-    applied, seconds, cpu = await _project(bootstrap, large_prefix, large_url)
+    one: dict[str, float] = {}
+    if args.projectors > 1:  # one projector first, on the same history, for the ratio
+        one_applied, one_seconds, _ = await _project(bootstrap, large_prefix, large_url)
+        one["sqlite"] = round(one_applied / one_seconds)
+    applied, seconds, cpu = await _project_in(args.projectors, bootstrap, large_prefix, large_url)
     rates: dict[str, float | None] = {"sqlite": round(applied / seconds), "postgres": None}
-    # Per second of the projector's own CPU: what an idle core would give, whatever else the machine runs.
+    # Per second of the projectors' own CPU: what idle cores would give, whatever else the machine runs.
     per_cpu: dict[str, float | None] = {"sqlite": round(applied / cpu), "postgres": None}
     if not args.no_postgres:
         server = await asyncio.to_thread(dev_postgres.start, scratch / "postgres", log=lambda m: None)
         try:
-            pg_applied, pg_seconds, pg_cpu = await _project(bootstrap, large_prefix, server.url())
+            pg_applied, pg_seconds, pg_cpu = await _project_in(
+                args.projectors, bootstrap, large_prefix, server.url()
+            )
             rates["postgres"] = round(pg_applied / pg_seconds)
             per_cpu["postgres"] = round(pg_applied / pg_cpu)
         finally:
@@ -197,6 +234,8 @@ async def run(args: argparse.Namespace, bootstrap: str, scratch: Path) -> dict[s
         "events": applied,
         "projector_events_per_s": rates,
         "projector_events_per_cpu_s": per_cpu,
+        "projector_processes": args.projectors,
+        **({"projector_events_per_s_one_process": one} if one else {}),
         "ingress_rss_mb": rss,
         "rss_ratio": round(rss["large"] / rss["small"], 3),
         "query_p50_ms": round(_percentile(latencies, 0.5), 2),
@@ -214,6 +253,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""))
     parser.add_argument("--no-postgres", action="store_true", help="measure SQLite only")
+    parser.add_argument(
+        "--projectors", type=int, default=2, help="projector processes, each a share of the partitions"
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="readside-") as tmp:

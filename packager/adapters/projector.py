@@ -21,8 +21,9 @@ replaced under a running projector is noticed within `IDENTITY_CHECK_SECONDS` an
 The worker's views (`projections.worker_fold`) depend on CACHE_TIME and LEASE_TIME too: the views record the
 values they were folded with (`meta` row `worker_fold`), and a projector started with others recomputes the
 expiries and lease deadlines they set.
-Partitions: a following projector reads every partition of both topics; it waits for a topic that has none yet
-(just created) and starts reading again when partitions appear (checked with the identity).
+Partitions: a following projector reads every partition of both topics (those of its share, with `--share`:
+see `projector_shares`); it waits for a topic that has none yet (just created) and starts reading again when
+partitions appear (checked with the identity).
 
 The replay tool runs this same loop into a fresh database, up to given positions (`stop_at`).
 """
@@ -51,12 +52,13 @@ from packager.adapters.kafka_log import (
     log_identity,
 )
 from packager.adapters.log_alignment import Aligner, Run, merged
+from packager.adapters.projector_shares import WHOLE, Share, clear_other_statuses
 from packager.adapters.read_guard import FoldHealth, decode_record, supervise
 from packager.adapters.readside import identity_for, topic_partitions
 from packager.adapters.viewdb import Decoded, ViewDatabase, ViewsRewound, database_url, worker_parameters
 from packager.core.settings import Settings
 from projections.view_fold import Identity
-from projections.view_schema import LOG_IDENTITY, PROJECTOR_STATUS, SCHEMA_VERSION
+from projections.view_schema import LOG_IDENTITY, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -88,32 +90,34 @@ async def run_projector(
     stop_at: Mapping[tuple[str, int], int] | None = None,
     until: str = "",
     progress: Progress | None = None,
+    share: Share = WHOLE,
 ) -> int:
     """Fold the log into the views until cancelled; return the number of events applied.
 
     `until_caught_up` stops at the log's end as it was at start; `stop_at` stops each partition at the given
     next offset (a partition not named is not read); `url` overrides the settings' database; `until` (ISO
-    8601) skips events that occurred after it.
+    8601) skips events that occurred after it; `share` reads only that share's partitions
+    (`projector_shares`).
     """
     db = ViewDatabase(url or database_url(settings), worker_parameters(settings))
     progress = progress if progress is not None else Progress()
     if stop_at is not None or until_caught_up:
-        return await _project(settings, db, stop_at, until, progress, follow=False)
+        return await _project(settings, db, stop_at, until, progress, share, follow=False)
     # Following for ever: whatever stops the loop (a lost broker or database, a replaced log, a bug outside
     # the folds) restarts it with backoff, never the end of the projector; a batch that failed rolled back
     # with its positions, so it is read again. A fold that raises does not stop it (see `_apply_run`).
     try:
-        await _publish(db, progress.health)  # a new projector: what an earlier one saw no longer holds
+        await _publish(db, progress.health, share, starting=True)  # what an earlier one saw no longer holds
     except Exception:  # the database is not there yet: the supervised loop below waits for it
         log.debug("could not clear the projector's status", exc_info=True)
 
     async def published_stop() -> None:
         async with asyncio.timeout(5.0):
-            await _publish(db, progress.health)
+            await _publish(db, progress.health, share)
 
     await supervise(
         "the projector's reading of Kafka and writing of the views",
-        lambda: _follow(settings, db, until, progress),
+        lambda: _follow(settings, db, until, progress, share),
         progress.health,
         on_stop=published_stop,
     )
@@ -125,11 +129,11 @@ class PartitionsChanged(Exception):
     partitions added): the reading starts again on all of them, from the positions in the views."""
 
 
-async def _follow(settings: Settings, db: ViewDatabase, until: str, progress: Progress) -> int:
+async def _follow(settings: Settings, db: ViewDatabase, until: str, progress: Progress, share: Share) -> int:
     """`_project` for ever, started again (without the supervisor's backoff) whenever partitions change."""
     while True:
         try:
-            return await _project(settings, db, None, until, progress, follow=True)
+            return await _project(settings, db, None, until, progress, share, follow=True)
         except PartitionsChanged as exc:
             log.info("%s: reading every partition again", exc)
             await asyncio.sleep(PARTITION_RECHECK_SECONDS)
@@ -137,13 +141,16 @@ async def _follow(settings: Settings, db: ViewDatabase, until: str, progress: Pr
             log.warning("%s: reading again from the positions they hold", exc)
 
 
-async def _publish(db: ViewDatabase, health: FoldHealth) -> None:
-    """Write the projector's status (`FoldHealth.problem()`, "" when all is well) where readiness reads it."""
+async def _publish(db: ViewDatabase, health: FoldHealth, share: Share, *, starting: bool = False) -> None:
+    """Write the projector's status (`FoldHealth.problem()`, "" when all is well) where readiness reads it;
+    `starting`: also drop the status rows of projectors that ran in shares of another count."""
 
     def write() -> None:
         conn = db.connect(create=True)
         try:
-            db.set_meta(conn, PROJECTOR_STATUS, health.problem() or "")
+            if starting:
+                clear_other_statuses(db, conn, share)
+            db.set_meta(conn, share.status_row, health.problem() or "")
         finally:
             conn.close()
 
@@ -156,6 +163,7 @@ async def _project(
     stop_at: Mapping[tuple[str, int], int] | None,
     until: str,
     progress: Progress,
+    share: Share,
     *,
     follow: bool,
 ) -> int:
@@ -170,7 +178,7 @@ async def _project(
     conn = await asyncio.to_thread(db.connect, create=True)
     identity = identity_for(settings)
     try:
-        conn = await _same_log(db, conn, current, progress)
+        conn = await _same_log(db, conn, current, progress, share)
         partitions = await topic_partitions(bootstrap, followed)
         if follow:
             # Just after topics are created, metadata may name one and not yet the other (seen on CI): a
@@ -178,6 +186,7 @@ async def _project(
             missing = sorted(set(followed) - {tp.topic for tp in partitions})
             if missing:
                 raise PartitionsChanged(f"topic(s) {', '.join(missing)} have no partitions yet")
+        partitions = [tp for tp in partitions if share.owns(tp.partition)]
         if stop_at is not None:
             partitions = [tp for tp in partitions if stop_at.get((tp.topic, tp.partition), 0) > 0]
         if not partitions:
@@ -207,6 +216,7 @@ async def _project(
                 current,
                 followed,
                 bootstrap,
+                share,
             )
         finally:
             checkpoints.cancel()
@@ -217,7 +227,9 @@ async def _project(
         conn.close()
 
 
-async def _same_log(db: ViewDatabase, conn: Any, current: LogIdentity, progress: Progress) -> Any:
+async def _same_log(
+    db: ViewDatabase, conn: Any, current: LogIdentity, progress: Progress, share: Share
+) -> Any:
     """Make the views belong to the log `current` names, dropping them first when they were built from another
     one; record `current` in them. Returns the connection to go on with."""
     saved_text = await asyncio.to_thread(db.meta, conn, LOG_IDENTITY)
@@ -241,7 +253,7 @@ async def _same_log(db: ViewDatabase, conn: Any, current: LogIdentity, progress:
         conn = await asyncio.to_thread(db.connect, create=True)
         # What was wrong with the dropped views is gone with them; a stop being restarted is still reported.
         progress.health.fold_failures, progress.health.last_fold_failure = 0, ""
-        await asyncio.to_thread(db.set_meta, conn, PROJECTOR_STATUS, progress.health.problem() or "")
+        await asyncio.to_thread(db.set_meta, conn, share.status_row, progress.health.problem() or "")
     text = orjson.dumps(current.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
     if text != saved_text:
         await asyncio.to_thread(db.set_meta, conn, LOG_IDENTITY, text)
@@ -266,13 +278,15 @@ async def _check_same_log(bootstrap: str, followed: list[str], started: LogIdent
         raise LogReplaced(why)
 
 
-async def _check_same_partitions(bootstrap: str, followed: list[str], reading: list[TopicPartition]) -> None:
-    """Raise PartitionsChanged when the followed topics have partitions that are not being read."""
+async def _check_same_partitions(
+    bootstrap: str, followed: list[str], reading: list[TopicPartition], share: Share
+) -> None:
+    """Raise PartitionsChanged when the followed topics have partitions of the share not being read."""
     try:
         now = await topic_partitions(bootstrap, followed)
     except (KafkaError, OSError, TimeoutError):
         return  # checked again later
-    new = sorted(set(now) - set(reading))
+    new = sorted({tp for tp in now if share.owns(tp.partition)} - set(reading))
     if new:
         named = ", ".join(f"{tp.topic}:{tp.partition}" for tp in new)
         raise PartitionsChanged(f"partition(s) {named} appeared")
@@ -291,6 +305,7 @@ async def _consume(
     started: LogIdentity,
     followed: list[str],
     bootstrap: str,
+    share: Share,
 ) -> int:
     consumer.assign(partitions)
     stored = await asyncio.to_thread(db.positions, conn)
@@ -313,7 +328,7 @@ async def _consume(
 
     if follow and progress.health.stopped:
         progress.health.running()
-        await asyncio.to_thread(db.set_meta, conn, PROJECTOR_STATUS, progress.health.problem() or "")
+        await asyncio.to_thread(db.set_meta, conn, share.status_row, progress.health.problem() or "")
     # Whole runs of records per partition, held back to read the partitions in step (`log_alignment`): the
     # event loop only holds and releases records; decoding and folding happen in the batch's thread.
     aligner = Aligner(partitions)
@@ -330,7 +345,7 @@ async def _consume(
     while follow or not done():
         if follow and time.monotonic() - checked_at >= IDENTITY_CHECK_SECONDS:
             await _check_same_log(bootstrap, followed, started)
-            await _check_same_partitions(bootstrap, followed, partitions)
+            await _check_same_partitions(bootstrap, followed, partitions, share)
             checked_at = time.monotonic()
         # No `max_records`: with aiokafka 0.14 it was seen to leave a partition's tail undelivered.
         batch = await consumer.getmany(timeout_ms=int(BATCH_SECONDS * 1000))
@@ -352,14 +367,18 @@ async def _consume(
         consumer.pause(*pause)
         consumer.resume(*resume)
         if pending and (count >= BATCH_RECORDS or time.monotonic() - first_at >= BATCH_SECONDS or not batch):
-            progress.applied += await _apply(db, conn, pending, identity, until, progress.health, expected)
+            progress.applied += await _apply(
+                db, conn, pending, identity, until, progress.health, expected, share.status_row
+            )
             progress.batches += 1
             pending, count = [], 0
         if not progress.caught_up and not pending and not aligner.count and done():
             progress.caught_up = True
             log.info("the views caught up with the log (%d events applied)", progress.applied)
     if pending:
-        progress.applied += await _apply(db, conn, pending, identity, until, progress.health, expected)
+        progress.applied += await _apply(
+            db, conn, pending, identity, until, progress.health, expected, share.status_row
+        )
     progress.caught_up = True
     return progress.applied
 
@@ -392,11 +411,12 @@ async def _apply(
     until: str,
     health: FoldHealth,
     expected: dict[tuple[str, int], int],
+    status_row: str,
 ) -> int:
     """Apply one batch in a thread; a cancellation waits for the batch's transaction to end first, so the
     connection is never closed under it."""
     work = asyncio.ensure_future(
-        asyncio.to_thread(_decode_and_apply, db, conn, raw, identity, until, health, expected)
+        asyncio.to_thread(_decode_and_apply, db, conn, raw, identity, until, health, expected, status_row)
     )
     try:
         return await asyncio.shield(work)
@@ -414,6 +434,7 @@ def _decode_and_apply(
     until: str,
     health: FoldHealth,
     expected: dict[tuple[str, int], int],
+    status_row: str,
 ) -> int:
     """Runs in a thread: decoding and folding are CPU work the event loop need not wait for. One
     transaction per BATCH_RECORDS records: one fetch may bring many more."""
@@ -426,7 +447,7 @@ def _decode_and_apply(
         run = records[start : start + BATCH_RECORDS]
         applied += _apply_run(db, conn, run, identity, until, health, expected)
     if health.fold_failures != failures:
-        db.set_meta(conn, PROJECTOR_STATUS, health.problem() or "")
+        db.set_meta(conn, status_row, health.problem() or "")
     return applied
 
 

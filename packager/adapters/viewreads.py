@@ -22,14 +22,13 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from packager.adapters import view_queries
+from packager.adapters import projector_shares, view_queries
 from packager.adapters.kafka_log import Topics
 from packager.adapters.readside import identity_for, topic_partitions
 from packager.adapters.view_queries import Usage, UsageAsked
 from packager.adapters.viewdb import ViewDatabase, ViewsUnavailable, database_url
 from packager.core.settings import Settings
 from projections.jobs import JobState
-from projections.view_schema import PROJECTOR_STATUS
 
 T = TypeVar("T")
 
@@ -133,9 +132,9 @@ class ReadViews:
         return await self.run(self.db.positions)
 
     async def projector_status(self) -> str:
-        """What went wrong in the projector writing these views ("" when nothing did): its `meta` row."""
-        found = await self.run(lambda conn: self.db.meta(conn, PROJECTOR_STATUS))
-        return found or ""
+        """What went wrong in the projectors writing these views ("" when nothing did): their `meta` rows."""
+        found = await self.run(lambda conn: projector_shares.statuses(self.db, conn))
+        return projector_shares.problems(found)
 
     async def watch(
         self, job_id: str, until: Callable[[JobState], bool] = attrgetter("terminal")

@@ -2,7 +2,7 @@
 
 packager ingress                      serve the HTTP API
 packager worker [--lanes fast,slow]   run a Faust worker (planner, mailer, webhooks and the given lanes)
-packager projector [--until-caught-up] [--metrics-port N]
+packager projector [--until-caught-up] [--metrics-port N] [--processes K | --share I/K]
                                       fold the log into the views database (jobs, statistics)
 packager replay verify|rebuild|stats|history
                                       audit: rebuild the views from the log and compare (docs/cli.md)
@@ -71,32 +71,9 @@ def cmd_ingress(_: argparse.Namespace) -> int:
 
 def cmd_projector(args: argparse.Namespace) -> int:
     """Fold the log into the views database until stopped (or, with --until-caught-up, its end)."""
-    from packager.adapters.projector import run_projector
-    from packager.core.logs import configure_logging
+    from packager.cli.projector_processes import cmd_projector as run
 
-    settings = _settings_or_exit()
-    configure_logging(settings)
-    if args.metrics_port:
-        import prometheus_client
-
-        # Its own counters (records rejected, folds that raised, restarts, rebuilds), served from a thread.
-        prometheus_client.start_http_server(args.metrics_port, addr=settings.metrics_host)
-
-    async def project() -> int:
-        task = asyncio.create_task(run_projector(settings, until_caught_up=args.until_caught_up))
-        loop = asyncio.get_running_loop()
-        # SIGTERM stops between batches: a batch either committed with its positions or not at all.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            return await task
-        except asyncio.CancelledError:
-            return 0
-
-    applied = asyncio.run(project())
-    if args.until_caught_up:
-        print(f"{applied} events applied", flush=True)
-    return 0
+    return run(args, _settings_or_exit)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -383,7 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=0,
-        help="serve the projector's Prometheus metrics on METRICS_HOST and this port (default: not served)",
+        help="serve the projector's Prometheus metrics on METRICS_HOST and this port (default: not served;"
+        " with --processes K, K ports from this one)",
+    )
+    projector.add_argument(
+        "--share",
+        help="read only share I of K of the log's partitions, e.g. 1/2 (run K projectors for all of them)",
+    )
+    projector.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="run K projector processes, one per share (--share i/K), to fold on K cores",
     )
     projector.set_defaults(func=cmd_projector)
     worker = sub.add_parser("worker", help="run a Faust worker")

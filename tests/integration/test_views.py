@@ -4,8 +4,9 @@ A synthetic history (jobs of six events: requested, queued, started, progress, c
 emailed) is written to the topics; the projector folds it. Checked: the numbers it implies, resuming where
 the views end, a projector killed mid-batch and restarted (no event lost, none counted twice), `replay
 verify` catching a row changed by hand, `replay rebuild --into` making an identical copy, `replay stats
---until`, a rebuild stopping each partition at given positions, partitions added under a following
-projector, and two ingress processes on one PostgreSQL answering alike.
+--until`, a rebuild stopping each partition at given positions, two projector processes sharing the
+partitions, partitions added under a following projector, and two ingress processes on one PostgreSQL
+answering alike.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from packager.domain.events import (
 )
 from packager.domain.requesters import pseudonym
 from tests.integration.conftest import SECRET
-from tests.integration.support import ROOT, service, wait_for_port
+from tests.integration.support import ROOT, ServiceProcess, service, wait_for_port
 
 pytestmark = pytest.mark.kafka
 
@@ -205,6 +206,63 @@ async def test_a_projector_killed_mid_batch_and_restarted_gives_exactly_the_same
     }
     assert read(views_url, lambda db, c: db.counters(c)) == (jobs, jobs)
     assert await replay.verify(settings) == 0
+
+
+async def test_two_projector_processes_sharing_the_log_give_the_views_one_projector_gives(
+    kafka_bootstrap: str, topic_prefix: str, views_url: str, tmp_path: Path
+) -> None:
+    # `packager projector --processes 2`: each child folds its share of the partitions into the one
+    # database; requesters and resources are common to the shares (user0..12 and res-0..6 over 50 keys).
+    settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
+    await write_history(settings, 0, 60)
+    env = {
+        "PACKAGER_SECRET": SECRET,
+        "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "PACKAGER_TOPIC_PREFIX": topic_prefix,
+        "PACKAGER_DATABASE_URL": views_url,
+    }
+    children: list[int] = []
+    try:
+        with service(["projector", "--processes", "2"], env, tmp_path / "logs") as projector:
+            await until_counted(views_url, (60, 60), projector)
+            children = [int(pid) for pid in child_pids(projector.proc.pid)]
+            assert len(children) == 2, projector.log()
+            await write_history(settings, 60, 30)  # read while the shares follow the log
+            await until_counted(views_url, (90, 90), projector)
+            projector.stop()
+            assert projector.proc.returncode == 0, projector.log()
+        assert not [pid for pid in children if alive(pid)], "a share outlived the command"
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert read(views_url, lambda db, c: db.totals(c, "*"))["*"] == {
+        "requests": 90,
+        "errors": 9,
+        "emails": 13,
+    }
+    assert await replay.verify(settings) == 0  # one projector's rebuild, compared row by row
+
+
+def child_pids(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def until_counted(url: str, expected: tuple[int, int], running: ServiceProcess) -> None:
+    """Wait until the views at `url` count `expected` (accepted, finished) jobs, while `running` runs."""
+    deadline = time.monotonic() + 60
+    while await asyncio.to_thread(read_counters, url) != expected:
+        assert running.proc.poll() is None, running.log()
+        assert time.monotonic() < deadline, f"the views never counted {expected} jobs:\n{running.log()}"
+        await asyncio.sleep(0.2)
 
 
 async def test_a_following_projector_reads_partitions_added_while_it_runs(

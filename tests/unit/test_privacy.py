@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from packager.adapters import projector
 from packager.adapters.kafka_log import InMemoryEventLog, LogIdentity
+from packager.adapters.projector_shares import WHOLE
 from packager.adapters.requester_keys import InMemoryRequesterKeys
 from packager.adapters.viewdb import ViewDatabase, database_url
 from packager.core.errors import ConfigurationError
@@ -365,7 +366,7 @@ async def test_views_of_the_version_that_held_addresses_are_dropped_and_rebuilt(
         conn.execute("INSERT INTO requesters VALUES (?)", (EMAIL.lower(),))
         conn.execute("UPDATE meta SET value = '1' WHERE name = 'schema_version'")
         progress = projector.Progress()
-        conn = await projector._same_log(db, conn, log_identity, progress)
+        conn = await projector._same_log(db, conn, log_identity, progress, WHOLE)
         assert progress.rebuilds == 1
         assert db.meta(conn, "schema_version") == SCHEMA_VERSION == "3"
         assert conn.execute("SELECT count(*) FROM requesters").fetchone() == (0,)

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from packager.adapters import projector, read_guard, viewreads
 from packager.adapters.kafka_log import LogIdentity, identity_mismatch
+from packager.adapters.projector_shares import WHOLE
 from packager.adapters.read_guard import FoldHealth, supervise
 from packager.adapters.readside import identity_for
 from packager.adapters.viewdb import ViewDatabase, database_url
@@ -65,7 +66,7 @@ def project(
     db, conn = views
     run = [SimpleNamespace(offset=first + i, value=v) for i, v in enumerate(values)]
     return projector._decode_and_apply(
-        db, conn, [(TOPIC, 0, run)], identity_for(settings), "", health_now, {}
+        db, conn, [(TOPIC, 0, run)], identity_for(settings), "", health_now, {}, PROJECTOR_STATUS
     )
 
 
@@ -253,18 +254,18 @@ async def test_views_record_their_log_and_are_dropped_for_another(
     db = ViewDatabase(database_url(settings))
     first = LogIdentity("c1", {TOPIC: "5" * 32})
     progress = projector.Progress()
-    conn = await projector._same_log(db, db.connect(create=True), first, progress)
+    conn = await projector._same_log(db, db.connect(create=True), first, progress, WHOLE)
     try:
         views = (db, conn)
         project(views, settings, progress.health, 0, encode(envelope("job-1", requested())))
         assert orjson.loads(db.meta(conn, LOG_IDENTITY) or "") == first.to_dict()
-        conn = await projector._same_log(db, conn, first, progress)
+        conn = await projector._same_log(db, conn, first, progress, WHOLE)
         assert progress.rebuilds == 0 and table((db, conn), JOBS)  # the same log: kept
 
         rebuilds = REGISTRY.get_sample_value("packager_read_model_rebuilds_total") or 0.0
         second = LogIdentity("c2", {TOPIC: "6" * 32})
         with caplog.at_level(logging.WARNING, logger="packager.adapters.projector"):
-            conn = await projector._same_log(db, conn, second, progress)
+            conn = await projector._same_log(db, conn, second, progress, WHOLE)
         assert progress.rebuilds == 1
         assert REGISTRY.get_sample_value("packager_read_model_rebuilds_total") == rebuilds + 1
         assert "cluster id changed" in caplog.text

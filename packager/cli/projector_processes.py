@@ -1,0 +1,134 @@
+"""`packager projector`: one projector, a share of the log's partitions (`--share I/K`), or K processes.
+
+`--processes K` starts K child processes, `packager projector --share i/K` for i in 1..K, and passes SIGTERM
+and SIGINT on to them. A child stops only when asked or on a fault its own supervision cannot mend (bad
+settings, say): then the others are stopped too and the command exits with the child's status, so whatever
+runs the projector (systemd, compose) sees one failure and restarts it, not a projector quietly missing
+partitions; a child also gets SIGTERM when the command itself is killed. Each child's batches are
+transactions with their positions, so stopping one anywhere is safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from packager.adapters.projector_shares import WHOLE, Share
+from packager.core.settings import Settings
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+STOP_SECONDS = 30.0  # how long children get to end their batch after SIGTERM before they are killed
+
+
+def cmd_projector(args: argparse.Namespace, settings_or_exit: Callable[[], Settings]) -> int:
+    """Fold the log into the views database until stopped (or, with --until-caught-up, its end)."""
+    if args.processes and args.share:
+        print("packager: --processes and --share are alternatives: give one", file=sys.stderr)
+        return 2
+    try:
+        share = Share.parse(args.share) if args.share else WHOLE
+    except ValueError as exc:
+        print(f"packager: --share: {exc}", file=sys.stderr)
+        return 2
+    if args.processes < 0:
+        print("packager: --processes needs a number of processes, 1 or more", file=sys.stderr)
+        return 2
+    settings = settings_or_exit()  # checked once here, before any child starts
+    if args.processes > 1:
+        return _run_children(args)
+    return _run_one(args, settings, share)
+
+
+def _run_one(args: argparse.Namespace, settings: Settings, share: Share) -> int:
+    from packager.adapters.projector import run_projector
+    from packager.core.logs import configure_logging
+
+    configure_logging(settings)
+    if args.metrics_port:
+        import prometheus_client
+
+        # Its own counters (records rejected, folds that raised, restarts, rebuilds), served from a thread.
+        prometheus_client.start_http_server(args.metrics_port, addr=settings.metrics_host)
+
+    async def project() -> int:
+        task = asyncio.create_task(run_projector(settings, until_caught_up=args.until_caught_up, share=share))
+        loop = asyncio.get_running_loop()
+        # SIGTERM stops between batches: a batch either committed with its positions or not at all.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return 0
+
+    applied = asyncio.run(project())
+    if args.until_caught_up:
+        of = f" (share {share})" if share.count > 1 else ""
+        print(f"{applied} events applied{of}", flush=True)
+    return 0
+
+
+def _run_children(args: argparse.Namespace) -> int:
+    count = args.processes
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for number in range(1, count + 1):
+            command = [sys.executable, "-m", "packager", "projector", "--share", f"{number}/{count}"]
+            if args.until_caught_up:
+                command.append("--until-caught-up")
+            if args.metrics_port:
+                command += ["--metrics-port", str(args.metrics_port + number - 1)]
+            children.append(subprocess.Popen(command, preexec_fn=_end_with_parent))
+        return _wait(children, follow=not args.until_caught_up, stopping=lambda: stopping)
+    finally:
+        for child in children:
+            _stop(child)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _end_with_parent() -> None:
+    """In the child before it runs (Linux): SIGTERM it when this command dies, even by SIGKILL, so that
+    no share goes on folding unsupervised."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _wait(children: list[subprocess.Popen[bytes]], *, follow: bool, stopping: Callable[[], bool]) -> int:
+    """Wait for the children: all of them when they stop on their own at the log's end; when following,
+    until one stops (the others are then stopped by the caller). The exit status is the worst one."""
+    while True:
+        codes = [child.poll() for child in children]
+        ended = [code for code in codes if code is not None]
+        if len(ended) == len(children) or (follow and ended and not stopping()):
+            worst = max(ended, key=abs)
+            return worst if worst >= 0 else 128 - worst  # killed by signal N: 128 + N, as a shell says
+        time.sleep(0.2)
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
