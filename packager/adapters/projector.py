@@ -55,7 +55,8 @@ from packager.adapters.log_alignment import Aligner, Run, merged
 from packager.adapters.projector_shares import WHOLE, Share, clear_other_statuses
 from packager.adapters.read_guard import FoldHealth, decode_record, supervise
 from packager.adapters.readside import identity_for, topic_partitions
-from packager.adapters.viewdb import Decoded, ViewDatabase, ViewsRewound, database_url, worker_parameters
+from packager.adapters.view_apply import Decoded, ViewsRewound
+from packager.adapters.viewdb import ViewDatabase, database_url, worker_parameters
 from packager.core.settings import Settings
 from projections.view_fold import Identity
 from projections.view_schema import LOG_IDENTITY, SCHEMA_VERSION
@@ -368,7 +369,7 @@ async def _consume(
         consumer.resume(*resume)
         if pending and (count >= BATCH_RECORDS or time.monotonic() - first_at >= BATCH_SECONDS or not batch):
             progress.applied += await _apply(
-                db, conn, pending, identity, until, progress.health, expected, share.status_row
+                db, conn, pending, identity, until, progress.health, expected, share
             )
             progress.batches += 1
             pending, count = [], 0
@@ -376,9 +377,7 @@ async def _consume(
             progress.caught_up = True
             log.info("the views caught up with the log (%d events applied)", progress.applied)
     if pending:
-        progress.applied += await _apply(
-            db, conn, pending, identity, until, progress.health, expected, share.status_row
-        )
+        progress.applied += await _apply(db, conn, pending, identity, until, progress.health, expected, share)
     progress.caught_up = True
     return progress.applied
 
@@ -411,12 +410,12 @@ async def _apply(
     until: str,
     health: FoldHealth,
     expected: dict[tuple[str, int], int],
-    status_row: str,
+    share: Share,
 ) -> int:
     """Apply one batch in a thread; a cancellation waits for the batch's transaction to end first, so the
     connection is never closed under it."""
     work = asyncio.ensure_future(
-        asyncio.to_thread(_decode_and_apply, db, conn, raw, identity, until, health, expected, status_row)
+        asyncio.to_thread(_decode_and_apply, db, conn, raw, identity, until, health, expected, share)
     )
     try:
         return await asyncio.shield(work)
@@ -434,10 +433,11 @@ def _decode_and_apply(
     until: str,
     health: FoldHealth,
     expected: dict[tuple[str, int], int],
-    status_row: str,
+    share: Share,
 ) -> int:
     """Runs in a thread: decoding and folding are CPU work the event loop need not wait for. One
-    transaction per BATCH_RECORDS records: one fetch may bring many more."""
+    transaction per BATCH_RECORDS records: one fetch may bring many more. A share of several folds beside
+    the others, outside the write lock (`view_apply.apply_beside`)."""
     records: list[Decoded] = [
         (t, p, r.offset, decode_record(t, p, r.offset, r.value)) for t, p, r in merged(raw)
     ]
@@ -445,9 +445,9 @@ def _decode_and_apply(
     failures = health.fold_failures
     for start in range(0, len(records), BATCH_RECORDS):
         run = records[start : start + BATCH_RECORDS]
-        applied += _apply_run(db, conn, run, identity, until, health, expected)
+        applied += _apply_run(db, conn, run, identity, until, health, expected, share.count > 1)
     if health.fold_failures != failures:
-        db.set_meta(conn, status_row, health.problem() or "")
+        db.set_meta(conn, share.status_row, health.problem() or "")
     return applied
 
 
@@ -459,12 +459,13 @@ def _apply_run(
     until: str,
     health: FoldHealth,
     expected: dict[tuple[str, int], int],
+    beside: bool = False,
 ) -> int:
     """Apply records in one transaction; when a fold raises (the transaction rolled back: nothing of the
     batch is in the views), apply them again one at a time, skipping the event whose fold raises."""
     not_folds: tuple[type[BaseException], ...] = (*db.errors, ViewsRewound)
     try:
-        return db.apply(conn, records, identity, until=until, expected=expected)
+        return db.apply(conn, records, identity, until=until, expected=expected, beside=beside)
     except not_folds:
         raise  # the database failed (or went back), not a fold: the run is read again
     except Exception:  # which event raised is found below, and logged there

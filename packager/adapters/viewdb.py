@@ -26,19 +26,16 @@ from typing import Any
 import orjson
 
 from packager.adapters import stat_resets, worker_views
+from packager.adapters.view_apply import Decoded, apply_beside, check_not_rewound, pick
 from packager.core.errors import ConfigurationError
 from packager.core.logs import redacted_url as redacted
 from packager.core.settings import Settings
-from packager.domain.events import Envelope
 from packager.domain.requesters import key_id_of
 from projections import view_schema as schema
 from projections.jobs import JobState
 from projections.statistics import ALL
 from projections.view_fold import Changes, Identity, Known, fold, job_from_row, job_row, needs, requester_of
 from projections.worker_fold import WorkerParameters
-
-# (topic, partition, offset, event or None when the record could not be decoded)
-Decoded = tuple[str, int, int, Envelope | None]
 
 _CHUNK = 10_000  # SQLite allows 32,766 parameters per statement
 _PAGE = 5000  # rows per page when a whole table is read
@@ -61,10 +58,6 @@ def worker_parameters(settings: Settings) -> WorkerParameters:
 def database_url(settings: Settings) -> str:
     """The views' database: DATABASE_URL, or the embedded SQLite file of `views_path`."""
     return settings.database_url or f"sqlite:///{views_path(settings)}"
-
-
-class ViewsRewound(Exception):
-    """The views hold an older position than a projector last saw (dropped and being rebuilt by another)."""
 
 
 class ViewsUnavailable(Exception):
@@ -201,42 +194,35 @@ class ViewDatabase:
         *,
         until: str = "",
         expected: dict[tuple[str, int], int] | None = None,
+        beside: bool = False,
     ) -> int:
         """Fold `records` in and store their positions, in one transaction; return the events folded.
 
         Records before a partition's stored position were applied already and are skipped; undecodable
-        ones (None) and, with `until`, events that occurred after it only advance the position.
+        ones (None) and, with `until`, events that occurred after it only advance the position (`pick`).
         `expected`: the positions the caller last saw in the views, raised to the new ones on commit; a
         partition whose stored position is below it raises ViewsRewound (folding on from the caller's
-        place would leave a gap), and nothing is written.
+        place would leave a gap), and nothing is written. `beside`: fold outside the write lock, beside
+        projectors of other shares (`view_apply.apply_beside`).
         """
+        if beside:
+            return apply_beside(self, conn, records, identity, until=until, expected=expected)
         with self.transaction(conn, write=True):
             stored = self.positions(conn)
-            advanced: dict[tuple[str, int], int] = {}
-            events: list[Envelope] = []
-            parts: list[int] = []
-            for topic, partition, offset, event in records:
-                where = (topic, partition)
-                if offset < advanced.get(where, stored.get(where, 0)):
-                    continue
-                advanced[where] = offset + 1
-                if event is not None and not (until and event.occurred_at > until):
-                    events.append(event)
-                    parts.append(partition)
-            for where, saw in (expected or {}).items():
-                if where in advanced and stored.get(where, 0) < saw:
-                    raise ViewsRewound(f"the views went back on {where}: {stored.get(where, 0)} < {saw}")
+            advanced, events, parts = pick(records, stored, until)
+            check_not_rewound(advanced, stored, expected)
             if not advanced:
                 return 0
             requesters = [requester_of(e, identity) for e in events]
-            known = self._known(conn, needs(events, requesters, parts))
+            known = self.known(conn, needs(events, requesters, parts))
             changes = fold(events, requesters, known, parts, self.params)
-            self._write(conn, changes, advanced)
+            self.write(conn, changes, advanced)
         if expected is not None:
             expected.update(advanced)
         return changes.folded
 
-    def _known(self, conn: Any, wanted: Any) -> Known:
+    def known(self, conn: Any, wanted: Any) -> Known:
+        """The rows of the views a batch depends on (`view_fold.needs`)."""
         known = Known()
         columns = ", ".join(_JOB_NAMES)
         for row in self.where_in(conn, f"SELECT {columns} FROM jobs", "job_id", wanted.job_ids):
@@ -272,7 +258,8 @@ class ViewDatabase:
     def _many(self, conn: Any) -> Any:
         return conn.executemany if self.dialect == schema.SQLITE else conn.cursor().executemany
 
-    def _write(self, conn: Any, changes: Changes, advanced: dict[tuple[str, int], int]) -> None:
+    def write(self, conn: Any, changes: Changes, advanced: dict[tuple[str, int], int]) -> None:
+        """Write a batch's changes and the positions it advanced to (inside the caller's transaction)."""
         many = self._many(conn)
         if changes.jobs:
             marks = ", ".join("?" * len(_JOB_NAMES))

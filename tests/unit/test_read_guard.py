@@ -66,7 +66,7 @@ def project(
     db, conn = views
     run = [SimpleNamespace(offset=first + i, value=v) for i, v in enumerate(values)]
     return projector._decode_and_apply(
-        db, conn, [(TOPIC, 0, run)], identity_for(settings), "", health_now, {}, PROJECTOR_STATUS
+        db, conn, [(TOPIC, 0, run)], identity_for(settings), "", health_now, {}, WHOLE
     )
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from packager.adapters.viewdb import Decoded, ViewDatabase, ViewsRewound
+from packager.adapters.view_apply import Decoded, ViewsRewound
+from packager.adapters.viewdb import ViewDatabase
 from packager.domain.events import PackageQueued, PackageRequested, envelope
 from packager.domain.requesters import pseudonym
 
