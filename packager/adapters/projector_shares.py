@@ -3,11 +3,11 @@
 One projector is one Python thread of decoding and folding (docs/benchmarks.md): `packager projector
 --share I/K` runs share I of K, which reads the partitions whose number is I - 1 modulo K, of both topics.
 The partitioner puts every event of a cache key, so of a job, in the same partition number of the requests
-and events topics, so a share holds all of its jobs' events. Nothing else changes: each batch is still
-folded and written in one transaction with its positions, under the database's write lock, reading the rows
-it depends on (the requesters and statistics the shares have in common included) inside it; only the
-decoding, which is most of a batch's time, runs beside the other shares. So any mix of shares, whole
-projectors and restarts gives the same views: a record is folded once, by whichever applies it first.
+and events topics, so a share holds all of its jobs' events. A share decodes and folds its batches beside
+the other shares, outside the database's write lock, and writes each under the lock in one transaction with
+its positions, after checking that nothing the fold read has changed (`view_apply.apply_beside`: if
+anything did, the batch is folded again under the lock). So any mix of shares, whole projectors and
+restarts gives the same views: a record is folded once, by whichever applies it first.
 
 Each share writes what went wrong in it to its own `meta` row (`projector_status 1/2`, ...), so one share
 that is well does not clear another's report; readiness reports them all (`statuses`).

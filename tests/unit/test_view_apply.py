@@ -73,7 +73,7 @@ def databases(tmp_path: Path) -> Iterator[Callable[[str], tuple[ViewDatabase, An
         conn.close()
 
 
-def between(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], None]) -> None:
+def between(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]) -> None:
     """Run `meanwhile` once, after the next snapshot of `apply_beside` and before its write."""
     real_fold = view_apply.fold
     pending = [meanwhile]
