@@ -130,11 +130,23 @@ class PartitionsChanged(Exception):
     partitions added): the reading starts again on all of them, from the positions in the views."""
 
 
+class NothingToRead(PartitionsChanged):
+    """A share of more projectors than the topics have partitions: it waits for partitions to be added."""
+
+
 async def _follow(settings: Settings, db: ViewDatabase, until: str, progress: Progress, share: Share) -> int:
     """`_project` for ever, started again (without the supervisor's backoff) whenever partitions change."""
+    idle = False  # said once: this share has no partition to read
     while True:
         try:
             return await _project(settings, db, None, until, progress, share, follow=True)
+        except NothingToRead as exc:
+            if not idle:
+                log.warning(
+                    "%s: waiting for more partitions (checked every %.0f s)", exc, IDENTITY_CHECK_SECONDS
+                )
+            idle = True
+            await asyncio.sleep(IDENTITY_CHECK_SECONDS)
         except PartitionsChanged as exc:
             log.info("%s: reading every partition again", exc)
             await asyncio.sleep(PARTITION_RECHECK_SECONDS)
@@ -187,7 +199,10 @@ async def _project(
             missing = sorted(set(followed) - {tp.topic for tp in partitions})
             if missing:
                 raise PartitionsChanged(f"topic(s) {', '.join(missing)} have no partitions yet")
+        numbers = len({tp.partition for tp in partitions})
         partitions = [tp for tp in partitions if share.owns(tp.partition)]
+        if follow and not partitions:
+            raise NothingToRead(f"share {share} has none of the topics' {numbers} partitions")
         if stop_at is not None:
             partitions = [tp for tp in partitions if stop_at.get((tp.topic, tp.partition), 0) > 0]
         if not partitions:

@@ -41,6 +41,14 @@ def cmd_projector(args: argparse.Namespace, settings_or_exit: Callable[[], Setti
         print("packager: --processes needs a number of processes, 1 or more", file=sys.stderr)
         return 2
     settings = settings_or_exit()  # checked once here, before any child starts
+    count = args.processes if args.processes > 1 else share.count
+    if count > settings.partitions:
+        print(
+            f"packager: {count} shares of the log's partitions, but the topics have"
+            f" PARTITIONS={settings.partitions}: a share would have nothing to read",
+            file=sys.stderr,
+        )
+        return 2
     if args.processes > 1:
         return _run_children(args)
     return _run_one(args, settings, share)

@@ -53,6 +53,16 @@ def test_the_command_refuses_a_wrong_share_before_it_starts(
     assert said in capsys.readouterr().err
 
 
+def test_more_shares_than_partitions_are_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PACKAGER_SECRET", SECRET)
+    monkeypatch.setenv("PACKAGER_PARTITIONS", "3")
+    assert main(["projector", "--processes", "4"]) == 2
+    assert "4 shares of the log's partitions, but the topics have PARTITIONS=3" in capsys.readouterr().err
+    assert main(["projector", "--share", "4/4"]) == 2
+
+
 async def test_each_share_reports_its_own_failure_and_a_new_count_clears_the_old_rows(
     settings: Settings,
 ) -> None:
