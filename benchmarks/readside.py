@@ -87,13 +87,9 @@ async def _project(bootstrap: str, prefix: str, url: str) -> tuple[int, float, f
     return applied, time.perf_counter() - started, _cpu_seconds() - cpu
 
 
-async def _project_in(processes: int, bootstrap: str, prefix: str, url: str) -> tuple[int, float, float]:
-    """`_project` by `packager projector --processes K --until-caught-up`: events applied, wall-clock seconds
-    from the command's start to its end, and the CPU-seconds of its processes."""
-    if processes == 1:
-        return await _project(bootstrap, prefix, url)
-    await asyncio.to_thread(ViewDatabase(url).reset)
-    env = {
+def _service_env(bootstrap: str, prefix: str, url: str) -> dict[str, str]:
+    """The environment of a `packager` process on the history `prefix` and the views at `url`."""
+    return {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "PACKAGER_SECRET": SECRET,
@@ -102,6 +98,15 @@ async def _project_in(processes: int, bootstrap: str, prefix: str, url: str) -> 
         "PACKAGER_DATABASE_URL": url,
         "PACKAGER_LOG_LEVEL": "WARNING",
     }
+
+
+async def _project_in(processes: int, bootstrap: str, prefix: str, url: str) -> tuple[int, float, float]:
+    """`_project` by `packager projector --processes K --until-caught-up`: events applied, wall-clock seconds
+    from the command's start to its end, and the CPU-seconds of its processes."""
+    if processes == 1:
+        return await _project(bootstrap, prefix, url)
+    await asyncio.to_thread(ViewDatabase(url).reset)
+    env = _service_env(bootstrap, prefix, url)
     command = [sys.executable, "-m", "packager", "projector", "--processes", str(processes)]
     started, cpu = time.perf_counter(), _cpu_seconds(resource.RUSAGE_CHILDREN)
     done = await asyncio.to_thread(
@@ -118,16 +123,7 @@ async def _project_in(processes: int, bootstrap: str, prefix: str, url: str) -> 
 def _ingress(bootstrap: str, prefix: str, url: str, logs: Path) -> Iterator[tuple[int, int]]:
     """An ingress process on the views at `url`: (port, pid)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "PACKAGER_SECRET": SECRET,
-        "PACKAGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "PACKAGER_TOPIC_PREFIX": prefix,
-        "PACKAGER_DATABASE_URL": url,
-        "PACKAGER_PORT": str(port),
-        "PACKAGER_LOG_LEVEL": "WARNING",
-    }
+    env = {**_service_env(bootstrap, prefix, url), "PACKAGER_PORT": str(port)}
     with open(logs / f"ingress-{port}.log", "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "packager", "ingress"], env=env, stdout=out, stderr=out
