@@ -102,22 +102,23 @@ async def run_projector(
     """
     db = ViewDatabase(url or database_url(settings), worker_parameters(settings))
     progress = progress if progress is not None else Progress()
+    try:
+        await _publish(db, progress.health, share, starting=True)  # what an earlier one saw no longer holds
+    except Exception:  # the database is not there yet: the supervised loop below waits for it
+        log.debug("could not clear the projector's status", exc_info=True)
     if stop_at is not None or until_caught_up:
         return await _project(settings, db, stop_at, until, progress, share, follow=False)
     # Following for ever: whatever stops the loop (a lost broker or database, a replaced log, a bug outside
     # the folds) restarts it with backoff, never the end of the projector; a batch that failed rolled back
     # with its positions, so it is read again. A fold that raises does not stop it (see `_apply_run`).
-    try:
-        await _publish(db, progress.health, share, starting=True)  # what an earlier one saw no longer holds
-    except Exception:  # the database is not there yet: the supervised loop below waits for it
-        log.debug("could not clear the projector's status", exc_info=True)
 
     async def published_stop() -> None:
         async with asyncio.timeout(5.0):
             await _publish(db, progress.health, share)
 
+    of = f" (share {share})" if share.count > 1 else ""
     await supervise(
-        "the projector's reading of Kafka and writing of the views",
+        f"the projector's reading of Kafka and writing of the views{of}",
         lambda: _follow(settings, db, until, progress, share),
         progress.health,
         on_stop=published_stop,
@@ -390,7 +391,8 @@ async def _consume(
             pending, count = [], 0
         if not progress.caught_up and not pending and not aligner.count and done():
             progress.caught_up = True
-            log.info("the views caught up with the log (%d events applied)", progress.applied)
+            of = f", share {share}" if share.count > 1 else ""
+            log.info("the views caught up with the log (%d events applied%s)", progress.applied, of)
     if pending:
         progress.applied += await _apply(db, conn, pending, identity, until, progress.health, expected, share)
     progress.caught_up = True

@@ -370,7 +370,6 @@ def build_parser() -> argparse.ArgumentParser:
     projector.add_argument(
         "--processes",
         type=int,
-        default=0,
         help="run K projector processes, one per share (--share i/K), to fold on K cores",
     )
     projector.set_defaults(func=cmd_projector)

@@ -29,7 +29,7 @@ STOP_SECONDS = 30.0  # how long children get to end their batch after SIGTERM be
 
 def cmd_projector(args: argparse.Namespace, settings_or_exit: Callable[[], Settings]) -> int:
     """Fold the log into the views database until stopped (or, with --until-caught-up, its end)."""
-    if args.processes and args.share:
+    if args.processes is not None and args.share:
         print("packager: --processes and --share are alternatives: give one", file=sys.stderr)
         return 2
     try:
@@ -37,11 +37,12 @@ def cmd_projector(args: argparse.Namespace, settings_or_exit: Callable[[], Setti
     except ValueError as exc:
         print(f"packager: --share: {exc}", file=sys.stderr)
         return 2
-    if args.processes < 0:
+    processes = 1 if args.processes is None else args.processes
+    if processes < 1:
         print("packager: --processes needs a number of processes, 1 or more", file=sys.stderr)
         return 2
     settings = settings_or_exit()  # checked once here, before any child starts
-    count = args.processes if args.processes > 1 else share.count
+    count = processes if processes > 1 else share.count
     if count > settings.partitions:
         print(
             f"packager: {count} shares of the log's partitions, but the topics have"
@@ -49,12 +50,19 @@ def cmd_projector(args: argparse.Namespace, settings_or_exit: Callable[[], Setti
             file=sys.stderr,
         )
         return 2
-    if args.processes > 1:
-        return _run_children(args)
+    if processes > 1:
+        return _run_children(args, processes)
     return _run_one(args, settings, share)
 
 
+def _stop_before_starting(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # asked to stop while still importing: nothing was read or written yet
+
+
 def _run_one(args: argparse.Namespace, settings: Settings, share: Share) -> int:
+    # Until the event loop's handlers below replace these (the imports take seconds on a busy machine).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_starting)
     from packager.adapters.projector import run_projector
     from packager.core.logs import configure_logging
 
@@ -83,17 +91,16 @@ def _run_one(args: argparse.Namespace, settings: Settings, share: Share) -> int:
     return 0
 
 
-def _run_children(args: argparse.Namespace) -> int:
-    count = args.processes
+def _run_children(args: argparse.Namespace, count: int) -> int:
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
-    def stop(signum: int, _frame: object) -> None:
+    def stop(_signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
         for child in children:
             if child.poll() is None:
-                child.send_signal(signum)
+                child.terminate()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -103,7 +110,8 @@ def _run_children(args: argparse.Namespace) -> int:
                 command.append("--until-caught-up")
             if args.metrics_port:
                 command += ["--metrics-port", str(args.metrics_port + number - 1)]
-            children.append(subprocess.Popen(command, preexec_fn=_end_with_parent))
+            # A session of its own: a terminal's Ctrl-C reaches this command, which passes SIGTERM on.
+            children.append(subprocess.Popen(command, preexec_fn=_end_with_parent, start_new_session=True))
         return _wait(children, follow=not args.until_caught_up, stopping=lambda: stopping)
     finally:
         for child in children:
@@ -121,12 +129,25 @@ def _end_with_parent() -> None:
 
 def _wait(children: list[subprocess.Popen[bytes]], *, follow: bool, stopping: Callable[[], bool]) -> int:
     """Wait for the children: all of them when they stop on their own at the log's end; when following,
-    until one stops (the others are then stopped by the caller). The exit status is the worst one."""
+    until one stops (the others are then stopped by the caller). The exit status is the worst one; a child
+    ended by the SIGTERM this command passed on stopped as asked."""
+    told: set[int] = set()
     while True:
-        codes = [child.poll() for child in children]
-        ended = [code for code in codes if code is not None]
+        ended = {
+            number: code for number, child in enumerate(children, 1) if (code := child.poll()) is not None
+        }
+        for number, code in ended.items():
+            if number not in told and not stopping() and (code != 0 or follow):
+                told.add(number)
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                print(
+                    f"packager: projector share {number}/{len(children)} {how}", file=sys.stderr, flush=True
+                )
         if len(ended) == len(children) or (follow and ended and not stopping()):
-            worst = max(ended, key=abs)
+            if follow and len(ended) < len(children):
+                print("packager: stopping the other shares", file=sys.stderr, flush=True)
+            codes = [0 if stopping() and code == -signal.SIGTERM else code for code in ended.values()]
+            worst = max(codes, key=abs)
             return worst if worst >= 0 else 128 - worst  # killed by signal N: 128 + N, as a shell says
         time.sleep(0.2)
 

@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from packager.adapters.kafka_log import Topics, ensure_topics
 from packager.adapters.projector import run_projector
+from packager.adapters.projector_shares import Share
 from packager.adapters.viewdb import ViewDatabase
 from packager.adapters.viewreads import log_end_offsets
 from packager.cli import replay
@@ -242,6 +243,20 @@ async def test_two_projector_processes_sharing_the_log_give_the_views_one_projec
         "emails": 13,
     }
     assert await replay.verify(settings) == 0  # one projector's rebuild, compared row by row
+
+
+async def test_verify_says_what_a_share_not_running_left_unfolded(
+    kafka_bootstrap: str, topic_prefix: str, views_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
+    await write_history(settings, 0, 30)
+    await run_projector(settings, until_caught_up=True, share=Share.parse("1/2"))
+    assert await replay.verify(settings) == 0  # what the views hold is right...
+    out = capsys.readouterr().out
+    assert "identical" in out and "note: the live views have not folded" in out, out  # ...and it is not all
+    await run_projector(settings, until_caught_up=True, share=Share.parse("2/2"))
+    assert await replay.verify(settings) == 0
+    assert "note:" not in capsys.readouterr().out
 
 
 def child_pids(pid: int) -> list[str]:

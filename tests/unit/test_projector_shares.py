@@ -44,6 +44,7 @@ def test_what_is_not_a_share_is_refused_with_the_form_it_takes(text: str) -> Non
         (["--share", "3/2"], "--share: '3/2' is not a share: I/K needs 1 <= I <= K"),
         (["--share", "1/2", "--processes", "2"], "--processes and --share are alternatives"),
         (["--processes", "-1"], "--processes needs a number of processes, 1 or more"),
+        (["--processes", "0"], "--processes needs a number of processes, 1 or more"),
     ],
 )
 def test_the_command_refuses_a_wrong_share_before_it_starts(
