@@ -97,14 +97,13 @@ def _run_children(args: argparse.Namespace, count: int) -> int:
 
     def stop(_signum: int, _frame: object) -> None:
         nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
+        stopping = True  # `_wait` passes SIGTERM on, also to a child started while this ran
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for number in range(1, count + 1):
+            if stopping:
+                break
             command = [sys.executable, "-m", "packager", "projector", "--share", f"{number}/{count}"]
             if args.until_caught_up:
                 command.append("--until-caught-up")
@@ -131,8 +130,16 @@ def _wait(children: list[subprocess.Popen[bytes]], *, follow: bool, stopping: Ca
     """Wait for the children: all of them when they stop on their own at the log's end; when following,
     until one stops (the others are then stopped by the caller). The exit status is the worst one; a child
     ended by the SIGTERM this command passed on stopped as asked."""
+    if not children:
+        return 0  # stopped before the first one started
     told: set[int] = set()
+    signalled: set[int] = set()
     while True:
+        if stopping():
+            for child in children:
+                if child.pid not in signalled and child.poll() is None:
+                    child.terminate()
+                    signalled.add(child.pid)
         ended = {
             number: code for number, child in enumerate(children, 1) if (code := child.poll()) is not None
         }
