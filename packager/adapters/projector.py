@@ -102,15 +102,15 @@ async def run_projector(
     """
     db = ViewDatabase(url or database_url(settings), worker_parameters(settings))
     progress = progress if progress is not None else Progress()
-    try:
-        await _publish(db, progress.health, share, starting=True)  # what an earlier one saw no longer holds
-    except Exception:  # the database is not there yet: the supervised loop below waits for it
-        log.debug("could not clear the projector's status", exc_info=True)
     if stop_at is not None or until_caught_up:
         return await _project(settings, db, stop_at, until, progress, share, follow=False)
     # Following for ever: whatever stops the loop (a lost broker or database, a replaced log, a bug outside
     # the folds) restarts it with backoff, never the end of the projector; a batch that failed rolled back
     # with its positions, so it is read again. A fold that raises does not stop it (see `_apply_run`).
+    try:
+        await _publish(db, progress.health, share)  # a new projector: what an earlier one saw no longer holds
+    except Exception:  # the database is not there yet: the supervised loop below waits for it
+        log.debug("could not clear the projector's status", exc_info=True)
 
     async def published_stop() -> None:
         async with asyncio.timeout(5.0):
@@ -143,9 +143,7 @@ async def _follow(settings: Settings, db: ViewDatabase, until: str, progress: Pr
             return await _project(settings, db, None, until, progress, share, follow=True)
         except NothingToRead as exc:
             if not idle:
-                log.warning(
-                    "%s: waiting for more partitions (checked every %.0f s)", exc, IDENTITY_CHECK_SECONDS
-                )
+                log.warning("%s: waiting for partitions (checked every %.0f s)", exc, IDENTITY_CHECK_SECONDS)
             idle = True
             await asyncio.sleep(IDENTITY_CHECK_SECONDS)
         except PartitionsChanged as exc:
@@ -155,15 +153,12 @@ async def _follow(settings: Settings, db: ViewDatabase, until: str, progress: Pr
             log.warning("%s: reading again from the positions they hold", exc)
 
 
-async def _publish(db: ViewDatabase, health: FoldHealth, share: Share, *, starting: bool = False) -> None:
-    """Write the projector's status (`FoldHealth.problem()`, "" when all is well) where readiness reads it;
-    `starting`: also drop the status rows of projectors that ran in shares of another count."""
+async def _publish(db: ViewDatabase, health: FoldHealth, share: Share) -> None:
+    """Write the projector's status (`FoldHealth.problem()`, "" when all is well) where readiness reads it."""
 
     def write() -> None:
         conn = db.connect(create=True)
         try:
-            if starting:
-                clear_other_statuses(db, conn, share)
             db.set_meta(conn, share.status_row, health.problem() or "")
         finally:
             conn.close()
@@ -193,6 +188,8 @@ async def _project(
     identity = identity_for(settings)
     try:
         conn = await _same_log(db, conn, current, progress, share)
+        if follow:  # the running projectors' status rows are the only ones readiness should report
+            await asyncio.to_thread(clear_other_statuses, db, conn, share)
         partitions = await topic_partitions(bootstrap, followed)
         if follow:
             # Just after topics are created, metadata may name one and not yet the other (seen on CI): a

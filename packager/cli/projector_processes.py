@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -110,20 +111,27 @@ def _run_children(args: argparse.Namespace, count: int) -> int:
             if args.metrics_port:
                 command += ["--metrics-port", str(args.metrics_port + number - 1)]
             # A session of its own: a terminal's Ctrl-C reaches this command, which passes SIGTERM on.
-            children.append(subprocess.Popen(command, preexec_fn=_end_with_parent, start_new_session=True))
+            children.append(
+                subprocess.Popen(command, preexec_fn=_end_with(os.getpid()), start_new_session=True)
+            )
         return _wait(children, follow=not args.until_caught_up, stopping=lambda: stopping)
     finally:
-        for child in children:
-            _stop(child)
+        _stop_all(children)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _end_with_parent() -> None:
-    """In the child before it runs (Linux): SIGTERM it when this command dies, even by SIGKILL, so that
-    no share goes on folding unsupervised."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _end_with(parent: int) -> Callable[[], None]:
+    """What the child runs before the projector (Linux): SIGTERM it when this command dies, even by SIGKILL,
+    so that no share goes on folding unsupervised; a command already gone by then ends it at once."""
+
+    def in_child() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
 
 
 def _wait(children: list[subprocess.Popen[bytes]], *, follow: bool, stopping: Callable[[], bool]) -> int:
@@ -134,12 +142,25 @@ def _wait(children: list[subprocess.Popen[bytes]], *, follow: bool, stopping: Ca
         return 0  # stopped before the first one started
     told: set[int] = set()
     signalled: set[int] = set()
+    signalled_at = 0.0
     while True:
         if stopping():
             for child in children:
                 if child.pid not in signalled and child.poll() is None:
                     child.terminate()
                     signalled.add(child.pid)
+                    signalled_at = signalled_at or time.monotonic()
+            if signalled_at and time.monotonic() - signalled_at > STOP_SECONDS:
+                for number, child in enumerate(children, 1):
+                    if child.poll() is None:
+                        print(
+                            f"packager: projector share {number}/{len(children)} did not stop within"
+                            f" {STOP_SECONDS:.0f} s: killing it",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        child.kill()
+                        child.wait()
         ended = {
             number: code for number, child in enumerate(children, 1) if (code := child.poll()) is not None
         }
@@ -153,18 +174,25 @@ def _wait(children: list[subprocess.Popen[bytes]], *, follow: bool, stopping: Ca
         if len(ended) == len(children) or (follow and ended and not stopping()):
             if follow and len(ended) < len(children):
                 print("packager: stopping the other shares", file=sys.stderr, flush=True)
-            codes = [0 if stopping() and code == -signal.SIGTERM else code for code in ended.values()]
+            # A share that ended while following, even with status 0, leaves the views behind: a failure.
+            codes = [
+                (0 if code == -signal.SIGTERM else code) if stopping() else (code or int(follow))
+                for code in ended.values()
+            ]
             worst = max(codes, key=abs)
             return worst if worst >= 0 else 128 - worst  # killed by signal N: 128 + N, as a shell says
         time.sleep(0.2)
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is not None:
-        return
-    child.terminate()
-    try:
-        child.wait(STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every child still running, then SIGKILL to those not ended within STOP_SECONDS."""
+    running = [child for child in children if child.poll() is None]
+    for child in running:
+        child.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for child in running:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
