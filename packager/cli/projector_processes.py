@@ -98,7 +98,7 @@ def _run_children(args: argparse.Namespace, count: int) -> int:
 
     def stop(_signum: int, _frame: object) -> None:
         nonlocal stopping
-        stopping = True  # `_wait` passes SIGTERM on, also to a child started while this ran
+        stopping = True  # `_stop_all` passes SIGTERM on, also to a child started while this ran
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -114,11 +114,12 @@ def _run_children(args: argparse.Namespace, count: int) -> int:
             children.append(
                 subprocess.Popen(command, preexec_fn=_end_with(os.getpid()), start_new_session=True)
             )
-        return _wait(children, follow=not args.until_caught_up, stopping=lambda: stopping)
+        _wait(children, follow=not args.until_caught_up, stopping=lambda: stopping)
     finally:
         _stop_all(children)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return _status(children, follow=not args.until_caught_up, stopped=stopping)
 
 
 def _end_with(parent: int) -> Callable[[], None]:
@@ -134,54 +135,40 @@ def _end_with(parent: int) -> Callable[[], None]:
     return in_child
 
 
-def _wait(children: list[subprocess.Popen[bytes]], *, follow: bool, stopping: Callable[[], bool]) -> int:
-    """Wait for the children: all of them when they stop on their own at the log's end; when following,
-    until one stops (the others are then stopped by the caller). The exit status is the worst one; a child
-    ended by the SIGTERM this command passed on stopped as asked."""
-    if not children:
-        return 0  # stopped before the first one started
+def _wait(children: list[subprocess.Popen[bytes]], *, follow: bool, stopping: Callable[[], bool]) -> None:
+    """Wait until every child has ended (at the log's end), or, when following, one has (said on stderr),
+    or this command is asked to stop: `_stop_all` then stops the rest."""
     told: set[int] = set()
-    signalled: set[int] = set()
-    signalled_at = 0.0
-    while True:
-        if stopping():
-            for child in children:
-                if child.pid not in signalled and child.poll() is None:
-                    child.terminate()
-                    signalled.add(child.pid)
-                    signalled_at = signalled_at or time.monotonic()
-            if signalled_at and time.monotonic() - signalled_at > STOP_SECONDS:
-                for number, child in enumerate(children, 1):
-                    if child.poll() is None:
-                        print(
-                            f"packager: projector share {number}/{len(children)} did not stop within"
-                            f" {STOP_SECONDS:.0f} s: killing it",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        child.kill()
-                        child.wait()
-        ended = {
-            number: code for number, child in enumerate(children, 1) if (code := child.poll()) is not None
-        }
-        for number, code in ended.items():
-            if number not in told and not stopping() and (code != 0 or follow):
+    while children and not stopping():
+        ended = [
+            (number, code) for number, child in enumerate(children, 1) if (code := child.poll()) is not None
+        ]
+        for number, code in ended:
+            if number not in told and (code != 0 or follow):
                 told.add(number)
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 print(
                     f"packager: projector share {number}/{len(children)} {how}", file=sys.stderr, flush=True
                 )
-        if len(ended) == len(children) or (follow and ended and not stopping()):
-            if follow and len(ended) < len(children):
-                print("packager: stopping the other shares", file=sys.stderr, flush=True)
-            # A share that ended while following, even with status 0, leaves the views behind: a failure.
-            codes = [
-                (0 if code == -signal.SIGTERM else code) if stopping() else (code or int(follow))
-                for code in ended.values()
-            ]
-            worst = max(codes, key=abs)
-            return worst if worst >= 0 else 128 - worst  # killed by signal N: 128 + N, as a shell says
+        if len(ended) == len(children):
+            return
+        if follow and ended:
+            print("packager: stopping the other shares", file=sys.stderr, flush=True)
+            return
         time.sleep(0.2)
+
+
+def _status(children: list[subprocess.Popen[bytes]], *, follow: bool, stopped: bool) -> int:
+    """The command's exit status: the worst of the children's. A child ended by the SIGTERM this command
+    passed on stopped as asked; unless the command was asked to stop, a share that ended while following,
+    even with status 0, left the views behind: a failure."""
+    codes = [
+        0 if code == -signal.SIGTERM else code if stopped else code or int(follow)
+        for child in children
+        if (code := child.returncode) is not None
+    ]
+    worst = max(codes, key=abs, default=0)
+    return worst if worst >= 0 else 128 - worst  # killed by signal N: 128 + N, as a shell says
 
 
 def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
@@ -190,9 +177,17 @@ def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
     for child in running:
         child.terminate()
     deadline = time.monotonic() + STOP_SECONDS
-    for child in running:
+    for number, child in enumerate(children, 1):
+        if child not in running:
+            continue
         try:
             child.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            print(
+                f"packager: projector share {number}/{len(children)} did not stop within"
+                f" {STOP_SECONDS:.0f} s: killing it",
+                file=sys.stderr,
+                flush=True,
+            )
             child.kill()
             child.wait()

@@ -35,6 +35,7 @@ from packager.adapters.viewdb import ViewDatabase
 from packager.adapters.viewreads import log_end_offsets
 from packager.cli import replay
 from packager.core.settings import Settings, load_settings
+from packager.dev.processes import alive
 from packager.domain.events import (
     EmailSent,
     PackageCompleted,
@@ -261,14 +262,6 @@ async def test_verify_says_what_a_share_not_running_left_unfolded(
 
 def child_pids(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 async def until_counted(url: str, expected: tuple[int, int], running: ServiceProcess) -> None:
