@@ -221,10 +221,13 @@ async def test_a_builder_killed_for_good_loses_its_lease_and_another_attempt_com
         for e in events
         if e.job_id in (first, second)
     ]
-    [expired] = of_job(events, first, "LeaseExpired") or [pytest.fail(f"no LeaseExpired: {story}")]
-    assert expired.payload.attempt == 1 and expired.payload.worker == builder  # type: ignore[attr-defined]
-    retried = [e.payload for e in of_job(events, first, "PackageStarted") if e.payload.attempt == 2]  # type: ignore[attr-defined]
-    assert retried and retried[0].worker.endswith(f":{survivor.proc.pid}")  # type: ignore[attr-defined]
+    # On a loaded machine the watchdog may also have seen a heartbeat come late: that LeaseExpired is
+    # appended, and the lease fold ignores it (the heartbeat read after it moved the deadline on).
+    expired = [e.payload for e in of_job(events, first, "LeaseExpired") if e.payload.attempt == 1]  # type: ignore[attr-defined]
+    assert expired, f"no LeaseExpired for the first build: {story}"
+    assert {p.worker for p in expired} == {builder}, story  # type: ignore[attr-defined]
+    retried = [e.payload for e in of_job(events, first, "PackageStarted") if e.payload.attempt >= 2]  # type: ignore[attr-defined]
+    assert any(p.worker.endswith(f":{survivor.proc.pid}") for p in retried), story  # type: ignore[attr-defined]
     [done] = of_job(events, first, "PackageCompleted")
     assert done.payload.rows == 12_000  # type: ignore[attr-defined]
     [shared] = of_job(events, second, "PackageCompleted")
