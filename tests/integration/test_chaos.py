@@ -11,6 +11,7 @@ It is part of the default run (so of CI); `-m 'not chaos'` leaves it out. A fail
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -22,16 +23,31 @@ from tests.integration.support import ROOT
 pytestmark = pytest.mark.chaos
 
 
+def run_campaign(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `benchmarks.chaos` to its end; stopped any other way, it is asked to stop its stack first.
+
+    `subprocess.run` would SIGKILL the campaign on a timeout or a Ctrl-C, leaving its brokers, workers and
+    servers running; SIGTERM makes it stop everything it started on the way out.
+    """
+    command = [sys.executable, "-m", "benchmarks.chaos", *args]
+    pipe = subprocess.PIPE
+    with subprocess.Popen(command, cwd=ROOT, stdout=pipe, stderr=pipe, text=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 def test_quick_campaign_on_s3_loses_no_job_and_ends_none_twice() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.chaos", "--quick", "--json", "--store", "s3"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        # The campaign keeps to 5 minutes; the margin covers a slow start of the JVMs on a loaded machine.
-        timeout=480,
-        check=False,
-    )
+    # The campaign keeps to 5 minutes; the margin covers a slow start of the JVMs on a loaded machine.
+    done = run_campaign(["--quick", "--json", "--store", "s3"], timeout=480)
     assert done.stdout.strip(), f"no report (exit {done.returncode}):\n{done.stderr[-5000:]}"
     result = json.loads(done.stdout)
     summary = {k: v for k, v in result.items() if k != "details"}
