@@ -54,7 +54,7 @@ from packager.adapters.kafka_log import (
 from packager.adapters.log_alignment import Aligner, Run, merged
 from packager.adapters.projector_shares import WHOLE, Share, clear_other_statuses
 from packager.adapters.read_guard import FoldHealth, decode_record, supervise
-from packager.adapters.readside import identity_for, topic_partitions
+from packager.adapters.readside import identity_for, missing_topics, topic_partitions
 from packager.adapters.view_apply import Decoded, ViewsRewound
 from packager.adapters.viewdb import ViewDatabase, database_url, worker_parameters
 from packager.core.settings import Settings
@@ -97,8 +97,7 @@ async def run_projector(
 
     `until_caught_up` stops at the log's end as it was at start; `stop_at` stops each partition at the given
     next offset (a partition not named is not read); `url` overrides the settings' database; `until` (ISO
-    8601) skips events that occurred after it; `share` reads only that share's partitions
-    (`projector_shares`).
+    8601) skips events that occurred after it; `share` reads only its partitions (`projector_shares`).
     """
     db = ViewDatabase(url or database_url(settings), worker_parameters(settings))
     progress = progress if progress is not None else Progress()
@@ -184,6 +183,8 @@ async def _project(
         )
     followed = [topics.requests, topics.events]
     current = await log_identity(bootstrap, followed)
+    if not follow and (missing := missing_topics(current, followed)):  # a following one created them
+        log.warning("no topic %s at %s: is the topic prefix right?", ", ".join(missing), bootstrap)
     conn = await asyncio.to_thread(db.connect, create=True)
     identity = identity_for(settings)
     try:
@@ -449,9 +450,8 @@ def _decode_and_apply(
     expected: dict[tuple[str, int], int],
     share: Share,
 ) -> int:
-    """Runs in a thread: decoding and folding are CPU work the event loop need not wait for. One
-    transaction per BATCH_RECORDS records: one fetch may bring many more. A share of several folds beside
-    the others, outside the write lock (`view_apply.apply_beside`)."""
+    """Runs in a thread (CPU work the event loop need not wait for). One transaction per BATCH_RECORDS
+    records; a share of several folds beside the others, outside the write lock (`view_apply`)."""
     records: list[Decoded] = [
         (t, p, r.offset, decode_record(t, p, r.offset, r.value)) for t, p, r in merged(raw)
     ]

@@ -6,11 +6,12 @@ The views themselves are written by `packager.adapters.projector` and read throu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from packager.adapters.kafka_log import LogIdentity
 from packager.core.settings import Settings
 from packager.domain.requesters import pseudonym
 
@@ -23,6 +24,11 @@ def identity_for(settings: Settings) -> Callable[[str], str]:
     """
     secret = settings.pseudonym_key
     return lambda email: pseudonym(secret, email)
+
+
+def missing_topics(identity: LogIdentity, topics: Sequence[str]) -> list[str]:
+    """Those of `topics` the log does not have (a wrong topic prefix names topics nobody writes)."""
+    return [topic for topic in topics if topic not in identity.topic_ids]
 
 
 async def topic_partitions(bootstrap: str, topics: list[str]) -> list[TopicPartition]:

@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 
 from packager.adapters.kafka_log import LogIdentity, Topics, identity_mismatch, log_identity
 from packager.adapters.projector import run_projector
-from packager.adapters.readside import topic_partitions
+from packager.adapters.readside import missing_topics, topic_partitions
 from packager.adapters.viewdb import (
     ViewDatabase,
     ViewsUnavailable,
@@ -302,6 +302,15 @@ def main(argv: list[str], prog: str = "packager replay") -> int:
     args = parser.parse_args(argv)
     settings = stack_settings()
     try:
+        missing = asyncio.run(_missing_topics(settings))
+        if missing:
+            print(
+                f"{prog}: the log at {settings.kafka_bootstrap_servers} has no topic {', '.join(missing)},"
+                f" so nothing to read: is the topic prefix {settings.topic_prefix!r} right? It comes from"
+                f" {_settings_source()} (PACKAGER_TOPIC_PREFIX sets it).",
+                file=sys.stderr,
+            )
+            return 2
         if args.action == "verify":
             return asyncio.run(verify(settings, into=args.into))
         if args.action == "rebuild":
@@ -310,15 +319,23 @@ def main(argv: list[str], prog: str = "packager replay") -> int:
             return asyncio.run(stats_until(settings, log_time(args.until) if args.until else None))
         return asyncio.run(history(settings, job_id=args.job, resource_id=args.resource))
     except (KafkaError, OSError) as exc:
-        where = (
-            f"the settings of {STACK_SETTINGS.resolve()}"
-            if stack_file_in_use()
-            else f"no {STACK_SETTINGS} here, so the environment's settings"
-        )
         print(
             f"{prog}: cannot read the log at {settings.kafka_bootstrap_servers} ({exc}). It uses "
-            f"{where}: is the stack running (bash scripts/up)? Run this from the folder the stack was "
-            "started in, or set PACKAGER_KAFKA_BOOTSTRAP_SERVERS and PACKAGER_TOPIC_PREFIX.",
+            f"{_settings_source()}: is the stack running (bash scripts/up)? Run this from the folder the"
+            " stack was started in, or set PACKAGER_KAFKA_BOOTSTRAP_SERVERS and PACKAGER_TOPIC_PREFIX.",
             file=sys.stderr,
         )
         return 2
+
+
+async def _missing_topics(settings: Settings) -> list[str]:
+    """The service's topics the broker does not have (a wrong topic prefix names topics nobody writes)."""
+    topics = Topics(settings.topic_prefix)
+    followed = [topics.requests, topics.events]
+    return missing_topics(await log_identity(settings.kafka_bootstrap_servers, followed), followed)
+
+
+def _settings_source() -> str:
+    if stack_file_in_use():
+        return f"the settings of {STACK_SETTINGS.resolve()}"
+    return f"no {STACK_SETTINGS} here, so the environment's settings"

@@ -278,6 +278,30 @@ def check_numbers(answers: dict[str, Any], jobs: list[str]) -> None:
     assert failed["state"] == "failed" and "Not Found" in failed["error"] and failed["emailed"] is True
 
 
+def test_a_wrong_topic_prefix_is_said_and_not_taken_for_an_empty_log(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        **service_env,
+        "PYTHONPATH": str(ROOT),
+        "PACKAGER_TOPIC_PREFIX": "no-such-prefix",
+        "PACKAGER_DATABASE_URL": f"sqlite:///{tmp_path / 'views.sqlite3'}",
+    }
+
+    def packager(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "packager", *args]
+        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    verify = packager("replay", "verify")
+    assert verify.returncode == 2, verify.stdout + verify.stderr
+    assert "has no topic no-such-prefix.requests, no-such-prefix.events" in verify.stderr
+    assert "is the topic prefix 'no-such-prefix' right?" in verify.stderr and "identical" not in verify.stdout
+    once = packager("projector", "--until-caught-up")
+    assert once.returncode == 0 and "0 events applied" in once.stdout, once.stdout + once.stderr
+    assert "no topic no-such-prefix.requests, no-such-prefix.events at" in once.stderr
+
+
 async def test_the_event_stream_of_a_running_job_shows_progress_rising_to_100_percent(
     service_env: dict[str, str], smtp: SmtpSink, tmp_path: Path
 ) -> None:
