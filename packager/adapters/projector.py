@@ -52,7 +52,7 @@ from packager.adapters.kafka_log import (
     log_identity,
 )
 from packager.adapters.log_alignment import Aligner, Run, merged
-from packager.adapters.projector_shares import WHOLE, Share, clear_other_statuses
+from packager.adapters.projector_shares import WHOLE, Share, clear_other_statuses, reset_once
 from packager.adapters.read_guard import FoldHealth, decode_record, supervise
 from packager.adapters.readside import identity_for, missing_topics, topic_partitions
 from packager.adapters.view_apply import Decoded, ViewsRewound
@@ -258,18 +258,18 @@ async def _same_log(
     if why is None and version != SCHEMA_VERSION:
         # Version 1 held addresses (or hashes of them) where version 2 holds pseudonyms (docs/privacy.md).
         why = f"the views have schema version {version}; this projector writes version {SCHEMA_VERSION}"
+    text = orjson.dumps(current.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
     if why is not None:
-        log.warning("%s: rebuilding them from the log's start", why)
-        metrics.READ_MODEL_REBUILDS.inc()
-        progress.rebuilds += 1
-        progress.caught_up = False
         conn.close()
-        await asyncio.to_thread(db.reset)
+        if await asyncio.to_thread(reset_once, db, text):  # (not when another share has just done it)
+            log.warning("%s: rebuilding them from the log's start", why)
+            metrics.READ_MODEL_REBUILDS.inc()
+            progress.rebuilds += 1
+        progress.caught_up = False
         conn = await asyncio.to_thread(db.connect, create=True)
         # What was wrong with the dropped views is gone with them; a stop being restarted is still reported.
         progress.health.fold_failures, progress.health.last_fold_failure = 0, ""
         await asyncio.to_thread(db.set_meta, conn, share.status_row, progress.health.problem() or "")
-    text = orjson.dumps(current.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
     if text != saved_text:
         await asyncio.to_thread(db.set_meta, conn, LOG_IDENTITY, text)
     if await asyncio.to_thread(db.update_worker_parameters, conn):

@@ -110,17 +110,21 @@ class ViewDatabase:
         except Exception as exc:
             raise ViewsUnavailable(f"cannot open the views database: {type(exc).__name__}: {exc}") from None
         if create:
-            for statement in schema.ddl(self.dialect):
-                conn.execute(statement)
-            conn.execute(
-                self.sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
-                ("schema_version", schema.SCHEMA_VERSION),
-            )
-            conn.execute(
-                self.sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
-                (schema.WORKER_FOLD, worker_views.parameters_text(self.params)),
-            )
+            self.create_tables(conn)
         return conn
+
+    def create_tables(self, conn: Any) -> None:
+        """The tables, and the `meta` rows of a new database, where missing."""
+        for statement in schema.ddl(self.dialect):
+            conn.execute(statement)
+        conn.execute(
+            self.sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
+            ("schema_version", schema.SCHEMA_VERSION),
+        )
+        conn.execute(
+            self.sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
+            (schema.WORKER_FOLD, worker_views.parameters_text(self.params)),
+        )
 
     def _connect_sqlite(self, create: bool) -> sqlite3.Connection:
         if create:

@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from packager.adapters.kafka_log import Topics, ensure_topics
-from packager.adapters.projector import run_projector
-from packager.adapters.projector_shares import Share
+from packager.adapters.projector import Progress, run_projector
+from packager.adapters.projector_shares import Share, reset_once
 from packager.adapters.viewdb import ViewDatabase
 from packager.adapters.viewreads import log_end_offsets
 from packager.cli import replay
@@ -48,6 +48,7 @@ from packager.domain.events import (
     envelope,
 )
 from packager.domain.requesters import pseudonym
+from projections.view_schema import LOG_IDENTITY
 from tests.integration.conftest import SECRET
 from tests.integration.support import ROOT, ServiceProcess, service, wait_for_port
 
@@ -244,6 +245,37 @@ async def test_two_projector_processes_sharing_the_log_give_the_views_one_projec
         "emails": 13,
     }
     assert await replay.verify(settings) == 0  # one projector's rebuild, compared row by row
+
+
+async def test_shares_that_find_the_views_from_another_log_drop_them_once(
+    kafka_bootstrap: str, topic_prefix: str, views_url: str
+) -> None:
+    settings = settings_for(kafka_bootstrap, topic_prefix, views_url)
+    await write_history(settings, 0, 30)
+    await run_projector(settings, until_caught_up=True)
+    db = ViewDatabase(views_url)
+    built = orjson.loads(read(views_url, lambda db, c: db.meta(c, LOG_IDENTITY)))
+    other = orjson.dumps({**built, "cluster_id": "another-cluster"}, option=orjson.OPT_SORT_KEYS).decode()
+    read(views_url, lambda db, c: db.set_meta(c, LOG_IDENTITY, other))  # as if the broker had been wiped
+    progress = [Progress(), Progress()]
+    await asyncio.gather(
+        *(
+            run_projector(settings, until_caught_up=True, share=Share(i, 2), progress=progress[i])
+            for i in (0, 1)
+        )
+    )
+    assert sum(p.rebuilds for p in progress) == 1  # the first share dropped them, the other did not again
+    assert read(views_url, lambda db, c: db.totals(c, "*"))["*"]["requests"] == 30
+    assert await replay.verify(settings) == 0
+
+    # The check and the drop in one write transaction: a share that decided on the other log's views, and
+    # comes to drop them after another share has rebuilt them for this log, leaves them.
+    now = read(views_url, lambda db, c: db.meta(c, LOG_IDENTITY))
+    positions = read(views_url, lambda db, c: db.positions(c))
+    assert positions and reset_once(db, now) is False
+    assert read(views_url, lambda db, c: db.positions(c)) == positions
+    assert reset_once(db, other) is True  # views of another log than the one named: dropped
+    assert read(views_url, lambda db, c: (db.positions(c), db.meta(c, LOG_IDENTITY))) == ({}, other)
 
 
 async def test_verify_says_what_a_share_not_running_left_unfolded(
