@@ -4,6 +4,7 @@ The series live in one process-wide registry (`prometheus_client`'s default, whi
 `process_*` and `python_*` series). Each process fills the ones of its role: the ingress counts HTTP requests
 and the read model's lag, a worker counts jobs, rows, bytes, emails and its consumer's lag. They are recorded
 at the edges (the ingress's middleware, the agents' publish and job hooks), never inside the domain code.
+The projector serves only its own counters (`projector_registry`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import orjson
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
@@ -88,6 +93,17 @@ READ_MODEL_DEGRADED = Gauge(
     "packager_read_model_degraded",
     "1 while the projector reports that the views lack events (a fold raised) or its loop is restarting.",
 )
+
+
+def projector_registry() -> CollectorRegistry:
+    """What `packager projector --metrics-port` serves: its own counters and the process's series, not the
+    other roles' (the ingress's `packager_read_model_caught_up` would always read 0 there)."""
+    registry = CollectorRegistry(auto_describe=True)
+    own = (RECORDS_REJECTED, FOLD_FAILURES, READ_SIDE_RESTARTS, READ_MODEL_REBUILDS)
+    for collector in (*own, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    return registry
+
 
 # --- workers ---------------------------------------------------------------------------------------------
 

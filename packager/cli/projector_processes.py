@@ -72,7 +72,11 @@ def _run_one(args: argparse.Namespace, settings: Settings, share: Share) -> int:
         import prometheus_client
 
         # Its own counters (records rejected, folds that raised, restarts, rebuilds), served from a thread.
-        prometheus_client.start_http_server(args.metrics_port, addr=settings.metrics_host)
+        from packager.adapters.metrics import projector_registry
+
+        prometheus_client.start_http_server(
+            args.metrics_port, addr=settings.metrics_host, registry=projector_registry()
+        )
 
     async def project() -> int:
         task = asyncio.create_task(run_projector(settings, until_caught_up=args.until_caught_up, share=share))

@@ -204,6 +204,9 @@ async def test_wrongly_typed_events_are_dead_lettered_while_later_jobs_still_app
             ]:
                 labels = {"topic": topic, "reason": reason}
                 assert await metric(projector_metrics, "packager_records_rejected_total", labels) == count
+            _, served = await get(projector_metrics, "/metrics")
+            assert "process_cpu_seconds_total" in served  # and none of the other roles' series
+            assert "packager_read_model_caught_up" not in served and "packager_worker_ready" not in served
 
             # Dead-lettered by the agents owning the topics: a copy, and one RecordRejected each.
             async def dead_lettered() -> bool:
