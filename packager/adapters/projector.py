@@ -52,7 +52,7 @@ from packager.adapters.kafka_log import (
     log_identity,
 )
 from packager.adapters.log_alignment import Aligner, Run, merged
-from packager.adapters.projector_shares import WHOLE, Share, clear_other_statuses, reset_once
+from packager.adapters.projector_shares import WHOLE, Share, clear_other_statuses
 from packager.adapters.read_guard import FoldHealth, decode_record, supervise
 from packager.adapters.readside import identity_for, missing_topics, topic_partitions
 from packager.adapters.view_apply import Decoded, ViewsRewound
@@ -261,7 +261,7 @@ async def _same_log(
     text = orjson.dumps(current.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
     if why is not None:
         conn.close()
-        if await asyncio.to_thread(reset_once, db, text):  # (not when another share has just done it)
+        if await asyncio.to_thread(db.reset, text):  # (not when another share has just done it)
             log.warning("%s: rebuilding them from the log's start", why)
             metrics.READ_MODEL_REBUILDS.inc()
             progress.rebuilds += 1

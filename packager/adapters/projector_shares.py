@@ -11,7 +11,7 @@ restarts gives the same views: a record is folded once, by whichever applies it 
 
 Each share writes what went wrong in it to its own `meta` row (`projector_status 1/2`, ...), so one share
 that is well does not clear another's report; readiness reports them all (`statuses`). Shares that find the
-views built from another log at the same moment drop them once (`reset_once`).
+views built from another log at the same moment drop them once (`ViewDatabase.reset`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from projections import view_schema as schema
-from projections.view_schema import LOG_IDENTITY, PROJECTOR_STATUS, SCHEMA_VERSION
+from projections.view_schema import PROJECTOR_STATUS
 
 _SHARE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
@@ -86,32 +85,3 @@ def problems(found: dict[str, str]) -> str:
             share = name.removeprefix(PROJECTOR_STATUS).strip()
             told.append(f"share {share}: {value}" if share else value)
     return "; ".join(told)
-
-
-def reset_once(db: Any, log_identity: str) -> bool:
-    """Drop the views to rebuild them from the log that `log_identity` (the `meta` row's text) names, unless
-    another projector has just done so; True when dropped.
-
-    Deciding and dropping happen in one write transaction, which also records the log in the new tables:
-    K shares that find the views built from another log at the same moment drop them once, rather than each
-    one after the others have started folding again (safe, `ViewsRewound`, but all of it folded again).
-    """
-    conn = db.connect()
-    try:
-        with db.transaction(conn, write=True):
-            if (
-                db.meta(conn, LOG_IDENTITY) == log_identity
-                and db.meta(conn, "schema_version") == SCHEMA_VERSION
-            ):
-                return False
-            for statement in schema.drop(db.dialect):
-                conn.execute(statement)
-            db.create_tables(conn)
-            conn.execute(db.sql("INSERT INTO meta VALUES (?, ?)"), (LOG_IDENTITY, log_identity))
-        if db.dialect == schema.SQLITE:
-            conn.execute(
-                "VACUUM"
-            )  # dropped rows stay in SQLite's free pages until then (`ViewDatabase.reset`)
-        return True
-    finally:
-        conn.close()

@@ -109,22 +109,18 @@ class ViewDatabase:
                 conn = psycopg.connect(self.url, autocommit=True)
         except Exception as exc:
             raise ViewsUnavailable(f"cannot open the views database: {type(exc).__name__}: {exc}") from None
-        if create:
-            self.create_tables(conn)
+        if create:  # under the write lock: never beside a projector dropping and creating them (`reset`)
+            with self.transaction(conn, write=True):
+                self.create_tables(conn)
         return conn
 
     def create_tables(self, conn: Any) -> None:
         """The tables, and the `meta` rows of a new database, where missing."""
         for statement in schema.ddl(self.dialect):
             conn.execute(statement)
-        conn.execute(
-            self.sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
-            ("schema_version", schema.SCHEMA_VERSION),
-        )
-        conn.execute(
-            self.sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
-            (schema.WORKER_FOLD, worker_views.parameters_text(self.params)),
-        )
+        params = worker_views.parameters_text(self.params)
+        for row in (("schema_version", schema.SCHEMA_VERSION), (schema.WORKER_FOLD, params)):
+            conn.execute(self.sql("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO NOTHING"), row)
 
     def _connect_sqlite(self, create: bool) -> sqlite3.Connection:
         if create:
@@ -146,19 +142,30 @@ class ViewDatabase:
         conn.execute("PRAGMA busy_timeout=10000")
         return conn
 
-    def reset(self) -> None:
-        """Drop and create every table: an empty database for a rebuild."""
+    def reset(self, for_log: str | None = None) -> bool:
+        """Drop and create every table: an empty database for a rebuild; True when dropped. With `for_log` (a
+        log identity's `meta` text), not when the views already are that log's at this schema version, checked
+        in the same write transaction, which records the log: shares that find the views of another log at
+        once drop them once, not each after the others folded again (safe, `ViewsRewound`, but wasted)."""
         conn = self.connect(create=False) if self._exists() else self.connect(create=True)
         try:
-            for statement in schema.drop(self.dialect):
-                conn.execute(statement)
+            with self.transaction(conn, write=True):
+                if for_log is not None:
+                    held = (self.meta(conn, schema.LOG_IDENTITY), self.meta(conn, "schema_version"))
+                    if held == (for_log, schema.SCHEMA_VERSION):
+                        return False
+                for statement in schema.drop(self.dialect):
+                    conn.execute(statement)
+                self.create_tables(conn)
+                if for_log is not None:
+                    self._put_meta(conn, schema.LOG_IDENTITY, for_log)
             if self.dialect == schema.SQLITE:
                 # Dropped rows stay in SQLite's free pages until a VACUUM: views of an older version may
                 # have held addresses (docs/privacy.md, "Upgrading a log written before").
                 conn.execute("VACUUM")
+            return True
         finally:
             conn.close()
-        self.connect(create=True).close()
 
     def checkpoint(self, conn: Any) -> None:
         """Copy the WAL into the SQLite file without blocking the writer (nothing to do on PostgreSQL)."""

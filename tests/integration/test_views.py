@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from packager.adapters.kafka_log import Topics, ensure_topics
 from packager.adapters.projector import Progress, run_projector
-from packager.adapters.projector_shares import Share, reset_once
+from packager.adapters.projector_shares import Share
 from packager.adapters.viewdb import ViewDatabase
 from packager.adapters.viewreads import log_end_offsets
 from packager.cli import replay
@@ -272,9 +272,9 @@ async def test_shares_that_find_the_views_from_another_log_drop_them_once(
     # comes to drop them after another share has rebuilt them for this log, leaves them.
     now = read(views_url, lambda db, c: db.meta(c, LOG_IDENTITY))
     positions = read(views_url, lambda db, c: db.positions(c))
-    assert positions and reset_once(db, now) is False
+    assert positions and db.reset(now) is False
     assert read(views_url, lambda db, c: db.positions(c)) == positions
-    assert reset_once(db, other) is True  # views of another log than the one named: dropped
+    assert db.reset(other) is True  # views of another log than the one named: dropped
     assert read(views_url, lambda db, c: (db.positions(c), db.meta(c, LOG_IDENTITY))) == ({}, other)
 
 
