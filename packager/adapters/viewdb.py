@@ -145,8 +145,8 @@ class ViewDatabase:
     def reset(self, for_log: str | None = None) -> bool:
         """Drop and create every table: an empty database for a rebuild; True when dropped. With `for_log` (a
         log identity's `meta` text), not when the views already are that log's at this schema version, checked
-        in the same write transaction, which records the log: shares that find the views of another log at
-        once drop them once, not each after the others folded again (safe, `ViewsRewound`, but wasted)."""
+        in the same write transaction, which records the log: shares finding the views of another log at the
+        same moment drop them only once, not each after the others folded again (`ViewsRewound`: wasted)."""
         conn = self.connect(create=False) if self._exists() else self.connect(create=True)
         try:
             with self.transaction(conn, write=True):
