@@ -74,9 +74,14 @@ def _run_one(args: argparse.Namespace, settings: Settings, share: Share) -> int:
         # Its own counters (records rejected, folds that raised, restarts, rebuilds), served from a thread.
         from packager.adapters.metrics import projector_registry
 
-        prometheus_client.start_http_server(
-            args.metrics_port, addr=settings.metrics_host, registry=projector_registry()
-        )
+        try:
+            prometheus_client.start_http_server(
+                args.metrics_port, addr=settings.metrics_host, registry=projector_registry()
+            )
+        except OSError as exc:
+            where = f"{settings.metrics_host}:{args.metrics_port}"
+            print(f"packager projector: cannot serve metrics on {where} ({exc.strerror})", file=sys.stderr)
+            return 2
 
     async def project() -> int:
         task = asyncio.create_task(run_projector(settings, until_caught_up=args.until_caught_up, share=share))

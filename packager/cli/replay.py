@@ -272,6 +272,9 @@ async def history(settings: Settings, *, job_id: str | None, resource_id: str | 
     selected = sorted((e for e in events if e.job_id in jobs), key=lambda e: e.occurred_at)
     for event in selected:
         sys.stdout.write(encode(event).decode() + "\n")
+    if not selected:
+        of = f"job {job_id}" if job_id else f"resource {resource_id}"
+        print(f"no events of {of}", file=sys.stderr)
     return 0 if selected else 1
 
 
@@ -306,8 +309,8 @@ def main(argv: list[str], prog: str = "packager replay") -> int:
         if missing:
             print(
                 f"{prog}: the log at {settings.kafka_bootstrap_servers} has no topic {', '.join(missing)},"
-                f" so nothing to read: is the topic prefix {settings.topic_prefix!r} right? It comes from"
-                f" {_settings_source()} (PACKAGER_TOPIC_PREFIX sets it).",
+                f" so nothing to read: is the topic prefix {settings.topic_prefix!r} right? This uses"
+                f" {_settings_source()}; PACKAGER_TOPIC_PREFIX sets the prefix.",
                 file=sys.stderr,
             )
             return 2

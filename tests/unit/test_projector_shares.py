@@ -4,6 +4,10 @@ not hide another's failure), with rows of an earlier way of running cleared."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,6 +65,20 @@ def test_more_shares_than_partitions_are_refused(
     assert main(["projector", "--processes", "4"]) == 2
     assert "4 shares of the log's partitions, but the topics have PARTITIONS=3" in capsys.readouterr().err
     assert main(["projector", "--share", "4/4"]) == 2
+
+
+def test_a_metrics_port_in_use_is_said_in_a_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PACKAGER_SECRET": SECRET, "PACKAGER_STORE_DIRECTORY": str(tmp_path)}
+        command = [sys.executable, "-m", "packager", "projector", "--metrics-port", str(port)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    said = f"packager projector: cannot serve metrics on 127.0.0.1:{port} (Address already in use)"
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 async def test_each_share_reports_its_own_failure_and_a_new_count_clears_the_old_rows(
