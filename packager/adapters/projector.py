@@ -270,7 +270,7 @@ async def _same_log(
         # What was wrong with the dropped views is gone with them; a stop being restarted is still reported.
         progress.health.fold_failures, progress.health.last_fold_failure = 0, ""
         await asyncio.to_thread(db.set_meta, conn, share.status_row, progress.health.problem() or "")
-    if text != saved_text:
+    elif text != saved_text:  # (`reset` recorded the log with the new views)
         await asyncio.to_thread(db.set_meta, conn, LOG_IDENTITY, text)
     if await asyncio.to_thread(db.update_worker_parameters, conn):
         # The worker applies its current CACHE_TIME and LEASE_TIME to what it already holds: so do the views.

@@ -171,11 +171,13 @@ def _status(children: list[subprocess.Popen[bytes]], *, follow: bool, stopped: b
     """The command's exit status: the worst of the children's. A child ended by the SIGTERM this command
     passed on stopped as asked; unless the command was asked to stop, a share that ended while following,
     even with status 0, left the views behind: a failure."""
-    codes = [
-        0 if code == -signal.SIGTERM else code if stopped else code or int(follow)
-        for child in children
-        if (code := child.returncode) is not None
-    ]
+
+    def judged(code: int) -> int:
+        if code == -signal.SIGTERM:
+            return 0
+        return code if stopped else code or int(follow)
+
+    codes = [judged(child.returncode) for child in children if child.returncode is not None]
     worst = max(codes, key=abs, default=0)
     return worst if worst >= 0 else 128 - worst  # killed by signal N: 128 + N, as a shell says
 
